@@ -1,0 +1,3 @@
+"""edge-llm builder: device profile in, verified LLM appliance out."""
+
+__version__ = "0.1.0"

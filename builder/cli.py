@@ -1,0 +1,285 @@
+"""The `builder` command line. Errors become one line on stderr and an exit status.
+
+click rather than typer: typer 0.29 vendors click privately and boxes usage errors
+over several lines; click gives us one stable exception type to turn into one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, catalog, planner
+from .errors import EXIT_ERROR, BuilderError, display_path
+from .profiles import ProfileStore, with_overrides
+from .schema import Profile
+from .units import format_size
+
+out = Console(highlight=False, soft_wrap=True)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+profiles_dir_option = click.option(
+    "--profiles-dir", "-P", "profiles_dir", multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of your own profiles; searched before ./profiles and the built-in "
+    "ones. Repeatable.")
+json_option = click.option("--json", "json_", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="edge-llm builder")
+def app() -> None:
+    """Turn a device profile into a working, verified LLM appliance."""
+
+
+@app.group("profiles")
+def profiles_app() -> None:
+    """List, show and validate device profiles."""
+
+
+@app.group("models")
+def models_app() -> None:
+    """The model catalog."""
+
+
+# --- profiles -------------------------------------------------------------------------
+
+@profiles_app.command("list")
+@profiles_dir_option
+@json_option
+@click.option("--all", "all_", is_flag=True, help="Include abstract bases.")
+def profiles_list(profiles_dir: tuple[Path, ...], json_: bool, all_: bool) -> None:
+    """List the profiles on the search path."""
+    store = ProfileStore(list(profiles_dir))
+    rows = []
+    for name in store.names(include_abstract=all_):
+        rp = store.load(name)
+        p = rp.profile
+        rows.append({
+            "name": name, "path": display_path(rp.path), "abstract": rp.abstract,
+            "description": rp.data.get("description", ""),
+            "target": p.target if p else None,
+            "ram": format_size(p.device.ram) if p else None,
+            "engine": p.engine.kind if p else None,
+            "model": p.model.id if p else None, "quant": p.model.quant if p else None,
+        })
+    if json_:
+        return _print_json(rows)
+    table = Table("profile", "target", "RAM", "engine", "model")
+    for r in rows:
+        model = f"{r['model'].removesuffix('-instruct')} {r['quant']}" if r["model"] else "-"
+        table.add_row(r["name"] + (" (base)" if r["abstract"] else ""), r["target"] or "-",
+                      r["ram"] or "-", r["engine"] or "-", model)
+    out.print(table)
+    out.print(f"searched: {', '.join(display_path(d) for d in store.dirs)}")
+
+
+@profiles_app.command("show")
+@click.argument("profile")
+@profiles_dir_option
+@json_option
+def profiles_show(profile: str, profiles_dir: tuple[Path, ...], json_: bool) -> None:
+    """Print the fully resolved PROFILE (name or YAML path), after extends and defaults."""
+    rp = ProfileStore(list(profiles_dir)).load(profile)
+    if rp.profile is None:
+        data: dict[str, Any] = dict(rp.data)
+    else:
+        data = rp.profile.model_dump(mode="json", exclude={"extends", "abstract"})
+    if json_:
+        return _print_json({"name": rp.name, "chain": [display_path(p) for p in rp.chain],
+                            "profile": data})
+    sys.stdout.write(f"# {rp.name}: resolved from "
+                     f"{' -> '.join(display_path(p) for p in rp.chain)}\n")
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+@profiles_app.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@profiles_dir_option
+def profiles_validate(files: tuple[Path, ...], profiles_dir: tuple[Path, ...]) -> None:
+    """Check profile FILES; a problem is reported as FILE:LINE:COL: field: why."""
+    store = ProfileStore(list(profiles_dir))
+    for f in files:
+        rp = store.resolve_file(f)
+        what = "abstract base" if rp.profile is None else (
+            f"{rp.profile.target}, {rp.profile.model.id} {rp.profile.model.quant}")
+        out.print(f"[green]ok[/] {display_path(f)} ({what})")
+
+
+@profiles_app.command("schema")
+@click.option("--markdown", is_flag=True,
+              help="Field reference as Markdown (docs/profile-reference.md).")
+def profiles_schema(markdown: bool) -> None:
+    """JSON Schema of a profile, for editor completion (yaml-language-server)."""
+    from .schema_doc import markdown_reference
+
+    if markdown:
+        sys.stdout.write(markdown_reference())
+    else:
+        _print_json(Profile.model_json_schema())
+
+
+# --- models ---------------------------------------------------------------------------
+
+@models_app.command("list")
+@json_option
+def models_list(json_: bool) -> None:
+    """The catalog: architecture numbers and weight size per quantization."""
+    rows = []
+    for m in catalog.MODELS.values():
+        rows.append({
+            "id": m.id, "hf_repo": m.hf_repo, "params": m.n_params,
+            "published_params": m.published_params, "layers": m.n_layer,
+            "hidden": m.n_embd, "heads": m.n_head, "kv_heads": m.n_head_kv,
+            "head_dim": m.head_dim, "ffn": m.n_ff, "vocab": m.n_vocab,
+            "tied_embeddings": m.tied_embeddings, "max_context": m.max_context,
+            "quants": {q.name: {"engine": q.engine, "weight_bytes":
+                                catalog.weight_bytes(m.id, q.name),
+                                "bits_per_weight": round(catalog.effective_bpw(m.id,
+                                                                               q.name), 3)}
+                       for q in catalog.QUANTS.values()},
+        })
+    if json_:
+        return _print_json(rows)
+    names = [r["id"].removeprefix("qwen2.5-").removesuffix("-instruct") for r in rows]
+    arch = Table("Qwen2.5-Instruct", *names, title="Model catalog (Qwen2.5 Instruct)")
+    for label, key in (("parameters", "published_params"), ("layers", "layers"),
+                       ("hidden size", "hidden"), ("attention heads", "heads"),
+                       ("KV heads", "kv_heads"), ("head dim", "head_dim"),
+                       ("FFN size", "ffn"), ("vocabulary", "vocab"),
+                       ("tied embeddings", "tied_embeddings"),
+                       ("max context", "max_context")):
+        arch.add_row(label, *[_cell(r[key]) for r in rows])
+    out.print(arch)
+    sizes = Table("quant", *names, title="Weights: size, effective bits per weight",
+                  caption="GGUF quants run on llama.cpp; int4_awq, int8_wo, fp16 on "
+                  "TensorRT-LLM")
+    engine = None
+    for q in catalog.QUANTS.values():
+        if engine and q.engine != engine:
+            sizes.add_section()
+        engine = q.engine
+        sizes.add_row(q.name, *[
+            f"{format_size(r['quants'][q.name]['weight_bytes'])} "
+            f"{r['quants'][q.name]['bits_per_weight']:.2f}" for r in rows])
+    out.print(sizes)
+
+
+def _cell(v: Any) -> str:
+    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
+
+
+# --- plan -----------------------------------------------------------------------------
+
+@app.command("plan")
+@click.option("--profile", "-p", default="x86-gateway", show_default=True,
+              help="Profile name or YAML path.")
+@click.option("--model", help="Catalog model id (see `builder models list`).")
+@click.option("--quant", help="Quantization, e.g. Q4_K_M or int4_awq.")
+@click.option("--ctx", type=int, help="Context tokens per slot.")
+@click.option("--parallel", type=int, help="Concurrent request slots.")
+@click.option("--kv-cache-type", help="KV cache type: f16, q8_0, q4_0, ...")
+@profiles_dir_option
+@json_option
+def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None,
+             parallel: int | None, kv_cache_type: str | None,
+             profiles_dir: tuple[Path, ...], json_: bool) -> None:
+    """Predict memory use and say whether it fits.
+
+    Exit status: 0 fits, 1 tight, 3 does not fit, 2 bad input.
+    """
+    rp = ProfileStore(list(profiles_dir)).load(profile)
+    if rp.profile is None:
+        raise BuilderError(f"{display_path(rp.path)}: is an abstract base; plan a profile "
+                           f"that extends it")
+    p = with_overrides(rp, {
+        ("model", "id"): ("--model", model), ("model", "quant"): ("--quant", quant),
+        ("runtime", "context_length"): ("--ctx", ctx),
+        ("runtime", "parallel"): ("--parallel", parallel),
+        ("runtime", "kv_cache_type"): ("--kv-cache-type", kv_cache_type),
+    })
+    result = planner.plan(planner.PlanInput.from_profile(p), build=planner.build_check(p))
+    if json_:
+        _print_json({"profile": rp.name, **result.to_json()})
+    else:
+        _render_plan(rp.name, p, result)
+    sys.exit(result.verdict.exit_code)
+
+
+_VERDICT_STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}
+
+
+def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
+    i = r.input
+    bpw = catalog.effective_bpw(i.model_id, i.quant)
+    slots = "slot" if i.parallel == 1 else "slots"
+    out.print(f"[bold]{name}[/]: {i.model_id} {i.quant} on {i.engine}, "
+              f"{i.context_length} ctx x {i.parallel} {slots}, KV {i.kv_cache_type}")
+    t = Table("", "bytes", "", show_header=False, box=None, padding=(0, 2))
+    t.add_row("weights", format_size(r.weights), f"{bpw:.2f} bits/weight")
+    t.add_row("KV cache", format_size(r.kv_total),
+              f"{format_size(r.kv_per_slot)}/slot x {i.parallel}, {i.kv_cache_type}")
+    t.add_row("compute buffers", format_size(r.compute), f"ubatch {i.ubatch_size}")
+    t.add_row("output buffer", format_size(r.output), "")
+    t.add_row("engine process", format_size(r.engine_overhead), "")
+    t.add_row("gateway", format_size(r.gateway_overhead), "")
+    t.add_row("[bold]total[/]", f"[bold]{format_size(r.total)}[/]", "")
+    t.add_row("available", format_size(r.limit),
+              f"{format_size(i.ram)} RAM - {format_size(i.reserved)} kept by the OS"
+              + (f", MemoryMax {format_size(i.memory_max)}" if i.memory_max else ""))
+    if r.gpu_share is not None:
+        t.add_row("on the GPU", format_size(r.gpu_share), "unified memory, shared with CPU")
+    out.print(t)
+    out.print(f"verdict: [{_VERDICT_STYLE[r.verdict.value]}]{r.verdict.value}[/]: {r.reason}")
+    if r.verdict is not planner.Verdict.NO_FIT:
+        out.print(f"engine MemoryMax: {format_size(r.memory_max)}")
+    if r.suggestions:
+        out.print("to make it fit, change one of:")
+        for s in r.suggestions:
+            out.print(f"  {s.change}  -> {format_size(s.total)}")
+    elif r.verdict is not planner.Verdict.FITS:
+        out.print("no single change makes it fit; pick a smaller model and quantization")
+    b = r.build
+    if b is not None:
+        if b.ok:
+            out.print(f"on-device build: {b.what} peaks near {format_size(b.peak)} of "
+                      f"{format_size(b.budget)}: ok")
+        else:
+            out.print(f"[bold yellow]warning[/]: on-device build: {b.what} peaks near "
+                      f"{format_size(b.peak)}, more than the {format_size(b.budget)} "
+                      f"available; {b.advice}")
+
+
+# --- entry point ----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app.main(args=argv, prog_name="builder", standalone_mode=False)
+    except BuilderError as e:
+        _fail(str(e), e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        sys.stdout.write(e.format_message() + "\n")
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "builder"
+        _fail(f"{e.format_message()} (see `{cmd} --help`)", EXIT_ERROR)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)

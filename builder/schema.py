@@ -1,0 +1,197 @@
+"""The profile schema: the single table of every setting, with a description each.
+
+The JSON Schema (`builder profiles schema`), the field reference in docs/ and
+`builder profiles show` are all generated from these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from .catalog import Engine
+from .units import Size, SizeOrAuto
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=False)
+
+
+# --- device -----------------------------------------------------------------------
+
+class Accelerator(_Section):
+    kind: Literal["none", "cuda"] = Field("none", description="GPU API the device offers.")
+    name: str | None = Field(None, description="Marketing name, e.g. 'Ampere, 1024 cores'.")
+    compute_capability: str | None = Field(
+        None, pattern=r"^\d+\.\d+$",
+        description="CUDA compute capability, e.g. '8.7' for Orin (sm_87).")
+    memory: Literal["unified", "dedicated"] = Field(
+        "unified", description="'unified': the GPU shares system RAM (Jetson).")
+
+
+class Storage(_Section):
+    kind: Literal["sd", "emmc", "nvme", "ssd", "usb"] = Field(
+        "ssd", description="Boot medium type.")
+    size: Size = Field(..., description="Capacity of the boot medium.")
+
+
+class Device(_Section):
+    arch: Literal["amd64", "arm64"] = Field(..., description="Debian architecture name.")
+    soc: str = Field(..., description="System on chip or platform, e.g. 'BCM2712'.")
+    cpu_model: str = Field(..., description="CPU core type, e.g. 'Cortex-A76'.")
+    cpu_cores: int = Field(..., ge=1, le=1024, description="Logical CPUs.")
+    ram: Size = Field(..., description="Physical RAM.")
+    accelerator: Accelerator = Field(default_factory=Accelerator,
+                                     description="GPU, if any.")
+    storage: Storage = Field(..., description="Boot medium.")
+
+
+# --- os -----------------------------------------------------------------------------
+
+class OsBase(_Section):
+    family: Literal["debian", "l4t"] = Field(
+        ..., description="'debian' (mmdebstrap rootfs) or 'l4t' (NVIDIA Jetson Linux).")
+    suite: str = Field("bookworm", description="Debian suite (L4T 36 is Ubuntu 22.04 based).")
+    l4t_release: str | None = Field(None, description="Jetson Linux release, e.g. '36.4.3'.")
+    jetpack: str | None = Field(None, description="JetPack release, e.g. '6.2'.")
+    reserved_memory: Size = Field(
+        ..., description="RAM the OS and other services keep; the planner never gives "
+        "it to inference.")
+    packages: list[str] = Field(
+        default_factory=list, description="Extra packages for the rootfs, 'name' or "
+        "'name=version'.")
+
+
+# --- engine -------------------------------------------------------------------------
+
+class LlamaCppBuild(_Section):
+    cpu_baseline: str | None = Field(
+        None, description="x86-64 ISA level the build may assume ('x86-64-v2', "
+        "'x86-64-v3'), or 'all-variants' for GGML_BACKEND_DL with every CPU variant. "
+        "Never the build host's CPU.")
+    arm_arch: str | None = Field(
+        None, description="GGML_CPU_ARM_ARCH, e.g. 'armv8.2-a+dotprod+fp16' (Cortex-A76).")
+    cuda_architectures: str | None = Field(
+        None, description="CMAKE_CUDA_ARCHITECTURES, e.g. '87' for Orin.")
+    cmake_args: list[str] = Field(default_factory=list,
+                                  description="Extra -D options passed to CMake.")
+
+
+class TensorRtLlmBuild(_Section):
+    version: str = Field("0.12.0", description="TensorRT-LLM release (JetPack build).")
+    max_batch_size: int = Field(4, ge=1, description="trtllm-build --max_batch_size.")
+    max_input_len: int = Field(2048, ge=1, description="trtllm-build --max_input_len.")
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.9, gt=0, le=1, description="Share of free memory the runtime takes for KV cache.")
+
+
+class EngineSpec(_Section):
+    kind: Engine = Field(..., description="Inference engine.")
+    build_on_device: bool = Field(
+        False, description="Build the engine on the device itself (TensorRT-LLM engines "
+        "are specific to the GPU and JetPack); otherwise cross-build on the host.")
+    build_jobs: int | None = Field(
+        None, ge=1, description="Parallel compile jobs; default: what memory allows.")
+    llama_cpp: LlamaCppBuild = Field(default_factory=LlamaCppBuild,
+                                     description="Options when kind is llama.cpp.")
+    tensorrt_llm: TensorRtLlmBuild = Field(default_factory=TensorRtLlmBuild,
+                                           description="Options when kind is tensorrt-llm.")
+
+
+# --- model --------------------------------------------------------------------------
+
+class ModelSource(_Section):
+    hf_repo: str | None = Field(None, description="Hugging Face repo id.")
+    revision: str | None = Field(None, description="Commit or tag of hf_repo to pin.")
+    file: str | None = Field(None, description="File within the repo (prequantized GGUF).")
+    path: str | None = Field(None, description="Local HF directory or GGUF file.")
+    url: str | None = Field(None, description="Mirror URL of a GGUF file.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="Expected sha256 of the fetched file.")
+
+
+class ModelSpec(_Section):
+    id: str = Field(..., description="Catalog id, see `builder models list`.")
+    quant: str = Field(..., description="Quantization as the engine spells it "
+                       "(Q4_K_M, int4_awq); any case.")
+    source: ModelSource = Field(default_factory=ModelSource,
+                                description="Where the weights come from.")
+
+
+# --- runtime ------------------------------------------------------------------------
+
+KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",
+                      "iq4_nl"]
+
+
+def _on_off(value: object) -> object:
+    # YAML 1.1 reads a bare on/off as a boolean; take it as the word the user wrote.
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class Runtime(_Section):
+    context_length: int = Field(4096, ge=256, description="Context tokens per slot.")
+    threads: int | None = Field(None, ge=1, description="Decode threads; default: all cores.")
+    batch_size: int = Field(2048, ge=1, description="Logical batch (llama-server -b).")
+    ubatch_size: int = Field(512, ge=1, description="Physical batch (llama-server -ub); "
+                             "sets the compute buffer size.")
+    parallel: int = Field(1, ge=1, le=64, description="Concurrent request slots.")
+    kv_cache_type: KvCacheType = Field(
+        "f16", description="KV cache element type (K and V); quantized V needs flash "
+        "attention.")
+    flash_attn: Annotated[Literal["on", "off", "auto"], BeforeValidator(_on_off)] = Field(
+        "auto", description="Flash attention (llama-server -fa).")
+    mmap: bool = Field(True, description="Map the model file instead of reading it.")
+    mlock: bool = Field(False, description="Lock the model in RAM (never paged out).")
+
+
+# --- service ------------------------------------------------------------------------
+
+class Service(_Section):
+    port: int = Field(8080, ge=1, le=65535, description="Public API and web chat port.")
+    bind_address: str = Field("0.0.0.0", description="Address the public port binds.")
+    engine_port: int = Field(8081, ge=1, le=65535,
+                             description="Engine port, always on 127.0.0.1.")
+    api_auth: bool = Field(True, description="Require an API key on /v1.")
+    memory_max: SizeOrAuto = Field(
+        "auto", description="systemd MemoryMax for the engine; 'auto' takes it from the "
+        "plan.")
+    cpu_affinity: list[int] | None = Field(
+        None, description="CPUs the engine may run on (systemd CPUAffinity).")
+
+
+class Swap(_Section):
+    kind: Literal["none", "zram", "file"] = Field("none", description="Swap kind.")
+    size: Size | None = Field(None, description="Swap size (zram: uncompressed).")
+    zram_algorithm: Literal["zstd", "lz4", "lzo-rle"] = Field(
+        "zstd", description="zram compression.")
+
+
+class Verify(_Section):
+    min_decode_tps: float = Field(1.0, ge=0, description="Minimum decode tokens/s.")
+    max_ttft_ms: int = Field(5000, ge=1, description="Maximum time to first token (ms).")
+    max_rss: SizeOrAuto = Field(
+        "auto", description="Maximum engine resident memory; 'auto' is the plan's total.")
+
+
+class Profile(_Section):
+    """A device profile, fully resolved (after `extends`)."""
+
+    model_config = ConfigDict(extra="forbid", title="edge-llm builder device profile")
+
+    extends: str | list[str] | None = Field(
+        None, description="Profile(s) this one builds on, merged left to right.")
+    abstract: bool = Field(False, description="A base for others; not buildable itself.")
+    description: str = Field("", description="One line for `builder profiles list`.")
+    target: str = Field(..., description="Target family: what differs per hardware "
+                        "(engine recipe, rootfs, boot, flash). See `builder profiles "
+                        "list`.")
+    device: Device = Field(..., description="The hardware.")
+    os: OsBase = Field(..., description="The OS base image.")
+    engine: EngineSpec = Field(..., description="Inference engine and its build.")
+    model: ModelSpec = Field(..., description="The model baked into the image.")
+    runtime: Runtime = Field(default_factory=Runtime, description="Engine runtime knobs.")
+    service: Service = Field(default_factory=Service, description="The systemd services.")
+    swap: Swap = Field(default_factory=Swap, description="Swap or zram.")
+    verify: Verify = Field(default_factory=Verify, description="Acceptance thresholds.")

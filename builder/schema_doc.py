@@ -1,0 +1,85 @@
+"""The profile field reference, generated from the schema (never written by hand)."""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from .profiles import _section_model
+from .schema import Profile
+from .units import _size_or_auto, parse_size
+
+
+def _describe_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(tp))
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(tp)
+        if any(getattr(m, "func", None) is parse_size for m in meta):
+            return "size"
+        if any(getattr(m, "func", None) is _size_or_auto for m in meta):
+            return "size \\| `auto`"
+        return _describe_type(base)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_describe_type(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_describe_type(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {str: "text", int: "integer", float: "number", bool: "boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _type_name(info: FieldInfo) -> str:
+    tp = info.annotation
+    if info.metadata:  # Annotated[...] extras that pydantic unpacked
+        tp = typing.Annotated[(tp, *info.metadata)]
+    return _describe_type(tp)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        value: Any = info.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            return "(section)"
+    else:
+        value = info.default
+    return f"`{json.dumps(value)}`"
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows: list[str] = []
+    for name, info in model.model_fields.items():
+        sub = _section_model(info.annotation)
+        key = f"{prefix}{name}"
+        if sub is not None:
+            rows.append(f"| `{key}` | section | | {info.description} |")
+            rows += _rows(sub, key + ".")
+        else:
+            rows.append(f"| `{key}` | {_type_name(info)} | {_default(info)} | "
+                        f"{info.description} |")
+    return rows
+
+
+def markdown_reference() -> str:
+    lines = [
+        "# Profile field reference",
+        "",
+        "Generated from `builder/schema.py` by `builder profiles schema --markdown`; a test",
+        "fails when this file and the schema disagree. Sizes take binary units (`512MiB`,",
+        "`4GiB`). See [profiles.md](profiles.md) for inheritance rules.",
+        "",
+        "| field | type | default | description |",
+        "|---|---|---|---|",
+        *_rows(Profile, ""),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Planner arithmetic checked by hand against the catalog, and its verdicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from builder import catalog, planner
+from builder.planner import PlanInput, Verdict, plan
+from builder.profiles import ProfileStore
+from builder.units import GiB, MiB
+
+
+def pin(**kw) -> PlanInput:
+    base = dict(model_id="qwen2.5-0.5b-instruct", quant="Q4_K_M", engine="llama.cpp",
+                context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
+                ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
+                unified_gpu=False)
+    return PlanInput(**{**base, **kw})
+
+
+def test_kv_cache_by_hand() -> None:
+    # 24 layers x (K + V) x 2 KV heads x 64 head dim x 2 bytes (f16) x 4096 tokens
+    assert plan(pin()).kv_per_slot == 24 * 2 * 2 * 64 * 2 * 4096 == 48 * MiB
+    # q8_0 stores 32 values in 34 bytes
+    assert plan(pin(kv_cache_type="q8_0")).kv_per_slot == 24 * 2 * 128 * 4096 * 34 // 32
+    # 7B: 28 layers x 2 x 4 KV heads x 128 x 2 bytes = 56 KiB per token; 4 slots
+    p = plan(pin(model_id="qwen2.5-7b-instruct", context_length=8192, parallel=4))
+    assert p.kv_per_slot == 28 * 2 * 4 * 128 * 2 * 8192
+    assert p.kv_total == 4 * p.kv_per_slot
+
+
+def test_context_is_rounded_up_to_256_cells_per_slot_like_llama_cpp() -> None:
+    assert plan(pin(context_length=1000)).kv_per_slot == plan(pin(context_length=1024)
+                                                              ).kv_per_slot
+
+
+def test_total_is_the_sum_of_its_parts() -> None:
+    p = plan(pin(parallel=2))
+    assert p.total == (p.weights + p.kv_total + p.compute + p.output + p.engine_overhead
+                       + p.gateway_overhead)
+    assert p.weights == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
+    assert p.output == 151936 * 4 * 2  # one f32 logits row per slot
+
+
+def test_compute_buffer_without_flash_attention_grows_with_context() -> None:
+    short = plan(pin(flash_attn="off", context_length=1024)).compute
+    long = plan(pin(flash_attn="off", context_length=16384)).compute
+    # KQ scores: 512 tokens x 16384 cells x 14 heads x 4 bytes dominate
+    assert long >= 512 * 16384 * 14 * 4 > short
+    assert plan(pin(flash_attn="on", context_length=16384)).compute < long
+
+
+def test_budget_is_ram_minus_what_the_os_keeps() -> None:
+    p = plan(pin())
+    assert p.budget == p.limit == 4 * GiB - 320 * MiB
+
+
+# --- the verdicts the issue names ---------------------------------------------------
+
+def test_7b_f16_on_pi5_4gb_does_not_fit(cli) -> None:
+    r = cli("plan", "--profile", "pi5-4gb", "--model", "qwen2.5-7b-instruct", "--quant", "F16")
+    assert r.code == 3
+    assert "verdict: does not fit" in r.out
+    assert "to make it fit, change one of:" in r.out
+
+
+def test_0_5b_q4_k_m_4k_on_pi5_4gb_fits(cli) -> None:
+    r = cli("plan", "--profile", "pi5-4gb", "--model", "qwen2.5-0.5b-instruct",
+            "--quant", "q4_k_m", "--ctx", "4096")
+    assert r.code == 0
+    assert "verdict: fits" in r.out
+
+
+def test_3b_q8_on_pi5_4gb_is_tight(cli) -> None:
+    r = cli("plan", "--profile", "pi5-4gb", "--model", "qwen2.5-3b-instruct", "--quant", "Q8_0",
+            "--json")
+    assert r.code == 1
+    d = json.loads(r.out)
+    assert d["verdict"] == "tight"
+    assert planner.FIT_SHARE * d["limit"] < d["total"] <= d["limit"]
+
+
+@pytest.mark.parametrize("name", ["orin-agx-64gb", "orin-nano-8gb", "pi5-8gb", "pi5-4gb",
+                                  "x86-gateway"])
+def test_every_builtin_profile_fits_as_shipped(name: str, cli) -> None:
+    assert cli("plan", "--profile", name).code == 0
+
+
+LONG_CONTEXT = pin(model_id="qwen2.5-3b-instruct", quant="Q6_K", context_length=16384,
+                   parallel=4, ram=5 * GiB)
+BIG_WEIGHTS = pin(model_id="qwen2.5-3b-instruct", quant="Q8_0", context_length=8192,
+                  parallel=2, ram=4 * GiB)
+
+
+@pytest.mark.parametrize(("start", "kinds"), [
+    (LONG_CONTEXT, ["runtime.kv_cache_type", "runtime.context_length", "runtime.parallel",
+                    "model.id"]),
+    (BIG_WEIGHTS, ["model.quant", "model.id"]),
+])
+def test_suggestions_each_make_it_fit_when_applied(start: PlanInput, kinds: list[str]) -> None:
+    p = plan(start)
+    assert p.verdict is Verdict.NO_FIT
+    assert [s.change.split(":")[0] for s in p.suggestions] == kinds
+    for s in p.suggestions:
+        field, value = s.change.split(": ", 1)
+        value = value.split(" ")[0]
+        key = {"model.quant": "quant", "runtime.kv_cache_type": "kv_cache_type",
+               "runtime.context_length": "context_length", "runtime.parallel": "parallel",
+               "model.id": "model_id"}[field]
+        typed = int(value) if key in ("context_length", "parallel") else value
+        applied = plan(dataclasses.replace(start, **{key: typed}))
+        assert applied.verdict is Verdict.FITS, s.change
+        assert applied.total == s.total
+
+
+def test_suggested_context_is_the_longest_that_fits() -> None:
+    start = LONG_CONTEXT
+    ctx = next(int(s.change.split(": ")[1]) for s in plan(start).suggestions
+               if s.change.startswith("runtime.context_length"))
+    assert plan(dataclasses.replace(start, context_length=ctx)).verdict is Verdict.FITS
+    assert plan(dataclasses.replace(start, context_length=ctx + 256)).verdict is not \
+        Verdict.FITS
+
+
+def test_explicit_memory_max_below_the_need_does_not_fit() -> None:
+    p = plan(pin(memory_max=256 * MiB))
+    assert p.verdict is Verdict.NO_FIT
+    assert "service.memory_max is 256MiB" in p.reason
+
+
+def test_auto_memory_max_leaves_20_percent_headroom_within_the_budget() -> None:
+    p = plan(pin())
+    assert p.total * 1.2 <= p.memory_max <= p.budget
+
+
+def test_orin_reports_the_gpu_share_of_unified_memory(cli) -> None:
+    d = json.loads(cli("plan", "--profile", "orin-agx-64gb", "--json").out)
+    assert d["gpu_share"] == d["weights"] + d["kv_total"] + d["compute"] + d["output"]
+
+
+# --- building on the device ----------------------------------------------------------
+
+def test_tensorrt_llm_build_of_7b_on_orin_nano_warns(cli) -> None:
+    r = cli("plan", "--profile", "orin-nano-8gb", "--model", "qwen2.5-7b-instruct", "--json")
+    build = json.loads(r.out)["build"]
+    assert build["ok"] is False and build["peak"] > build["budget"]
+    r = cli("plan", "--profile", "orin-nano-8gb", "--model", "qwen2.5-7b-instruct")
+    assert "warning: on-device build" in r.out
+
+
+def test_tensorrt_llm_build_of_the_default_orin_nano_model_is_ok() -> None:
+    p = ProfileStore().load("orin-nano-8gb").profile
+    assert p is not None
+    check = planner.build_check(p)
+    assert check is not None and check.ok
+
+
+def test_cross_built_profiles_have_no_on_device_build() -> None:
+    p = ProfileStore().load("pi5-4gb").profile
+    assert p is not None and planner.build_check(p) is None
+
+
+def test_llama_cpp_cuda_build_on_orin_nano_advises_fewer_jobs(workdir, cli) -> None:
+    (workdir / "profiles").mkdir()
+    (workdir / "profiles/nano-gguf.yaml").write_text(
+        "extends: orin-nano-8gb\nengine:\n  kind: llama.cpp\nmodel:\n  quant: Q4_K_M\n")
+    d = json.loads(cli("plan", "--profile", "nano-gguf", "--json").out)
+    assert d["build"]["ok"] is False
+    jobs = int(d["build"]["advice"].rsplit(" ", 1)[1])
+    assert jobs * planner.COMPILE_JOB_PEAK["cuda"] + 512 * MiB <= d["build"]["budget"]
+
+
+# --- overrides on the command line ----------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--quant", "Q9"], "error: --quant: 'Q9' is not a llama.cpp quantization; choose one "
+     "of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16\n"),
+    (["--model", "llama-3"], "error: --model: unknown model 'llama-3'; known: "
+     "qwen2.5-0.5b-instruct, qwen2.5-1.5b-instruct, qwen2.5-3b-instruct, "
+     "qwen2.5-7b-instruct\n"),
+    (["--ctx", "100000"], "error: --ctx: 100000 exceeds qwen2.5-1.5b-instruct's maximum "
+     "context of 32768\n"),
+    (["--parallel", "0"], "error: --parallel: input should be greater than or equal to 1, "
+     "got 0\n"),
+    (["--kv-cache-type", "q3"], "error: --kv-cache-type: must be one of 'f32', 'f16', "
+     "'bf16', 'q8_0', 'q5_1', 'q5_0', 'q4_1', 'q4_0' or 'iq4_nl', got 'q3'\n"),
+    (["--ctx", "abc"], "error: Invalid value for '--ctx': 'abc' is not a valid integer. "
+     "(see `builder plan --help`)\n"),
+])
+def test_bad_override_names_the_flag(args: list[str], message: str, cli) -> None:
+    r = cli("plan", "--profile", "pi5-4gb", *args)
+    assert (r.code, r.err) == (2, message)
+
+
+def test_planning_an_abstract_base_is_refused(cli) -> None:
+    r = cli("plan", "--profile", "base-pi5")
+    assert r.code == 2 and "is an abstract base; plan a profile that extends it" in r.err
