@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
+from .errors import BuilderError
+
 Engine = Literal["llama.cpp", "tensorrt-llm"]
 ENGINES: tuple[Engine, ...] = ("llama.cpp", "tensorrt-llm")
 
@@ -185,7 +187,7 @@ QUANTS: dict[str, Quantization] = {
 }
 
 
-class CatalogError(LookupError):
+class CatalogError(BuilderError):
     """Unknown model or quantization; the message lists what exists."""
 
 
@@ -261,6 +263,23 @@ def weight_bytes(model_id: str, quant_name: str) -> int:
         return sum(GGML_TYPES[gguf_tensor_type(model, t, q)].nbytes(t.n)
                    for t in model.tensors())
     return sum(_trt_tensor_bytes(t, q) for t in model.tensors())
+
+
+@cache
+def repacked_bytes(model_id: str, quant_name: str, repack_types: tuple[str, ...]) -> int:
+    """Bytes of weight matrices the CPU backend copies into an interleaved layout at load
+    (ggml-cpu repack.cpp; CPU_REPACK buffer). The embedding is looked up by row, not
+    multiplied, and stays in the mapped file."""
+    model = get_model(model_id)
+    q = QUANTS[quant_name.lower()]
+    if q.engine != "llama.cpp" or not repack_types:
+        return 0
+    total = 0
+    for t in model.tensors():
+        typ = gguf_tensor_type(model, t, q)
+        if t.is_matrix and t.name != "token_embd.weight" and typ in repack_types:
+            total += GGML_TYPES[typ].nbytes(t.n)
+    return total
 
 
 def effective_bpw(model_id: str, quant_name: str) -> float:

@@ -229,6 +229,9 @@ def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
               f"{i.context_length} ctx x {i.parallel} {slots}, KV {i.kv_cache_type}")
     t = Table("", "bytes", "", show_header=False, box=None, padding=(0, 2))
     t.add_row("weights", format_size(r.weights), f"{bpw:.2f} bits/weight")
+    if r.repacked:
+        t.add_row("repacked weights", format_size(r.repacked),
+                  "re-laid out by the CPU backend at load")
     t.add_row("KV cache", format_size(r.kv_total),
               f"{format_size(r.kv_per_slot)}/slot x {i.parallel}, {i.kv_cache_type}")
     t.add_row("compute buffers", format_size(r.compute), f"ubatch {i.ubatch_size}")
@@ -283,3 +286,6 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.exit(code)
+
+
+from . import cli_build as _cli_build  # noqa: E402, F401  (registers engine/model/cache)

@@ -2,12 +2,15 @@
 
 Pure arithmetic over the catalog and the profile. What llama.cpp allocates at load:
 - weights: every tensor at the type llama-quantize gives it (catalog.weight_bytes);
+- repacked weights: the CPU backend copies the matrices it has faster kernels for
+  into an interleaved layout (CPU_REPACK); the mapped originals stay resident as page
+  cache until reclaimed, so they count twice;
 - KV cache: n_layer x 2 (K and V) x n_kv_heads x head_dim x element size, per token,
   for context_length tokens per slot x parallel slots (we run llama-server with
   -c context_length*parallel -np parallel, no unified cache, so each slot owns its
   share);
-- compute buffer: one graph reserved for the worst case, an ubatch attending over the
-  whole cache; its peak is the largest stage (logits, FFN or attention scratch);
+- compute buffer: one graph reserved for the worst case, an ubatch attending over a
+  slot's cache; the KQ mask plus the largest stage (attention scores, FFN, logits);
 - output buffer: one row of logits per sequence;
 - overhead: the process itself (binary, tokenizer tables, threads) and the gateway.
 Verdict against RAM minus what the OS keeps: fits (<= 85%), tight (<= 100%),
@@ -23,6 +26,7 @@ from enum import StrEnum
 from . import catalog
 from .catalog import GGML_TYPES, ModelArch
 from .schema import Profile
+from .targets import TARGETS
 from .units import GiB, MiB, format_size
 
 FIT_SHARE = 0.85  # above this share of the budget the verdict is "tight"
@@ -63,6 +67,7 @@ class PlanInput:
     reserved: int
     memory_max: int | None  # explicit systemd MemoryMax, None for auto
     unified_gpu: bool
+    repack_types: tuple[str, ...] = ()  # weight types the CPU backend copies at load
 
     @classmethod
     def from_profile(cls, p: Profile) -> PlanInput:
@@ -74,6 +79,9 @@ class PlanInput:
             ubatch_size=p.runtime.ubatch_size, ram=p.device.ram,
             reserved=p.os.reserved_memory, memory_max=None if mm == "auto" else mm,
             unified_gpu=p.device.accelerator.kind == "cuda",
+            repack_types=(() if p.engine.kind != "llama.cpp"
+                          or p.device.accelerator.kind == "cuda"
+                          else TARGETS[p.target].cpu_repack_types),
         )
 
 
@@ -97,6 +105,7 @@ class BuildCheck:
 class Plan:
     input: PlanInput
     weights: int
+    repacked: int
     kv_per_slot: int
     kv_total: int
     compute: int
@@ -126,25 +135,25 @@ def kv_bytes_per_token(model: ModelArch, kv_type: str) -> float:
 
 
 def compute_buffer_bytes(model: ModelArch, pin: PlanInput) -> int:
-    """Peak of llama.cpp's worst-case graph (llama-context.cpp sched_reserve): an ubatch
-    of min(n_ctx, n_ubatch) tokens attending over the whole cache, one logits row per
-    slot. Intermediate tensors share memory, so the peak is the largest stage."""
-    n_ctx = kv_cells(pin)
-    n_tok = min(pin.ubatch_size, n_ctx)
+    """Peak of llama.cpp's worst-case graph (llama-context.cpp sched_reserve).
+
+    An ubatch of n_tok tokens; each slot's attention spans its own n_ctx_seq cells (no
+    unified KV cache). The KQ mask is an input, alive throughout (f32, or f16 with flash
+    attention); the intermediates share memory, so the rest is the largest stage:
+    attention scores (without flash attention), the FFN, or the logits. Fitted to
+    llama-server's "compute buffer size" for Qwen2 shapes (see docs/planner.md)."""
+    n_ctx_seq = _round_up(pin.context_length, 256)
+    n_tok = min(pin.ubatch_size, n_ctx_seq * pin.parallel)
     f32 = 4
-    logits = min(n_tok, pin.parallel) * model.n_vocab * f32
-    ffn = n_tok * model.n_ff * f32 * 2  # gate and up activations live together
     if pin.flash_attn == "off":
-        attn = n_tok * n_ctx * model.n_head * f32  # KQ scores for every head
+        mask = n_tok * n_ctx_seq * f32
+        attn = n_tok * (n_ctx_seq * model.n_head + 5 * model.n_embd + 2 * model.n_embd_kv) * f32
     else:
-        attn = n_tok * model.n_embd * f32 * 2
-    residual = n_tok * model.n_embd * f32 * 3  # input, residual stream, norm output
-    return max(logits, ffn, attn) + residual
-
-
-def kv_cells(pin: PlanInput) -> int:
-    """KV cache cells: llama.cpp rounds each slot's context up to a multiple of 256."""
-    return _round_up(pin.context_length, 256) * pin.parallel
+        mask = n_tok * n_ctx_seq * 2
+        attn = n_tok * 8 * model.n_embd * f32
+    ffn = n_tok * (3 * model.n_ff + 4 * model.n_embd) * f32
+    logits = min(n_tok, pin.parallel) * model.n_vocab * f32
+    return mask + max(attn, ffn, logits)
 
 
 def _limit(pin: PlanInput) -> tuple[int, int]:
@@ -158,6 +167,7 @@ def _totals(pin: PlanInput) -> dict[str, int]:
                         * _round_up(pin.context_length, 256))
     parts = {
         "weights": catalog.weight_bytes(pin.model_id, pin.quant),
+        "repacked": catalog.repacked_bytes(pin.model_id, pin.quant, pin.repack_types),
         "kv_per_slot": kv_slot,
         "kv_total": kv_slot * pin.parallel,
         "compute": compute_buffer_bytes(model, pin),

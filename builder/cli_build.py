@@ -1,0 +1,289 @@
+"""Commands that make artifacts: engine, model, cache, doctor."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from . import doctor as doctor_mod
+from . import engine as engine_mod
+from . import modelfile, sources, synth
+from .cache import Cache
+from .cli import app, json_option, out, profiles_dir_option
+from .errors import BuilderError, display_path
+from .profiles import ProfileStore, ResolvedProfile
+from .schema import Profile
+from .units import format_size
+
+cache_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Artifact cache (default: $EDGE_LLM_CACHE or ~/.cache/edge-llm-builder).")
+profile_option = click.option("--profile", "-p", default="x86-gateway", show_default=True,
+                              help="Profile name or YAML path.")
+
+
+def _load(profile: str, profiles_dir: tuple[Path, ...]) -> tuple[ResolvedProfile, Profile]:
+    rp = ProfileStore(list(profiles_dir)).load(profile)
+    if rp.profile is None:
+        raise BuilderError(f"{display_path(rp.path)}: is an abstract base; use a profile "
+                           f"that extends it")
+    return rp, rp.profile
+
+
+def _source_dir(rp: ResolvedProfile, *loc: str) -> Path:
+    """Relative paths in a profile are relative to the file that set them."""
+    return rp.pos(loc).file.parent
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# --- engine ---------------------------------------------------------------------------
+
+@app.group("engine")
+def engine_app() -> None:
+    """Build the inference engine for a profile's target."""
+
+
+@engine_app.command("build")
+@profile_option
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs.")
+@cache_option
+@profiles_dir_option
+@json_option
+def engine_build(profile: str, jobs: int | None, cache_dir: Path | None,
+                 profiles_dir: tuple[Path, ...], json_: bool) -> None:
+    """Build (or take from the cache) llama.cpp for the profile's target."""
+    rp, p = _load(profile, profiles_dir)
+    recipe = engine_mod.recipe_for(p)
+    doctor_mod.require("engine", *(("engine-arm64",) if recipe.arch == "arm64" else ()))
+    art = engine_mod.build(p, Cache(cache_dir), jobs=jobs,
+                           base_dir=_source_dir(rp, "engine", "llama_cpp", "source", "path"))
+    files = {name: meta["sha256"] for name, meta in art.entry.manifest["outputs"].items()
+             if "sha256" in meta}
+    if json_:
+        return _print_json({"path": str(art.entry.out), "key": art.entry.key,
+                            "cached": art.entry.hit, "files": files})
+    out.print(f"engine: {art.entry.out} ({'cached' if art.entry.hit else 'built'}, "
+              f"{format_size(art.entry.size)})")
+    for tool in recipe.targets:
+        out.print(f"  {tool}  sha256 {files[f'bin/{tool}'][:16]}")
+
+
+@engine_app.command("recipe")
+@profile_option
+@profiles_dir_option
+def engine_recipe(profile: str, profiles_dir: tuple[Path, ...]) -> None:
+    """Print the build commands for the profile's engine (also for on-device builds)."""
+    _, p = _load(profile, profiles_dir)
+    recipe = engine_mod.recipe_for(p)
+    for note in recipe.notes:
+        out.print(f"# {note}")
+    for i, v in enumerate(recipe.variants or (None,)):
+        bdir = f"build-{v.name}" if v else "build"
+        args = [*recipe.cmake_args, *(v.cmake_args if v else ())]
+        sys.stdout.write(shlex.join(["cmake", "-S", ".", "-B", bdir, "-G", "Ninja", *args])
+                         + "\n")
+        targets = recipe.targets if i == 0 else ("ggml-cpu",)
+        sys.stdout.write(shlex.join(["cmake", "--build", bdir, "--target", *targets]) + "\n")
+
+
+# --- model ----------------------------------------------------------------------------
+
+@app.group("model")
+def model_app() -> None:
+    """Fetch, convert, quantize or synthesize the profile's model."""
+
+
+model_file_option = click.option(
+    "--model-file", type=click.Path(path_type=Path),
+    help="Use this GGUF file or Hugging Face directory instead of the profile's source.")
+synthetic_option = click.option(
+    "--synthetic", is_flag=True,
+    help="Use random weights in the exact shape of the profile's model (no download).")
+lock_option = click.option("--lock", type=click.Path(path_type=Path),
+                           help="Lock file pinning every model file's sha256.")
+
+
+def _fetch(rp: ResolvedProfile, p: Profile, cache: Cache, model_file: Path | None,
+           synthetic: bool, lock: Path | None) -> modelfile.Fetched:
+    if synthetic:
+        entry = synth.cached(p.model.id, cache)
+        model_file = entry.out
+    return modelfile.fetch(p.model.source, cache, model_file=model_file, lock=lock,
+                           base_dir=_source_dir(rp, "model", "source", "path"))
+
+
+@model_app.command("fetch")
+@profile_option
+@model_file_option
+@synthetic_option
+@lock_option
+@click.option("--write-lock", type=click.Path(path_type=Path),
+              help="Write the fetched files' sha256 to this lock file.")
+@cache_option
+@profiles_dir_option
+@json_option
+def model_fetch(profile: str, model_file: Path | None, synthetic: bool, lock: Path | None,
+                write_lock: Path | None, cache_dir: Path | None,
+                profiles_dir: tuple[Path, ...], json_: bool) -> None:
+    """Get the model files and check them against their pins."""
+    rp, p = _load(profile, profiles_dir)
+    f = _fetch(rp, p, Cache(cache_dir), model_file, synthetic, lock)
+    if write_lock:
+        modelfile.write_lock(f, write_lock)
+    if json_:
+        return _print_json({"path": str(f.path), "kind": f.kind, "files": f.files,
+                            "origin": f.origin})
+    out.print(f"{f.kind}: {f.path}")
+    for name, sha in f.files.items():
+        out.print(f"  {name}  {sha}")
+
+
+@model_app.command("convert")
+@profile_option
+@model_file_option
+@synthetic_option
+@lock_option
+@cache_option
+@profiles_dir_option
+def model_convert(profile: str, model_file: Path | None, synthetic: bool,
+                  lock: Path | None, cache_dir: Path | None,
+                  profiles_dir: tuple[Path, ...]) -> None:
+    """Convert the Hugging Face model to an F16 GGUF with llama.cpp's converter."""
+    rp, p = _load(profile, profiles_dir)
+    cache = Cache(cache_dir)
+    f = _fetch(rp, p, cache, model_file, synthetic, lock)
+    src = sources.llama_cpp(p.engine.llama_cpp.source, cache,
+                            base_dir=_source_dir(rp, "engine", "llama_cpp", "source", "path"))
+    entry = modelfile.convert(f, src, cache)
+    out.print(f"F16 GGUF: {modelfile.gguf_of(entry)}")
+
+
+@model_app.command("quantize")
+@profile_option
+@click.option("--quant", help="Quantization (default: the profile's).")
+@model_file_option
+@synthetic_option
+@lock_option
+@cache_option
+@profiles_dir_option
+@json_option
+def model_quantize(profile: str, quant: str | None, model_file: Path | None,
+                   synthetic: bool, lock: Path | None, cache_dir: Path | None,
+                   profiles_dir: tuple[Path, ...], json_: bool) -> None:
+    """Fetch, convert and quantize: the GGUF that goes into the image."""
+    rp, p = _load(profile, profiles_dir)
+    if quant:
+        from .profiles import with_overrides
+
+        p = with_overrides(rp, {("model", "quant"): ("--quant", quant)})
+    cache = Cache(cache_dir)
+    f = _fetch(rp, p, cache, model_file, synthetic, lock)
+    result = modelfile.build(p, f, cache, source_base=_source_dir(
+        rp, "engine", "llama_cpp", "source", "path"))
+    if json_:
+        return _print_json({"path": str(result.path), "sha256": result.sha256,
+                            "quant": result.quant, "bytes": result.path.stat().st_size})
+    out.print(f"{result.quant} GGUF: {result.path} ({format_size(result.path.stat().st_size)})")
+    out.print(f"  sha256 {result.sha256}")
+
+
+@model_app.command("synth")
+@click.option("--model", "model_id", default="qwen2.5-0.5b-instruct", show_default=True,
+              help="Catalog model id whose shape to copy, or 'tiny'.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@cache_option
+def model_synth(model_id: str, seed: int, cache_dir: Path | None) -> None:
+    """Make a random-weight Hugging Face model in a catalog model's exact shape."""
+    entry = synth.cached(model_id, Cache(cache_dir), seed=seed)
+    out.print(f"synthetic {model_id}: {entry.out} ({format_size(entry.size)})")
+
+
+# --- cache ----------------------------------------------------------------------------
+
+@app.group("cache")
+def cache_app() -> None:
+    """Inspect, verify and prune the artifact cache."""
+
+
+@cache_app.command("list")
+@cache_option
+@json_option
+def cache_list(cache_dir: Path | None, json_: bool) -> None:
+    """List cache entries."""
+    cache = Cache(cache_dir)
+    entries = cache.entries()
+    if json_:
+        return _print_json([{"kind": e.kind, "key": e.key, "label": e.manifest.get("label"),
+                             "bytes": e.size, "created": e.manifest.get("created"),
+                             "path": str(e.path)} for e in entries])
+    t = Table("kind", "key", "what", "size", "created", title=f"Cache {cache.root}")
+    for e in entries:
+        t.add_row(e.kind, e.key[:12], e.manifest.get("label", ""), format_size(e.size),
+                  e.manifest.get("created", ""))
+    out.print(t)
+    out.print(f"{len(entries)} entries, {format_size(sum(e.size for e in entries))}")
+
+
+@cache_app.command("verify")
+@cache_option
+def cache_verify(cache_dir: Path | None) -> None:
+    """Re-hash every entry; exit 1 if any is corrupted (the next build rebuilds it)."""
+    bad = 0
+    for e in Cache(cache_dir).entries():
+        problems = e.problems()
+        if problems:
+            bad += 1
+            out.print(f"[red]corrupted[/] {e.kind}/{e.key[:12]} "
+                      f"{e.manifest.get('label', '')}: {'; '.join(problems[:3])}")
+        else:
+            out.print(f"[green]ok[/] {e.kind}/{e.key[:12]} {e.manifest.get('label', '')}")
+    if bad:
+        raise BuilderError(f"{bad} corrupted cache entr{'y' if bad == 1 else 'ies'}; they are "
+                           f"rebuilt on next use, or remove them with `builder cache prune`")
+
+
+@cache_app.command("prune")
+@click.option("--older-than", type=float, metavar="DAYS",
+              help="Remove entries not used for this many days.")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@cache_option
+def cache_prune(older_than: float | None, everything: bool, dry_run: bool,
+                cache_dir: Path | None) -> None:
+    """Remove unused entries and leftovers of interrupted builds."""
+    if older_than is None and not everything:
+        raise BuilderError("say what to prune: --older-than DAYS or --all")
+    removed = Cache(cache_dir).prune(older_than_days=older_than, everything=everything,
+                                     dry_run=dry_run)
+    for what, size in removed:
+        out.print(f"{'would remove' if dry_run else 'removed'} {what} ({format_size(size)})")
+    out.print(f"{len(removed)} removed, {format_size(sum(s for _, s in removed))} freed"
+              + (" (dry run)" if dry_run else ""))
+
+
+# --- doctor ---------------------------------------------------------------------------
+
+@app.command("doctor")
+@click.option("--install", is_flag=True, help="Install what is missing with apt-get.")
+def doctor(install: bool) -> None:
+    """Check the host packages every stage needs."""
+    if install:
+        doctor_mod.install(doctor_mod.missing())
+    gone = {n.tool for n in doctor_mod.missing()}
+    t = Table("stage", "tool", "package", "status")
+    for n in doctor_mod.NEEDS:
+        t.add_row(n.stage, n.tool, n.package,
+                  "[red]missing[/]" if n.tool in gone else "[green]ok[/]")
+    out.print(t)
+    if gone:
+        raise BuilderError(f"missing: {', '.join(sorted(gone))}; run `builder doctor "
+                           f"--install`")

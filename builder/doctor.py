@@ -1,0 +1,57 @@
+"""Host packages each stage needs, checked by `builder doctor` and installed with
+`builder doctor --install` (Debian/Ubuntu: apt-get)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from .errors import BuilderError
+from .run import run
+
+
+@dataclass(frozen=True)
+class Need:
+    tool: str  # executable looked up on PATH
+    package: str  # Debian package that provides it
+    stage: str
+
+
+NEEDS: tuple[Need, ...] = (
+    Need("cmake", "cmake", "engine"),
+    Need("ninja", "ninja-build", "engine"),
+    Need("ccache", "ccache", "engine"),
+    Need("c++", "g++", "engine"),
+    Need("git", "git", "engine"),
+    Need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "engine-arm64"),
+    Need("qemu-aarch64-static", "qemu-user-static", "engine-arm64"),
+    Need("update-binfmts", "binfmt-support", "engine-arm64"),
+)
+STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
+
+
+def missing(stages: tuple[str, ...] = STAGES) -> list[Need]:
+    return [n for n in NEEDS if n.stage in stages and shutil.which(n.tool) is None]
+
+
+def install(needs: list[Need]) -> None:
+    packages = sorted({n.package for n in needs})
+    if not packages:
+        return
+    if shutil.which("apt-get") is None:
+        raise BuilderError(f"no apt-get here; install these packages yourself: "
+                           f"{' '.join(packages)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run([*sudo, "apt-get", "update", "-qq"], what="apt-get update", env=env)
+    run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        what=f"apt-get install {' '.join(packages)}", env=env)
+
+
+def require(*stages: str) -> None:
+    """Raise one line naming what is missing for these stages and how to get it."""
+    gone = missing(stages)
+    if gone:
+        tools = ", ".join(f"{n.tool} ({n.package})" for n in gone)
+        raise BuilderError(f"missing host tools: {tools}; run `builder doctor --install`")

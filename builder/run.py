@@ -1,0 +1,121 @@
+"""One way to run external tools: argument lists, stdin closed, output to a log, and
+failures told apart (not found, killed, non-zero exit) with the log's tail."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import BuilderError, display_path
+from .log import log
+
+
+class ToolError(BuilderError):
+    """An external command failed; the message says which, how, and where the log is."""
+
+
+def which(tool: str, hint: str = "") -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ToolError(f"{tool}: not found on PATH{'; ' + hint if hint else ''}")
+    return path
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    tail: int = 15,
+    timeout: float | None = None,
+) -> str:
+    """Run `cmd`, return its output (stdout+stderr). `what` names the step in errors.
+
+    Output goes line by line to `log_file` (appended) and `on_line` (progress)."""
+    args = [str(c) for c in cmd]
+    exe = which(args[0], "run `builder doctor --install` to get the host packages")
+    args[0] = exe
+    full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
+    log.debug("run: %s", " ".join(args))
+    last: deque[str] = deque(maxlen=tail)
+    chunks: list[str] = []
+    fh = log_file.open("a", encoding="utf-8") if log_file else None
+    start = time.monotonic()
+    try:
+        if fh:
+            fh.write(f"$ {' '.join(args)}\n")
+            fh.flush()
+        proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", start_new_session=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                chunks.append(line)
+                last.append(line.rstrip("\n"))
+                if fh:
+                    fh.write(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+                if timeout and time.monotonic() - start > timeout:
+                    raise subprocess.TimeoutExpired(args, timeout)
+            rc = proc.wait(timeout=timeout)
+        except BaseException:
+            _kill(proc)
+            raise
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"{what}: timed out after {timeout:.0f}s"
+                        f"{_where(log_file)}") from None
+    finally:
+        if fh:
+            fh.close()
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else rc
+        raise ToolError(f"{what}: {Path(exe).name} was killed by {name}{_where(log_file)}"
+                        f"{_tail(last)}")
+    if rc != 0:
+        raise ToolError(f"{what}: {Path(exe).name} exited with status {rc}"
+                        f"{_where(log_file)}{_tail(last)}")
+    return "".join(chunks)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _where(log_file: Path | None) -> str:
+    return f" (log: {display_path(log_file)})" if log_file else ""
+
+
+_ERROR = re.compile(r"\b(error|fatal|failed)\b", re.IGNORECASE)
+_NOISE = ("ninja: build stopped", "make: ***", "-- Configuring incomplete",
+          "See also", "FAILED: ")
+
+
+def _tail(lines: deque[str]) -> str:
+    """The line that says what went wrong (the last error-looking one, or the last one),
+    so the one-line error carries it."""
+    text = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE)]
+    for i in range(len(text) - 1, -1, -1):
+        if _ERROR.search(text[i]):
+            line = text[i]
+            if line.endswith(":") and i + 1 < len(text):  # CMake puts the reason below
+                line = f"{line} {text[i + 1]}"
+            return f": {line[:300]}"
+    return f": {text[-1][:300]}" if text else ""

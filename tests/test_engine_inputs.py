@@ -1,0 +1,118 @@
+"""Engine sources and recipes: pins, bad sources, what goes into the cache key. Fast:
+nothing here compiles llama.cpp (the broken source fails at CMake configure)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder import engine
+from builder.profiles import ProfileStore
+from builder.recipes import x86_flags
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_x86_recipe_builds_each_cpu_level_as_a_loadable_backend() -> None:
+    p = ProfileStore().load("x86-gateway").profile
+    r = engine.recipe_for(p)
+    assert "-DGGML_BACKEND_DL=ON" in r.cmake_args and "-DGGML_NATIVE=OFF" in r.cmake_args
+    assert [v.name for v in r.variants] == ["x86-64-v2", "x86-64-v3"]
+    v2, v3 = (set(v.cmake_args) for v in r.variants)
+    assert "-DGGML_AVX2=OFF" in v2 and "-DGGML_SSE42=ON" in v2
+    assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"} <= v3
+    assert "-DGGML_AMX_INT8=ON" not in v3  # AMX kernels SIGILL off the build host
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in r.cmake_args  # nothing fetched at build time
+
+
+def test_pi5_recipe_cross_compiles_for_the_a76() -> None:
+    r = engine.recipe_for(ProfileStore().load("pi5-4gb").profile)
+    assert r.arch == "arm64" and r.compilers == ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++")
+    assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16" in r.cmake_args
+    assert not any("i8mm" in a or "sve" in a for a in r.cmake_args)
+
+
+def test_orin_recipe_is_cuda_sm87_on_the_device(cli, workdir: Path) -> None:
+    write(workdir / "profiles/orin-gguf.yaml",
+          "extends: orin-nano-8gb\nengine:\n  kind: llama.cpp\nmodel:\n  quant: Q4_K_M\n")
+    r = engine.recipe_for(ProfileStore().load("orin-gguf").profile)
+    assert r.on_device and "-DCMAKE_CUDA_ARCHITECTURES=87" in r.cmake_args
+    res = cli("engine", "recipe", "--profile", "orin-gguf")
+    assert res.code == 0 and "-DGGML_CUDA=ON" in res.out
+    res = cli("engine", "build", "--profile", "orin-gguf")
+    assert res.code == 2
+    assert res.err == ("error: jetson-orin: llama.cpp with CUDA is built on the device; "
+                       "`builder engine recipe --profile ...` shows the commands\n")
+
+
+def test_tensorrt_llm_engine_is_not_built_here(cli) -> None:
+    res = cli("engine", "build", "--profile", "orin-nano-8gb")
+    assert res.code == 2 and "tensorrt-llm engines are built on the device" in res.err
+
+
+def test_x86_level_flags_are_exclusive() -> None:
+    assert x86_flags("x86-64-v2").count("-DGGML_AVX=ON") == 0
+    assert "-DGGML_AVX512=ON" in x86_flags("x86-64-v4")
+
+
+def test_source_that_does_not_build_fails_in_one_line_and_caches_nothing(
+        cli, workdir: Path, tmp_path: Path) -> None:
+    write(workdir / "broken/CMakeLists.txt", "cmake_minimum_required(VERSION 3.14)\n"
+          "project(broken C)\nmessage(FATAL_ERROR \"this llama.cpp does not build\")\n")
+    write(workdir / "profiles/broken.yaml", "extends: x86-gateway\nengine:\n  llama_cpp:\n"
+          "    source:\n      kind: path\n      path: ../broken\n")
+    cache = tmp_path / "cache"
+    r = cli("engine", "build", "--profile", "broken", "--cache-dir", str(cache))
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert r.code == 2 and len(errors) == 1 and r.err.endswith(errors[0] + "\n")
+    assert errors[0].startswith("error: configuring llama.cpp for x86-gateway (amd64): cmake "
+                            "exited with status 1 (log: ")
+    assert errors[0].endswith("CMake Error at CMakeLists.txt:3 (message): this llama.cpp "
+                              "does not build")
+    log = Path(r.err.split("(log: ")[1].split(")")[0])
+    assert log.is_file() and "this llama.cpp does not build" in log.read_text()
+    assert not list((cache / "engines").iterdir()) or all(
+        p.name.startswith(".lock") for p in (cache / "engines").iterdir())
+    assert "Traceback" not in r.err
+
+
+def test_source_path_that_is_missing(cli, workdir: Path) -> None:
+    write(workdir / "profiles/gone.yaml", "extends: x86-gateway\nengine:\n  llama_cpp:\n"
+          "    source: {kind: path, path: /nonexistent/llama.cpp}\n")
+    r = cli("engine", "build", "--profile", "gone", "--cache-dir", str(workdir / "c"))
+    assert (r.code, r.err) == (2, "error: engine.llama_cpp.source.path: /nonexistent/llama.cpp "
+                                  "does not exist\n")
+
+
+def test_tarball_with_wrong_sha256_is_refused(cli, workdir: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        data = b"cmake_minimum_required(VERSION 3.14)\n"
+        info = tarfile.TarInfo("llama.cpp-x/CMakeLists.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    (workdir / "llama.tar.gz").write_bytes(buf.getvalue())
+    write(workdir / "profiles/tb.yaml", "extends: x86-gateway\nengine:\n  llama_cpp:\n"
+          "    source: {kind: path, path: ../llama.tar.gz, sha256: '" + "0" * 64 + "'}\n")
+    r = cli("engine", "build", "--profile", "tb", "--cache-dir", str(workdir / "c"))
+    assert r.code == 2
+    assert r.err.startswith("error: engine.llama_cpp.source.sha256: llama.tar.gz has sha256 ")
+    assert r.err.endswith(f"expected {'0' * 64}\n")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("package", "llama-cpp-python"),
+])
+def test_pypi_source_must_be_pinned(field: str, value: str, cli, workdir: Path) -> None:
+    write(workdir / "profiles/unpinned.yaml", "extends: x86-gateway\nengine:\n  llama_cpp:\n"
+          f"    source: {{{field}: {value}}}\n")
+    r = cli("engine", "build", "--profile", "unpinned", "--cache-dir", str(workdir / "c"))
+    assert (r.code, r.err) == (2, "error: engine.llama_cpp.source.package: pin a version, "
+                                  "e.g. llama-cpp-python==0.3.36\n")

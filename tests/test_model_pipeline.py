@@ -1,0 +1,104 @@
+"""Models through llama.cpp's own tools: HF -> GGUF F16 -> Q4_K_M, answers from
+llama-server, the planner against what llama-server allocates, and a real chat model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder import catalog, planner
+from builder.llama_server import LlamaServer, free_port, server_args
+from builder.planner import PlanInput
+from builder.schema import Runtime
+from builder.targets import TARGETS
+from builder.units import GiB, MiB
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gguf_reader(llama_source):
+    sys.path.insert(0, str(llama_source.path / "gguf-py"))
+    import gguf
+
+    yield gguf.GGUFReader
+    sys.path.remove(str(llama_source.path / "gguf-py"))
+
+
+def _field(reader, key: str):
+    f = reader.fields[key]
+    return f.contents() if hasattr(f, "contents") else f.parts[f.data[0]]
+
+
+def test_tiny_qwen2_converts_and_quantizes_with_its_qwen2_features(tiny_q4, gguf_reader
+                                                                   ) -> None:
+    r = gguf_reader(tiny_q4)
+    assert _field(r, "general.architecture") == "qwen2"
+    assert _field(r, "qwen2.attention.head_count_kv") == 2  # GQA: 4 heads share 2 KV heads
+    tensors = {t.name: t for t in r.tensors}
+    assert "blk.0.attn_q.bias" in tensors and "blk.0.attn_k.bias" in tensors  # QKV bias
+    assert "output.weight" not in tensors  # tied embeddings
+    assert tensors["blk.0.attn_k.weight"].shape.tolist() == [64, 32]
+    assert _field(r, "general.file_type") == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+
+
+def test_tiny_qwen2_answers_through_llama_server(x86_engine, tiny_q4, server_log: Path
+                                                 ) -> None:
+    port = free_port()
+    args = server_args(Runtime(context_length=512), str(tiny_q4), port=port, threads=2)
+    with LlamaServer(x86_engine.tool("llama-server"), args, server_log, port=port) as srv:
+        d = srv.post("/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+            "temperature": 0})
+    # random weights: the text is noise, but eight tokens of it came back
+    assert d["usage"]["completion_tokens"] == 8
+    assert d["choices"][0]["message"]["content"]
+
+
+def test_synthetic_qwen_0_5b_q4_k_m_has_the_published_size(qwen05_q4, gguf_reader) -> None:
+    # the published Qwen2.5-0.5B-Instruct Q4_K_M GGUF is about 398 MB
+    assert qwen05_q4.stat().st_size == pytest.approx(398e6, rel=0.05)
+    # and the catalog predicts every tensor's type: the data bytes match exactly
+    data = sum(int(t.n_bytes) for t in gguf_reader(qwen05_q4).tensors)
+    assert data == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
+
+
+def test_planner_matches_what_llama_server_allocates(x86_engine, qwen05_q4,
+                                                     server_log: Path) -> None:
+    rt = Runtime(context_length=4096, parallel=1)
+    port = free_port()
+    args = server_args(rt, str(qwen05_q4), port=port, threads=2)
+    with LlamaServer(x86_engine.tool("llama-server"), [*args, "-lv", "4"], server_log,
+                     port=port) as srv:
+        report = srv.report()
+    plan = planner.plan(PlanInput(
+        model_id="qwen2.5-0.5b-instruct", quant="Q4_K_M", engine="llama.cpp",
+        context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
+        ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
+        unified_gpu=False, repack_types=TARGETS["x86-gateway"].cpu_repack_types))
+    assert report.n_ctx == 4096
+    assert plan.weights == pytest.approx(report.model, rel=0.10), report.raw
+    if "AVX2 = 1" in srv.log_text():  # the x86-64-v3 backend repacks Q4_K
+        assert plan.repacked == pytest.approx(report.repack, rel=0.10), report.raw
+    assert plan.kv_total == pytest.approx(report.kv, rel=0.10), report.raw
+    assert plan.compute == pytest.approx(report.compute, rel=0.10), report.raw
+
+
+def test_smollm2_answers_a_simple_question_correctly(x86_engine, smollm2_gguf,
+                                                     server_log: Path) -> None:
+    port = free_port()
+    args = server_args(Runtime(context_length=2048), str(smollm2_gguf), port=port, threads=2)
+    with LlamaServer(x86_engine.tool("llama-server"), args, server_log, port=port) as srv:
+        reply = srv.chat("What is the capital of France? Answer in one sentence.",
+                         max_tokens=24)
+    assert "paris" in reply.lower(), reply
+
+
+def test_quantizing_again_is_a_cache_hit(qwen05_q4, artifact_cache, x86_engine,
+                                         llama_source) -> None:
+    from conftest import _quantized
+
+    assert _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine,
+                      llama_source) == qwen05_q4
