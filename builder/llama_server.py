@@ -27,23 +27,52 @@ def load_mode(rt: Runtime) -> str:
             (False, False): "none"}[(rt.mmap, rt.mlock)]
 
 
-def server_args(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
-                threads: int, alias: str | None = None) -> list[str]:
-    """Every runtime knob as llama-server flags. -c is the total over all slots (no
-    unified KV cache), so each slot gets context_length cells."""
-    args = [
-        "--model", model, "--host", host, "--port", str(port),
-        "--ctx-size", str(rt.context_length * rt.parallel), "--parallel", str(rt.parallel),
-        "--no-kv-unified", "--threads", str(rt.threads or threads),
-        "--batch-size", str(rt.batch_size), "--ubatch-size", str(rt.ubatch_size),
-        "--cache-type-k", rt.kv_cache_type, "--cache-type-v", rt.kv_cache_type,
-        "--flash-attn", rt.flash_attn, "--load-mode", load_mode(rt),
-        "--fit", "off",  # the plan sized memory; do not let the server resize the context
-        "--metrics",
+def server_settings(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
+                    threads: int, alias: str | None = None) -> list[tuple[str, str, str]]:
+    """Every runtime knob as (llama-server flag, its environment variable, value): the
+    one table both the command line and the service's EnvironmentFile come from.
+    -c is the total over all slots (no unified KV cache), so each slot gets
+    context_length cells; --fit off keeps the server from resizing what was planned."""
+    rows = [
+        ("--model", "LLAMA_ARG_MODEL", model),
+        ("--host", "LLAMA_ARG_HOST", host),
+        ("--port", "LLAMA_ARG_PORT", str(port)),
+        ("--ctx-size", "LLAMA_ARG_CTX_SIZE", str(rt.context_length * rt.parallel)),
+        ("--parallel", "LLAMA_ARG_N_PARALLEL", str(rt.parallel)),
+        ("--kv-unified", "LLAMA_ARG_KV_UNIFIED", "false"),
+        ("--threads", "LLAMA_ARG_THREADS", str(rt.threads or threads)),
+        ("--batch-size", "LLAMA_ARG_BATCH", str(rt.batch_size)),
+        ("--ubatch-size", "LLAMA_ARG_UBATCH", str(rt.ubatch_size)),
+        ("--cache-type-k", "LLAMA_ARG_CACHE_TYPE_K", rt.kv_cache_type),
+        ("--cache-type-v", "LLAMA_ARG_CACHE_TYPE_V", rt.kv_cache_type),
+        ("--flash-attn", "LLAMA_ARG_FLASH_ATTN", rt.flash_attn),
+        ("--load-mode", "LLAMA_ARG_LOAD_MODE", load_mode(rt)),
+        ("--fit", "LLAMA_ARG_FIT", "off"),
+        ("--metrics", "LLAMA_ARG_ENDPOINT_METRICS", "true"),
     ]
     if alias:
-        args += ["--alias", alias]
+        rows.append(("--alias", "LLAMA_ARG_ALIAS", alias))
+    return rows
+
+
+def server_args(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
+                threads: int, alias: str | None = None) -> list[str]:
+    """The settings as llama-server flags (boolean flags take their on/off spelling)."""
+    args: list[str] = []
+    for flag, _, value in server_settings(rt, model, host=host, port=port, threads=threads,
+                                          alias=alias):
+        if value in ("true", "false"):
+            args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
+        else:
+            args += [flag, value]
     return args
+
+
+def server_env(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
+               threads: int, alias: str | None = None) -> dict[str, str]:
+    """The settings as llama-server's own LLAMA_ARG_* environment variables."""
+    rows = server_settings(rt, model, host=host, port=port, threads=threads, alias=alias)
+    return {env: value for _, env, value in rows}
 
 
 @dataclass

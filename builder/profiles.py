@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import catalog
+from .data import data_dir
 from .errors import ProfileError, display_path
 from .schema import Profile
 from .targets import TARGETS
@@ -31,8 +32,7 @@ _NOT_INHERITED = ("extends", "abstract")
 
 
 def builtin_dir() -> Path:
-    packaged = Path(__file__).parent / "_data" / "profiles"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "profiles"
+    return data_dir("profiles")
 
 
 def search_path(profiles_dirs: list[Path] | None = None) -> list[Path]:

@@ -13,14 +13,16 @@ embedding is wider than their tokenizer, so the GGUF keeps the full embedding sh
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from .cache import Cache, Entry
 from .catalog import ModelArch, get_model
+from .errors import BuilderError
 
 TOKENIZER_VOCAB = 1024
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -40,31 +42,15 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class Shape:
-    n_layer: int
-    n_embd: int
-    n_head: int
-    n_head_kv: int
-    n_ff: int
-    n_vocab: int
-    tied_embeddings: bool
-    max_context: int
-
-    @classmethod
-    def of(cls, m: ModelArch) -> Shape:
-        return cls(m.n_layer, m.n_embd, m.n_head, m.n_head_kv, m.n_ff, m.n_vocab,
-                   m.tied_embeddings, m.max_context)
-
-
 # Small enough to decode fast even under emulation, with every Qwen2 feature: GQA,
 # q/k/v biases, tied embeddings.
-TINY = Shape(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=TOKENIZER_VOCAB,
-             tied_embeddings=True, max_context=4096)
+TINY = ModelArch("tiny", hf_repo="", n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128,
+                 n_vocab=TOKENIZER_VOCAB, tied_embeddings=True, max_context=4096,
+                 published_params="")
 
 
-def shape_for(model: str) -> Shape:
-    return TINY if model == "tiny" else Shape.of(get_model(model))
+def shape_for(model: str) -> ModelArch:
+    return TINY if model == "tiny" else get_model(model)
 
 
 def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
@@ -95,7 +81,7 @@ def train_tokenizer(out: Path, vocab_size: int = TOKENIZER_VOCAB) -> dict[str, i
     return {tok: sp.PieceToId(tok) for tok in SPECIALS}
 
 
-def write_hf_model(shape: Shape, out: Path, *, seed: int = 0) -> None:
+def write_hf_model(shape: ModelArch, out: Path, *, seed: int = 0) -> None:
     """config.json, tokenizer and model.safetensors with random bf16 weights."""
     import torch
     from safetensors.torch import save_file
@@ -124,8 +110,7 @@ def write_hf_model(shape: Shape, out: Path, *, seed: int = 0) -> None:
         {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}))
 
     gen = torch.Generator().manual_seed(seed)
-    e, hd = shape.n_embd, shape.n_embd // shape.n_head
-    kv = shape.n_head_kv * hd
+    e, kv = shape.n_embd, shape.n_embd_kv
 
     def rand(*dims: int) -> torch.Tensor:
         return (torch.randn(*dims, generator=gen) * 0.02).to(torch.bfloat16)
@@ -155,11 +140,18 @@ SYNTH_VERSION = 1
 
 def cached(model: str, cache: Cache, *, seed: int = 0) -> Entry:
     """The synthetic model for `model` (catalog id or 'tiny'), from the cache or made now."""
+    missing = [m for m in ("torch", "sentencepiece", "safetensors")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BuilderError(f"synthetic models need {', '.join(missing)}: run "
+                           f"`pip install -e '.[convert]'` (scripts/setup does)")
     import sentencepiece
     import torch
 
     shape = shape_for(model)
-    inputs = {"synth_version": SYNTH_VERSION, "shape": asdict(shape), "seed": seed,
+    arch = {k: v for k, v in asdict(shape).items()
+            if k not in ("id", "hf_repo", "published_params")}
+    inputs = {"synth_version": SYNTH_VERSION, "shape": arch, "seed": seed,
               "torch": torch.__version__, "sentencepiece": sentencepiece.__version__}
     return cache.get_or_build("synth", inputs,
                               lambda out, log_file: write_hf_model(shape, out, seed=seed),

@@ -57,11 +57,27 @@ def cli(capsys: pytest.CaptureFixture[str]):
 def run_builder():
     """Run the installed `builder` console script as a user would."""
 
-    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, cwd: Path | None = None,
+            env_path: str | None = None) -> subprocess.CompletedProcess[str]:
         exe = Path(sys.executable).with_name("builder")
         env = {**os.environ, "COLUMNS": "100"}
+        if env_path is not None:
+            env["PATH"] = env_path
         return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd,
                               env=env, timeout=120)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_builder_session():
+    """`builder` as a user runs it, for session-scoped fixtures (long timeout)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        exe = Path(sys.executable).with_name("builder")
+        return subprocess.run([str(exe), *args], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "100"}, timeout=3600,
+                              stdin=subprocess.DEVNULL)
 
     return run
 

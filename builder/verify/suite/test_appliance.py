@@ -1,0 +1,122 @@
+"""The appliance as built: one behaviour per test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+UNITS = ["edge-llm-engine.service", "ssh.service"]
+
+
+def _http(host, port: int, path: str, body: dict | None = None, timeout: int = 600):
+    """(status, parsed JSON) of a request made on the device itself (loopback)."""
+    script = (
+        "import json,sys,urllib.request,urllib.error\n"
+        f"b={json.dumps(body)!r}\n"
+        f"r=urllib.request.Request('http://127.0.0.1:{port}{path}',"
+        "data=b.encode() if b!='null' else None,headers={'Content-Type':'application/json'})\n"
+        "try:\n"
+        f"  resp=urllib.request.urlopen(r,timeout={timeout}); print(resp.status); "
+        "print(resp.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n  print(e.code); print(e.read().decode())\n")
+    out = host.check_output("python3 -c %s", script)
+    status, _, text = out.partition("\n")
+    return int(status), json.loads(text) if text.strip() else None
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_is_enabled_and_active(host, unit: str) -> None:
+    svc = host.service(unit)
+    assert svc.is_enabled and svc.is_running
+
+
+def test_no_unit_failed(host) -> None:
+    failed = host.check_output("systemctl list-units --failed --plain --no-legend")
+    assert failed.strip() == ""
+
+
+def test_engine_listens_on_loopback_only(host, engine_port: int) -> None:
+    assert host.socket(f"tcp://127.0.0.1:{engine_port}").is_listening
+    listening = host.socket.get_listening_sockets()
+    exposed = [s for s in listening if s.endswith(f":{engine_port}")
+               and not s.startswith(("tcp://127.0.0.1:", "tcp://::1:"))]
+    assert exposed == []
+
+
+def test_health_is_ok(host, engine_port: int) -> None:
+    status, body = _http(host, engine_port, "/health")
+    assert status == 200 and body == {"status": "ok"}
+
+
+def test_chat_completion_returns_tokens(host, engine_port: int) -> None:
+    status, body = _http(host, engine_port, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+        "temperature": 0})
+    assert status == 200
+    assert body["usage"]["completion_tokens"] >= 1
+
+
+def test_model_file_is_the_one_in_the_manifest(host, manifest) -> None:
+    f = host.file(manifest["model"]["device_path"])
+    assert f.exists and f.sha256sum == manifest["model"]["sha256"]
+
+
+def test_engine_runs_the_release_from_the_manifest(host, manifest) -> None:
+    current = host.file("/opt/edge-llm/current")
+    assert current.is_symlink and current.linked_to.endswith(manifest["release_id"])
+
+
+def test_resident_memory_is_within_the_plan(host, manifest) -> None:
+    pid = host.check_output("systemctl show -p MainPID --value edge-llm-engine.service")
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB",
+                            host.check_output(f"cat /proc/{pid}/status")).group(1))
+    limit = manifest["inputs"]["profile"]["verify"]["max_rss"]
+    plan_total = manifest["plan"]["total"] - manifest["plan"]["gateway_overhead"]
+    allowed = plan_total if limit == "auto" else _bytes(limit)
+    assert rss_kib * 1024 <= allowed
+
+
+def test_engine_is_hardened_to_at_most_ok_exposure(host) -> None:
+    out = host.check_output("systemd-analyze security --no-pager edge-llm-engine.service")
+    m = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", out)
+    assert m, out[-500:]
+    assert m.group(2) in ("SAFE", "OK"), f"exposure {m.group(1)} {m.group(2)}"
+
+
+def test_service_properties_from_the_plan(host, manifest) -> None:
+    props = host.check_output("systemctl show -p User -p NoNewPrivileges -p ProtectSystem "
+                              "-p MemoryMax -p PrivateTmp edge-llm-engine.service")
+    values = dict(line.split("=", 1) for line in props.splitlines())
+    assert values["User"] == "edge-llm"
+    assert values["NoNewPrivileges"] == "yes" and values["ProtectSystem"] == "strict"
+    assert values["PrivateTmp"] == "yes"
+    assert int(values["MemoryMax"]) == manifest["plan"]["memory_max"]
+
+
+def test_password_login_is_off(host) -> None:
+    cfg = host.check_output("sshd -T 2>/dev/null || /usr/sbin/sshd -T")
+    assert "passwordauthentication no" in cfg
+    assert "permitrootlogin no" in cfg
+
+
+def test_a_second_ansible_run_changes_nothing(cfg, manifest) -> None:
+    from builder import provision
+
+    state = Path(cfg["state"])
+    inv = provision.ssh_inventory("device", cfg["host"], cfg["port"], cfg["user"],
+                                  Path(cfg["key"]), Path(cfg["known_hosts"]))
+    recap = provision.run_playbook(inv, {**manifest["provision_vars"],
+                                         "edge_llm_image_build": False},
+                                   state / "ansible", what="ansible (idempotence check)",
+                                   log_file=state / "ansible-verify.log")
+    assert recap["device"].failed == 0 and recap["device"].unreachable == 0
+    assert recap["device"].changed == 0, (state / "ansible-verify.log").read_text()[-3000:]
+
+
+def _bytes(value) -> int:
+    from builder.units import parse_size
+
+    return parse_size(value)

@@ -1,0 +1,128 @@
+"""The main job end to end: build the x86-gateway image, boot it in QEMU, verify it
+with the shipped testinfra suite. Uses the tiny Qwen2 model (via --model-file) because
+inference under TCG emulation decodes at well under a token a second for real models.
+One build and one booted VM are shared by the tests here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.cache import sha256_file
+from builder.llama_server import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    r = run_builder_session("build", "--profile", "x86-gateway", "--model-file", str(tiny_q4),
+                            "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def manifest(appliance: Path) -> dict:
+    return json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+
+
+def _start_vm(appliance: Path, name: str, artifact_cache):
+    from builder import vm
+    from builder.sshkey import builder_key
+
+    m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+    key, _ = builder_key(artifact_cache)
+    spec = vm.VmSpec(image=appliance / "x86-gateway" / m["image"]["file"],
+                     ssh_port=free_port(), forwards={free_port(): 8080}, memory_mb=1536,
+                     cpus=2, state_dir=appliance / f".vm-{name}")
+    handle = vm.start(spec)
+    try:
+        vm.wait_ssh(handle, "edge", key, timeout=900)
+    except BaseException:
+        vm.stop(spec.state_dir)
+        raise
+    return spec, key
+
+
+@pytest.fixture(scope="session")
+def booted(appliance: Path, artifact_cache):
+    from builder import vm
+
+    spec, key = _start_vm(appliance, "first", artifact_cache)
+    yield spec, key
+    assert vm.stop(spec.state_dir)
+
+
+def ssh(booted, command: str) -> str:
+    spec, key = booted
+    r = subprocess.run(["ssh", "-i", str(key), "-p", str(spec.ssh_port), "-o",
+                        "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "edge@127.0.0.1",
+                        command], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_manifest_records_what_went_into_the_image(appliance: Path, manifest: dict,
+                                                   tiny_q4: Path) -> None:
+    image = appliance / "x86-gateway" / manifest["image"]["file"]
+    assert manifest["image"]["sha256"] == sha256_file(image)
+    assert (appliance / "x86-gateway" / manifest["image"]["bmap"]).is_file()
+    assert (appliance / "x86-gateway" / manifest["image"]["compressed"]).is_file()
+    assert manifest["model"]["sha256"] == sha256_file(tiny_q4)
+    assert manifest["engine"]["files"]["bin/llama-server"]
+    assert {"linux-image-amd64", "openssh-server", "systemd", "libgomp1"} <= set(
+        manifest["packages"])
+    assert all(manifest["packages"].values())  # every package with its version
+    assert manifest["release_id"].startswith("r")
+    assert manifest["inputs"]["profile"]["target"] == "x86-gateway"
+
+
+def test_builder_verify_passes_against_the_booted_image(booted, appliance: Path,
+                                                        run_builder_session) -> None:
+    spec, _ = booted
+    r = run_builder_session("verify", "--profile", "x86-gateway", "--out", str(appliance),
+                            "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}")
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+    report = next((appliance / "x86-gateway").glob("verify-*.xml")).read_text()
+    assert 'failures="0"' in report and 'errors="0"' in report
+
+
+def test_overlays_profile_wins_over_common(booted) -> None:
+    assert ssh(booted, "cat /etc/hostname").strip() == "edge-gateway"  # x86-gateway/
+    assert "DHCP=yes" in ssh(booted, "cat /etc/systemd/network/20-wired.network")  # common/
+
+
+def test_two_boots_of_one_image_get_their_own_host_keys(booted, appliance: Path,
+                                                        artifact_cache) -> None:
+    from builder import vm
+
+    first = (ssh(booted, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+             ssh(booted, "cat /etc/machine-id"))
+    spec2, key = _start_vm(appliance, "second", artifact_cache)
+    try:
+        second = (ssh((spec2, key), "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+                  ssh((spec2, key), "cat /etc/machine-id"))
+    finally:
+        vm.stop(spec2.state_dir)
+    assert first[0].split()[1] != second[0].split()[1]
+    assert first[1].strip() != second[1].strip() and len(first[1].strip()) == 32
+
+
+def test_a_disk_too_small_for_the_rootfs_fails_and_leaves_nothing(
+        tmp_path: Path, tiny_q4: Path, run_builder_session) -> None:
+    (tmp_path / "small.yaml").write_text(
+        "extends: x86-gateway\ndevice:\n  storage:\n    size: 512MiB\n")
+    out = tmp_path / "out"
+    r = run_builder_session("build", "--profile", str(tmp_path / "small.yaml"),
+                            "--model-file", str(tiny_q4), "--out", str(out))
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+    assert errors[0].startswith("error: disk too small for the rootfs: needs ")
+    assert "device.storage.size" in errors[0]
+    assert list(out.iterdir()) == []  # no out/small, no leftovers of the build

@@ -1,0 +1,136 @@
+"""The image build's pure parts and its refusals: role variables (golden), overlay
+order, host tools, a model that does not fit, an unreachable verify host."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from builder import build as build_mod
+from builder import planner
+from builder.profiles import ProfileStore
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _ctx(name: str = "x86-gateway") -> build_mod.BuildContext:
+    rp = ProfileStore().load(name)
+    ctx = build_mod.BuildContext(rp=rp, cache=None, out_root=Path("out"),  # type: ignore[arg-type]
+                                 authorized_keys=["ssh-ed25519 AAAATEST builder"])
+    ctx.plan = planner.plan(planner.PlanInput.from_profile(rp.profile))
+    ctx.engine = SimpleNamespace(entry=SimpleNamespace(out=Path("/cache/engines/k/out"),
+                                                       key="k"))  # type: ignore[assignment]
+    ctx.model = SimpleNamespace(path=Path("/cache/models/m/out/model-Q4_K_M.gguf"),
+                                sha256="ab" * 32, quant="Q4_K_M")  # type: ignore[assignment]
+    ctx.release_id = "r0123456789ab"
+    return ctx
+
+
+@pytest.mark.parametrize("image_build", [True, False])
+def test_role_variables_for_x86_gateway_match_the_golden_file(image_build: bool) -> None:
+    got = build_mod.role_vars(_ctx(), image_build=image_build)
+    golden = json.loads((GOLDEN / "role_vars_x86-gateway.json").read_text())
+    assert got == {**golden, "edge_llm_image_build": image_build}
+
+
+def test_every_runtime_knob_reaches_the_engine_environment() -> None:
+    env = build_mod.role_vars(_ctx("pi5-4gb"), image_build=True)["inference_env"]
+    assert env["LLAMA_ARG_CTX_SIZE"] == "4096" and env["LLAMA_ARG_N_PARALLEL"] == "1"
+    assert env["LLAMA_ARG_THREADS"] == "4" and env["LLAMA_ARG_KV_UNIFIED"] == "false"
+    assert {"LLAMA_ARG_BATCH", "LLAMA_ARG_UBATCH", "LLAMA_ARG_CACHE_TYPE_K",
+            "LLAMA_ARG_CACHE_TYPE_V", "LLAMA_ARG_FLASH_ATTN", "LLAMA_ARG_LOAD_MODE",
+            "LLAMA_ARG_FIT"} <= set(env)
+    assert "LLAMA_ARG_HOST" not in env  # the unit pins 127.0.0.1 itself
+
+
+def test_role_defaults_match_their_argument_specs() -> None:
+    import yaml
+
+    from builder.data import data_dir
+
+    roles = sorted(p for p in data_dir("roles").iterdir() if (p / "meta").is_dir())
+    assert {r.name for r in roles} >= {"base", "engine", "model", "inference"}
+    for role in roles:
+        defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
+        spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())
+        options = spec["argument_specs"]["main"]["options"]
+        assert set(defaults) <= set(options), f"{role.name}: defaults not in the spec"
+        for name, opt in options.items():
+            assert opt.get("description"), f"{role.name}.{name} has no description"
+            assert name.startswith(f"{role.name}_"), f"{role.name}.{name}: unprefixed"
+
+
+def test_overlays_apply_common_then_the_profile_chain() -> None:
+    layers = build_mod.overlay_layers(ProfileStore().load("x86-gateway"))
+    assert [p.name for p in layers] == ["common", "x86-gateway"]
+    assert (layers[-1] / "etc/hostname").read_text() == "edge-gateway\n"
+
+
+def test_a_model_that_does_not_fit_is_refused_before_building(workdir: Path, cli) -> None:
+    (workdir / "profiles").mkdir()
+    (workdir / "profiles/tiny-box.yaml").write_text(
+        "extends: x86-gateway\ndevice:\n  ram: 1GiB\n")
+    r = cli("build", "--profile", "tiny-box", "--out", "out")
+    assert r.code == 3
+    assert r.err.startswith("error: tiny-box: the model does not fit the device: needs ")
+    assert r.err.endswith("`builder plan --profile tiny-box` shows what would\n")
+    assert not (workdir / "out").exists() or not any((workdir / "out").iterdir())
+
+
+def test_a_missing_host_tool_is_named(run_builder, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    r = run_builder("doctor", env_path=str(bin_dir))
+    assert r.returncode == 2
+    assert "mmdebstrap" in r.stderr and "builder doctor --install" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_verify_an_unreachable_host_is_one_line(workdir: Path, cli) -> None:
+    (workdir / "out/x86-gateway").mkdir(parents=True)
+    (workdir / "out/x86-gateway/manifest.json").write_text("{}")
+    r = cli("verify", "--profile", "x86-gateway", "--host", "ssh://edge@127.0.0.1:1")
+    assert r.code == 2
+    assert r.err.startswith("error: --host ssh://edge@127.0.0.1:1: cannot log in over SSH: ")
+    assert r.err.count("\n") == 1
+
+
+def test_verify_without_a_build_says_what_to_do(workdir: Path, cli) -> None:
+    r = cli("verify", "--profile", "x86-gateway", "--host", "ssh://edge@127.0.0.1:2222")
+    assert (r.code, r.err) == (2, "error: out/x86-gateway/manifest.json: no build of "
+                                  "x86-gateway here; run `builder build --profile "
+                                  "x86-gateway` first\n")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://x", "error: --host http://x: expected ssh://user@host:port\n"),
+    ("ssh://edge@host:port", "error: --host ssh://edge@host:port: the port is not a "
+                             "number\n"),
+])
+def test_verify_host_must_be_an_ssh_url(url: str, message: str, workdir: Path, cli) -> None:
+    (workdir / "out/x86-gateway").mkdir(parents=True)
+    (workdir / "out/x86-gateway/manifest.json").write_text("{}")
+    r = cli("verify", "--profile", "x86-gateway", "--host", url)
+    assert (r.code, r.err) == (2, message)
+
+
+def test_building_needs_root_when_not_root(monkeypatch, workdir: Path, cli) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    r = cli("build", "--profile", "x86-gateway", "--out", "out")
+    assert r.code == 2 and "building an image needs root" in r.err
+
+
+def test_vm_stop_with_nothing_running(workdir: Path, cli) -> None:
+    r = cli("vm", "--profile", "x86-gateway", "--stop", "--out", "out")
+    assert (r.code, r.out) == (0, "x86-gateway: no VM was running\n")
+
+
+def test_vm_without_a_build_says_what_to_do(workdir: Path, cli) -> None:
+    r = cli("vm", "--profile", "x86-gateway", "--out", "out")
+    assert (r.code, r.err) == (2, "error: out/x86-gateway/manifest.json: no build of "
+                                  "x86-gateway here; run `builder build --profile "
+                                  "x86-gateway` first\n")

@@ -1,0 +1,319 @@
+"""Disk image and VM: pure layout/command tests, then a real rootfs built, imaged and booted.
+
+The slow tests build a minimal bookworm rootfs with mmdebstrap (about 95 s), make a
+UEFI disk image of it and boot it in QEMU (TCG here: about a minute to SSH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from builder import image, vm
+from builder.cache import sha256_file
+from builder.errors import BuilderError
+from builder.run import run
+from builder.units import GiB, MiB
+
+SEED = "test-image"
+EPOCH = "1700000000"
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+def test_ids_derive_from_the_seed_only():
+    a, b, c = (image.ImageIds.from_seed(s) for s in ("x", "x", "y"))
+    assert a == b
+    assert a != c
+    assert len({a.disk, a.esp_partuuid, a.root_partuuid, a.root_fs_uuid}) == 4
+    assert len(a.esp_volid) == 8
+    int(a.esp_volid, 16)
+
+
+def test_layout_is_mib_aligned_with_room_for_both_gpts():
+    plan = image.plan_disk(image.Usage(bytes=700 * MiB, inodes=30000), image.ImageLayout())
+    assert plan.esp_offset == 1 * MiB
+    assert plan.root_offset == plan.esp_offset + 256 * MiB
+    assert plan.root_size >= 700 * MiB * 1.25
+    assert all(n % MiB == 0 for n in (plan.esp_offset, plan.root_offset, plan.root_size))
+    assert plan.disk_size == plan.root_offset + plan.root_size + 1 * MiB
+    assert plan.root_inodes >= 30000
+
+
+def test_sfdisk_script_fixes_every_id_and_type():
+    ids = image.ImageIds.from_seed(SEED)
+    plan = image.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000), image.ImageLayout())
+    script = image.sfdisk_script(plan, ids)
+    assert "label: gpt" in script
+    assert f"label-id: {ids.disk.upper()}" in script
+    assert f"start=2048, size={256 * 2048}, type={image.ESP_TYPE}" in script
+    assert f"type={image.ROOT_X86_64_TYPE}, uuid={ids.root_partuuid.upper()}" in script
+
+
+def test_boot_entry_names_the_root_by_partuuid():
+    entry = image.boot_entry("1234", "console=ttyS0 quiet")
+    assert "linux /vmlinuz\ninitrd /initrd.img\n" in entry
+    assert entry.endswith("options root=PARTUUID=1234 rw console=ttyS0 quiet\n")
+    assert image.loader_conf().startswith("default edge.conf\ntimeout 0\n")
+
+
+def test_newest_kernel_wins():
+    names = ["config-6.1.0-9-cloud-amd64", "vmlinuz-6.1.0-9-cloud-amd64",
+             "vmlinuz-6.1.0-10-cloud-amd64", "initrd.img-6.1.0-10-cloud-amd64"]
+    assert image.pick_kernel(names) == "6.1.0-10-cloud-amd64"
+    assert image.pick_kernel(["System.map-6.1"]) is None
+
+
+def test_too_small_a_disk_is_one_line_naming_the_field():
+    plan = image.plan_disk(image.Usage(bytes=2 * GiB, inodes=50000), image.ImageLayout())
+    with pytest.raises(BuilderError) as err:
+        image.check_fits(plan, 1 * GiB)
+    msg = str(err.value)
+    assert msg.startswith("disk too small for the rootfs: needs ")
+    assert "device storage is 1GiB" in msg
+    assert "device.storage.size" in msg
+    assert "\n" not in msg
+    image.check_fits(plan, 64 * GiB)
+
+
+def test_boot_files_that_do_not_fit_the_esp_are_reported():
+    plan = image.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000),
+                           image.ImageLayout(esp_size=64 * MiB))
+    with pytest.raises(BuilderError, match="ESP too small: kernel, initrd and systemd-boot"):
+        image.check_fits(plan, None, boot_size=60 * MiB)
+
+
+def test_measure_counts_blocks_and_hard_links_once(tmp_path: Path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"x" * 5000)
+    os.link(tmp_path / "d" / "a", tmp_path / "d" / "b")
+    (tmp_path / "empty").touch()
+    (tmp_path / "short").symlink_to("d/a")
+    usage = image.measure(tmp_path)
+    assert usage.inodes == 1 + 4  # root, d, a(=b), empty, short
+    assert usage.bytes == 2 * 4096 + 8192  # two directories, a's two blocks
+
+
+def test_missing_kernel_is_reported(tmp_path: Path):
+    (tmp_path / "boot").mkdir()
+    with pytest.raises(BuilderError, match=r"no kernel in .*linux-image-cloud-amd64"):
+        image.make_image(tmp_path, tmp_path / "out", disk_size=None, seed=SEED)
+
+
+def test_qemu_command_forwards_on_loopback_only(tmp_path: Path):
+    spec = vm.VmSpec(image=tmp_path / "image.raw", ssh_port=2222, state_dir=tmp_path,
+                     forwards={8080: 8080})
+    cmd = vm.qemu_command(spec, "tcg")
+    netdev = cmd[cmd.index("-netdev") + 1]
+    assert netdev == ("user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,"
+                      "hostfwd=tcp:127.0.0.1:8080-:8080")
+    assert cmd[cmd.index("-cpu") + 1] == "max"
+    assert f"file={tmp_path / 'overlay.qcow2'},format=qcow2,if=virtio" in \
+        cmd[cmd.index("-drive") + 1]
+    assert "-daemonize" in cmd
+    assert vm.qemu_command(spec, "kvm")[cmd.index("-cpu") + 1] == "host"
+
+
+def test_last_console_line_strips_escape_codes():
+    text = "Booting\r\n\x1b[0;32m  OK  \x1b[0m] Reached target ssh.\r\n\x1b[2J\r\n"
+    assert vm.last_console_line(text) == "OK  ] Reached target ssh."
+    assert vm.last_console_line("") == "(nothing on the serial console)"
+
+
+def test_stop_without_a_vm_says_none_was_running(tmp_path: Path):
+    (tmp_path / vm.PIDFILE).write_text(f"{os.getpid()}\n")  # not a qemu: never signalled
+    assert vm.stop(tmp_path) is False
+    assert not (tmp_path / vm.PIDFILE).exists()
+
+
+# --- real: rootfs, image, boot -------------------------------------------------------------
+
+NETWORK = "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n"
+PACKAGES = ("systemd,systemd-sysv,udev,dbus,linux-image-cloud-amd64,initramfs-tools,"
+            "systemd-boot-efi,openssh-server")
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edge-test", "-f", key],
+        what="ssh-keygen")
+    return key
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path) -> Path:
+    """A minimal bookworm that boots, gets an address by DHCP and lets root in by key."""
+    base = tmp_path_factory.mktemp("rootfs")
+    tree = base / "tree"
+    pub = shlex.quote(str(ssh_key.with_suffix(".pub")))
+    hooks = [
+        'install -d -m 700 "$1/root/.ssh"',
+        f'install -m 600 {pub} "$1/root/.ssh/authorized_keys"',
+        f"printf '{NETWORK}' > \"$1/etc/systemd/network/20-wired.network\"",
+        'chroot "$1" systemctl enable systemd-networkd',
+        'echo edge-test > "$1/etc/hostname"',
+    ]
+    run(["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}",
+         "--aptopt=Acquire::Retries \"3\"",
+         *(f"--customize-hook={h}" for h in hooks), "bookworm", tree],
+        what="mmdebstrap (test rootfs)", log_file=base / "mmdebstrap.log", timeout=1200)
+    return tree
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory, rootfs: Path) -> image.ImageResult:
+    out = tmp_path_factory.mktemp("image")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        return image.make_image(rootfs, out, disk_size=8 * GiB, seed=SEED,
+                                log_file=out.parent / "image.log")
+
+
+@pytest.mark.slow
+def test_image_has_a_gpt_with_esp_and_root(built: image.ImageResult):
+    table = json.loads(run(["sfdisk", "--json", built.raw], what="sfdisk --json"))
+    pt = table["partitiontable"]
+    ids = image.ImageIds.from_seed(SEED)
+    assert pt["label"] == "gpt"
+    assert pt["id"] == ids.disk.upper()
+    esp, root = pt["partitions"]
+    assert (esp["type"], esp["uuid"]) == (image.ESP_TYPE, ids.esp_partuuid.upper())
+    assert (root["type"], root["uuid"]) == (image.ROOT_X86_64_TYPE, built.root_partuuid.upper())
+    assert esp["start"] == 2048 and esp["size"] == 256 * 2048
+    assert built.raw.stat().st_size == built.size
+
+
+@pytest.mark.slow
+def test_esp_holds_systemd_boot_kernel_and_entry(built: image.ImageResult):
+    esp = f"{built.raw}@@{1 * MiB}"
+    listing = run(["mdir", "-i", esp, "-b", "-/", "::/"], what="mdir")
+    for name in ("EFI/BOOT/BOOTX64.EFI", "vmlinuz", "initrd.img", "loader/loader.conf"):
+        assert f"::/{name}" in listing
+    entry = run(["mtype", "-i", esp, "::/loader/entries/edge.conf"], what="mtype")
+    assert f"options root=PARTUUID={built.root_partuuid} rw console=ttyS0 quiet" in entry
+
+
+@pytest.mark.slow
+def test_bmap_and_zst_describe_the_same_image(built: image.ImageResult):
+    bmap = built.bmap.read_text()
+    assert "<bmap" in bmap and f"<ImageSize> {built.size} </ImageSize>" in bmap
+    assert built.sha256 == sha256_file(built.raw)
+    listing = run(["zstd", "-l", "-v", built.zst], what="zstd -l")
+    assert f"({built.size} B)" in listing
+
+
+@pytest.mark.slow
+def test_same_inputs_give_the_same_image(built: image.ImageResult, rootfs: Path,
+                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Compared after `built`: mkfs.ext4 1.47.0 copies atimes, which its first read of a
+    # fresh tree updates (relatime); 1.47.1 clamps them to SOURCE_DATE_EPOCH.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    a, b = (image.make_image(rootfs, tmp_path / name, disk_size=None, seed=SEED)
+            for name in ("a", "b"))
+    assert a.sha256 == b.sha256
+    assert a.root_partuuid == built.root_partuuid
+
+
+@pytest.mark.slow
+def test_too_small_a_disk_leaves_nothing_behind(rootfs: Path, tmp_path: Path):
+    with pytest.raises(BuilderError, match=r"^disk too small for the rootfs: needs .*"
+                                           r"device storage is 256MiB; .*device\.storage\.size"):
+        image.make_image(rootfs, tmp_path / "out", disk_size=256 * MiB, seed=SEED)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_detect_accel_answers_quickly():
+    vm.detect_accel.cache_clear()
+    started = time.monotonic()
+    accel = vm.detect_accel()
+    assert accel in ("kvm", "tcg")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_probe_sees_the_firmware_under_tcg():
+    """The probe's signal (OVMF on the serial console) exists, so working KVM passes it."""
+    assert vm._probe("tcg", 60)
+
+
+@pytest.mark.slow
+def test_image_boots_to_ssh_and_shuts_down(built: image.ImageResult, ssh_key: Path,
+                                           tmp_path: Path):
+    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+                     forwards={_free_port(): 8080})
+    handle = vm.start(spec)
+    try:
+        vm.wait_ssh(handle, "root", ssh_key, timeout=420)
+        print(f"SSH up {time.monotonic() - handle.started:.0f}s after start ({handle.accel})")
+        cmdline = vm.ssh(handle, "root", ssh_key, "cat /proc/cmdline")
+        assert f"root=PARTUUID={built.root_partuuid}" in cmdline
+        assert vm.ssh(handle, "root", ssh_key, "findmnt -no FSTYPE,LABEL /").split() == \
+            ["ext4", "edge-root"]
+    finally:
+        was_running = vm.stop(spec.state_dir, timeout=120)
+    assert was_running
+    assert "reboot: Power down" in handle.serial_log.read_text(errors="replace")  # clean
+    assert not vm._is_qemu(handle.pid)
+    assert not (spec.state_dir / vm.PIDFILE).exists()
+    assert sha256_file(built.raw) == built.sha256  # the overlay took every write
+
+
+@pytest.mark.slow
+def test_wait_ssh_reports_a_dead_vm(built: image.ImageResult, ssh_key: Path, tmp_path: Path):
+    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+                     accel="tcg")
+    handle = vm.start(spec)
+    vm.stop(spec.state_dir, timeout=1)
+    with pytest.raises(BuilderError, match="the VM stopped before SSH came up"):
+        vm.wait_ssh(handle, "root", ssh_key, timeout=30)
+
+
+@pytest.mark.slow
+def test_run_foreground_stops_the_vm_on_ctrl_c(built: image.ImageResult, tmp_path: Path):
+    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+                     accel="tcg")
+    seen: list[int | None] = []
+
+    def on_ready() -> None:
+        seen.append(vm.running(spec.state_dir))
+        threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    # Still in the firmware when Ctrl-C comes: the power button is ignored, so this
+    # also covers the fall-back to SIGTERM after stop_timeout.
+    vm.run_foreground(spec, on_ready, stop_timeout=3)
+    assert seen and seen[0] is not None
+    assert not vm._is_qemu(seen[0])
+    assert vm.running(spec.state_dir) is None
+    assert not (spec.state_dir / vm.PIDFILE).exists()
+
+
+@pytest.mark.slow
+def test_run_foreground_waits_for_ssh_then_powers_off_cleanly(
+        built: image.ImageResult, ssh_key: Path, tmp_path: Path):
+    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm")
+    answers: list[str] = []
+
+    def on_ready() -> None:  # SSH is up by now; then Ctrl-C
+        handle = vm.VmHandle(spec, vm.running(spec.state_dir) or 0, "", time.monotonic())
+        answers.append(vm.ssh(handle, "root", ssh_key, "hostname"))
+        threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    vm.run_foreground(spec, on_ready, user="root", key=ssh_key, ssh_timeout=420)
+    assert answers
+    assert "reboot: Power down" in (spec.state_dir / vm.SERIAL).read_text(errors="replace")
+    assert vm.running(spec.state_dir) is None
