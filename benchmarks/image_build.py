@@ -47,12 +47,10 @@ def boot_to_ready(out: Path, env: dict[str, str]) -> tuple[float, str]:
     try:
         vm.wait_ssh(handle, "edge", key, timeout=900)
         port = m["provision_vars"]["inference_port"]
-        check = ["ssh", "-i", str(key), "-p", str(spec.ssh_port), "-o", "BatchMode=yes",
-                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                 "edge@127.0.0.1",
-                 f"python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:"
-                 f"{port}/health', timeout=5)\""]
-        while subprocess.run(check, capture_output=True).returncode != 0:
+        check = (f"python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:"
+                 f"{port}/health', timeout=5)\"")
+        while subprocess.run(vm.ssh_command(spec.ssh_port, "edge", key, check),
+                             capture_output=True).returncode != 0:
             time.sleep(1)
         return time.monotonic() - start, vm.detect_accel()
     finally:

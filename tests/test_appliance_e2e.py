@@ -59,11 +59,11 @@ def booted(appliance: Path, artifact_cache):
 
 
 def ssh(booted, command: str) -> str:
+    from builder.vm import ssh_command
+
     spec, key = booted
-    r = subprocess.run(["ssh", "-i", str(key), "-p", str(spec.ssh_port), "-o",
-                        "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "edge@127.0.0.1",
-                        command], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(ssh_command(spec.ssh_port, "edge", key, command), capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
