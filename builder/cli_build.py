@@ -7,7 +7,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
@@ -16,7 +15,7 @@ from . import catalog, modelfile, sources, synth
 from . import doctor as doctor_mod
 from . import engine as engine_mod
 from .cache import Cache
-from .cli import app, json_option, out, profiles_dir_option
+from .cli import _print_json, app, json_option, out, profiles_dir_option
 from .errors import BuilderError, display_path
 from .profiles import ProfileStore, ResolvedProfile
 from .schema import Profile
@@ -31,19 +30,7 @@ profile_option = click.option("--profile", "-p", default="x86-gateway", show_def
 
 def _load(profile: str, profiles_dir: tuple[Path, ...]) -> tuple[ResolvedProfile, Profile]:
     rp = ProfileStore(list(profiles_dir)).load(profile)
-    if rp.profile is None:
-        raise BuilderError(f"{display_path(rp.path)}: is an abstract base; use a profile "
-                           f"that extends it")
-    return rp, rp.profile
-
-
-def _source_dir(rp: ResolvedProfile, *loc: str) -> Path:
-    """Relative paths in a profile are relative to the file that set them."""
-    return rp.pos(loc).file.parent
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    return rp, rp.concrete()
 
 
 # --- engine ---------------------------------------------------------------------------
@@ -66,7 +53,7 @@ def engine_build(profile: str, jobs: int | None, cache_dir: Path | None,
     recipe = engine_mod.recipe_for(p)
     doctor_mod.require("engine", *(("engine-arm64",) if recipe.arch == "arm64" else ()))
     art = engine_mod.build(p, Cache(cache_dir), jobs=jobs,
-                           base_dir=_source_dir(rp, "engine", "llama_cpp", "source", "path"))
+                           base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
     files = {name: meta["sha256"] for name, meta in art.entry.manifest["outputs"].items()
              if "sha256" in meta}
     if json_:
@@ -119,7 +106,7 @@ def _fetch(rp: ResolvedProfile, p: Profile, cache: Cache, model_file: Path | Non
         entry = synth.cached(p.model.id, cache)
         model_file = entry.out
     return modelfile.fetch(p.model.source, cache, model_file=model_file, lock=lock,
-                           base_dir=_source_dir(rp, "model", "source", "path"))
+                           base_dir=rp.dir_of("model", "source", "path"))
 
 
 @model_app.command("fetch")
@@ -163,7 +150,7 @@ def model_convert(profile: str, model_file: Path | None, synthetic: bool,
     cache = Cache(cache_dir)
     f = _fetch(rp, p, cache, model_file, synthetic, lock)
     src = sources.llama_cpp(p.engine.llama_cpp.source, cache,
-                            base_dir=_source_dir(rp, "engine", "llama_cpp", "source", "path"))
+                            base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
     entry = modelfile.convert(f, src, cache)
     out.print(f"F16 GGUF: {modelfile.gguf_of(entry)}")
 
@@ -188,8 +175,8 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
         p = with_overrides(rp, {("model", "quant"): ("--quant", quant)})
     cache = Cache(cache_dir)
     f = _fetch(rp, p, cache, model_file, synthetic, lock)
-    result = modelfile.build(p, f, cache, source_base=_source_dir(
-        rp, "engine", "llama_cpp", "source", "path"))
+    result = modelfile.build(p, f, cache,
+                             source_base=rp.dir_of("engine", "llama_cpp", "source", "path"))
     if json_:
         return _print_json({"path": str(result.path), "sha256": result.sha256,
                             "quant": result.quant, "bytes": result.path.stat().st_size})

@@ -72,6 +72,18 @@ class ResolvedProfile:
                 return self.positions[loc[:i]]
         return Pos(self.path, 1, 1, 1, 1)
 
+    def dir_of(self, *loc: str) -> Path:
+        """Directory of the file that set `loc`: relative paths in a profile are relative
+        to the file they are written in."""
+        return self.pos(loc).file.parent
+
+    def concrete(self, verb: str = "use") -> Profile:
+        """The validated profile; an abstract base is refused."""
+        if self.profile is None:
+            raise ProfileError(f"{display_path(self.path)}: is an abstract base; {verb} a "
+                               f"profile that extends it")
+        return self.profile
+
     def where(self, loc: Loc, *, key: bool = False) -> str:
         """file:line:col of the value at `loc` (of the key itself when `key`)."""
         pos = self.pos(loc)
