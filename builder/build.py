@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, catalog, engine, modelfile, planner, provision, rootfs
-from .cache import Cache
+from .cache import Cache, sha256_file
 from .data import data_dir
 from .errors import BuilderError, display_path
 from .llama_server import server_env
@@ -53,6 +53,8 @@ class BuildContext:
     rootfs: rootfs.Rootfs | None = None
     rootfs_dir: Path | None = None
     release_id: str = ""
+    gateway: Any = None  # cache Entry of the gateway package
+    gateway_src: Path | None = None
     provision_vars: dict[str, Any] = field(default_factory=dict)
     image: Any = None
 
@@ -107,6 +109,27 @@ def release_id(ctx: BuildContext) -> None:
     ctx.release_id = "r" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def stage_gateway(ctx: BuildContext) -> None:
+    """The gateway package as a cached artifact keyed by its files' content: a clean copy
+    (no bytecode of the build host's) that outlives the build, so the same release can
+    be provisioned again over SSH (verify's idempotence run, fleet updates)."""
+    from . import gateway
+
+    pkg = Path(gateway.__file__).parent
+    files = sorted(f for f in pkg.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                   and f.suffix != ".pyc")
+    inputs = {"files": {str(f.relative_to(pkg)): sha256_file(f) for f in files}}
+
+    def copy(out: Path, _log: Path) -> None:
+        for f in files:
+            dest = out / f.relative_to(pkg)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+
+    ctx.gateway = ctx.cache.get_or_build("gateway", inputs, copy, label="gateway package")
+    ctx.gateway_src = ctx.gateway.out
+
+
 def unpack_rootfs(ctx: BuildContext) -> None:
     assert ctx.rootfs and ctx.work
     ctx.rootfs_dir = ctx.work / "rootfs"
@@ -144,6 +167,9 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         env.pop(key)  # the unit sets these itself: loopback only, the content-addressed file
     swap_size = p.swap.size or 0
     affinity = p.service.cpu_affinity
+    src = p.engine.llama_cpp.source
+    engine_version = {"pypi-sdist": src.package, "path": "local source tree",
+                      "git": f"{src.url}@{src.ref}"}.get(src.kind, src.kind)
     return {
         "edge_llm_image_build": image_build,
         "edge_llm_release_id": ctx.release_id,
@@ -164,6 +190,23 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "inference_port": p.service.engine_port,
         "inference_memory_max": str(ctx.plan.memory_max),
         "inference_cpu_affinity": " ".join(map(str, affinity)) if affinity else "",
+        "gateway_src": str(ctx.gateway_src),
+        "gateway_model_id": alias,
+        "gateway_port": p.service.port,
+        "gateway_bind_address": p.service.bind_address,
+        "gateway_engine_port": p.service.engine_port,
+        "gateway_api_auth": p.service.api_auth,
+        "gateway_tls_cert": p.service.tls_cert or "",
+        "gateway_tls_key": p.service.tls_key or "",
+        "gateway_slots": p.runtime.parallel,
+        "gateway_max_queue": p.service.max_queue,
+        "gateway_max_tokens": p.service.max_tokens,
+        "gateway_max_request_bytes": p.service.max_request_bytes,
+        "gateway_appliance": {
+            "profile": ctx.name, "target": p.target, "release_id": ctx.release_id,
+            "model_sha256": ctx.model.sha256, "quant": ctx.model.quant,
+            "engine": p.engine.kind, "engine_version": engine_version,
+            "builder_version": __version__},
     }
 
 
@@ -189,7 +232,7 @@ def make_image(ctx: BuildContext) -> None:
 
 
 def write_manifest(ctx: BuildContext) -> None:
-    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work
+    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work and ctx.gateway
     out = ctx.work / "out"
     out.mkdir(exist_ok=True)
     img = ctx.image
@@ -203,6 +246,7 @@ def write_manifest(ctx: BuildContext) -> None:
         "engine": {"cache_key": ctx.engine.entry.key, "path": str(ctx.engine.entry.out),
                    "files": {k: v["sha256"] for k, v in
                              ctx.engine.entry.manifest["outputs"].items() if "sha256" in v}},
+        "gateway": {"cache_key": ctx.gateway.key, "path": str(ctx.gateway.out)},
         "model": {"id": ctx.p.model.id, "quant": ctx.model.quant, "sha256": ctx.model.sha256,
                   "path": str(ctx.model.path), "origin": ctx.model_origin,
                   "device_path": ctx.provision_vars["inference_model_path"]},
@@ -221,8 +265,8 @@ def write_manifest(ctx: BuildContext) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-STEPS = (check_plan, build_engine, build_model, build_rootfs, release_id, unpack_rootfs,
-         lay_overlays, provision_rootfs, make_image, write_manifest)
+STEPS = (check_plan, build_engine, build_model, build_rootfs, release_id, stage_gateway,
+         unpack_rootfs, lay_overlays, provision_rootfs, make_image, write_manifest)
 
 
 def build(ctx: BuildContext) -> Path:

@@ -262,13 +262,17 @@ def cache_prune(older_than: float | None, everything: bool, dry_run: bool,
 
 @app.command("doctor")
 @click.option("--install", is_flag=True, help="Install what is missing with apt-get.")
-def doctor(install: bool) -> None:
+@click.option("--stage", "stages", multiple=True, type=click.Choice(doctor_mod.STAGES),
+              help="Check only these stages (repeatable); default: every build stage, "
+              "not `test` (the test suite's browser).")
+def doctor(install: bool, stages: tuple[str, ...]) -> None:
     """Check the host packages every stage needs."""
+    stages = stages or doctor_mod.BUILD_STAGES
     if install:
-        doctor_mod.install(doctor_mod.missing())
-    gone = {n.tool for n in doctor_mod.missing()}
+        doctor_mod.install(doctor_mod.missing(stages))
+    gone = {n.tool for n in doctor_mod.missing(stages)}
     t = Table("stage", "tool", "package", "status")
-    for n in doctor_mod.NEEDS:
+    for n in (n for n in doctor_mod.NEEDS if n.stage in stages):
         t.add_row(n.stage, n.tool, n.package,
                   "[red]missing[/]" if n.tool in gone else "[green]ok[/]")
     out.print(t)
@@ -389,10 +393,13 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
               type=click.Path(file_okay=False, path_type=Path), help="Output root.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="JUnit XML report (default OUT/<profile>/verify-<host>.xml).")
+@click.option("--api-url", help="Where this machine reaches the device's public port, "
+              "when not http://HOST:<service.port> (e.g. a VM's forwarded port); with "
+              "--host only.")
 @cache_option
 @profiles_dir_option
 def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_root: Path,
-               junit: Path | None, cache_dir: Path | None,
+               junit: Path | None, api_url: str | None, cache_dir: Path | None,
                profiles_dir: tuple[Path, ...]) -> None:
     """Run the testinfra suite against a device: exit 0 when every check passes."""
     from . import verify
@@ -401,6 +408,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     rp, _ = _load(profile, profiles_dir)
     if bool(host_url) == bool(inventory):
         raise BuilderError("say where: --host ssh://user@host:port or --inventory FILE")
+    if api_url and inventory:
+        raise BuilderError("--api-url names one device: use it with --host")
     mpath, _ = _manifest(out_root, rp.name)
     targets = ([verify.parse_host(host_url)] if host_url
                else verify.inventory_targets(inventory) if inventory else [])
@@ -408,7 +417,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     failed = []
     for t in targets:
         report = junit or mpath.parent / f"verify-{t.host}-{t.port}.xml"
-        rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report)
+        rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report,
+                              verify.api_url_of(t, rp.concrete("verify").service, api_url))
         out.print(f"{t.url}: {'[green]passed[/]' if rc == 0 else '[red]failed[/]'} "
                   f"(JUnit: {display_path(report)})")
         if rc:

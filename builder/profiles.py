@@ -404,6 +404,18 @@ def semantic_problems(p: Profile) -> list[tuple[Loc, str]]:
     if p.service.port == p.service.engine_port:
         out.append((("service", "engine_port"), f"{p.service.engine_port} is also "
                     f"service.port; pick another"))
+    for have, lack in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if getattr(p.service, have) and not getattr(p.service, lack):
+            out.append((("service", have), f"set service.{lack} too (HTTPS needs both)"))
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(p.service, name)
+        if value and not value.startswith("/"):
+            out.append((("service", name), f"{value!r} must be an absolute path on the "
+                        "device"))
+    if p.service.max_tokens > p.runtime.context_length:
+        out.append((("service", "max_tokens"), f"{p.service.max_tokens} is more than a slot holds ("
+                    f"runtime.context_length {p.runtime.context_length}); "
+                    "lower it"))
     return out
 
 

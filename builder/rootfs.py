@@ -28,14 +28,19 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # What every Debian appliance runs: systemd, SSH for provisioning and fleet updates,
 # python3 for Ansible, the OpenMP runtime llama.cpp links, networking basics. The
 # roles add what they configure (roles/base/vars/main.yml: base_rootfs_packages): the
-# rootfs cannot install packages while the roles run, as there may be no network.
+# rootfs cannot install packages while the roles run, as there may be no network. Each
+# role lists its own in roles/<role>/vars/main.yml as <role>_rootfs_packages.
 DEBIAN_BASE = ("systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "python3",
                "sudo", "libgomp1", "ca-certificates", "iproute2", "netbase", "procps")
 
 
 def role_packages() -> list[str]:
-    data = yaml.safe_load((data_dir("roles") / "base" / "vars" / "main.yml").read_text())
-    return list(data.get("base_rootfs_packages", []))
+    found: list[str] = []
+    for vars_file in sorted(data_dir("roles").glob("*/vars/main.yml")):
+        role = vars_file.parent.parent.name
+        data = yaml.safe_load(vars_file.read_text()) or {}
+        found += data.get(f"{role}_rootfs_packages", [])
+    return found
 
 
 @dataclass(frozen=True)

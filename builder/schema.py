@@ -178,7 +178,18 @@ class Service(_Section):
     bind_address: str = Field("0.0.0.0", description="Address the public port binds.")
     engine_port: int = Field(8081, ge=1, le=65535,
                              description="Engine port, always on 127.0.0.1.")
-    api_auth: bool = Field(True, description="Require an API key on /v1.")
+    api_auth: bool = Field(True, description="Require an API key on /v1 (keys are made "
+                           "per device at first boot, in /etc/edge-llm/api-keys).")
+    max_queue: int = Field(16, ge=0, le=4096, description="Requests that may wait for a "
+                           "busy engine slot; one more gets 429 with Retry-After.")
+    max_tokens: int = Field(1024, ge=1, description="Most tokens one request may generate; "
+                            "also the default when a request names none.")
+    max_request_bytes: Size = Field(1 << 20, description="Largest request body (413 above).")
+    tls_cert: str | None = Field(None, description="PEM certificate on the device "
+                                 "(e.g. laid by an overlay); with tls_key, the port serves "
+                                 "HTTPS.")
+    tls_key: str | None = Field(None, description="PEM private key on the device, read by "
+                                "systemd (LoadCredential) so the gateway user never owns it.")
     memory_max: SizeOrAuto = Field(
         "auto", description="systemd MemoryMax for the engine; 'auto' takes it from the "
         "plan.")

@@ -86,8 +86,10 @@ def test_manifest_records_what_went_into_the_image(appliance: Path, manifest: di
 def test_builder_verify_passes_against_the_booted_image(booted, appliance: Path,
                                                         run_builder_session) -> None:
     spec, _ = booted
+    api_port = next(iter(spec.forwards))
     r = run_builder_session("verify", "--profile", "x86-gateway", "--out", str(appliance),
-                            "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}")
+                            "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}",
+                            "--api-url", f"http://127.0.0.1:{api_port}")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
     report = next((appliance / "x86-gateway").glob("verify-*.xml")).read_text()
     assert 'failures="0"' in report and 'errors="0"' in report
@@ -126,3 +128,45 @@ def test_a_disk_too_small_for_the_rootfs_fails_and_leaves_nothing(
     assert errors[0].startswith("error: disk too small for the rootfs: needs ")
     assert "device.storage.size" in errors[0]
     assert list(out.iterdir()) == []  # no out/small, no leftovers of the build
+
+
+def test_engine_killed_mid_stream_gateway_errors_cleanly_and_systemd_brings_it_back(
+        booted) -> None:
+    """Last in this file: it kills the engine of the shared VM."""
+    import http.client
+    import time
+
+    spec, _ = booted
+    api_port = next(iter(spec.forwards))
+    key = ssh(booted, "sudo cat /etc/edge-llm/api-keys").split()[0]
+    auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def post(body: dict) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=300)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), auth)
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=300)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "messages": [{"role": "user", "content": "Count."}], "max_tokens": 1000,
+        "ignore_eos": True, "stream": True}), auth)
+    stream = conn.getresponse()
+    assert stream.status == 200
+    assert stream.readline().startswith(b"data:")
+    ssh(booted, "sudo systemctl kill --signal=KILL edge-llm-engine.service")
+    rest = stream.read().decode()
+    assert '"code": "engine_unavailable"' in rest and "[DONE]" not in rest
+    # systemd restarts the engine (Restart=on-failure); the gateway answers 503 meanwhile
+    deadline = time.monotonic() + 300
+    status = 0
+    while time.monotonic() < deadline:
+        status, body = post({"messages": [{"role": "user", "content": "Hi"}],
+                             "max_tokens": 2})
+        if status == 200:
+            break
+        assert status == 503 and json.loads(body)["error"]["code"] == "engine_unavailable"
+        time.sleep(2)
+    assert status == 200
+    assert ssh(booted, "systemctl show -p NRestarts --value edge-llm-engine.service"
+               ).strip() == "1"

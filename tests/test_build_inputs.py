@@ -27,6 +27,7 @@ def _ctx(name: str = "x86-gateway") -> build_mod.BuildContext:
     ctx.model = SimpleNamespace(path=Path("/cache/models/m/out/model-Q4_K_M.gguf"),
                                 sha256="ab" * 32, quant="Q4_K_M")  # type: ignore[assignment]
     ctx.release_id = "r0123456789ab"
+    ctx.gateway_src = Path("/build/gateway")
     return ctx
 
 
@@ -53,7 +54,7 @@ def test_role_defaults_match_their_argument_specs() -> None:
     from builder.data import data_dir
 
     roles = sorted(p for p in data_dir("roles").iterdir() if (p / "meta").is_dir())
-    assert {r.name for r in roles} >= {"base", "engine", "model", "inference"}
+    assert {r.name for r in roles} >= {"base", "engine", "model", "inference", "gateway"}
     for role in roles:
         defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
         spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())

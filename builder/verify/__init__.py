@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import BuilderError, display_path
+from ..schema import Service
 
 SUITE = Path(__file__).parent / "suite"
 
@@ -64,9 +65,22 @@ def reachable(target: Target, ssh_config: Path) -> None:
         raise BuilderError(f"--host {target.url}: cannot log in over SSH: {reason}")
 
 
+def api_url_of(target: Target, service: Service, given: str | None = None) -> str:
+    """Where this machine reaches the device's public port: `given` (a VM's forwarded
+    port, a NAT), else the SSH host at service.port."""
+    if given is None:
+        scheme = "https" if service.tls_cert else "http"
+        return f"{scheme}://{target.host}:{service.port}"
+    u = urlparse(given)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise BuilderError(f"--api-url {given}: expected http(s)://host:port")
+    return given.rstrip("/")
+
+
 def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Path,
-              extra_args: list[str] | None = None) -> int:
-    """Run the suite; returns pytest's exit status (0 all passed)."""
+              api_url: str, extra_args: list[str] | None = None) -> int:
+    """Run the suite; returns pytest's exit status (0 all passed). `api_url` is where
+    this machine reaches the public port (api_url_of)."""
     state.mkdir(parents=True, exist_ok=True)
     ssh_config = state / "ssh_config"
     write_ssh_config(ssh_config, key, state / "known_hosts")
@@ -75,7 +89,8 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
            "EDGE_LLM_VERIFY": json.dumps({
                "manifest": str(manifest.resolve()), "host": target.host,
                "port": target.port, "user": target.user, "key": str(key),
-               "known_hosts": str(state / "known_hosts"), "state": str(state)})}
+               "known_hosts": str(state / "known_hosts"), "state": str(state),
+               "api_url": api_url})}
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider",
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
            f"--junitxml={junit}", "-o", "junit_family=xunit2", "--rootdir", str(SUITE),

@@ -24,6 +24,19 @@ def engine_port(manifest) -> int:
     return manifest["provision_vars"]["inference_port"]
 
 
+@pytest.fixture(scope="session")
+def api_url(cfg) -> str:
+    """Where this machine reaches the device's public port (the gateway)."""
+    return cfg["api_url"]
+
+
+@pytest.fixture(scope="module")
+def api_key(host, manifest) -> str:
+    """The device's own API key (made at its first boot), read over SSH as root."""
+    keys_file = manifest["provision_vars"].get("gateway_keys_file", "/etc/edge-llm/api-keys")
+    return host.check_output("cat %s", keys_file).split()[0]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On the first failure, attach the engine's journal to the report."""
@@ -34,8 +47,9 @@ def pytest_runtest_makereport(item, call):
         item.session.config.stash[_JOURNAL] = True
         host = item.funcargs.get("host")
         if host is not None:
-            journal = host.run("journalctl -u edge-llm-engine.service -n 40 --no-pager")
-            report.sections.append(("edge-llm-engine journal", journal.stdout))
+            for unit in ("edge-llm-engine.service", "edge-llm-gateway.service"):
+                journal = host.run(f"journalctl -u {unit} -n 40 --no-pager")
+                report.sections.append((f"{unit} journal", journal.stdout))
 
 
 _JOURNAL = pytest.StashKey[bool]()

@@ -79,8 +79,9 @@ def test_resident_memory_is_within_the_plan(host, manifest) -> None:
     assert rss_kib * 1024 <= allowed
 
 
-def test_engine_is_hardened_to_at_most_ok_exposure(host) -> None:
-    out = host.check_output("systemd-analyze security --no-pager edge-llm-engine.service")
+@pytest.mark.parametrize("unit", ["edge-llm-engine.service", "edge-llm-gateway.service"])
+def test_service_is_hardened_to_at_most_ok_exposure(host, unit: str) -> None:
+    out = host.check_output(f"systemd-analyze security --no-pager {unit}")
     m = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", out)
     assert m, out[-500:]
     assert m.group(2) in ("SAFE", "OK"), f"exposure {m.group(1)} {m.group(2)}"

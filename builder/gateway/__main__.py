@@ -1,0 +1,94 @@
+"""python3 -m edge_llm_gateway --config gateway.json [--keys-file F] [--port N]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import Gateway
+from .config import Config, ConfigError, load_keys
+
+log = logging.getLogger("edge_llm_gateway")
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) we are listening. The protocol is one datagram;
+    python3-systemd would add a C extension to the image for these four lines."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.sendall(state.encode())
+
+
+async def serve(cfg: Config, keys: list[str], access_log: bool) -> None:
+    gw = Gateway(cfg, keys)
+    kwargs = {"access_log": log if access_log else None}
+    # aiohttp >= 3.9 no longer cancels a handler whose client went away unless asked;
+    # we want that: a queued or non-streamed request then frees its place at once.
+    if "handler_cancellation" in inspect.signature(web.AppRunner.__init__).parameters:
+        kwargs["handler_cancellation"] = True
+    runner = web.AppRunner(gw.app(), **kwargs)
+    await runner.setup()
+    tls = None
+    if cfg.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, ssl_context=tls,
+                       shutdown_timeout=5)
+    await site.start()
+    scheme = "https" if tls else "http"
+    log.info("serving %s on %s://%s:%d, engine %s", cfg.model_id, scheme, cfg.listen_host,
+             cfg.listen_port, cfg.engine_url)
+    sd_notify("READY=1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge_llm_gateway", description=__doc__)
+    ap.add_argument("--config", required=True, type=Path, help="gateway.json")
+    ap.add_argument("--keys-file", help="API keys, one per line (overrides the config)")
+    ap.add_argument("--host", dest="listen_host", help="listen address")
+    ap.add_argument("--port", dest="listen_port", type=int, help="listen port")
+    ap.add_argument("--engine-url", help="engine base URL, e.g. http://127.0.0.1:8081")
+    ap.add_argument("--tls-cert", help="PEM certificate (with --tls-key)")
+    ap.add_argument("--tls-key", help="PEM private key")
+    ap.add_argument("--access-log", action="store_true", help="log every request")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        cfg = Config.load(a.config, keys_file=a.keys_file, listen_host=a.listen_host,
+                          listen_port=a.listen_port, engine_url=a.engine_url,
+                          tls_cert=a.tls_cert, tls_key=a.tls_key)
+        keys = load_keys(cfg.keys_file) if cfg.api_auth else []
+        asyncio.run(serve(cfg, keys, a.access_log))
+    except ConfigError as e:
+        print(f"edge-llm-gateway: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ssl.SSLError) as e:
+        print(f"edge-llm-gateway: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
