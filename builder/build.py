@@ -9,7 +9,6 @@ and nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog, engine, modelfile, planner, provision, rootfs
+from . import __version__, catalog, engine, modelfile, planner, provision, release, rootfs
 from .cache import Cache, sha256_file
 from .data import data_dir
 from .errors import BuilderError, display_path
-from .llama_server import server_env
 from .log import console
 from .profiles import ResolvedProfile
 from .run import run
 from .schema import ModelSource, Profile
+from .sshkey import allowed_signers_line, signing_key
 from .units import MiB
 
 
@@ -53,10 +52,20 @@ class BuildContext:
     rootfs: rootfs.Rootfs | None = None
     rootfs_dir: Path | None = None
     release_id: str = ""
+    signing_key: Path | None = None  # None: the builder's own (sshkey.signing_key)
     gateway: Any = None  # cache Entry of the gateway package
-    gateway_src: Path | None = None
+    bundle: release.Bundle | None = None
+    signers: list[str] = field(default_factory=list)
     provision_vars: dict[str, Any] = field(default_factory=dict)
     image: Any = None
+
+    @property
+    def logs(self) -> Path:
+        """Logs of the last build of this profile: outside the work directory, which a
+        failed build removes, so the log an error names is still there."""
+        d = self.out_root / ".logs" / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     @property
     def p(self) -> Profile:
@@ -101,14 +110,6 @@ def build_rootfs(ctx: BuildContext) -> None:
     ctx.rootfs = rootfs.build(ctx.p, ctx.cache)
 
 
-def release_id(ctx: BuildContext) -> None:
-    """Same engine, model and settings: same release id, on every build host."""
-    assert ctx.engine and ctx.model
-    blob = json.dumps({"engine": ctx.engine.entry.key, "model": ctx.model.sha256,
-                       "profile": ctx.p.model_dump(mode="json")}, sort_keys=True)
-    ctx.release_id = "r" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 def stage_gateway(ctx: BuildContext) -> None:
     """The gateway package as a cached artifact keyed by its files' content: a clean copy
     (no bytecode of the build host's) that outlives the build, so the same release can
@@ -127,7 +128,6 @@ def stage_gateway(ctx: BuildContext) -> None:
             shutil.copyfile(f, dest)
 
     ctx.gateway = ctx.cache.get_or_build("gateway", inputs, copy, label="gateway package")
-    ctx.gateway_src = ctx.gateway.out
 
 
 def unpack_rootfs(ctx: BuildContext) -> None:
@@ -152,24 +152,34 @@ def overlay_layers(rp: ResolvedProfile) -> list[Path]:
     return [root / n for n in names if (root / n).is_dir()]
 
 
-def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
-    """Everything the roles need, from the profile, the plan and the artifacts: a pure
-    function of the context (golden-tested)."""
-    assert ctx.plan and ctx.engine and ctx.model
-    p = ctx.p
-    model_path = f"/var/lib/edge-llm/models/{ctx.model.sha256}.gguf"
+def release_inputs(ctx: BuildContext) -> release.Inputs:
+    assert ctx.plan and ctx.engine and ctx.model and ctx.gateway
     # the name clients see: the catalog id, or the file's when the model was replaced
     replaced = ctx.model_file is not None or ctx.model_source is not None
-    alias = ctx.model.path.stem if replaced else p.model.id
-    env = server_env(p.runtime, model_path, port=p.service.engine_port,
-                     threads=p.device.cpu_cores, alias=alias)
-    for key in ("LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_MODEL"):
-        env.pop(key)  # the unit sets these itself: loopback only, the content-addressed file
+    return release.Inputs(
+        profile_name=ctx.name, profile=ctx.p, engine_dir=ctx.engine.entry.out,
+        engine_key=ctx.engine.entry.key, gateway_dir=ctx.gateway.out,
+        gateway_key=ctx.gateway.key, model_path=ctx.model.path,
+        model_sha256=ctx.model.sha256, model_quant=ctx.model.quant,
+        model_id=ctx.model.path.stem if replaced else ctx.p.model.id,
+        memory_max=ctx.plan.memory_max)
+
+
+def make_release(ctx: BuildContext) -> None:
+    """The release the image starts with, in out/releases/<id>/ like any other, so it
+    can be deployed, rolled back to, or provisioned again over SSH."""
+    key, public = signing_key(ctx.cache, ctx.signing_key)
+    ctx.signers = [allowed_signers_line(public)]
+    ctx.bundle = release.make(release_inputs(ctx), ctx.out_root / "releases", key)
+    ctx.release_id = ctx.bundle.release_id
+
+
+def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
+    """Everything the roles need, from the profile and the release: a pure function of
+    the context (golden-tested)."""
+    assert ctx.bundle and ctx.model
+    p = ctx.p
     swap_size = p.swap.size or 0
-    affinity = p.service.cpu_affinity
-    src = p.engine.llama_cpp.source
-    engine_version = {"pypi-sdist": src.package, "path": "local source tree",
-                      "git": f"{src.url}@{src.ref}"}.get(src.kind, src.kind)
     return {
         "edge_llm_image_build": image_build,
         "edge_llm_release_id": ctx.release_id,
@@ -181,32 +191,15 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "base_swap_size_mb": swap_size // MiB,
         "base_zram_algorithm": p.swap.zram_algorithm,
         "base_cpu_governor": "performance",
-        "engine_release_id": ctx.release_id,
-        "engine_artifact_dir": str(ctx.engine.entry.out),
-        "model_src": str(ctx.model.path),
-        "model_sha256": ctx.model.sha256,
-        "inference_model_path": model_path,
-        "inference_env": env,
-        "inference_port": p.service.engine_port,
-        "inference_memory_max": str(ctx.plan.memory_max),
-        "inference_cpu_affinity": " ".join(map(str, affinity)) if affinity else "",
-        "gateway_src": str(ctx.gateway_src),
-        "gateway_model_id": alias,
-        "gateway_port": p.service.port,
-        "gateway_bind_address": p.service.bind_address,
-        "gateway_engine_port": p.service.engine_port,
         "gateway_api_auth": p.service.api_auth,
+        "gateway_port": p.service.port,
         "gateway_tls_cert": p.service.tls_cert or "",
         "gateway_tls_key": p.service.tls_key or "",
-        "gateway_slots": p.runtime.parallel,
-        "gateway_max_queue": p.service.max_queue,
-        "gateway_max_tokens": p.service.max_tokens,
-        "gateway_max_request_bytes": p.service.max_request_bytes,
-        "gateway_appliance": {
-            "profile": ctx.name, "target": p.target, "release_id": ctx.release_id,
-            "model_sha256": ctx.model.sha256, "quant": ctx.model.quant,
-            "engine": p.engine.kind, "engine_version": engine_version,
-            "builder_version": __version__},
+        "release_id": ctx.release_id,
+        "release_tree": str(ctx.bundle.tree),
+        "release_model_src": str(ctx.model.path),
+        "release_model_sha256": ctx.model.sha256,
+        "release_allowed_signers": ctx.signers,
     }
 
 
@@ -216,10 +209,10 @@ def provision_rootfs(ctx: BuildContext) -> None:
     recap = provision.run_playbook(
         provision.chroot_inventory(ctx.rootfs_dir), ctx.provision_vars, ctx.work / "ansible",
         what="applying roles to the rootfs (ansible, chroot)",
-        log_file=ctx.work / "ansible.log")
+        log_file=ctx.logs / "ansible.log")
     bad = {h: r for h, r in recap.items() if r.failed or r.unreachable}
     if bad:
-        raise BuilderError(f"provisioning failed: {bad} (log: {ctx.work / 'ansible.log'})")
+        raise BuilderError(f"provisioning failed: {bad} (log: {ctx.logs / 'ansible.log'})")
 
 
 def make_image(ctx: BuildContext) -> None:
@@ -228,11 +221,11 @@ def make_image(ctx: BuildContext) -> None:
     assert ctx.rootfs_dir and ctx.work
     ctx.image = image.make_image(ctx.rootfs_dir, ctx.work / "out",
                                  disk_size=ctx.p.device.storage.size, seed=ctx.release_id,
-                                 log_file=ctx.work / "image.log")
+                                 log_file=ctx.logs / "image.log")
 
 
 def write_manifest(ctx: BuildContext) -> None:
-    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work and ctx.gateway
+    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work and ctx.bundle
     out = ctx.work / "out"
     out.mkdir(exist_ok=True)
     img = ctx.image
@@ -247,9 +240,11 @@ def write_manifest(ctx: BuildContext) -> None:
                    "files": {k: v["sha256"] for k, v in
                              ctx.engine.entry.manifest["outputs"].items() if "sha256" in v}},
         "gateway": {"cache_key": ctx.gateway.key, "path": str(ctx.gateway.out)},
+        "release": {"id": ctx.release_id, "dir": str(ctx.bundle.dir),
+                    "model_id": ctx.bundle.manifest["model"]["id"]},
         "model": {"id": ctx.p.model.id, "quant": ctx.model.quant, "sha256": ctx.model.sha256,
                   "path": str(ctx.model.path), "origin": ctx.model_origin,
-                  "device_path": ctx.provision_vars["inference_model_path"]},
+                  "device_path": ctx.bundle.manifest["model"]["path"]},
         "image": None if img is None else {
             "file": img.raw.name, "sha256": img.sha256, "bytes": img.size,
             "bmap": img.bmap.name, "compressed": img.zst.name},
@@ -265,8 +260,17 @@ def write_manifest(ctx: BuildContext) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-STEPS = (check_plan, build_engine, build_model, build_rootfs, release_id, stage_gateway,
-         unpack_rootfs, lay_overlays, provision_rootfs, make_image, write_manifest)
+RELEASE_STEPS = (check_plan, build_engine, build_model, stage_gateway, make_release)
+STEPS = (*RELEASE_STEPS, build_rootfs, unpack_rootfs, lay_overlays, provision_rootfs,
+         make_image, write_manifest)
+
+
+def release_only(ctx: BuildContext) -> release.Bundle:
+    """`builder release`: the steps up to the signed release; no rootfs, no root."""
+    for s in RELEASE_STEPS:
+        s(ctx)
+    assert ctx.bundle
+    return ctx.bundle
 
 
 def build(ctx: BuildContext) -> Path:

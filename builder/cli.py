@@ -287,3 +287,4 @@ def _fail(message: str, code: int) -> None:
 
 
 from . import cli_build as _cli_build  # noqa: E402, F401  (registers engine/model/cache)
+from . import cli_fleet as _cli_fleet  # noqa: E402, F401  (registers release/deploy/fleet)

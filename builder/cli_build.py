@@ -296,12 +296,15 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 @click.option("--out", "out_root", default="out", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output root.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Private SSH key that signs the image's release and that its devices "
+              "trust for updates (KEY.pub beside it); default: the builder's own.")
 @cache_option
 @profiles_dir_option
 def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               authorized_keys: tuple[Path, ...],
-              out_root: Path, jobs: int | None, cache_dir: Path | None,
-              profiles_dir: tuple[Path, ...]) -> None:
+              out_root: Path, jobs: int | None, signing_key: Path | None,
+              cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
     """Build the appliance image for a profile into OUT/<profile>/."""
     from . import build as build_mod
     from .sshkey import builder_key
@@ -313,7 +316,7 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
     keys = [pub, *(k.read_text().strip() for k in authorized_keys)]
     ctx = build_mod.BuildContext(rp=rp, cache=cache, out_root=out_root,
                                  model_file=model_file, model_source=model_source,
-                                 authorized_keys=keys, jobs=jobs)
+                                 authorized_keys=keys, jobs=jobs, signing_key=signing_key)
     final = build_mod.build(ctx)
     m = json.loads((final / "manifest.json").read_text())
     if m["image"]:

@@ -127,7 +127,10 @@ def test_a_disk_too_small_for_the_rootfs_fails_and_leaves_nothing(
     assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
     assert errors[0].startswith("error: disk too small for the rootfs: needs ")
     assert "device.storage.size" in errors[0]
-    assert list(out.iterdir()) == []  # no out/small, no leftovers of the build
+    # no out/small and no leftovers of the build; its log and the (complete, reusable)
+    # release it made before the disk step stay
+    assert sorted(p.name for p in out.iterdir()) == [".logs", "releases"]
+    assert not list((out / "releases").glob(".tmp-*"))
 
 
 def test_engine_killed_mid_stream_gateway_errors_cleanly_and_systemd_brings_it_back(

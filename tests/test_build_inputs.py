@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from builder import build as build_mod
-from builder import planner
+from builder import planner, release
 from builder.profiles import ProfileStore
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -27,7 +27,9 @@ def _ctx(name: str = "x86-gateway") -> build_mod.BuildContext:
     ctx.model = SimpleNamespace(path=Path("/cache/models/m/out/model-Q4_K_M.gguf"),
                                 sha256="ab" * 32, quant="Q4_K_M")  # type: ignore[assignment]
     ctx.release_id = "r0123456789ab"
-    ctx.gateway_src = Path("/build/gateway")
+    ctx.gateway = SimpleNamespace(out=Path("/cache/gateway/g/out"), key="g")  # type: ignore[assignment]
+    ctx.bundle = release.Bundle(Path("/out/releases/r0123456789ab"))
+    ctx.signers = ['edge-llm-release namespaces="edge-llm-release" ssh-ed25519 AAAATEST']
     return ctx
 
 
@@ -39,13 +41,15 @@ def test_role_variables_for_x86_gateway_match_the_golden_file(image_build: bool)
 
 
 def test_every_runtime_knob_reaches_the_engine_environment() -> None:
-    env = build_mod.role_vars(_ctx("pi5-4gb"), image_build=True)["inference_env"]
+    env = release.engine_env(build_mod.release_inputs(_ctx("pi5-4gb")))
     assert env["LLAMA_ARG_CTX_SIZE"] == "4096" and env["LLAMA_ARG_N_PARALLEL"] == "1"
     assert env["LLAMA_ARG_THREADS"] == "4" and env["LLAMA_ARG_KV_UNIFIED"] == "false"
     assert {"LLAMA_ARG_BATCH", "LLAMA_ARG_UBATCH", "LLAMA_ARG_CACHE_TYPE_K",
             "LLAMA_ARG_CACHE_TYPE_V", "LLAMA_ARG_FLASH_ATTN", "LLAMA_ARG_LOAD_MODE",
             "LLAMA_ARG_FIT"} <= set(env)
     assert "LLAMA_ARG_HOST" not in env  # the unit pins 127.0.0.1 itself
+    assert env["LLAMA_ARG_PORT"] == "8081"
+    assert env["LLAMA_ARG_MODEL"] == f"/var/lib/edge-llm/models/{'ab' * 32}.gguf"
 
 
 def test_role_defaults_match_their_argument_specs() -> None:
@@ -54,7 +58,7 @@ def test_role_defaults_match_their_argument_specs() -> None:
     from builder.data import data_dir
 
     roles = sorted(p for p in data_dir("roles").iterdir() if (p / "meta").is_dir())
-    assert {r.name for r in roles} >= {"base", "engine", "model", "inference", "gateway"}
+    assert {r.name for r in roles} >= {"base", "inference", "gateway", "release"}
     for role in roles:
         defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
         spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())

@@ -21,7 +21,7 @@ def manifest(cfg) -> dict:
 
 @pytest.fixture(scope="session")
 def engine_port(manifest) -> int:
-    return manifest["provision_vars"]["inference_port"]
+    return manifest["inputs"]["profile"]["service"]["engine_port"]
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +33,7 @@ def api_url(cfg) -> str:
 @pytest.fixture(scope="module")
 def api_key(host, manifest) -> str:
     """The device's own API key (made at its first boot), read over SSH as root."""
-    keys_file = manifest["provision_vars"].get("gateway_keys_file", "/etc/edge-llm/api-keys")
-    return host.check_output("cat %s", keys_file).split()[0]
+    return host.check_output("cat /etc/edge-llm/api-keys").split()[0]
 
 
 @pytest.hookimpl(hookwrapper=True)

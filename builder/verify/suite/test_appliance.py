@@ -69,6 +69,17 @@ def test_engine_runs_the_release_from_the_manifest(host, manifest) -> None:
     assert current.is_symlink and current.linked_to.endswith(manifest["release_id"])
 
 
+def test_the_release_is_signed_verified_and_marked_good(host, manifest) -> None:
+    tool = "/usr/local/lib/edge-llm/edge-llm-release"
+    verified = json.loads(host.check_output(f"{tool} verify {manifest['release_id']}"))
+    assert verified["result"] == "verified"
+    status = json.loads(host.check_output(f"{tool} status"))
+    assert status["current"] == status["last_good"] == manifest["release_id"]
+    assert status["pending"] is None and status["healthy"] is True
+    assert "edge-llm-release" in host.file("/etc/edge-llm/allowed_signers").content_string
+    assert host.service("edge-llm-release-guard.timer").is_enabled
+
+
 def test_resident_memory_is_within_the_plan(host, manifest) -> None:
     pid = host.check_output("systemctl show -p MainPID --value edge-llm-engine.service")
     rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB",

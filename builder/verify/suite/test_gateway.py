@@ -39,8 +39,7 @@ def test_gateway_units_are_enabled_and_active(host) -> None:
 
 
 def test_api_key_is_made_on_the_device_and_only_root_reads_it(host, manifest) -> None:
-    f = host.file(manifest["provision_vars"].get("gateway_keys_file",
-                                                 "/etc/edge-llm/api-keys"))
+    f = host.file("/etc/edge-llm/api-keys")
     assert f.exists and f.user == "root" and f.mode == 0o600
     assert re.fullmatch(r"sk-edge-[A-Za-z0-9_-]{40,}", f.content_string.split()[0])
 
@@ -61,7 +60,7 @@ def test_v1_reports_the_appliance_with_the_key(api_url: str, api_key: str,
                                                manifest) -> None:
     with _request(api_url + "/v1/models", key=api_key, timeout=30) as r:
         models = [m["id"] for m in json.load(r)["data"]]
-    assert models == [manifest["provision_vars"]["gateway_model_id"]]
+    assert models == [manifest["release"]["model_id"]]
     with _request(api_url + "/v1/appliance", key=api_key, timeout=30) as r:
         info = json.load(r)
     assert info["release_id"] == manifest["release_id"]

@@ -1,0 +1,258 @@
+"""Fleet operations over SSH: deploy a release, roll back, read status.
+
+Ansible does the work (playbooks/deploy.yml with the `release` role, playbooks/fleet.yml):
+batches with `serial`, `max_fail_percentage`, parallel hosts, SSH. Each host's outcome
+comes back as a small JSON file the playbook writes on the controller, so the report does
+not depend on parsing Ansible's screen output. The device decides for itself whether a
+release is genuine and whether it serves (roles/release/files/edge-llm-release).
+
+SSH is strict: host keys must be known (your ~/.ssh/known_hosts, or --known-hosts FILE);
+--accept-new-host-keys records the key of a host seen for the first time, and a changed
+key is refused either way. Inventories may not hold passwords: use SSH keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import data_dir
+from .errors import BuilderError, display_path
+from .progress import step
+from .provision import parse_recap
+from .release import Bundle
+from .run import ToolError, run
+
+PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password",
+                 "ansible_become_password", "ansible_become_pass", "ansible_sudo_pass")
+SERIAL_ITEM = re.compile(r"^(\d+|\d+(\.\d+)?%)$")
+
+
+class FleetFailed(BuilderError):
+    """Some hosts did not end where they were asked to (exit 1, not a usage error)."""
+
+    exit_code = 1
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    reachable: bool = True
+    result: str = "not reached"  # activated, unchanged, rolled-back, refused, failed, ...
+    serving: str | None = None
+    last_good: str | None = None
+    healthy: bool | None = None
+    model_sha256: str | None = None
+    reason: str = ""
+    bytes_sent: int | None = None
+    last_result: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.result in ("activated", "unchanged", "ok",
+                                                  "rolled-back-by-request")
+
+
+@dataclass(frozen=True)
+class Ssh:
+    known_hosts: Path | None = None
+    accept_new: bool = False
+    key: Path | None = None  # used when the inventory names none
+
+
+def parse_serial(text: str) -> list[int | str]:
+    """'1,10%,100%' -> [1, '10%', '100%'] (Ansible's serial list)."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items or not all(SERIAL_ITEM.match(s) for s in items):
+        raise BuilderError(f"--serial {text}: expected batch sizes like 1,10%,100% "
+                           "(host counts or percentages)")
+    return [int(s) if s.isdigit() else s for s in items]
+
+
+def inventory_hosts(inventory: Path) -> dict[str, dict[str, Any]]:
+    """Hosts and their variables, as ansible-inventory reads them; refuses passwords."""
+    if not inventory.is_file():
+        raise BuilderError(f"--inventory {inventory}: no such file")
+    exe = Path(sys.executable).with_name("ansible-inventory")
+    r = subprocess.run([str(exe), "-i", str(inventory), "--list"], capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise BuilderError(f"{display_path(inventory)}: not a readable inventory: "
+                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    data = json.loads(r.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = sorted({h for g in data.values() if isinstance(g, dict)
+                    for h in g.get("hosts", [])})
+    if not names:
+        raise BuilderError(f"{display_path(inventory)}: no hosts in it")
+    for name in names:
+        for var in PASSWORD_VARS:
+            if var in hostvars.get(name, {}):
+                raise BuilderError(f"{display_path(inventory)}: host {name}: {var}: "
+                                   "passwords are not allowed in an inventory; log in with "
+                                   "an SSH key (ansible_ssh_private_key_file)")
+    return {n: hostvars.get(n, {}) for n in names}
+
+
+def _env(ssh: Ssh, work: Path) -> dict[str, str]:
+    args = ["-o", "StrictHostKeyChecking=" + ("accept-new" if ssh.accept_new else "yes"),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    if ssh.known_hosts:
+        args += ["-o", f"UserKnownHostsFile={ssh.known_hosts}"]
+    env = {
+        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_SSH_COMMON_ARGS": " ".join(args),
+        "ANSIBLE_SSH_RETRIES": "2",
+        "ANSIBLE_PIPELINING": "1",
+        "ANSIBLE_FORKS": "16",
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+    }
+    if ssh.key:
+        env["ANSIBLE_PRIVATE_KEY_FILE"] = str(ssh.key)
+    return env
+
+
+def _play(playbook: str, inventory: Path, extra: dict[str, Any], ssh: Ssh, work: Path,
+          what: str, limit: str | None) -> tuple[dict, str]:
+    work.mkdir(parents=True, exist_ok=True)
+    vars_file = work / "vars.json"
+    vars_file.write_text(json.dumps(extra, indent=2))
+    log_file = work / "ansible.log"
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    cmd = [exe, "-i", inventory, "-e", f"@{vars_file}", data_dir("playbooks") / playbook]
+    if limit:
+        cmd += ["--limit", limit]
+    with step(what) as line:
+        try:
+            output = run(cmd, what=what, env=_env(ssh, work), log_file=log_file, on_line=line)
+        except ToolError:  # failed or unreachable hosts: the recap says which
+            output = log_file.read_text(errors="replace")
+    recap = parse_recap(output)
+    if not recap:
+        raise BuilderError(f"{what}: ansible-playbook ended without a PLAY RECAP "
+                           f"(log: {display_path(log_file)})")
+    return recap, output
+
+
+def _unreachable_reason(output: str, host: str) -> str:
+    m = re.search(rf"fatal: \[{re.escape(host)}\]: UNREACHABLE! => (\{{.*\}})", output)
+    if not m:
+        return "unreachable"
+    try:
+        return "unreachable: " + json.loads(m.group(1)).get("msg", "").strip().splitlines()[-1]
+    except (ValueError, IndexError):
+        return "unreachable"
+
+
+def _failed_reason(output: str, host: str) -> str:
+    found = re.findall(rf"fatal: \[{re.escape(host)}\]: FAILED! => (\{{.*\}})", output)
+    for raw in reversed(found):
+        try:
+            return " ".join(json.loads(raw).get("msg", "").split())
+        except ValueError:
+            continue
+    return ""
+
+
+def _outcomes(hosts: list[str], recap: dict, output: str, reports: Path,
+              action: str) -> list[HostOutcome]:
+    out = []
+    for h in hosts:
+        o = HostOutcome(h)
+        rc = recap.get(h)
+        if rc is None:
+            o.result, o.reason = "skipped", "not reached: the rollout stopped before its batch"
+        elif rc.unreachable:
+            o.reachable, o.result, o.reason = False, "unreachable", _unreachable_reason(
+                output, h)
+        f = reports / f"{h}.json"
+        if f.is_file():
+            rep = json.loads(f.read_text())
+            st = rep.get("status") or {}
+            o.serving, o.last_good = st.get("current"), st.get("last_good")
+            o.healthy, o.model_sha256 = st.get("healthy"), st.get("model_sha256")
+            o.last_result = st.get("last_result")
+            o.bytes_sent = rep.get("sent")
+            if action == "deploy":
+                want = rep.get("release")
+                last = o.last_result or {}
+                if rc is not None and rc.failed == 0 and o.serving == want:
+                    o.result = "unchanged" if rep.get("activate_rc") is None else "activated"
+                else:
+                    o.result = last.get("result", "failed") if last.get(
+                        "release") == want else "failed"
+                    o.reason = last.get("reason") or _failed_reason(output, h)
+            elif action == "rollback":
+                o.result = "rolled-back-by-request" if rep.get("rollback_rc") == 0 else "failed"
+                if rep.get("rollback_rc"):
+                    o.reason = (o.last_result or {}).get("reason") or _failed_reason(output, h)
+            else:
+                o.result = "ok"
+        elif rc is not None and not rc.unreachable:
+            o.result, o.reason = "failed", _failed_reason(output, h)
+        out.append(o)
+    return out
+
+
+def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: list,
+           max_fail: float, gate_timeout: int, keep: int, bwlimit_kbps: int,
+           limit: str | None = None) -> list[HostOutcome]:
+    hosts = list(inventory_hosts(inventory))
+    m = bundle.manifest
+    reports = work / "hosts"
+    reports.mkdir(parents=True, exist_ok=True)
+    for f in reports.glob("*.json"):
+        f.unlink()
+    extra = {
+        "release_id": m["release_id"], "release_tree": str(bundle.tree.resolve()),
+        "release_model_src": str(bundle.model_path),
+        "release_model_sha256": m["model"]["sha256"],
+        "release_gate_timeout": gate_timeout, "release_keep": keep,
+        "release_min_free_bytes": bundle.tree_bytes + m["model"]["bytes"] + (64 << 20),
+        "release_bwlimit_kbps": bwlimit_kbps, "release_report_dir": str(reports.resolve()),
+        "deploy_serial": serial, "deploy_max_fail_percentage": max_fail,
+    }
+    recap, output = _play("deploy.yml", inventory, extra, ssh, work,
+                          f"deploying {m['release_id']} to {len(hosts)} host(s)", limit)
+    outcomes = _outcomes(hosts, recap, output, reports, "deploy")
+    if limit:
+        outcomes = [o for o in outcomes if o.host in recap]
+    record = {"release": m["release_id"], "inventory": str(inventory),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "serial": serial, "max_fail_percentage": max_fail,
+              "hosts": [asdict(o) for o in outcomes]}
+    (work / "deploy.json").write_text(json.dumps(record, indent=2) + "\n")
+    return outcomes
+
+
+def status(inventory: Path, ssh: Ssh, work: Path, *, action: str = "status",
+           limit: str | None = None, gate_timeout: int = 300) -> list[HostOutcome]:
+    hosts = list(inventory_hosts(inventory))
+    reports = work / "hosts"
+    reports.mkdir(parents=True, exist_ok=True)
+    for f in reports.glob("*.json"):
+        f.unlink()
+    recap, output = _play("fleet.yml", inventory, {
+        "fleet_action": action, "fleet_report_dir": str(reports.resolve()),
+        "fleet_gate_timeout": gate_timeout}, ssh, work,
+        f"{'rolling back' if action == 'rollback' else 'reading'} {len(hosts)} host(s)", limit)
+    outcomes = _outcomes(hosts, recap, output, reports, action)
+    return [o for o in outcomes if not limit or o.host in recap]
+
+
+def state_dir(out_root: Path, what: str) -> Path:
+    d = out_root / "fleet" / f"{time.strftime('%Y%m%dT%H%M%S')}-{what}-{os.getpid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
