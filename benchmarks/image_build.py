@@ -46,7 +46,7 @@ def boot_to_ready(out: Path, env: dict[str, str]) -> tuple[float, str]:
     handle = vm.start(spec)
     try:
         vm.wait_ssh(handle, "edge", key, timeout=900)
-        port = m["provision_vars"]["inference_port"]
+        port = m["inputs"]["profile"]["service"]["engine_port"]
         check = (f"python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:"
                  f"{port}/health', timeout=5)\"")
         while subprocess.run(vm.ssh_command(spec.ssh_port, "edge", key, check),

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import catalog, fleet
+from . import catalog, doctor, fleet
 from . import release as release_mod
 from .cache import Cache
 from .cli import _print_json, app, json_option, out, profiles_dir_option
@@ -33,6 +33,14 @@ accept_new_option = click.option(
     "--accept-new-host-keys", is_flag=True,
     help="Record the host key of a device seen for the first time (a changed key is "
     "still refused). Off by default: unknown hosts are refused.")
+def fleet_options(f):
+    """Options every fleet command takes: where the hosts are and how to reach them."""
+    for option in reversed((inventory_option, limit_option, known_hosts_option,
+                            accept_new_option, out_option, cache_option, json_option)):
+        f = option(f)
+    return f
+
+
 gate_option = click.option("--gate-timeout", default=300, show_default=True,
                            type=click.IntRange(min=5),
                            help="Seconds a release has to pass its health gate on a device.")
@@ -107,7 +115,7 @@ def _finish(outcomes: list[fleet.HostOutcome], what: str, json_: bool, *,
 
 
 @app.command("deploy")
-@inventory_option
+@fleet_options
 @click.option("--release", "-r", "release_ref", required=True,
               help="Release id (in OUT/releases) or its directory.")
 @click.option("--serial", default="1,100%", show_default=True,
@@ -120,20 +128,15 @@ def _finish(outcomes: list[fleet.HostOutcome], what: str, json_: bool, *,
               help="Releases kept on each device.")
 @click.option("--bwlimit", default=0, show_default=True, type=click.IntRange(min=0),
               help="rsync bandwidth limit in KiB/s per host (0: none), for thin links.")
-@limit_option
-@known_hosts_option
-@accept_new_option
-@out_option
-@cache_option
-@json_option
 def deploy_cmd(inventory: Path, release_ref: str, serial: str, max_fail: float,
                gate_timeout: int, keep: int, bwlimit: int, limit: str | None,
                known_hosts: Path | None, accept_new_host_keys: bool, out_root: Path,
                cache_dir: Path | None, json_: bool) -> None:
     """Roll a release out to a fleet: canary first, then batches; each device verifies
     the signature, switches, and keeps the release only if it passes its health gate."""
-    bundle = release_mod.find(out_root / "releases", release_ref)
     batches = fleet.parse_serial(serial)
+    doctor.require("fleet")
+    bundle = release_mod.find(out_root / "releases", release_ref)
     work = fleet.state_dir(out_root, "deploy")
     outcomes = fleet.deploy(inventory, bundle, _ssh(cache_dir, known_hosts,
                                                     accept_new_host_keys), work,
@@ -145,14 +148,8 @@ def deploy_cmd(inventory: Path, release_ref: str, serial: str, max_fail: float,
 
 
 @app.command("rollback")
-@inventory_option
-@limit_option
+@fleet_options
 @gate_option
-@known_hosts_option
-@accept_new_option
-@out_option
-@cache_option
-@json_option
 def rollback_cmd(inventory: Path, limit: str | None, gate_timeout: int,
                  known_hosts: Path | None, accept_new_host_keys: bool, out_root: Path,
                  cache_dir: Path | None, json_: bool) -> None:
@@ -169,13 +166,7 @@ def fleet_group() -> None:
 
 
 @fleet_group.command("status")
-@inventory_option
-@limit_option
-@known_hosts_option
-@accept_new_option
-@out_option
-@cache_option
-@json_option
+@fleet_options
 def fleet_status_cmd(inventory: Path, limit: str | None, known_hosts: Path | None,
                      accept_new_host_keys: bool, out_root: Path, cache_dir: Path | None,
                      json_: bool) -> None:

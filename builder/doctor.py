@@ -40,6 +40,8 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-img", "qemu-utils", "vm"),
     Need("ssh", "openssh-client", "vm"),
     Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm"),
+    Need("rsync", "rsync", "fleet"),
+    Need("ssh", "openssh-client", "fleet"),
     # only the test suite: the chat page in a real browser, a TLS certificate
     Need("chromium", "chromium", "test"),
     Need("chromedriver", "chromium-driver", "test"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +25,10 @@ from typing import Any
 from .data import data_dir
 from .errors import BuilderError, display_path
 from .progress import step
-from .provision import parse_recap
+from .provision import ansible_env, inventory_hosts, parse_recap
 from .release import Bundle
 from .run import ToolError, run
 
-PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password",
-                 "ansible_become_password", "ansible_become_pass", "ansible_sudo_pass")
 SERIAL_ITEM = re.compile(r"^(\d+|\d+(\.\d+)?%)$")
 
 
@@ -76,31 +73,6 @@ def parse_serial(text: str) -> list[int | str]:
     return [int(s) if s.isdigit() else s for s in items]
 
 
-def inventory_hosts(inventory: Path) -> dict[str, dict[str, Any]]:
-    """Hosts and their variables, as ansible-inventory reads them; refuses passwords."""
-    if not inventory.is_file():
-        raise BuilderError(f"--inventory {inventory}: no such file")
-    exe = Path(sys.executable).with_name("ansible-inventory")
-    r = subprocess.run([str(exe), "-i", str(inventory), "--list"], capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise BuilderError(f"{display_path(inventory)}: not a readable inventory: "
-                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    data = json.loads(r.stdout)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
-    names = sorted({h for g in data.values() if isinstance(g, dict)
-                    for h in g.get("hosts", [])})
-    if not names:
-        raise BuilderError(f"{display_path(inventory)}: no hosts in it")
-    for name in names:
-        for var in PASSWORD_VARS:
-            if var in hostvars.get(name, {}):
-                raise BuilderError(f"{display_path(inventory)}: host {name}: {var}: "
-                                   "passwords are not allowed in an inventory; log in with "
-                                   "an SSH key (ansible_ssh_private_key_file)")
-    return {n: hostvars.get(n, {}) for n in names}
-
-
 def _env(ssh: Ssh, work: Path) -> dict[str, str]:
     args = ["-o", "StrictHostKeyChecking=" + ("accept-new" if ssh.accept_new else "yes"),
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
@@ -108,14 +80,9 @@ def _env(ssh: Ssh, work: Path) -> dict[str, str]:
     if ssh.known_hosts:
         args += ["-o", f"UserKnownHostsFile={ssh.known_hosts}"]
     env = {
-        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        **ansible_env(work),
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_SSH_COMMON_ARGS": " ".join(args),
-        "ANSIBLE_SSH_RETRIES": "2",
-        "ANSIBLE_PIPELINING": "1",
         "ANSIBLE_FORKS": "16",
         "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
     }
@@ -190,10 +157,10 @@ def _outcomes(hosts: list[str], recap: dict, output: str, reports: Path,
                 last = o.last_result or {}
                 if rc is not None and rc.failed == 0 and o.serving == want:
                     o.result = "unchanged" if rep.get("activate_rc") is None else "activated"
+                elif last.get("release") == want and rep.get("activate_rc"):
+                    o.result, o.reason = last.get("result", "failed"), last.get("reason", "")
                 else:
-                    o.result = last.get("result", "failed") if last.get(
-                        "release") == want else "failed"
-                    o.reason = last.get("reason") or _failed_reason(output, h)
+                    o.result, o.reason = "failed", _failed_reason(output, h)
             elif action == "rollback":
                 o.result = "rolled-back-by-request" if rep.get("rollback_rc") == 0 else "failed"
                 if rep.get("rollback_rc"):

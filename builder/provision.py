@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import data_dir
-from .errors import BuilderError
+from .errors import BuilderError, display_path
 from .progress import step
 from .run import run
 
@@ -56,6 +57,48 @@ def ssh_inventory(name: str, host: str, port: int, user: str, key: Path,
             f"ansible_ssh_common_args='{ssh_args}'\n")
 
 
+def ansible_env(work: Path) -> dict[str, str]:
+    """What every ansible-playbook run of the builder gets: our roles, plain output,
+    no retry files, temp files under `work`, pipelining (fewer SSH round trips)."""
+    return {
+        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        "ANSIBLE_SSH_RETRIES": "3",
+        "ANSIBLE_PIPELINING": "1",
+    }
+
+
+PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password",
+                 "ansible_become_password", "ansible_become_pass", "ansible_sudo_pass")
+
+
+def inventory_hosts(inventory: Path) -> dict[str, dict[str, Any]]:
+    """Hosts and their variables, as ansible-inventory reads them; refuses passwords."""
+    if not inventory.is_file():
+        raise BuilderError(f"--inventory {inventory}: no such file")
+    exe = Path(sys.executable).with_name("ansible-inventory")
+    r = subprocess.run([str(exe), "-i", str(inventory), "--list"], capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise BuilderError(f"{display_path(inventory)}: not a readable inventory: "
+                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    data = json.loads(r.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = sorted({h for g in data.values() if isinstance(g, dict)
+                    for h in g.get("hosts", [])})
+    if not names:
+        raise BuilderError(f"{display_path(inventory)}: no hosts in it")
+    for name in names:
+        for var in PASSWORD_VARS:
+            if var in hostvars.get(name, {}):
+                raise BuilderError(f"{display_path(inventory)}: host {name}: {var}: "
+                                   "passwords are not allowed in an inventory; log in with "
+                                   "an SSH key (ansible_ssh_private_key_file)")
+    return {n: hostvars.get(n, {}) for n in names}
+
+
 def run_playbook(inventory: str, extra_vars: dict[str, Any], work: Path, *, what: str,
                  log_file: Path, playbook: str = "appliance.yml") -> dict[str, HostRecap]:
     work.mkdir(parents=True, exist_ok=True)
@@ -64,14 +107,7 @@ def run_playbook(inventory: str, extra_vars: dict[str, Any], work: Path, *, what
     vars_file = work / "vars.json"
     vars_file.write_text(json.dumps(extra_vars, indent=2))
     exe = Path(sys.executable).with_name("ansible-playbook")
-    env = {
-        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
-        "ANSIBLE_SSH_RETRIES": "3",
-        "ANSIBLE_PIPELINING": "1",
-    }
+    env = ansible_env(work)
     with step(what) as line:
         output = run([exe, "-i", inv, "-e", f"@{vars_file}",
                       data_dir("playbooks") / playbook],

@@ -324,6 +324,13 @@ def stop(state_dir: Path, timeout: float = 60) -> bool:
     return pid is not None
 
 
+def reset(state_dir: Path) -> None:
+    """Hard reset, like the reset line of a board: no shutdown, the disk as it is."""
+    if running(state_dir) is None:
+        raise BuilderError(f"no VM is running from {display_path(state_dir)}")
+    _qmp(state_dir / QMP, "system_reset")
+
+
 def _terminate(pid: int) -> None:
     for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):

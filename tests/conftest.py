@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,48 @@ def smollm2_gguf(artifact_cache) -> Path:
 @pytest.fixture
 def server_log(tmp_path: Path) -> Path:
     return tmp_path / "llama-server.log"
+
+
+# --- the x86-gateway appliance: one build, VMs booted from it (copy-on-write overlays) --
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
+    """OUT root of one x86-gateway build with the tiny Qwen2 model (inference under TCG
+    decodes far below a token a second for real models)."""
+    out = tmp_path_factory.mktemp("out")
+    r = run_builder_session("build", "--profile", "x86-gateway", "--model-file", str(tiny_q4),
+                            "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def manifest(appliance: Path) -> dict:
+    return json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def start_vm(artifact_cache):
+    """start_vm(appliance, name, wait=True, cpus=2, memory_mb=1536) -> (VmSpec, key):
+    a VM on its own overlay of the image, forwarding a free port to the public port."""
+    from builder import vm
+    from builder.llama_server import free_port
+    from builder.sshkey import builder_key
+
+    def start(appliance: Path, name: str, *, wait: bool = True, cpus: int = 2,
+              memory_mb: int = 1536):
+        m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+        key, _ = builder_key(artifact_cache)
+        spec = vm.VmSpec(image=appliance / "x86-gateway" / m["image"]["file"],
+                         ssh_port=free_port(), forwards={free_port(): 8080},
+                         memory_mb=memory_mb, cpus=cpus, state_dir=appliance / f".vm-{name}")
+        handle = vm.start(spec)
+        if wait:
+            try:
+                vm.wait_ssh(handle, "edge", key, timeout=900)
+            except BaseException:
+                vm.stop(spec.state_dir)
+                raise
+        return spec, key
+
+    return start

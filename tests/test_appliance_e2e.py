@@ -12,48 +12,15 @@ from pathlib import Path
 import pytest
 
 from builder.cache import sha256_file
-from builder.llama_server import free_port
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
-    out = tmp_path_factory.mktemp("out")
-    r = run_builder_session("build", "--profile", "x86-gateway", "--model-file", str(tiny_q4),
-                            "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="session")
-def manifest(appliance: Path) -> dict:
-    return json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
-
-
-def _start_vm(appliance: Path, name: str, artifact_cache):
-    from builder import vm
-    from builder.sshkey import builder_key
-
-    m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
-    key, _ = builder_key(artifact_cache)
-    spec = vm.VmSpec(image=appliance / "x86-gateway" / m["image"]["file"],
-                     ssh_port=free_port(), forwards={free_port(): 8080}, memory_mb=1536,
-                     cpus=2, state_dir=appliance / f".vm-{name}")
-    handle = vm.start(spec)
-    try:
-        vm.wait_ssh(handle, "edge", key, timeout=900)
-    except BaseException:
-        vm.stop(spec.state_dir)
-        raise
-    return spec, key
-
-
-@pytest.fixture(scope="session")
-def booted(appliance: Path, artifact_cache):
+@pytest.fixture(scope="module")  # stopped before the fleet tests boot theirs
+def booted(appliance: Path, start_vm):
     from builder import vm
 
-    spec, key = _start_vm(appliance, "first", artifact_cache)
+    spec, key = start_vm(appliance, "first")
     yield spec, key
     assert vm.stop(spec.state_dir)
 
@@ -101,12 +68,12 @@ def test_overlays_profile_wins_over_common(booted) -> None:
 
 
 def test_two_boots_of_one_image_get_their_own_host_keys(booted, appliance: Path,
-                                                        artifact_cache) -> None:
+                                                        start_vm) -> None:
     from builder import vm
 
     first = (ssh(booted, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
              ssh(booted, "cat /etc/machine-id"))
-    spec2, key = _start_vm(appliance, "second", artifact_cache)
+    spec2, key = start_vm(appliance, "second")
     try:
         second = (ssh((spec2, key), "cat /etc/ssh/ssh_host_ed25519_key.pub"),
                   ssh((spec2, key), "cat /etc/machine-id"))

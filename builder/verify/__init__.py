@@ -104,18 +104,7 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
 
 def inventory_targets(inventory: Path) -> list[Target]:
     """Hosts of an Ansible inventory (any format ansible-inventory reads)."""
-    exe = Path(sys.executable).with_name("ansible-inventory")
-    r = subprocess.run([str(exe), "-i", str(inventory), "--list"], capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        raise BuilderError(f"{display_path(inventory)}: not a readable inventory: "
-                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    data = json.loads(r.stdout)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
-    names = sorted({h for g in data.values() if isinstance(g, dict)
-                    for h in g.get("hosts", [])})
-    if not names:
-        raise BuilderError(f"{display_path(inventory)}: no hosts in it")
-    return [Target(str(hostvars.get(n, {}).get("ansible_user", "edge")),
-                   str(hostvars.get(n, {}).get("ansible_host", n)),
-                   int(hostvars.get(n, {}).get("ansible_port", 22))) for n in names]
+    from ..provision import inventory_hosts
+
+    return [Target(str(v.get("ansible_user", "edge")), str(v.get("ansible_host", n)),
+                   int(v.get("ansible_port", 22))) for n, v in inventory_hosts(inventory).items()]
