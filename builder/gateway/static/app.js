@@ -89,9 +89,9 @@ async function send(text) {
   controller = new AbortController();
   const t0 = performance.now();
   let reply = "", tokens = 0, tFirst = 0, tLast = 0, note = "", failed = false;
-  let pending = false;
+  let frame = 0;  // a repaint waiting for the next animation frame
   const paint = () => {
-    pending = false;
+    frame = 0;
     renderMarkdown(el, reply);
     el.scrollIntoView({ block: "end" });
   };
@@ -129,7 +129,7 @@ async function send(text) {
           if (!tFirst) { tFirst = tLast; $("status").textContent = "streaming…"; }
           tokens += 1;
           reply += piece;
-          if (!pending) { pending = true; requestAnimationFrame(paint); }
+          if (!frame) frame = requestAnimationFrame(paint);
         }
       }
     }
@@ -137,6 +137,8 @@ async function send(text) {
     if (err.name === "AbortError") note = "stopped";
     else { failed = true; note = err.message; }
   } finally {
+    // a repaint still queued would redraw the reply without its stats line
+    if (frame) cancelAnimationFrame(frame);
     controller = null;
     setBusy(false);
   }
