@@ -196,7 +196,7 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "gateway_tls_cert": p.service.tls_cert or "",
         "gateway_tls_key": p.service.tls_key or "",
         "release_id": ctx.release_id,
-        "release_tree": str(ctx.bundle.tree),
+        "release_tree": str(ctx.bundle.tree.resolve()),  # Ansible: relative = role-relative
         "release_model_src": str(ctx.model.path),
         "release_model_sha256": ctx.model.sha256,
         "release_allowed_signers": ctx.signers,

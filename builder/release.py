@@ -163,6 +163,7 @@ def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
     """out_root/<id>/, made once: a release id names its content, so an existing,
     complete bundle is reused (its signature stays the one it was made with)."""
     rid = i.release_id
+    out_root = out_root.resolve()  # Ansible resolves a relative src against the role
     final = out_root / rid
     if (final / "tree" / "release.json.sig").is_file() and (final / "bundle.json").is_file():
         return Bundle(final)
@@ -219,4 +220,4 @@ def find(out_root: Path, given: str) -> Bundle:
         raise BuilderError(f"--release {given}: no release there (looked for "
                            f"{display_path(path / 'tree' / 'release.json')}); "
                            "make one with `builder release --profile P`")
-    return Bundle(path)
+    return Bundle(path.resolve())

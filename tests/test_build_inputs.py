@@ -40,6 +40,13 @@ def test_role_variables_for_x86_gateway_match_the_golden_file(image_build: bool)
     assert got == {**golden, "edge_llm_image_build": image_build}
 
 
+def test_release_paths_reach_ansible_absolute(workdir: Path) -> None:
+    ctx = _ctx()
+    ctx.bundle = release.Bundle(Path("out/releases/r0123456789ab"))  # --out out (relative)
+    rv = build_mod.role_vars(ctx, image_build=True)
+    assert rv["release_tree"] == str(workdir / "out/releases/r0123456789ab/tree")
+
+
 def test_every_runtime_knob_reaches_the_engine_environment() -> None:
     env = release.engine_env(build_mod.release_inputs(_ctx("pi5-4gb")))
     assert env["LLAMA_ARG_CTX_SIZE"] == "4096" and env["LLAMA_ARG_N_PARALLEL"] == "1"
