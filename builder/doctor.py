@@ -10,7 +10,6 @@ from pathlib import Path
 
 from .errors import BuilderError
 from .run import run
-from .schema import Profile
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,7 @@ NEEDS: tuple[Need, ...] = (
     Need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "engine-arm64"),
     Need("qemu-aarch64-static", "qemu-user-static", "engine-arm64"),
     Need("update-binfmts", "binfmt-support", "engine-arm64"),
+    Need("arch-test", "arch-test", "engine-arm64"),  # mmdebstrap's foreign-arch check
     Need("mmdebstrap", "mmdebstrap", "image"),
     Need("mkfs.ext4", "e2fsprogs", "image"),
     Need("mkfs.vfat", "dosfstools", "image"),
@@ -37,9 +37,9 @@ NEEDS: tuple[Need, ...] = (
     Need("bmaptool", "bmap-tools", "image"),
     Need("zstd", "zstd", "image"),
     Need("qemu-system-x86_64", "qemu-system-x86", "vm"),
+    Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm"),
     Need("qemu-img", "qemu-utils", "vm"),
     Need("ssh", "openssh-client", "vm"),
-    Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm"),
     Need("rsync", "rsync", "fleet"),
     Need("ssh", "openssh-client", "fleet"),
     # only the test suite: the chat page in a real browser, a TLS certificate
@@ -49,11 +49,6 @@ NEEDS: tuple[Need, ...] = (
 )
 STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
 BUILD_STAGES = tuple(s for s in STAGES if s != "test")  # what `builder doctor` checks
-
-
-def stages_for(p: Profile) -> tuple[str, ...]:
-    """Stages a full build of this profile runs."""
-    return ("engine", *(("engine-arm64",) if p.device.arch == "arm64" else ()), "image")
 
 
 def _present(n: Need) -> bool:

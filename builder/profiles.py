@@ -24,7 +24,7 @@ from . import catalog
 from .data import data_dir
 from .errors import ProfileError, display_path
 from .schema import Profile
-from .targets import TARGETS
+from .targets import PROFILE, TARGETS
 from .yamlsrc import Document, Loc, Pos, load_document
 
 SUFFIXES = (".yaml", ".yml")
@@ -245,8 +245,13 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _fields_at(loc: Loc) -> list[str]:
-    model: type[BaseModel] | None = Profile
+def _model_for(data: dict[str, Any]) -> type[BaseModel]:
+    """The profile model that `data` validates against: its target's, or the shared one."""
+    target = TARGETS.get(str(data.get("target")))
+    return target.profile_model if target else Profile
+
+
+def _fields_at(loc: Loc, model: type[BaseModel] | None = Profile) -> list[str]:
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return []
@@ -255,7 +260,11 @@ def _fields_at(loc: Loc) -> list[str]:
 
 
 def _data_loc(loc: tuple[Any, ...], data: dict[str, Any]) -> Loc:
-    """Trim pydantic's loc (which names union members) to a path present in the data."""
+    """Trim pydantic's loc (which names union members, and the target's tag first) to a
+    path present in the data."""
+    if loc and loc[0] == data.get("target") and loc[0] not in data:
+        loc = loc[1:]
+    model = _model_for(data)
     out: list[str | int] = []
     node: Any = data
     for part in loc:
@@ -263,7 +272,7 @@ def _data_loc(loc: tuple[Any, ...], data: dict[str, Any]) -> Loc:
         in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
         if in_dict or in_list:
             node = node[part]
-        elif isinstance(part, str) and part in _fields_at(tuple(out)):
+        elif isinstance(part, str) and part in _fields_at(tuple(out), model):
             out.append(part)  # a missing field: still name it
             break
         else:
@@ -284,6 +293,11 @@ def _describe(err: dict[str, Any]) -> str:
     got = err.get("input")
     if typ == "missing":
         return "required field is missing"
+    if typ in ("union_tag_invalid", "union_tag_not_found"):
+        tag = err.get("ctx", {}).get("tag")
+        known = ", ".join(TARGETS)
+        return (f"unknown target {tag!r}; known: {known}" if tag else
+                f"required field is missing (one of {known})")
     if typ == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {got!r}"
     kind = typ.split("_")[0]
@@ -296,8 +310,8 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{msg}, got {got!r}" if "got" not in msg else msg
 
 
-def _unknown_field_message(loc: Loc) -> str:
-    valid = _fields_at(loc[:-1])
+def _unknown_field_message(loc: Loc, model: type[BaseModel]) -> str:
+    valid = _fields_at(loc[:-1], model)
     close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
     if close:
         return f"unknown field; did you mean {close[0]!r}?"
@@ -313,7 +327,9 @@ def validation_error(rp: ResolvedProfile, exc: ValidationError,
     first = errors[0]
     loc = _data_loc(first["loc"], rp.data)
     if first["type"] == "extra_forbidden":
-        return rp.error(loc, _unknown_field_message(loc), key=True)
+        return rp.error(loc, _unknown_field_message(loc, _model_for(rp.data)), key=True)
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return rp.error(("target",), _describe(first))
     # Several errors at one place come from a union (e.g. a size or 'auto').
     same = [_describe(e) for e in errors if _data_loc(e["loc"], rp.data) == loc]
     message = "; or ".join(dict.fromkeys(same))
@@ -332,7 +348,7 @@ def validation_error(rp: ResolvedProfile, exc: ValidationError,
 
 def validate(rp: ResolvedProfile) -> Profile | None:
     try:
-        profile = Profile.model_validate(rp.data)
+        profile = _validate(rp.data, abstract=rp.abstract)
     except ValidationError as exc:
         err = validation_error(rp, exc, ignore_missing=rp.abstract)
         if err:
@@ -347,6 +363,19 @@ def validate(rp: ResolvedProfile) -> Profile | None:
     return canonical(profile)
 
 
+def _validate(data: dict[str, Any], *, abstract: bool = False) -> Profile:
+    """Validate against the target's profile model; an abstract base that names no
+    target yet is checked against the shared fields and each target section it sets."""
+    if abstract and "target" not in data:
+        sections = {t.section: t for t in TARGETS.values()}
+        for name, t in sections.items():
+            if name in data:
+                t.settings.model_validate(data[name])
+        shared = {k: v for k, v in data.items() if k not in sections}
+        return Profile.model_validate({**shared, "target": ""})
+    return PROFILE.validate_python(data)
+
+
 def canonical(p: Profile) -> Profile:
     """Spellings normalised: catalog ids lower case, quantization as the engine writes it."""
     model = p.model.model_copy(update={
@@ -359,22 +388,20 @@ def canonical(p: Profile) -> Profile:
 def semantic_problems(p: Profile) -> list[tuple[Loc, str]]:
     """Checks across fields and against the catalog and targets, in reading order."""
     out: list[tuple[Loc, str]] = []
-    target = TARGETS.get(p.target)
-    if target is None:
-        return [(("target",), f"unknown target {p.target!r}; known: {', '.join(TARGETS)}")]
+    target = TARGETS[p.target]
     if p.device.arch not in target.arches:
         out.append((("device", "arch"), f"{p.device.arch} is not a {target.name} "
                     f"architecture; use {' or '.join(target.arches)}"))
-    if p.os.family not in target.os_families:
-        out.append((("os", "family"), f"{p.os.family!r} is not an OS base for "
-                    f"{target.name}; use {' or '.join(target.os_families)}"))
+    if p.device.storage.kind not in target.storage_kinds:
+        out.append((("device", "storage", "kind"), f"{p.device.storage.kind!r}: "
+                    f"{target.name} boots from {', '.join(target.storage_kinds)}"))
+    if p.os.base not in target.os_bases:
+        out.append((("os", "base"), f"{p.os.base!r} is not an OS base for "
+                    f"{target.name}; use {' or '.join(target.os_bases)}"))
     if p.engine.kind not in target.engines:
         out.append((("engine", "kind"), f"{p.engine.kind} cannot run on {target.name} "
                     f"({target.why_not}); use {' or '.join(target.engines)}"))
-    elif p.engine.kind == "tensorrt-llm" and (p.device.accelerator.kind != "cuda" or
-                                              not p.device.accelerator.compute_capability):
-        out.append((("engine", "kind"), "tensorrt-llm needs device.accelerator.kind: cuda "
-                    "with a compute_capability"))
+    out += target.problems(p)
     model = catalog.MODELS.get(p.model.id.lower())
     if model is None:
         out.append((("model", "id"), f"unknown model {p.model.id!r}; known: "
@@ -439,7 +466,7 @@ def with_overrides(rp: ResolvedProfile, overrides: dict[Loc, tuple[str, Any]]) -
         return None
 
     try:
-        profile = Profile.model_validate(data)
+        profile = _validate(data)
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = _data_loc(e["loc"], data)

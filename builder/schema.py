@@ -1,7 +1,10 @@
 """The profile schema: the single table of every setting, with a description each.
 
-The JSON Schema (`builder profiles schema`), the field reference in docs/ and
-`builder profiles show` are all generated from these models.
+The settings every target shares are here; each target package adds its own section
+(builder/targets/<family>/settings.py) and the union of them, discriminated by
+`target`, is the whole table (builder.targets.PROFILE). The JSON Schema (`builder
+profiles schema`), the field reference in docs/ and `builder profiles show` are all
+generated from it.
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ class Accelerator(_Section):
 
 class Storage(_Section):
     kind: Literal["sd", "emmc", "nvme", "ssd", "usb"] = Field(
-        "ssd", description="Boot medium type.")
+        "ssd", description="Boot medium type; each target takes the ones it boots from "
+        "(the Pi 5 and Orin boot layouts and flashing depend on it; SSD and NVMe get "
+        "periodic TRIM).")
     size: Size = Field(..., description="Capacity of the boot medium.")
 
 
 class Device(_Section):
     arch: Literal["amd64", "arm64"] = Field(..., description="Debian architecture name.")
-    soc: str = Field(..., description="System on chip or platform, e.g. 'BCM2712'.")
-    cpu_model: str = Field(..., description="CPU core type, e.g. 'Cortex-A76'.")
     cpu_cores: int = Field(..., ge=1, le=1024, description="Logical CPUs.")
     ram: Size = Field(..., description="Physical RAM.")
     accelerator: Accelerator = Field(default_factory=Accelerator,
@@ -50,17 +53,31 @@ class Device(_Section):
 # --- os -----------------------------------------------------------------------------
 
 class OsBase(_Section):
-    family: Literal["debian", "l4t"] = Field(
-        ..., description="'debian' (mmdebstrap rootfs) or 'l4t' (NVIDIA Jetson Linux).")
-    suite: str = Field("bookworm", description="Debian suite (L4T 36 is Ubuntu 22.04 based).")
-    l4t_release: str | None = Field(None, description="Jetson Linux release, e.g. '36.4.3'.")
-    jetpack: str | None = Field(None, description="JetPack release, e.g. '6.2'.")
+    base: Literal["debian", "raspios", "l4t"] = Field(
+        ..., description="Root filesystem: 'debian' (built with mmdebstrap), 'raspios' (a "
+        "Raspberry Pi OS image you supply, customised) or 'l4t' (NVIDIA's Jetson Linux "
+        "sample rootfs); each target takes the ones it supports.")
+    suite: str = Field("bookworm", description="Distribution suite (L4T 36 is Ubuntu 22.04, "
+                       "jammy).")
+    mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror the "
+                        "rootfs is built from: a URL (http, https, file, copy) of a mirror or "
+                        "a snapshot.")
     reserved_memory: Size = Field(
         ..., description="RAM the OS and other services keep; the planner never gives "
         "it to inference.")
     packages: list[str] = Field(
         default_factory=list, description="Extra packages for the rootfs, 'name' or "
         "'name=version'.")
+    admin_user: str = Field(
+        "edge", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Administrator login: SSH keys only, passwordless sudo; the fleet and "
+        "verify commands log in as this user.")
+    journal_max_use: Size = Field(64 << 20, description="Most disk space the persistent "
+                                  "journal may take (journald SystemMaxUse).")
+    cpu_governor: Literal["performance", "ondemand", "schedutil", "powersave",
+                          "conservative"] = Field(
+        "performance", description="cpufreq governor set at boot on every CPU that has "
+        "one (decode speed follows the clock).")
 
 
 # --- engine -------------------------------------------------------------------------
@@ -88,33 +105,34 @@ class LlamaCppSource(_Section):
 class LlamaCppBuild(_Section):
     source: LlamaCppSource = Field(default_factory=LlamaCppSource,
                                    description="Where the llama.cpp source comes from.")
-    cpu_variants: list[Literal["x86-64-v2", "x86-64-v3", "x86-64-v4"]] = Field(
-        default_factory=lambda: ["x86-64-v2", "x86-64-v3"],
-        description="x86: CPU backends built side by side (GGML_BACKEND_DL); the best one "
-        "the device's CPU supports is loaded at run time. Never the build host's CPU.")
-    arm_arch: str | None = Field(
-        None, description="GGML_CPU_ARM_ARCH, e.g. 'armv8.2-a+dotprod+fp16' (Cortex-A76).")
-    cuda_architectures: str | None = Field(
-        None, description="CMAKE_CUDA_ARCHITECTURES, e.g. '87' for Orin.")
     cmake_args: list[str] = Field(default_factory=list,
-                                  description="Extra -D options passed to CMake.")
+                                  description="Extra -D options passed to CMake (after the "
+                                  "target's own, so they win).")
 
 
 class TensorRtLlmBuild(_Section):
-    version: str = Field("0.12.0", description="TensorRT-LLM release (JetPack build).")
-    max_batch_size: int = Field(4, ge=1, description="trtllm-build --max_batch_size.")
-    max_input_len: int = Field(2048, ge=1, description="trtllm-build --max_input_len.")
+    version: str = Field("0.12.0-jetson", description="TensorRT-LLM release (on Jetson: the "
+                         "v0.12.0-jetson branch, built for the device's JetPack).")
+    max_batch_size: int = Field(4, ge=1, description="trtllm-build --max_batch_size: "
+                                "sequences decoded together; at least runtime.parallel.")
+    max_input_len: int = Field(2048, ge=1, description="trtllm-build --max_input_len: the "
+                               "longest prompt in tokens.")
+    max_num_tokens: int | None = Field(
+        None, ge=1, description="trtllm-build --max_num_tokens (tokens per engine step); "
+        "default: max_batch_size x max_input_len, capped at 8192.")
     kv_cache_free_gpu_mem_fraction: float = Field(
-        0.9, gt=0, le=1, description="Share of free memory the runtime takes for KV cache.")
+        0.9, gt=0, le=1, description="Share of the memory left after the weights that the "
+        "runtime takes for its KV cache.")
+    calibration_dir: str | None = Field(
+        None, description="int4_awq: a local calibration dataset directory for quantize.py "
+        "(no hub access on the device); int4_gptq and int8 weight-only need none.")
 
 
 class EngineSpec(_Section):
     kind: Engine = Field(..., description="Inference engine.")
-    build_on_device: bool = Field(
-        False, description="Build the engine on the device itself (TensorRT-LLM engines "
-        "are specific to the GPU and JetPack); otherwise cross-build on the host.")
     build_jobs: int | None = Field(
-        None, ge=1, description="Parallel compile jobs; default: what memory allows.")
+        None, ge=1, description="Parallel compile jobs; default: the build machine's cores "
+        "(on the device: what its memory allows, see `builder plan`).")
     llama_cpp: LlamaCppBuild = Field(default_factory=LlamaCppBuild,
                                      description="Options when kind is llama.cpp.")
     tensorrt_llm: TensorRtLlmBuild = Field(default_factory=TensorRtLlmBuild,
@@ -205,14 +223,24 @@ class Swap(_Section):
 
 
 class Verify(_Section):
-    min_decode_tps: float = Field(1.0, ge=0, description="Minimum decode tokens/s.")
-    max_ttft_ms: int = Field(5000, ge=1, description="Maximum time to first token (ms).")
+    min_decode_tps: float = Field(1.0, ge=0, description="`builder verify` fails a device "
+                                  "that decodes slower than this (tokens/s, one stream, "
+                                  "through the public port).")
+    max_ttft_ms: int = Field(5000, ge=1, description="`builder verify` fails a device whose "
+                             "time to first token (short prompt, through the public port) "
+                             "is longer than this.")
     max_rss: SizeOrAuto = Field(
         "auto", description="Maximum engine resident memory; 'auto' is the plan's total.")
 
 
+class TargetSettings(_Section):
+    """Base of each target's own section (`x86:`, `pi5:`, `jetson:`)."""
+
+
 class Profile(_Section):
-    """A device profile, fully resolved (after `extends`)."""
+    """A device profile, fully resolved (after `extends`). Each target package subclasses
+    it with `target` fixed to its name and a section of its own; builder/targets puts the
+    subclasses in one union discriminated by `target` (targets.PROFILE)."""
 
     model_config = ConfigDict(extra="forbid", title="edge-llm builder device profile")
 
@@ -221,8 +249,8 @@ class Profile(_Section):
     abstract: bool = Field(False, description="A base for others; not buildable itself.")
     description: str = Field("", description="One line for `builder profiles list`.")
     target: str = Field(..., description="Target family: what differs per hardware "
-                        "(engine recipe, rootfs, boot, flash). See `builder profiles "
-                        "list`.")
+                        "(CPU and GPU, rootfs, boot layout, image, flashing, VM). See "
+                        "`builder profiles list`.")
     device: Device = Field(..., description="The hardware.")
     os: OsBase = Field(..., description="The OS base image.")
     engine: EngineSpec = Field(..., description="Inference engine and its build.")

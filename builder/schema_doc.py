@@ -12,7 +12,8 @@ from pydantic.fields import FieldInfo
 
 from .profiles import _section_model
 from .schema import Profile
-from .units import _size_or_auto, parse_size
+from .targets import TARGETS
+from .units import _size_or_auto, canonical_size, parse_size
 
 
 def _describe_type(tp: Any) -> str:
@@ -52,6 +53,9 @@ def _default(info: FieldInfo) -> str:
             return "(section)"
     else:
         value = info.default
+    if isinstance(value, int) and not isinstance(value, bool) and _type_name(info).startswith(
+            "size"):
+        value = canonical_size(value)  # as a person writes it: 256MiB
     return f"`{json.dumps(value)}`"
 
 
@@ -73,13 +77,24 @@ def markdown_reference() -> str:
     lines = [
         "# Profile field reference",
         "",
-        "Generated from `builder/schema.py` by `builder profiles schema --markdown`; a test",
-        "fails when this file and the schema disagree. Sizes take binary units (`512MiB`,",
-        "`4GiB`). See [profiles.md](profiles.md) for inheritance rules.",
+        "Generated from `builder/schema.py` and each target's section by `builder profiles",
+        "schema --markdown`; a test fails when this file and the schema disagree. Sizes",
+        "take binary units (`512MiB`, `4GiB`). See [profiles.md](profiles.md) for",
+        "inheritance rules.",
+        "",
+        "## Every profile",
         "",
         "| field | type | default | description |",
         "|---|---|---|---|",
         *_rows(Profile, ""),
-        "",
     ]
-    return "\n".join(lines)
+    for t in sorted(TARGETS.values(), key=lambda t: t.name):
+        lines += ["", f"## `target: {t.name}`", "", f"{t.description}. Architectures: "
+                  f"{', '.join(t.arches)}; engines: {', '.join(t.engines)}; OS bases: "
+                  f"{', '.join(t.os_bases)}; boot media: {', '.join(t.storage_kinds)}.", ""]
+        rows = _rows(t.settings, f"{t.section}.")
+        if rows:
+            lines += ["| field | type | default | description |", "|---|---|---|---|", *rows]
+        else:
+            lines += [f"No settings of its own (`{t.section}:` stays empty)."]
+    return "\n".join(lines) + "\n"

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cache import Cache
+from .device.layout import SIGNING_NAMESPACE
 from .errors import BuilderError
 from .run import run
-
-SIGNING_NAMESPACE = "edge-llm-release"
 
 
 def _keypair(key: Path, comment: str) -> tuple[Path, str]:

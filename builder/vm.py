@@ -1,8 +1,10 @@
-"""Boot a disk image in QEMU (UEFI, virtio) to try an appliance before it meets a device.
+"""Boot a disk image in QEMU (virtio) to try an appliance before it meets a device.
 
-The image is never written: the VM runs on a qcow2 overlay made fresh at each start,
-so every boot is a first boot. Ports are forwarded on 127.0.0.1 only. KVM is used when
-it works; /dev/kvm can exist and still hang (nested virtualisation), so a short probe
+The machine (QEMU binary, board, firmware or direct kernel boot, console) comes from
+the target (Target.vm_machine); this module runs it. The image is never written: the
+VM runs on a qcow2 overlay made fresh at each start, so every boot is a first boot.
+Ports are forwarded on 127.0.0.1 only. KVM is used when the machine can use it and it
+works; /dev/kvm can exist and still hang (nested virtualisation), so a short probe
 boot decides, and TCG is the fallback.
 """
 
@@ -24,17 +26,28 @@ from .errors import BuilderError, display_path
 from .log import log
 from .run import ToolError, run
 
-OVMF = Path("/usr/share/ovmf/OVMF.fd")
-QEMU = "qemu-system-x86_64"
 PIDFILE, SERIAL, OVERLAY, QMP = "qemu.pid", "serial.log", "overlay.qcow2", "qmp.sock"
 QEMU_LOG = "qemu.log"
 PROBE_SECONDS = 8  # OVMF under working KVM prints within ~1 s; a hung vCPU never does
 ACCEL_ENV = "EDGE_LLM_ACCEL"  # "kvm" or "tcg": skip the probe
 
 
+@dataclass(frozen=True)
+class Machine:
+    """A QEMU machine for one target's images."""
+
+    qemu: str  # qemu-system-x86_64, qemu-system-aarch64
+    args: tuple[str, ...]  # board and firmware or kernel: -machine q35 -bios OVMF.fd ...
+    tcg_cpu: str  # -cpu under TCG: max, cortex-a76 ...
+    kvm: bool = False  # the host can run it with KVM (same architecture)
+    files: tuple[Path, ...] = ()  # what must exist (firmware, kernel), with its package
+    package: str = ""  # the Debian package that provides `files` (an error says it)
+
+
 @dataclass
 class VmSpec:
     image: Path
+    machine: Machine
     ssh_port: int
     state_dir: Path  # pidfile, serial.log, overlay.qcow2, qmp.sock, qemu.log
     forwards: dict[int, int] = field(default_factory=dict)  # host port -> guest port
@@ -59,6 +72,25 @@ class VmHandle:
         return self.spec.ssh_port
 
 
+def for_build(build_dir: Path, **settings) -> VmSpec:
+    """A VM of the build in `build_dir` (out/<profile>/): its target's machine and the
+    disk image a VM boots (its own test image when the target makes one, since a device
+    image may not boot in a VM; else the delivered image)."""
+    from .targets import TARGETS
+
+    mpath = build_dir / "manifest.json"
+    if not mpath.is_file():
+        raise BuilderError(f"{display_path(mpath)}: no build here")
+    m = json.loads(mpath.read_text())
+    files = (m.get("delivery") or {}).get("files", {})
+    name = files.get("vm-image") or files.get("image")
+    if not name:
+        raise BuilderError(f"{display_path(mpath)}: this build delivers no disk image a VM "
+                           "can boot")
+    machine = TARGETS[m["target"]].vm_machine(build_dir, m)
+    return VmSpec(image=build_dir / name, machine=machine, **settings)
+
+
 # --- pure: command lines and console text ------------------------------------------------
 
 def hostfwd(ssh_port: int, forwards: dict[int, int]) -> str:
@@ -67,11 +99,11 @@ def hostfwd(ssh_port: int, forwards: dict[int, int]) -> str:
 
 
 def qemu_command(spec: VmSpec, accel: str) -> list[str]:
-    d = spec.state_dir
+    d, m = spec.state_dir, spec.machine
     return [
-        QEMU, "-name", "edge-llm-vm", "-nodefaults", "-machine", "q35",
-        "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
-        "-smp", str(spec.cpus), "-m", str(spec.memory_mb), "-bios", str(OVMF),
+        m.qemu, "-name", "edge-llm-vm", "-nodefaults", *m.args,
+        "-accel", accel, "-cpu", "host" if accel == "kvm" else m.tcg_cpu,
+        "-smp", str(spec.cpus), "-m", str(spec.memory_mb),
         "-drive", f"file={d / OVERLAY},format=qcow2,if=virtio,discard=unmap",
         "-netdev", f"user,id=n0,{hostfwd(spec.ssh_port, spec.forwards)}",
         "-device", "virtio-net-pci,netdev=n0",
@@ -82,11 +114,11 @@ def qemu_command(spec: VmSpec, accel: str) -> list[str]:
     ]
 
 
-def probe_command(accel: str) -> list[str]:
+def probe_command(m: Machine, accel: str) -> list[str]:
     """A firmware-only boot that prints to the serial console (stdout) within seconds."""
-    cpu = "host" if accel == "kvm" else "max"
-    return [QEMU, "-nodefaults", "-machine", "q35", "-accel", accel, "-cpu", cpu, "-m", "128",
-            "-bios", str(OVMF), "-display", "none", "-serial", "stdio", "-no-reboot"]
+    cpu = "host" if accel == "kvm" else m.tcg_cpu
+    return [m.qemu, "-nodefaults", *m.args, "-accel", accel, "-cpu", cpu, "-m", "128",
+            "-display", "none", "-serial", "stdio", "-no-reboot"]
 
 
 def ssh_command(port: int, user: str, key: Path, *remote: str) -> list[str]:
@@ -141,7 +173,7 @@ _FIRMWARE = ("\x1b[", "BdsDxe")
 _KVM_FAILED = ("KVM internal error", "emulation failure", "failed to initialize kvm")
 
 
-def _probe(accel: str, timeout: float) -> bool:
+def _probe(m: Machine, accel: str, timeout: float) -> bool:
     """Does a firmware boot with `accel` reach the serial console within `timeout` s?"""
 
     class _Verdict(Exception):
@@ -155,7 +187,7 @@ def _probe(accel: str, timeout: float) -> bool:
             raise _Verdict(False)
 
     # `timeout` ends a hung QEMU: run() only checks its own timeout between lines.
-    cmd = ["timeout", "-k", "2", str(int(timeout)), *probe_command(accel)]
+    cmd = ["timeout", "-k", "2", str(int(timeout)), *probe_command(m, accel)]
     try:
         run(cmd, what=f"probing {accel}", on_line=on_line)
     except _Verdict as v:  # run() killed QEMU on the way out
@@ -166,22 +198,29 @@ def _probe(accel: str, timeout: float) -> bool:
 
 
 @functools.cache
-def detect_accel() -> str:
-    """'kvm' if /dev/kvm is usable and a probe boot makes progress, else 'tcg'."""
+def detect_accel(m: Machine) -> str:
+    """'kvm' if the machine can use it, /dev/kvm is usable and a probe boot makes
+    progress; else 'tcg'."""
     forced = os.environ.get(ACCEL_ENV)
     if forced:
         if forced not in ("kvm", "tcg"):
             raise BuilderError(f"{ACCEL_ENV} must be kvm or tcg, got {forced!r}")
-        return forced
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return forced if m.kvm else "tcg"
+    if not m.kvm or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
-    if not OVMF.is_file():
-        raise BuilderError(f"no UEFI firmware at {OVMF}: install the ovmf package")
-    if _probe("kvm", PROBE_SECONDS):
+    check_machine(m)
+    if _probe(m, "kvm", PROBE_SECONDS):
         return "kvm"
     log.warning("/dev/kvm is there but a KVM test boot failed or hung (nested "
                 "virtualisation?); using TCG, which is much slower")
     return "tcg"
+
+
+def check_machine(m: Machine) -> None:
+    for f in m.files:
+        if not f.is_file():
+            raise BuilderError(f"no {f.name} at {f}" + (f": install the {m.package} package"
+                                                         if m.package else ""))
 
 
 def _check_port_free(port: int) -> None:
@@ -198,8 +237,7 @@ def start(spec: VmSpec) -> VmHandle:
     """Boot `spec.image` in the background; returns once QEMU runs (not when SSH is up)."""
     if not spec.image.is_file():
         raise BuilderError(f"no disk image at {display_path(spec.image)}")
-    if not OVMF.is_file():
-        raise BuilderError(f"no UEFI firmware at {OVMF}: install the ovmf package")
+    check_machine(spec.machine)
     d = spec.state_dir
     d.mkdir(parents=True, exist_ok=True)
     pid = running(d)
@@ -215,7 +253,7 @@ def start(spec: VmSpec) -> VmHandle:
         _check_port_free(port)
     for name in (PIDFILE, QMP, OVERLAY, SERIAL, QEMU_LOG):
         (d / name).unlink(missing_ok=True)
-    accel = spec.accel or detect_accel()
+    accel = spec.accel or detect_accel(spec.machine)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", spec.image.resolve(),
          d / OVERLAY], what="creating the VM's overlay disk", log_file=d / QEMU_LOG)
     # -daemonize: QEMU returns once the VM is set up, so errors (a port taken, bad

@@ -114,16 +114,16 @@ def _profile(name: str):
 
 @pytest.fixture(scope="session")
 def x86_engine(artifact_cache):
-    from builder import engine
+    from builder.testing import engine_for
 
-    return engine.build(_profile("x86-gateway"), artifact_cache)
+    return engine_for("x86-gateway", artifact_cache)
 
 
 @pytest.fixture(scope="session")
 def pi5_engine(artifact_cache):
-    from builder import engine
+    from builder.testing import engine_for
 
-    return engine.build(_profile("pi5-4gb"), artifact_cache)
+    return engine_for("pi5-4gb", artifact_cache)
 
 
 @pytest.fixture(scope="session")
@@ -134,15 +134,15 @@ def llama_source(artifact_cache):
 
 
 def _quantized(model: str, quant: str, cache, engine_art, source):
-    from builder import modelfile, synth
+    from builder import model_pipeline, synth
 
     hf = synth.cached(model, cache)
-    fetched = modelfile.fetch(_profile("x86-gateway").model.source, cache, model_file=hf.out)
-    conv = modelfile.convert(fetched, source, cache)
-    f16 = modelfile.gguf_of(conv)
-    q = modelfile.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
+    fetched = model_pipeline.fetch(_profile("x86-gateway").model.source, cache, model_file=hf.out)
+    conv = model_pipeline.convert(fetched, source, cache)
+    f16 = model_pipeline.gguf_of(conv)
+    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
                            engine_art.tool("llama-quantize"), engine_art.entry.key, cache)
-    return modelfile.gguf_of(q)
+    return model_pipeline.gguf_of(q)
 
 
 @pytest.fixture(scope="session")
@@ -160,10 +160,10 @@ def qwen05_q4(artifact_cache, x86_engine, llama_source) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf(artifact_cache) -> Path:
-    from builder import modelfile
+    from builder import model_pipeline
     from builder.schema import ModelSource
 
-    return modelfile.fetch(ModelSource(**SMOLLM2), artifact_cache).path
+    return model_pipeline.fetch(ModelSource(**SMOLLM2), artifact_cache).path
 
 
 @pytest.fixture
@@ -194,16 +194,15 @@ def start_vm(artifact_cache):
     """start_vm(appliance, name, wait=True, cpus=2, memory_mb=1536) -> (VmSpec, key):
     a VM on its own overlay of the image, forwarding a free port to the public port."""
     from builder import vm
-    from builder.llama_server import free_port
     from builder.sshkey import builder_key
+    from builder.testing.llama_server import free_port
 
     def start(appliance: Path, name: str, *, wait: bool = True, cpus: int = 2,
               memory_mb: int = 1536):
-        m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
         key, _ = builder_key(artifact_cache)
-        spec = vm.VmSpec(image=appliance / "x86-gateway" / m["image"]["file"],
-                         ssh_port=free_port(), forwards={free_port(): 8080},
-                         memory_mb=memory_mb, cpus=cpus, state_dir=appliance / f".vm-{name}")
+        spec = vm.for_build(appliance / "x86-gateway", ssh_port=free_port(),
+                            forwards={free_port(): 8080}, memory_mb=memory_mb, cpus=cpus,
+                            state_dir=appliance / f".vm-{name}")
         handle = vm.start(spec)
         if wait:
             try:

@@ -37,10 +37,11 @@ def ssh(booted, command: str) -> str:
 
 def test_manifest_records_what_went_into_the_image(appliance: Path, manifest: dict,
                                                    tiny_q4: Path) -> None:
-    image = appliance / "x86-gateway" / manifest["image"]["file"]
-    assert manifest["image"]["sha256"] == sha256_file(image)
-    assert (appliance / "x86-gateway" / manifest["image"]["bmap"]).is_file()
-    assert (appliance / "x86-gateway" / manifest["image"]["compressed"]).is_file()
+    d = manifest["delivery"]
+    assert d["kind"] == "disk-image" and d["layout"] == "uefi-gpt"
+    files = {role: appliance / "x86-gateway" / name for role, name in d["files"].items()}
+    assert d["sha256"] == sha256_file(files["image"])
+    assert files["bmap"].is_file() and files["compressed"].is_file()
     assert manifest["model"]["sha256"] == sha256_file(tiny_q4)
     assert manifest["engine"]["files"]["bin/llama-server"]
     assert {"linux-image-amd64", "openssh-server", "systemd", "libgomp1"} <= set(
@@ -58,6 +59,28 @@ def test_builder_verify_passes_against_the_booted_image(booted, appliance: Path,
                             "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}",
                             "--api-url", f"http://127.0.0.1:{api_port}")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+    report = (appliance / "x86-gateway" / f"verify-127.0.0.1-{spec.ssh_port}.xml").read_text()
+    assert 'name="decode_tps"' in report and 'name="ttft_ms"' in report
+
+
+def test_builder_verify_fails_a_device_slower_than_the_profile_asks(
+        booted, appliance: Path, run_builder_session, tmp_path: Path) -> None:
+    spec, _ = booted
+    api_port = next(iter(spec.forwards))
+    mine = tmp_path / "profiles"
+    mine.mkdir()
+    (mine / "x86-gateway.yaml").write_text(  # the built-in one, held to an impossible bar
+        "extends: x86-gateway\nverify:\n  min_decode_tps: 1000000\n")
+    junit = tmp_path / "strict.xml"
+    r = run_builder_session("verify", "--profile", "x86-gateway", "--profiles-dir", str(mine),
+                            "--out", str(appliance), "--select", "performance",
+                            "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}",
+                            "--api-url", f"http://127.0.0.1:{api_port}", "--junit", str(junit))
+    assert r.returncode == 2 and "verification failed on" in r.stderr
+    report = junit.read_text()
+    assert "under the profile&apos;s verify.min_decode_tps 1000000" in report or \
+        "under the profile's verify.min_decode_tps 1000000" in report
+    assert report.count("<failure") == 1  # the decode check; time to first token passed
     report = next((appliance / "x86-gateway").glob("verify-*.xml")).read_text()
     assert 'failures="0"' in report and 'errors="0"' in report
 

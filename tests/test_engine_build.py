@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import engine
 from builder.cache import key_of
-from builder.llama_server import LlamaServer, free_port, server_args
-from builder.profiles import ProfileStore
+from builder.engines.llama_cpp.server import server_args
 from builder.schema import Runtime
+from builder.testing import engine_for
+from builder.testing.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_x86_artifact_has_the_tools_and_a_backend_per_cpu_level(x86_engine) -> N
 
 
 def test_a_second_build_is_a_cache_hit(x86_engine, artifact_cache) -> None:
-    again = engine.build(ProfileStore().load("x86-gateway").profile, artifact_cache)
+    again = engine_for("x86-gateway", artifact_cache)
     assert again.entry.hit and again.entry.path == x86_engine.entry.path
 
 

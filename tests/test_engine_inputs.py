@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import engine
+from builder import engines
+from builder.engines.llama_cpp.recipe import x86_flags
 from builder.profiles import ProfileStore
-from builder.recipes import x86_flags
+from builder.targets import TARGETS
 
 
 def write(path: Path, text: str) -> Path:
@@ -20,9 +21,13 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def recipe_of(name: str):
+    p = ProfileStore().load(name).profile
+    return engines.get(p.engine.kind).recipe(p, TARGETS[p.target].platform(p))
+
+
 def test_x86_recipe_builds_each_cpu_level_as_a_loadable_backend() -> None:
-    p = ProfileStore().load("x86-gateway").profile
-    r = engine.recipe_for(p)
+    r = recipe_of("x86-gateway")
     assert "-DGGML_BACKEND_DL=ON" in r.cmake_args and "-DGGML_NATIVE=OFF" in r.cmake_args
     assert [v.name for v in r.variants] == ["x86-64-v2", "x86-64-v3"]
     v2, v3 = (set(v.cmake_args) for v in r.variants)
@@ -33,7 +38,7 @@ def test_x86_recipe_builds_each_cpu_level_as_a_loadable_backend() -> None:
 
 
 def test_pi5_recipe_cross_compiles_for_the_a76() -> None:
-    r = engine.recipe_for(ProfileStore().load("pi5-4gb").profile)
+    r = recipe_of("pi5-4gb")
     assert r.arch == "arm64" and r.compilers == ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++")
     assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16" in r.cmake_args
     assert not any("i8mm" in a or "sve" in a for a in r.cmake_args)
@@ -42,19 +47,21 @@ def test_pi5_recipe_cross_compiles_for_the_a76() -> None:
 def test_orin_recipe_is_cuda_sm87_on_the_device(cli, workdir: Path) -> None:
     write(workdir / "profiles/orin-gguf.yaml",
           "extends: orin-nano-8gb\nengine:\n  kind: llama.cpp\nmodel:\n  quant: Q4_K_M\n")
-    r = engine.recipe_for(ProfileStore().load("orin-gguf").profile)
+    r = recipe_of("orin-gguf")
     assert r.on_device and "-DCMAKE_CUDA_ARCHITECTURES=87" in r.cmake_args
     res = cli("engine", "recipe", "--profile", "orin-gguf")
     assert res.code == 0 and "-DGGML_CUDA=ON" in res.out
     res = cli("engine", "build", "--profile", "orin-gguf")
     assert res.code == 2
-    assert res.err == ("error: jetson-orin: llama.cpp with CUDA is built on the device; "
-                       "`builder engine recipe --profile ...` shows the commands\n")
+    assert res.err == ("error: orin-gguf: llama.cpp for jetson-orin is built on the device; "
+                       "`builder engine recipe --profile orin-gguf` shows the commands\n")
 
 
 def test_tensorrt_llm_engine_is_not_built_here(cli) -> None:
     res = cli("engine", "build", "--profile", "orin-nano-8gb")
-    assert res.code == 2 and "tensorrt-llm engines are built on the device" in res.err
+    assert res.code == 2 and "tensorrt-llm for jetson-orin is built on the device" in res.err
+    res = cli("engine", "recipe", "--profile", "orin-nano-8gb")
+    assert res.code == 0 and "trtllm-build --checkpoint_dir" in res.out
 
 
 def test_x86_level_flags_are_exclusive() -> None:
@@ -72,8 +79,8 @@ def test_source_that_does_not_build_fails_in_one_line_and_caches_nothing(
     r = cli("engine", "build", "--profile", "broken", "--cache-dir", str(cache))
     errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
     assert r.code == 2 and len(errors) == 1 and r.err.endswith(errors[0] + "\n")
-    assert errors[0].startswith("error: configuring llama.cpp for x86-gateway (amd64): cmake "
-                            "exited with status 1 (log: ")
+    assert errors[0].startswith("error: configuring llama.cpp for amd64 (x86-64-v2, "
+                                "x86-64-v3): cmake exited with status 1 (log: ")
     assert errors[0].endswith("CMake Error at CMakeLists.txt:3 (message): this llama.cpp "
                               "does not build")
     log = Path(r.err.split("(log: ")[1].split(")")[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.fleet import parse_serial
-from builder.llama_server import free_port
+from builder.testing.llama_server import free_port
 
 
 def test_serial_is_ansible_batches() -> None:

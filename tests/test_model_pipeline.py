@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from builder import catalog, planner
-from builder.llama_server import LlamaServer, free_port, server_args
+from builder.engines.llama_cpp.memory import repacked_types
+from builder.engines.llama_cpp.server import server_args
+from builder.model_shape import from_catalog, from_gguf
 from builder.planner import PlanInput
 from builder.schema import Runtime
-from builder.targets import TARGETS
+from builder.testing.llama_server import LlamaServer, free_port
 from builder.units import GiB, MiB
 
 pytestmark = pytest.mark.slow
@@ -63,6 +65,12 @@ def test_synthetic_qwen_0_5b_q4_k_m_has_the_published_size(qwen05_q4, gguf_reade
     # and the catalog predicts every tensor's type: the data bytes match exactly
     data = sum(int(t.n_bytes) for t in gguf_reader(qwen05_q4).tensors)
     assert data == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
+    # and the planner reads the same shape from the file itself (a replaced model)
+    shape, planned = from_gguf(qwen05_q4), from_catalog("qwen2.5-0.5b-instruct", "Q4_K_M")
+    assert shape.weights == planned.weights and shape.matrices == planned.matrices
+    assert (shape.arch.n_layer, shape.arch.n_embd, shape.arch.n_head, shape.arch.n_head_kv,
+            shape.arch.n_ff, shape.arch.n_vocab, shape.arch.tied_embeddings) == (
+        24, 896, 14, 2, 4864, 151936, True)
 
 
 def test_planner_matches_what_llama_server_allocates(x86_engine, qwen05_q4,
@@ -74,10 +82,10 @@ def test_planner_matches_what_llama_server_allocates(x86_engine, qwen05_q4,
                      port=port) as srv:
         report = srv.report()
     plan = planner.plan(PlanInput(
-        model_id="qwen2.5-0.5b-instruct", quant="Q4_K_M", engine="llama.cpp",
+        model=from_gguf(qwen05_q4), engine="llama.cpp",
         context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
         ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
-        unified_gpu=False, repack_types=TARGETS["x86-gateway"].cpu_repack_types))
+        unified_gpu=False, repack_types=repacked_types(frozenset({"avx2"}))))
     assert report.n_ctx == 4096
     assert plan.weights == pytest.approx(report.model, rel=0.10), report.raw
     if "AVX2 = 1" in srv.log_text():  # the x86-64-v3 backend repacks Q4_K

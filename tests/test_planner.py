@@ -8,17 +8,26 @@ import json
 import pytest
 
 from builder import catalog, planner
+from builder.engines.llama_cpp import COMPILE_JOB_PEAK
+from builder.model_shape import from_catalog
 from builder.planner import PlanInput, Verdict, plan
 from builder.profiles import ProfileStore
 from builder.units import GiB, MiB
 
 
-def pin(**kw) -> PlanInput:
-    base = dict(model_id="qwen2.5-0.5b-instruct", quant="Q4_K_M", engine="llama.cpp",
+def pin(model_id: str = "qwen2.5-0.5b-instruct", quant: str = "Q4_K_M", **kw) -> PlanInput:
+    base = dict(model=from_catalog(model_id, quant), engine="llama.cpp",
                 context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
                 ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
                 unified_gpu=False)
     return PlanInput(**{**base, **kw})
+
+
+def applied(start: PlanInput, **change) -> PlanInput:
+    """`start` with a suggestion's change: model.id/model.quant pick another catalog model."""
+    model_id = change.pop("model_id", start.model_id)
+    quant = change.pop("quant", start.quant)
+    return dataclasses.replace(start, model=from_catalog(model_id, quant), **change)
 
 
 def test_kv_cache_by_hand() -> None:
@@ -131,9 +140,9 @@ def test_suggestions_each_make_it_fit_when_applied(start: PlanInput, kinds: list
                "runtime.context_length": "context_length", "runtime.parallel": "parallel",
                "model.id": "model_id"}[field]
         typed = int(value) if key in ("context_length", "parallel") else value
-        applied = plan(dataclasses.replace(start, **{key: typed}))
-        assert applied.verdict is Verdict.FITS, s.change
-        assert applied.total == s.total
+        after = plan(applied(start, **{key: typed}))
+        assert after.verdict is Verdict.FITS, s.change
+        assert after.total == s.total
 
 
 def test_suggested_context_is_the_longest_that_fits() -> None:
@@ -190,7 +199,7 @@ def test_llama_cpp_cuda_build_on_orin_nano_advises_fewer_jobs(workdir, cli) -> N
     d = json.loads(cli("plan", "--profile", "nano-gguf", "--json").out)
     assert d["build"]["ok"] is False
     jobs = int(d["build"]["advice"].rsplit(" ", 1)[1])
-    assert jobs * planner.COMPILE_JOB_PEAK["cuda"] + 512 * MiB <= d["build"]["budget"]
+    assert jobs * COMPILE_JOB_PEAK[True] + 512 * MiB <= d["build"]["budget"]
 
 
 # --- overrides on the command line ----------------------------------------------------

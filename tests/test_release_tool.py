@@ -1,4 +1,4 @@
-"""The device-side release tool (roles/release/files/edge-llm-release) on a device tree
+"""The device-side release tool (builder/device/release.py) on a device tree
 in a temporary directory: real signatures (ssh-keygen -Y), real hashing and switching.
 At its two boundaries it meets fakes: `systemctl` (a script that records its calls) and
 the gateway (an HTTP server on loopback that answers for whichever release `current`
@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.data import data_dir
-from builder.llama_server import free_port
 from builder.sshkey import allowed_signers_line
-
-TOOL = data_dir("roles") / "release" / "files" / "edge-llm-release"
+from builder.testing.llama_server import free_port
 
 
 class Device:
@@ -35,7 +32,7 @@ class Device:
         fake = self.root / "fake-systemctl"
         env = {**os.environ, "EDGE_LLM_ROOT": str(self.root),
                "EDGE_LLM_SYSTEMCTL": str(fake)}
-        return subprocess.run([sys.executable, str(TOOL), *args], env=env,
+        return subprocess.run([sys.executable, "-m", "builder.device.release", *args], env=env,
                               capture_output=True, text=True, timeout=120)
 
     def make(self, rid: str, *, broken: bool = False, model: bytes = b"GGUF model",

@@ -1,43 +1,48 @@
 """Targets: everything that differs per hardware family lives behind this seam.
 
-A target module declares what the family can run (architectures, engines, OS bases)
-and its engine recipe; rootfs base, boot layout and flash method join as their stages
-land. Adding hardware means adding a module here and a profile, not editing stages.
+Each family is a package here with a `TARGET` (see base.Target); adding hardware is
+adding a package and a profile. Packages outside the builder can be added with
+EDGE_LLM_TARGETS (comma-separated module names), as the example target in the tests is.
+The profile schema is the union of the targets' profile models, keyed by `target`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import importlib
+import os
+import pkgutil
+from typing import Annotated, Any, Union
 
-from ..catalog import Engine
+from pydantic import Field, TypeAdapter
 
-if TYPE_CHECKING:
-    from ..recipes import LlamaCppRecipe
-    from ..schema import Profile
+from .base import Delivery, NotSupported, Target
 
+__all__ = ["PROFILE", "TARGETS", "Delivery", "NotSupported", "Target", "get"]
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    description: str
-    arches: tuple[str, ...]
-    engines: tuple[Engine, ...]
-    os_families: tuple[str, ...]
-    why_not: str  # said when a profile asks for an engine this target cannot run
-    llama_cpp_recipe: Callable[[Profile], LlamaCppRecipe]
-    # Weight types llama.cpp's CPU backend re-lays out in RAM on this CPU at load
-    # (ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type): they cost twice.
-    cpu_repack_types: tuple[str, ...] = ()
-    # Packages the target's boot layout needs in the rootfs (kernel, bootloader).
-    rootfs_packages: tuple[str, ...] = ()
+EXTRA_ENV = "EDGE_LLM_TARGETS"
 
 
-def _load() -> dict[str, Target]:
-    from . import jetson_orin, raspberry_pi5, x86_gateway
+def _discover() -> dict[str, Target]:
+    names = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if m.ispkg]
+    names += [n.strip() for n in os.environ.get(EXTRA_ENV, "").split(",") if n.strip()]
+    found: dict[str, Target] = {}
+    for name in names:
+        target = importlib.import_module(name).TARGET
+        found[target.name] = target
+    return found
 
-    return {m.TARGET.name: m.TARGET for m in (x86_gateway, raspberry_pi5, jetson_orin)}
+
+TARGETS: dict[str, Target] = _discover()
 
 
-TARGETS: dict[str, Target] = _load()
+def get(name: str) -> Target:
+    return TARGETS[name]
+
+
+def _union() -> Any:
+    models = tuple(t.profile_model for t in TARGETS.values())
+    return Annotated[Union[models], Field(discriminator="target")]  # noqa: UP007
+
+
+# Validates a profile (a dict, after `extends`) into its target's model.
+PROFILE: TypeAdapter[Any] = TypeAdapter(_union())

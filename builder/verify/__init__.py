@@ -32,8 +32,8 @@ class Target:
         return f"ssh://{self.user}@{self.host}:{self.port}"
 
 
-def parse_host(url: str) -> Target:
-    """ssh://user@host:port (user defaults to edge, port to 22)."""
+def parse_host(url: str, user: str = "edge") -> Target:
+    """ssh://user@host:port (user defaults to the profile's admin user, port to 22)."""
     u = urlparse(url if "://" in url else f"ssh://{url}")
     if u.scheme != "ssh" or not u.hostname:
         raise BuilderError(f"--host {url}: expected ssh://user@host:port")
@@ -41,7 +41,7 @@ def parse_host(url: str) -> Target:
         port = u.port or 22
     except ValueError:
         raise BuilderError(f"--host {url}: the port is not a number") from None
-    return Target(u.username or "edge", u.hostname, port)
+    return Target(u.username or user, u.hostname, port)
 
 
 def write_ssh_config(path: Path, key: Path, known_hosts: Path) -> None:
@@ -78,9 +78,12 @@ def api_url_of(target: Target, service: Service, given: str | None = None) -> st
 
 
 def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Path,
-              api_url: str, extra_args: list[str] | None = None) -> int:
+              api_url: str, extra_args: list[str] | None = None, *,
+              thresholds: dict | None = None, select: str | None = None) -> int:
     """Run the suite; returns pytest's exit status (0 all passed). `api_url` is where
-    this machine reaches the public port (api_url_of)."""
+    this machine reaches the public port (api_url_of); `thresholds` the profile's
+    verify.* section (default: the one it was built with); `select` a pytest -k
+    expression (e.g. "performance")."""
     state.mkdir(parents=True, exist_ok=True)
     ssh_config = state / "ssh_config"
     write_ssh_config(ssh_config, key, state / "known_hosts")
@@ -90,21 +93,23 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
                "manifest": str(manifest.resolve()), "host": target.host,
                "port": target.port, "user": target.user, "key": str(key),
                "known_hosts": str(state / "known_hosts"), "state": str(state),
-               "api_url": api_url})}
+               "api_url": api_url, "verify": thresholds})}
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider",
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
            f"--junitxml={junit}", "-o", "junit_family=xunit2", "--rootdir", str(SUITE),
-           "-v", *(extra_args or [])]
+           "-v", *(["-k", select] if select else []), *(extra_args or [])]
     rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    if rc == 5:
+        raise BuilderError(f"--select {select}: no check of the verify suite matches")
     if rc not in (0, 1):
         raise BuilderError(f"the verify suite could not run (pytest exit {rc}); "
                            f"report: {display_path(junit)}")
     return rc
 
 
-def inventory_targets(inventory: Path) -> list[Target]:
+def inventory_targets(inventory: Path, user: str = "edge") -> list[Target]:
     """Hosts of an Ansible inventory (any format ansible-inventory reads)."""
     from ..provision import inventory_hosts
 
-    return [Target(str(v.get("ansible_user", "edge")), str(v.get("ansible_host", n)),
+    return [Target(str(v.get("ansible_user", user)), str(v.get("ansible_host", n)),
                    int(v.get("ansible_port", 22))) for n, v in inventory_hosts(inventory).items()]

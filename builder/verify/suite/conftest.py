@@ -20,8 +20,26 @@ def manifest(cfg) -> dict:
 
 
 @pytest.fixture(scope="session")
+def layout(manifest) -> dict:
+    """Where things are on the device (builder/device/layout.py, as built)."""
+    return manifest["layout"]
+
+
+@pytest.fixture(scope="session")
 def engine_port(manifest) -> int:
     return manifest["inputs"]["profile"]["service"]["engine_port"]
+
+
+@pytest.fixture(scope="session")
+def probe(manifest) -> dict:
+    """The engine's readiness and liveness paths (its engine module's Probe)."""
+    return manifest["engine"]["probe"]
+
+
+@pytest.fixture(scope="session")
+def thresholds(cfg, manifest) -> dict:
+    """verify.* of the profile as given to `builder verify` (else as built)."""
+    return cfg.get("verify") or manifest["inputs"]["profile"]["verify"]
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +49,11 @@ def api_url(cfg) -> str:
 
 
 @pytest.fixture(scope="module")
-def api_key(host, manifest) -> str:
-    """The device's own API key (made at its first boot), read over SSH as root."""
-    return host.check_output("cat /etc/edge-llm/api-keys").split()[0]
+def api_key(host, layout) -> str:
+    """The device's own API key (made at its first boot), read over SSH as root: the
+    first line that is not blank or a comment."""
+    lines = host.check_output(f"cat {layout['api_keys']}").splitlines()
+    return next(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -46,7 +66,9 @@ def pytest_runtest_makereport(item, call):
         item.session.config.stash[_JOURNAL] = True
         host = item.funcargs.get("host")
         if host is not None:
-            for unit in ("edge-llm-engine.service", "edge-llm-gateway.service"):
+            layout = item.funcargs.get("layout") or {}
+            for unit in (layout.get("engine_unit", "edge-llm-engine.service"),
+                         layout.get("gateway_unit", "edge-llm-gateway.service")):
                 journal = host.run(f"journalctl -u {unit} -n 40 --no-pager")
                 report.sections.append((f"{unit} journal", journal.stdout))
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-UNITS = ["edge-llm-engine.service", "ssh.service"]
-
 
 def _http(host, port: int, path: str, body: dict | None = None, timeout: int = 600):
     """(status, parsed JSON) of a request made on the device itself (loopback)."""
@@ -27,9 +25,9 @@ def _http(host, port: int, path: str, body: dict | None = None, timeout: int = 6
     return int(status), json.loads(text) if text.strip() else None
 
 
-@pytest.mark.parametrize("unit", UNITS)
-def test_unit_is_enabled_and_active(host, unit: str) -> None:
-    svc = host.service(unit)
+@pytest.mark.parametrize("unit", ["engine_unit", "ssh.service"])
+def test_unit_is_enabled_and_active(host, layout, unit: str) -> None:
+    svc = host.service(layout.get(unit, unit))
     assert svc.is_enabled and svc.is_running
 
 
@@ -46,9 +44,9 @@ def test_engine_listens_on_loopback_only(host, engine_port: int) -> None:
     assert exposed == []
 
 
-def test_health_is_ok(host, engine_port: int) -> None:
-    status, body = _http(host, engine_port, "/health")
-    assert status == 200 and body == {"status": "ok"}
+def test_engine_is_ready_on_loopback(host, engine_port: int, probe: dict) -> None:
+    status, _ = _http(host, engine_port, probe["ready"])
+    assert status == 200
 
 
 def test_chat_completion_returns_tokens(host, engine_port: int) -> None:
@@ -64,24 +62,24 @@ def test_model_file_is_the_one_in_the_manifest(host, manifest) -> None:
     assert f.exists and f.sha256sum == manifest["model"]["sha256"]
 
 
-def test_engine_runs_the_release_from_the_manifest(host, manifest) -> None:
-    current = host.file("/opt/edge-llm/current")
+def test_engine_runs_the_release_from_the_manifest(host, manifest, layout) -> None:
+    current = host.file(f"{layout['engine_root']}/current")
     assert current.is_symlink and current.linked_to.endswith(manifest["release_id"])
 
 
-def test_the_release_is_signed_verified_and_marked_good(host, manifest) -> None:
-    tool = "/usr/local/lib/edge-llm/edge-llm-release"
+def test_the_release_is_signed_verified_and_marked_good(host, manifest, layout) -> None:
+    tool = f"{layout['libexec']}/edge-llm-release"
     verified = json.loads(host.check_output(f"{tool} verify {manifest['release_id']}"))
     assert verified["result"] == "verified"
     status = json.loads(host.check_output(f"{tool} status"))
     assert status["current"] == status["last_good"] == manifest["release_id"]
     assert status["pending"] is None and status["healthy"] is True
-    assert "edge-llm-release" in host.file("/etc/edge-llm/allowed_signers").content_string
+    assert "edge-llm-release" in host.file(layout["signers"]).content_string
     assert host.service("edge-llm-release-guard.timer").is_enabled
 
 
-def test_resident_memory_is_within_the_plan(host, manifest) -> None:
-    pid = host.check_output("systemctl show -p MainPID --value edge-llm-engine.service")
+def test_resident_memory_is_within_the_plan(host, manifest, layout) -> None:
+    pid = host.check_output(f"systemctl show -p MainPID --value {layout['engine_unit']}")
     rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB",
                             host.check_output(f"cat /proc/{pid}/status")).group(1))
     limit = manifest["inputs"]["profile"]["verify"]["max_rss"]
@@ -90,19 +88,19 @@ def test_resident_memory_is_within_the_plan(host, manifest) -> None:
     assert rss_kib * 1024 <= allowed
 
 
-@pytest.mark.parametrize("unit", ["edge-llm-engine.service", "edge-llm-gateway.service"])
-def test_service_is_hardened_to_at_most_ok_exposure(host, unit: str) -> None:
-    out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+@pytest.mark.parametrize("unit", ["engine_unit", "gateway_unit"])
+def test_service_is_hardened_to_at_most_ok_exposure(host, layout, unit: str) -> None:
+    out = host.check_output(f"systemd-analyze security --no-pager {layout[unit]}")
     m = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", out)
     assert m, out[-500:]
     assert m.group(2) in ("SAFE", "OK"), f"exposure {m.group(1)} {m.group(2)}"
 
 
-def test_service_properties_from_the_plan(host, manifest) -> None:
+def test_service_properties_from_the_plan(host, manifest, layout) -> None:
     props = host.check_output("systemctl show -p User -p NoNewPrivileges -p ProtectSystem "
-                              "-p MemoryMax -p PrivateTmp edge-llm-engine.service")
+                              f"-p MemoryMax -p PrivateTmp {layout['engine_unit']}")
     values = dict(line.split("=", 1) for line in props.splitlines())
-    assert values["User"] == "edge-llm"
+    assert values["User"] == layout["engine_user"]
     assert values["NoNewPrivileges"] == "yes" and values["ProtectSystem"] == "strict"
     assert values["PrivateTmp"] == "yes"
     assert int(values["MemoryMax"]) == manifest["plan"]["memory_max"]

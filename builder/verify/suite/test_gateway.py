@@ -32,16 +32,17 @@ def _request(url: str, body: dict | None = None, key: str | None = None,
                     "reaches it elsewhere, pass `builder verify --api-url`")
 
 
-def test_gateway_units_are_enabled_and_active(host) -> None:
-    gw = host.service("edge-llm-gateway.service")
+def test_gateway_units_are_enabled_and_active(host, layout) -> None:
+    gw = host.service(layout["gateway_unit"])
     assert gw.is_enabled and gw.is_running
-    assert host.service("edge-llm-api-key.service").is_enabled
+    assert host.service(layout["api_key_unit"]).is_enabled
 
 
-def test_api_key_is_made_on_the_device_and_only_root_reads_it(host, manifest) -> None:
-    f = host.file("/etc/edge-llm/api-keys")
+def test_api_key_is_made_on_the_device_and_only_root_reads_it(host, layout,
+                                                              api_key: str) -> None:
+    f = host.file(layout["api_keys"])
     assert f.exists and f.user == "root" and f.mode == 0o600
-    assert re.fullmatch(r"sk-edge-[A-Za-z0-9_-]{40,}", f.content_string.split()[0])
+    assert re.fullmatch(r"sk-edge-[A-Za-z0-9_-]{40,}", api_key)
 
 
 def test_public_port_answers_health_without_a_key(api_url: str) -> None:
@@ -98,8 +99,8 @@ def test_metrics_are_exposed(api_url: str) -> None:
     assert re.search(r"^edge_llm_gateway_engine_up 1\.0$", text, re.M)
 
 
-def test_gateway_memory_is_within_the_plan(host, manifest) -> None:
-    pid = host.check_output("systemctl show -p MainPID --value edge-llm-gateway.service")
+def test_gateway_memory_is_within_the_plan(host, manifest, layout) -> None:
+    pid = host.check_output(f"systemctl show -p MainPID --value {layout['gateway_unit']}")
     rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB",
                             host.check_output(f"cat /proc/{pid}/status")).group(1))
     assert rss_kib * 1024 <= manifest["plan"]["gateway_overhead"], f"{rss_kib} KiB"

@@ -1,0 +1,156 @@
+"""TensorRT-LLM (the v0.12.0-jetson branch): engines are GPU-specific, so the device
+builds them itself from a checkpoint the release carries, and serves them with the
+branch's OpenAI server on loopback behind the gateway.
+
+What works here: the build recipe (checkpoint conversion or quantization, then
+trtllm-build, with limits from the profile), the model artifact (a Hugging Face
+checkpoint directory, content-addressed), the memory model. What is missing until the
+Jetson target lands the on-device build (the engine role) and the server unit: a
+release for this engine is refused with a message that says so.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import QUANTS
+from ..errors import BuilderError
+from ..hardware import Platform
+from ..schema import Profile
+from ..units import GiB, MiB
+from . import Engine, EngineArtifact, Probe
+
+if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..device.layout import Layout
+    from ..model_pipeline import Fetched, ModelArtifact
+    from ..planner import BuildCheck, PlanInput
+    from ..release import Inputs
+
+ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
+TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
+MISSING = ("the on-device TensorRT-LLM build and its OpenAI server unit are not part of "
+           "this builder yet; use engine.kind: llama.cpp (CUDA, built on the device) on "
+           "Jetson until they land")
+
+# quantization -> how the checkpoint is made (examples/qwen/convert_checkpoint.py, or
+# examples/quantization/quantize.py for AWQ, which needs calibration data)
+CONVERT = {
+    "int8_wo": ["--use_weight_only", "--weight_only_precision", "int8"],
+    "fp16": [],
+}
+
+
+@dataclass(frozen=True)
+class TrtLlmRecipe:
+    arch: str
+    steps: list[list[str]]  # argv of each step, run on the device in the checkpoint's dir
+    on_device: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def commands(self) -> list[str]:
+        return [shlex.join(s) for s in self.steps]
+
+
+class TrtLlm(Engine):
+    kind = "tensorrt-llm"
+    probe = Probe(ready="/health", alive="/health")
+    model_format = "hf"
+
+    def version(self, p: Profile) -> str:
+        return f"TensorRT-LLM {p.engine.tensorrt_llm.version}"
+
+    def recipe(self, p: Profile, platform: Platform) -> TrtLlmRecipe:
+        t = p.engine.tensorrt_llm
+        quant = p.model.quant
+        if quant == "int4_awq":
+            make = ["python3", "examples/quantization/quantize.py", "--model_dir", "MODEL",
+                    "--dtype", "float16", "--qformat", "int4_awq", "--awq_block_size", "128",
+                    "--output_dir", "CHECKPOINT", "--calib_size", "32",
+                    *(["--calib_dataset", t.calibration_dir] if t.calibration_dir else [])]
+        else:
+            make = ["python3", "examples/qwen/convert_checkpoint.py", "--model_dir", "MODEL",
+                    "--output_dir", "CHECKPOINT", "--dtype", "float16", *CONVERT[quant]]
+        max_num_tokens = t.max_num_tokens or min(8192, t.max_batch_size * t.max_input_len)
+        build = ["trtllm-build", "--checkpoint_dir", "CHECKPOINT", "--output_dir", "ENGINE",
+                 "--gemm_plugin", "float16", "--max_batch_size", str(t.max_batch_size),
+                 "--max_input_len", str(t.max_input_len),
+                 "--max_seq_len", str(p.runtime.context_length),
+                 "--max_num_tokens", str(max_num_tokens)]
+        if p.engine.build_jobs:
+            build += ["--workers", str(p.engine.build_jobs)]
+        return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
+            f"TensorRT-LLM {t.version} for CUDA sm_{platform.cuda_arch}, run on the device "
+            "(engines are specific to the GPU and the TensorRT version)", MISSING])
+
+    def build(self, p: Profile, platform: Platform, cache: Cache, *,
+              base_dir: Path | None = None, jobs: int | None = None) -> EngineArtifact | None:
+        return None  # the device builds its engine
+
+    def build_check(self, p: Profile, platform: Platform) -> BuildCheck | None:
+        from ..catalog import get_model, weight_bytes
+        from ..planner import BuildCheck, build_budget
+
+        model = get_model(p.model.id)
+        budget = build_budget(p)
+        # Conversion or AWQ calibration holds the fp16 model plus activations; trtllm-build
+        # then holds the weights twice (the network and the serialized engine).
+        fp16 = model.n_params * 2
+        engine = weight_bytes(p.model.id, p.model.quant)
+        peak = max(int(fp16 * 1.25) + TOOLING_PEAK, engine * 2 + GiB)
+        ok = peak <= budget
+        advice = ("" if ok else "build the engine on a larger Orin of the same JetPack "
+                  "(engines are portable across one GPU family and TensorRT version), use "
+                  "engine.kind: llama.cpp (CUDA), or pick a smaller model")
+        return BuildCheck(f"TensorRT-LLM engine build for {model.id} {p.model.quant}",
+                          peak, budget, ok, advice)
+
+    def model(self, p: Profile, fetched: Fetched, cache: Cache, *,
+              source_base: Path | None = None) -> ModelArtifact:
+        from ..model_pipeline import ModelArtifact, tree_digest
+
+        if fetched.kind != "hf":
+            raise BuilderError(f"{fetched.origin}: TensorRT-LLM builds its engine from a "
+                               "Hugging Face checkpoint directory, not a GGUF file")
+        return ModelArtifact(fetched.path, tree_digest(fetched.files), p.model.quant, "hf",
+                             files=fetched.files)
+
+    def release_files(self, i: Inputs, tree: Path) -> None:
+        raise BuilderError(f"{i.profile_name}: engine.kind tensorrt-llm: {MISSING}")
+
+    def env(self, i: Inputs, layout: Layout) -> dict[str, str]:
+        raise BuilderError(f"engine.kind tensorrt-llm: {MISSING}")
+
+    def exec_start(self, i: Inputs, layout: Layout) -> str:
+        raise BuilderError(f"engine.kind tensorrt-llm: {MISSING}")
+
+    def device_access(self, platform: Platform) -> tuple[str, ...]:
+        return platform.gpu_devices
+
+    def memory(self, pin: PlanInput) -> dict[str, int]:
+        """Weights in the engine's precision; a paged fp16 KV cache for the slots (the
+        runtime is capped to it, not left to take kv_cache_free_gpu_mem_fraction of all
+        free memory); activations of one engine step; the runtime process."""
+        m = pin.model.arch
+        kv_slot = m.n_layer * 2 * m.n_embd_kv * 2 * pin.context_length
+        step = pin.max_num_tokens * (4 * m.n_embd + 2 * m.n_ff) * 2
+        return {
+            "weights": pin.model.weights,
+            "repacked": 0,
+            "kv_per_slot": kv_slot,
+            "kv_total": kv_slot * pin.parallel,
+            "compute": step + 64 * MiB,
+            "output": pin.max_batch_size * m.n_vocab * 4,
+            "engine_overhead": ENGINE_OVERHEAD,
+        }
+
+
+assert set(CONVERT) | {"int4_awq"} >= {q.name for q in QUANTS.values()
+                                       if q.engine == TrtLlm.kind}
+ENGINE = TrtLlm()

@@ -1,0 +1,109 @@
+"""A Debian (or Debian-like) root filesystem made by mmdebstrap, for any architecture,
+as a cached tarball. A foreign architecture runs its maintainer scripts under
+qemu-user (binfmt.ensure sets that up). Extra apt repositories (a vendor's kernel and
+firmware) are named with their signing keys. The versions that went in are recorded
+from the rootfs's dpkg status. SOURCE_DATE_EPOCH, when set, is passed to mmdebstrap,
+which clamps file times to it for reproducible output.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..cache import Cache, sha256_file
+from ..hardware import Platform
+from ..progress import step
+from ..run import run
+from ..schema import Profile
+from . import BASE_PACKAGES, Rootfs, compose, parse_dpkg_status, role_packages
+from .binfmt import ensure, host_arch
+
+ROOTFS_VERSION = 2
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """One more apt repository: a deb822-style line and the key that signs it."""
+
+    uri: str
+    suite: str
+    components: tuple[str, ...]
+    keyring: Path | None  # OpenPGP keyring (binary or armored) that signs its Release
+
+    def line(self, keyring_in_rootfs: str | None) -> str:
+        signed = f" [signed-by={keyring_in_rootfs}]" if keyring_in_rootfs else ""
+        return f"deb{signed} {self.uri} {self.suite} {' '.join(self.components)}"
+
+
+@dataclass(frozen=True)
+class DebianSpec:
+    suite: str
+    arch: str  # Debian architecture
+    mirror: str
+    packages: list[str]
+    qemu: str  # qemu-user name for this architecture (aarch64), used when foreign
+    sources: tuple[AptSource, ...] = ()
+    # shell run by mmdebstrap at the end with $1 = the rootfs (--customize-hook)
+    hooks: tuple[str, ...] = ()
+    variant: str = "minbase"
+    what: str = field(default="device.arch", compare=False)  # the setting errors name
+
+    def key_inputs(self) -> dict:
+        d = asdict(self)
+        d.pop("what")
+        d["sources"] = [{**asdict(s), "keyring": sha256_file(s.keyring) if s.keyring else None}
+                        for s in self.sources]
+        return d
+
+
+def build(spec: DebianSpec, cache: Cache) -> Rootfs:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    inputs = {"rootfs_version": ROOTFS_VERSION, **spec.key_inputs(),
+              "source_date_epoch": epoch}
+
+    def do_build(out: Path, log_file: Path) -> dict:
+        if spec.arch != host_arch():
+            ensure(spec.qemu, f"{spec.what}: {spec.arch}")
+        status = out.parent / "dpkg-status"
+        args = ["mmdebstrap", f"--variant={spec.variant}", f"--architectures={spec.arch}",
+                f"--include={','.join(spec.packages)}", "--aptopt=Acquire::Retries \"3\""]
+        for i, src in enumerate(spec.sources):
+            inside = None
+            if src.keyring:
+                inside = f"/etc/apt/keyrings/edge-llm-{i}{src.keyring.suffix or '.gpg'}"
+                # the key goes in before apt reads the source (setup hook), and stays
+                args += ["--setup-hook=mkdir -p \"$1\"/etc/apt/keyrings",
+                         f"--setup-hook=copy-in {src.keyring} /etc/apt/keyrings/",
+                         f"--setup-hook=mv \"$1\"/etc/apt/keyrings/{src.keyring.name} "
+                         f"\"$1\"{inside}"]
+            args.append(f"--setup-hook=echo '{src.line(inside)}' > "
+                        f"\"$1\"/etc/apt/sources.list.d/edge-llm-{i}.list")
+        args += ["--customize-hook=rm -f \"$1\"/etc/hostname",
+                 *(f"--customize-hook={h}" for h in spec.hooks),
+                 f"--customize-hook=copy-out /var/lib/dpkg/status {status.parent}",
+                 spec.suite, out / "rootfs.tar", spec.mirror]
+        with step(f"mmdebstrap {spec.suite} {spec.arch} ({len(spec.packages)} packages)"
+                  ) as line:
+            run(args, what="mmdebstrap", log_file=log_file, on_line=line,
+                env={"SOURCE_DATE_EPOCH": epoch} if epoch else None)
+        installed = parse_dpkg_status((status.parent / "status").read_text())
+        (status.parent / "status").unlink()
+        return {"packages": installed}
+
+    return Rootfs(cache.get_or_build("rootfs", inputs, do_build,
+                                     label=f"rootfs {spec.suite} {spec.arch}"))
+
+
+def from_profile(p: Profile, platform: Platform, *, boot: tuple[str, ...] = (),
+                 runtime: tuple[str, ...] = (), sources: tuple[AptSource, ...] = (),
+                 hooks: tuple[str, ...] = ()) -> DebianSpec:
+    """The rootfs of a profile: its suite and mirror, the base every appliance runs, the
+    roles' packages, the target's boot packages, the engine's runtime libraries and the
+    profile's os.packages."""
+    return DebianSpec(
+        suite=p.os.suite, arch=platform.arch, mirror=p.os.mirror,
+        packages=compose(BASE_PACKAGES, role_packages(), boot, runtime,
+                         extra=list(p.os.packages)),
+        qemu=platform.gnu_triplet.split("-")[0], sources=sources, hooks=hooks)
