@@ -262,6 +262,8 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "release_model_src": str(ctx.model.path),
         "release_model_sha256": ctx.model.sha256,
         "release_model_name": ctx.model.device_name,
+        "release_model_bytes": ctx.model.bytes if ctx.model.path.exists() else 0,
+        "release_engine_watchdog_seconds": p.service.engine_watchdog,
         "release_allowed_signers": ctx.signers,
         **ctx.target.role_vars(ctx),
     }

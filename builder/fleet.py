@@ -187,6 +187,8 @@ def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: lis
         "release_model_src": str(bundle.model_path),
         "release_model_sha256": m["model"]["sha256"],
         "release_model_name": Path(m["model"]["path"]).name,
+        "release_model_bytes": m["model"]["bytes"],
+        "release_engine_watchdog_seconds": m["engine"].get("watchdog_seconds", 300),
         "release_gate_timeout": gate_timeout, "release_keep": keep,
         "release_min_free_bytes": bundle.tree_bytes + m["model"]["bytes"] + (64 << 20),
         "release_bwlimit_kbps": bwlimit_kbps, "release_report_dir": str(reports.resolve()),

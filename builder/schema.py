@@ -213,6 +213,10 @@ class Service(_Section):
         "plan.")
     cpu_affinity: list[int] | None = Field(
         None, description="CPUs the engine may run on (systemd CPUAffinity).")
+    engine_watchdog: int = Field(
+        300, ge=0, description="Seconds the engine may stay up without answering its "
+        "liveness probe (alive but hung) before it is restarted; 0 turns the watchdog off. "
+        "Long enough for the slowest prompt the device processes.")
 
 
 class Swap(_Section):

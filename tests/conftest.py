@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from device_tree import device  # noqa: F401  (a fixture: a device's filesystem in a tmp dir)
 
 from builder.cli import main
 

@@ -9,4 +9,5 @@ rest of the builder (tests/test_layout.py checks it).
 DEVICE_TOOLS = {
     "edge-llm-release": "release",
     "edge-llm-wait-ready": "wait_ready",
+    "edge-llm-engine-watchdog": "watchdog",
 }
