@@ -6,6 +6,7 @@ over several lines; click gives us one stable exception type to turn into one li
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,23 @@ def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
 
 # --- entry point ----------------------------------------------------------------------
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwound like Ctrl-C, so every step cleans up after itself
+    (run() ends the tool it started, with its whole process group; temporary
+    directories go) instead of dying and leaving ansible, rsync or qemu running."""
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
+
+
 def main(argv: list[str] | None = None) -> None:
+    install_signal_handlers()
     try:
         app.main(args=argv, prog_name="builder", standalone_mode=False)
     except BuilderError as e:
@@ -290,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{e.format_message()} (see `{cmd} --help`)", EXIT_ERROR)
     except click.ClickException as e:
         _fail(e.format_message(), e.exit_code)
+    except Terminated as e:
+        _fail(f"stopped by {e}", 128 + getattr(signal, str(e), signal.SIGTERM))
     except (click.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
 

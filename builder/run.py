@@ -9,7 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
-import time
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +51,7 @@ def run(
     last: deque[str] = deque(maxlen=tail)
     chunks: list[str] = []
     fh = log_file.open("a", encoding="utf-8") if log_file else None
-    start = time.monotonic()
+    expired = threading.Event()
     try:
         if fh:
             fh.write(f"$ {' '.join(args)}\n")
@@ -60,6 +60,13 @@ def run(
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", start_new_session=True)
         assert proc.stdout is not None
+        # The deadline holds whether or not the tool prints: a timer ends its process
+        # group, which closes the pipe this loop reads.
+        timer = threading.Timer(timeout, lambda: (expired.set(), _kill(proc))) \
+            if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
             for line in proc.stdout:
                 chunks.append(line)
@@ -68,12 +75,15 @@ def run(
                     fh.write(line)
                 if on_line:
                     on_line(line.rstrip("\n"))
-                if timeout and time.monotonic() - start > timeout:
-                    raise subprocess.TimeoutExpired(args, timeout)
-            rc = proc.wait(timeout=timeout)
+            rc = proc.wait()
         except BaseException:
             _kill(proc)
             raise
+        finally:
+            if timer:
+                timer.cancel()
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(args, timeout or 0)
     except subprocess.TimeoutExpired:
         raise ToolError(f"{what}: timed out after {timeout:.0f}s"
                         f"{_where(log_file)}") from None
