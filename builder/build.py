@@ -51,6 +51,10 @@ class BuildContext:
     authorized_keys: list[str] = field(default_factory=list)
     jobs: int | None = None
     signing_key: Path | None = None  # None: the builder's own (sshkey.signing_key)
+    # what a vendor supplies, given on the command line: --base-image, --l4t-bsp,
+    # --l4t-rootfs (name without dashes -> path); the target takes what it knows
+    vendor_inputs: dict[str, Path] = field(default_factory=dict)
+    vm_image: bool = False  # also what QEMU needs to boot it (--with-vm-image)
     # filled in by the steps
     work: Path | None = None
     fetched: model_pipeline.Fetched | None = None
@@ -253,6 +257,8 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "base_zram_algorithm": p.swap.zram_algorithm,
         "base_cpu_governor": p.os.cpu_governor,
         "inference_devices": list(ctx.engine.device_access(ctx.target.platform(p))),
+        "inference_device_groups": list(ctx.target.platform(p).gpu_groups)
+        if ctx.engine.device_access(ctx.target.platform(p)) else [],
         "gateway_api_auth": p.service.api_auth,
         "gateway_port": p.service.port,
         "gateway_tls_cert": p.service.tls_cert or "",

@@ -181,7 +181,10 @@ QUANTS: dict[str, Quantization] = {
         Quantization("Q8_0", "llama.cpp", GGML_TYPES["Q8_0"].bpw, "8-bit, near lossless",
                      gguf=True),
         Quantization("F16", "llama.cpp", 16.0, "unquantized half precision", gguf=True),
-        # TensorRT-LLM / ModelOpt qformats (quantize.py --qformat)
+        # TensorRT-LLM weight-only formats (convert_checkpoint.py; AWQ via quantize.py)
+        Quantization("int4_gptq", "tensorrt-llm", 4 + 32 / 128,
+                     "4-bit GPTQ weights from a GPTQ-Int4 checkpoint, fp16 scale and zero "
+                     "per 128-group; no calibration data"),
         Quantization("int4_awq", "tensorrt-llm", 4 + 16 / 128,
                      "4-bit AWQ weights, fp16 scale per 128-group; embeddings fp16"),
         Quantization("int8_wo", "tensorrt-llm", 8.0,
@@ -255,6 +258,8 @@ def _trt_tensor_bytes(t: Tensor, quant: Quantization) -> int:
         return t.n * 2  # embeddings, lm_head, norms and biases stay fp16
     if quant.name == "int4_awq":
         return t.n // 2 + (t.n // 128) * 2
+    if quant.name == "int4_gptq":
+        return t.n // 2 + (t.n // 128) * 4  # fp16 scale and zero per group
     return t.n + t.ne1 * 2  # int8_wo: one fp16 scale per output channel
 
 

@@ -298,12 +298,27 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Private SSH key that signs the image's release and that its devices "
               "trust for updates (KEY.pub beside it); default: the builder's own.")
+@click.option("--base-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Pi 5, os.base raspios: the Raspberry Pi OS Lite image to customise, "
+              "instead of the profile's pi5.base_image.path.")
+@click.option("--l4t-bsp", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Jetson: NVIDIA's BSP, Jetson_Linux_R<release>_aarch64.tbz2 (instead of "
+              "jetson.bsp.path).")
+@click.option("--l4t-rootfs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Jetson: NVIDIA's sample rootfs, Tegra_Linux_Sample-Root-Filesystem_"
+              "R<release>_aarch64.tbz2 (instead of jetson.sample_rootfs.path).")
+@click.option("--with-vm-image", is_flag=True,
+              help="Also make what QEMU needs to boot this build when the device's image "
+              "cannot boot there by itself (Pi 5: Debian's cloud kernel in the rootfs and "
+              "an initramfs), for `builder vm` and tests.")
 @cache_option
 @profiles_dir_option
 def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               authorized_keys: tuple[Path, ...],
               out_root: Path, jobs: int | None, signing_key: Path | None,
-              cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
+              base_image: Path | None, l4t_bsp: Path | None, l4t_rootfs: Path | None,
+              with_vm_image: bool, cache_dir: Path | None,
+              profiles_dir: tuple[Path, ...]) -> None:
     """Build what the profile's target delivers (a disk image, a flash package) into
     OUT/<profile>/."""
     from . import build as build_mod
@@ -316,7 +331,11 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
     keys = [pub, *(k.read_text().strip() for k in authorized_keys)]
     ctx = build_mod.BuildContext(rp=rp, cache=cache, out_root=out_root,
                                  model_file=model_file, model_source=model_source,
-                                 authorized_keys=keys, jobs=jobs, signing_key=signing_key)
+                                 authorized_keys=keys, jobs=jobs, signing_key=signing_key,
+                                 vendor_inputs={k: v for k, v in (
+                                     ("base_image", base_image), ("l4t_bsp", l4t_bsp),
+                                     ("l4t_rootfs", l4t_rootfs)) if v is not None},
+                                 vm_image=with_vm_image)
     final = build_mod.build(ctx)
     m = json.loads((final / "manifest.json").read_text())
     d = m["delivery"]
@@ -327,6 +346,44 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
     out.print(f"model: {m['model']['origin']} {m['model']['quant']} "
               f"sha256 {m['model']['sha256'][:16]}")
     out.print(f"next: builder vm --profile {profile}")
+
+
+# --- flash ------------------------------------------------------------------------------
+
+@app.command("flash")
+@profile_option
+@click.option("--device", help="The card or disk to write, e.g. /dev/sdb (the whole disk).")
+@click.option("--to-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the image to this file instead (tests, VMs).")
+@click.option("--yes", is_flag=True, help="Do not ask before writing.")
+@click.option("--dry-run", is_flag=True, help="Say exactly what would be done; write nothing.")
+@click.option("--force-fixed", is_flag=True,
+              help="Allow a fixed (non-removable) disk; never the disk this machine runs "
+              "from.")
+@click.option("--massflash", type=click.IntRange(min=1), metavar="N",
+              help="Jetson: flash up to N boards in recovery mode at once.")
+@click.option("--no-package", is_flag=True,
+              help="Jetson: generate and flash in one run instead of from the package the "
+              "build made.")
+@out_option
+@profiles_dir_option
+def flash_cmd(profile: str, device: str | None, to_file: Path | None, yes: bool,
+              dry_run: bool, force_fixed: bool, massflash: int | None, no_package: bool,
+              out_root: Path, profiles_dir: tuple[Path, ...]) -> None:
+    """Write the profile's build to a device: a disk image to an SD card, USB stick or
+    SSD (bmaptool, every block's checksum checked), a Jetson flash package to boards in
+    recovery mode."""
+    from .flash import Request
+
+    rp, p = _load(profile, profiles_dir)
+    mpath, m = _manifest(out_root, rp.name)
+    request = Request(device=device, to_file=to_file, yes=yes, dry_run=dry_run,
+                      force_fixed=force_fixed, massflash=massflash, no_package=no_package,
+                      confirm=lambda q: click.confirm(q, default=False, err=True),
+                      say=out.print)
+    where = TARGETS[p.target].flash(mpath.parent, m, request)
+    if not dry_run:
+        out.print(f"[green]✓[/] {rp.name} (release {m['release_id']}) written to {where}")
 
 
 # --- vm and verify ----------------------------------------------------------------------
@@ -363,7 +420,7 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
         was = vm.stop(state)
         out.print(f"{rp.name}: {'stopped' if was else 'no VM was running'}")
         return
-    doctor_mod.require("vm")
+    doctor_mod.require("vm", *TARGETS[p.target].vm_stages)
     mpath, m = _manifest(out_root, rp.name)
     key, _ = builder_key(Cache(cache_dir))
     user = p.os.admin_user

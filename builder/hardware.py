@@ -17,6 +17,7 @@ class Platform:
     arm_arch: str | None = None  # e.g. armv8.2-a+dotprod+fp16 (Cortex-A76)
     cuda_arch: str | None = None  # CMAKE_CUDA_ARCHITECTURES, e.g. "87" (Orin)
     gpu_devices: tuple[str, ...] = ()  # device nodes (systemd DeviceAllow=) the GPU needs
+    gpu_groups: tuple[str, ...] = ()  # groups that may open them (video, render)
     # SIMD features the engine's CPU kernels use (decide e.g. llama.cpp's weight repack)
     cpu_features: frozenset[str] = frozenset()
     # Where the engine is compiled: on the build host (natively or cross) or on the

@@ -129,6 +129,8 @@ def engine_unit_conf(i: Inputs) -> str:
     lines = ["# edge-llm release: the engine's command and resources (a drop-in linked "
              "through current/)",
              "[Service]",
+             "ExecStartPre=",
+             *(f"ExecStartPre={c}" for c in e.exec_start_pre(i, LAYOUT)),
              "ExecStart=",
              f"ExecStart={e.exec_start(i, LAYOUT)}",
              f"ExecStartPost={LAYOUT.tool('edge-llm-wait-ready')} {ready} {timeout}",

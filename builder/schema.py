@@ -126,6 +126,12 @@ class TensorRtLlmBuild(_Section):
     calibration_dir: str | None = Field(
         None, description="int4_awq: a local calibration dataset directory for quantize.py "
         "(no hub access on the device); int4_gptq and int8 weight-only need none.")
+    examples_dir: str = Field(
+        "/opt/tensorrt_llm/examples", description="Where TensorRT-LLM's examples (qwen/"
+        "convert_checkpoint.py, quantization/quantize.py, apps/openai_server.py) are on the "
+        "device; trtllm-build must be on its PATH.")
+    python: str = Field("/usr/bin/python3", description="The Python on the device that "
+                        "has TensorRT-LLM installed.")
 
 
 class EngineSpec(_Section):

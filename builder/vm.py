@@ -54,6 +54,7 @@ class VmSpec:
     memory_mb: int = 2048
     cpus: int = 2
     accel: str | None = None  # None: detect_accel()
+    disk_size: int | None = None  # bytes the VM's disk has (bigger than the image: a medium)
 
 
 @dataclass
@@ -255,7 +256,8 @@ def start(spec: VmSpec) -> VmHandle:
         (d / name).unlink(missing_ok=True)
     accel = spec.accel or detect_accel(spec.machine)
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", spec.image.resolve(),
-         d / OVERLAY], what="creating the VM's overlay disk", log_file=d / QEMU_LOG)
+         d / OVERLAY, *([str(spec.disk_size)] if spec.disk_size else [])],
+        what="creating the VM's overlay disk", log_file=d / QEMU_LOG)
     # -daemonize: QEMU returns once the VM is set up, so errors (a port taken, bad
     # firmware) come back here; the VM then outlives this process until stop().
     run(qemu_command(spec, accel), what="starting the VM (qemu)", log_file=d / QEMU_LOG,

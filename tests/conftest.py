@@ -199,11 +199,12 @@ def start_vm(artifact_cache):
     from builder.testing.llama_server import free_port
 
     def start(appliance: Path, name: str, *, wait: bool = True, cpus: int = 2,
-              memory_mb: int = 1536):
+              memory_mb: int = 1536, disk_size: int | None = None,
+              profile: str = "x86-gateway"):
         key, _ = builder_key(artifact_cache)
-        spec = vm.for_build(appliance / "x86-gateway", ssh_port=free_port(),
+        spec = vm.for_build(appliance / profile, ssh_port=free_port(),
                             forwards={free_port(): 8080}, memory_mb=memory_mb, cpus=cpus,
-                            state_dir=appliance / f".vm-{name}")
+                            state_dir=appliance / f".vm-{name}", disk_size=disk_size)
         handle = vm.start(spec)
         if wait:
             try:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def booted(appliance: Path, start_vm):
     from builder import vm
 
-    spec, key = start_vm(appliance, "first")
+    spec, key = start_vm(appliance, "first", disk_size=8 << 30)  # a medium bigger than the image
     yield spec, key
     assert vm.stop(spec.state_dir)
 
@@ -83,6 +83,13 @@ def test_builder_verify_fails_a_device_slower_than_the_profile_asks(
     assert report.count("<failure") == 1  # the decode check; time to first token passed
     report = next((appliance / "x86-gateway").glob("verify-*.xml")).read_text()
     assert 'failures="0"' in report and 'errors="0"' in report
+
+
+def test_the_root_grew_to_fill_the_medium_at_first_boot(booted, manifest: dict) -> None:
+    size = int(ssh(booted, "findmnt -bno SIZE /").strip())
+    assert size > manifest["delivery"]["bytes"] + (4 << 30)  # the image is far smaller than 8G
+    assert "edge-llm-grow-root" in ssh(booted, "systemctl list-units --state=exited "
+                                              "--no-legend edge-llm-grow-root.service")
 
 
 def test_overlays_profile_wins_over_common(booted) -> None:

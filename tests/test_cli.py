@@ -89,7 +89,7 @@ def test_models_list_json_carries_sizes_for_every_quant(cli) -> None:
     assert [r["id"] for r in rows] == ["qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
                                        "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
     assert set(rows[0]["quants"]) == {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "int4_awq",
-                                      "int8_wo", "fp16"}
+                                      "int4_gptq", "int8_wo", "fp16"}
 
 
 def test_plan_text_shows_every_line_item(cli) -> None:

@@ -10,4 +10,5 @@ DEVICE_TOOLS = {
     "edge-llm-release": "release",
     "edge-llm-wait-ready": "wait_ready",
     "edge-llm-engine-watchdog": "watchdog",
+    "edge-llm-trtllm": "trtllm",
 }

@@ -9,6 +9,9 @@ and its memory model for the planner. Adding an engine is adding a module here.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +95,10 @@ class Engine(ABC):
     def exec_start(self, i: Inputs, layout: Layout) -> str:
         """The unit's ExecStart, run from `current/` (so a release switches it)."""
 
+    def exec_start_pre(self, i: Inputs, layout: Layout) -> list[str]:
+        """Commands the unit runs before the engine (an engine built on the device)."""
+        return []
+
     def start_timeout(self, p: Profile) -> int:
         """Seconds loading may take before the unit's start fails."""
         return 600
@@ -119,12 +126,19 @@ class Engine(ABC):
         return None
 
 
-def get(kind: str) -> Engine:
-    from . import llama_cpp, trtllm
+@functools.cache
+def _engines() -> dict[str, Engine]:
+    """Every module (or package) here with an ENGINE."""
+    found = {}
+    for m in pkgutil.iter_modules(__path__):
+        engine = importlib.import_module(f"{__name__}.{m.name}").ENGINE
+        found[engine.kind] = engine
+    return found
 
-    engines = {e.kind: e for e in (llama_cpp.ENGINE, trtllm.ENGINE)}
+
+def get(kind: str) -> Engine:
     try:
-        return engines[kind]
+        return _engines()[kind]
     except KeyError:
         raise BuilderError(f"engine.kind: unknown engine {kind!r}; known: "
-                           f"{', '.join(engines)}") from None
+                           f"{', '.join(_engines())}") from None

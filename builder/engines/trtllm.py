@@ -2,15 +2,18 @@
 builds them itself from a checkpoint the release carries, and serves them with the
 branch's OpenAI server on loopback behind the gateway.
 
-What works here: the build recipe (checkpoint conversion or quantization, then
-trtllm-build, with limits from the profile), the model artifact (a Hugging Face
-checkpoint directory, content-addressed), the memory model. What is missing until the
-Jetson target lands the on-device build (the engine role) and the server unit: a
-release for this engine is refused with a message that says so.
+The release carries the model (a Hugging Face checkpoint directory, content-addressed)
+and engine/trtllm.json: the build recipe (the checkpoint made with convert_checkpoint.py
+or, for AWQ, quantize.py; then trtllm-build with limits from the profile and the
+planner) and where TensorRT-LLM is on the device. The engine unit's ExecStartPre is
+`edge-llm-trtllm build` (builder/device/trtllm.py: the engine from the device's cache or
+built now, keyed by model, quantization, TensorRT-LLM version, L4T release, GPU and
+flags), its ExecStart `edge-llm-trtllm serve` (the OpenAI server on loopback).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,13 +35,13 @@ if TYPE_CHECKING:
 
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
 TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
-MISSING = ("the on-device TensorRT-LLM build and its OpenAI server unit are not part of "
-           "this builder yet; use engine.kind: llama.cpp (CUDA, built on the device) on "
-           "Jetson until they land")
+BUILD_TIMEOUT = 4 * 3600  # seconds the first start may take: the engine is built then
+SETTINGS = "engine/trtllm.json"
 
 # quantization -> how the checkpoint is made (examples/qwen/convert_checkpoint.py, or
 # examples/quantization/quantize.py for AWQ, which needs calibration data)
 CONVERT = {
+    "int4_gptq": ["--use_weight_only", "--weight_only_precision", "int4_gptq", "--per_group"],
     "int8_wo": ["--use_weight_only", "--weight_only_precision", "int8"],
     "fp16": [],
 }
@@ -87,7 +90,9 @@ class TrtLlm(Engine):
             build += ["--workers", str(p.engine.build_jobs)]
         return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
             f"TensorRT-LLM {t.version} for CUDA sm_{platform.cuda_arch}, run on the device "
-            "(engines are specific to the GPU and the TensorRT version)", MISSING])
+            "(engines are specific to the GPU and the TensorRT version), in "
+            f"{t.examples_dir}: MODEL is the release's checkpoint, CHECKPOINT and ENGINE "
+            "the device's work and cache directories"])
 
     def build(self, p: Profile, platform: Platform, cache: Cache, *,
               base_dir: Path | None = None, jobs: int | None = None) -> EngineArtifact | None:
@@ -121,14 +126,38 @@ class TrtLlm(Engine):
         return ModelArtifact(fetched.path, tree_digest(fetched.files), p.model.quant, "hf",
                              files=fetched.files)
 
+    def settings(self, i: Inputs, layout: Layout) -> dict[str, Any]:
+        """engine/trtllm.json: what edge-llm-trtllm builds and serves on the device."""
+        from ..targets import TARGETS
+
+        p = i.profile
+        t = p.engine.tensorrt_llm
+        platform = TARGETS[p.target].platform(p)
+        return {"version": t.version, "quant": p.model.quant, "sm": platform.cuda_arch,
+                "model": f"{layout.model_dir}/{i.model.device_name}",
+                "model_sha256": i.model.sha256, "examples": t.examples_dir,
+                "python": t.python, "port": p.service.engine_port,
+                "steps": self.recipe(p, platform).steps}
+
     def release_files(self, i: Inputs, tree: Path) -> None:
-        raise BuilderError(f"{i.profile_name}: engine.kind tensorrt-llm: {MISSING}")
+        from ..device.layout import DEFAULT as LAYOUT
+
+        (tree / "engine").mkdir()
+        (tree / SETTINGS).write_text(json.dumps(self.settings(i, LAYOUT), indent=2) + "\n")
 
     def env(self, i: Inputs, layout: Layout) -> dict[str, str]:
-        raise BuilderError(f"engine.kind tensorrt-llm: {MISSING}")
+        # CUDA loads kernels as they are first used: less memory on a unified-memory board
+        return {"CUDA_MODULE_LOADING": "LAZY"}
 
     def exec_start(self, i: Inputs, layout: Layout) -> str:
-        raise BuilderError(f"engine.kind tensorrt-llm: {MISSING}")
+        return f"{layout.tool('edge-llm-trtllm')} serve {layout.current}/{SETTINGS}"
+
+    def exec_start_pre(self, i: Inputs, layout: Layout) -> list[str]:
+        # "+": as root, outside the sandbox - it writes the device's engine cache
+        return [f"+{layout.tool('edge-llm-trtllm')} build {layout.current}/{SETTINGS}"]
+
+    def start_timeout(self, p: Profile) -> int:
+        return BUILD_TIMEOUT
 
     def device_access(self, platform: Platform) -> tuple[str, ...]:
         return platform.gpu_devices

@@ -60,7 +60,7 @@ class Usage:
 class ImageResult:
     raw: Path
     bmap: Path
-    zst: Path
+    zst: Path  # the compressed copy (.zst or .xz)
     sha256: str  # of the raw image
     size: int  # of the raw image, bytes
     root_partuuid: str
@@ -200,17 +200,25 @@ def staging(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# How a compressed copy is made: zstd (fast, what bmaptool and dd users unpack) or xz
+# (what Raspberry Pi Imager and the Pi world expect: *.img.xz).
+COMPRESSORS = {
+    "zst": lambda src, dst: ["zstd", "-T0", "-q", "--long", "-f", src, "-o", dst],
+    "xz": lambda src, dst: ["sh", "-c", 'exec xz -T0 -3 -c -- "$1" > "$2"', "sh", src, dst],
+}
+
+
 def publish(tmp: Path, out_dir: Path, name: str, *, root_partuuid: str, kernel_version: str,
-            log_file: Path | None) -> ImageResult:
-    """tmp/<name> -> out_dir/<name> with <stem>.bmap and <name>.zst beside it."""
+            log_file: Path | None, compress: str = "zst") -> ImageResult:
+    """tmp/<name> -> out_dir/<name> with <stem>.bmap and <name>.<compress> beside it."""
     raw = tmp / name
-    bmap, zst = raw.with_suffix(".bmap"), tmp / f"{name}.zst"
+    bmap, zst = raw.with_suffix(".bmap"), tmp / f"{name}.{compress}"
     with step("writing the block map (bmaptool)") as on_line:
         run(["bmaptool", "-q", "create", "-o", bmap, raw], what="writing the block map",
             log_file=log_file, on_line=on_line)
-    with step("compressing the disk image (zstd)") as on_line:
-        run(["zstd", "-T0", "-q", "--long", "-f", raw, "-o", zst],
-            what="compressing the disk image (zstd)", log_file=log_file, on_line=on_line)
+    with step(f"compressing the disk image ({compress})") as on_line:
+        run(COMPRESSORS[compress](raw, zst), what=f"compressing the disk image ({compress})",
+            log_file=log_file, on_line=on_line)
     digest = sha256_file(raw)
     size = raw.stat().st_size
     finals = {p.name: out_dir / p.name for p in (raw, bmap, zst)}

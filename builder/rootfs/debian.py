@@ -25,16 +25,31 @@ ROOTFS_VERSION = 2
 
 @dataclass(frozen=True)
 class AptSource:
-    """One more apt repository: a deb822-style line and the key that signs it."""
+    """One more apt repository (a vendor's kernel and firmware), signed by `keyring`.
 
-    uri: str
+    mmdebstrap runs apt from the host, so during the build the repository is named by
+    its build-time URI with the keyring's host path; the rootfs then gets the entry a
+    device uses: `device_uri`, signed by the same keyring copied into the rootfs."""
+
+    name: str  # the entry's file name in the rootfs: /etc/apt/sources.list.d/<name>.list
+    uri: str  # where the build reads it: http(s)://, copy:// or a local directory
     suite: str
     components: tuple[str, ...]
-    keyring: Path | None  # OpenPGP keyring (binary or armored) that signs its Release
+    keyring: Path  # OpenPGP keyring (binary or armored) that signs its Release
+    device_uri: str  # what the device's apt uses
 
-    def line(self, keyring_in_rootfs: str | None) -> str:
-        signed = f" [signed-by={keyring_in_rootfs}]" if keyring_in_rootfs else ""
-        return f"deb{signed} {self.uri} {self.suite} {' '.join(self.components)}"
+    @property
+    def build_uri(self) -> str:
+        """Local directories through copy:// (mmdebstrap's apt cannot read file:// from
+        inside its chroot)."""
+        if self.uri.startswith("file://"):
+            return "copy://" + self.uri.removeprefix("file://")
+        if self.uri.startswith("/"):
+            return "copy://" + self.uri
+        return self.uri
+
+    def line(self, uri: str, keyring: str) -> str:
+        return f"deb [signed-by={keyring}] {uri} {self.suite} {' '.join(self.components)}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,7 @@ class DebianSpec:
     def key_inputs(self) -> dict:
         d = asdict(self)
         d.pop("what")
-        d["sources"] = [{**asdict(s), "keyring": sha256_file(s.keyring) if s.keyring else None}
+        d["sources"] = [{**asdict(s), "keyring": sha256_file(s.keyring)}
                         for s in self.sources]
         return d
 
@@ -69,21 +84,23 @@ def build(spec: DebianSpec, cache: Cache) -> Rootfs:
         status = out.parent / "dpkg-status"
         args = ["mmdebstrap", f"--variant={spec.variant}", f"--architectures={spec.arch}",
                 f"--include={','.join(spec.packages)}", "--aptopt=Acquire::Retries \"3\""]
-        for i, src in enumerate(spec.sources):
-            inside = None
-            if src.keyring:
-                inside = f"/etc/apt/keyrings/edge-llm-{i}{src.keyring.suffix or '.gpg'}"
-                # the key goes in before apt reads the source (setup hook), and stays
-                args += ["--setup-hook=mkdir -p \"$1\"/etc/apt/keyrings",
-                         f"--setup-hook=copy-in {src.keyring} /etc/apt/keyrings/",
-                         f"--setup-hook=mv \"$1\"/etc/apt/keyrings/{src.keyring.name} "
-                         f"\"$1\"{inside}"]
-            args.append(f"--setup-hook=echo '{src.line(inside)}' > "
-                        f"\"$1\"/etc/apt/sources.list.d/edge-llm-{i}.list")
+        for src in spec.sources:
+            inside = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
+            listed = f"/etc/apt/sources.list.d/{src.name}.list"
+            args += [  # the build-time entry out of sources.list, the device's in its place
+                "--customize-hook=mkdir -p \"$1\"/etc/apt/keyrings",
+                f"--customize-hook=copy-in {src.keyring} /etc/apt/keyrings/",
+                f"--customize-hook=mv \"$1\"/etc/apt/keyrings/{src.keyring.name} "
+                f"\"$1\"{inside}",
+                f"--customize-hook=grep -vF -- '{src.build_uri}' \"$1\"/etc/apt/sources.list "
+                f"> \"$1\"/etc/apt/sources.list.new; mv \"$1\"/etc/apt/sources.list.new "
+                f"\"$1\"/etc/apt/sources.list",
+                f"--customize-hook=echo '{src.line(src.device_uri, inside)}' > \"$1\"{listed}"]
         args += ["--customize-hook=rm -f \"$1\"/etc/hostname",
                  *(f"--customize-hook={h}" for h in spec.hooks),
                  f"--customize-hook=copy-out /var/lib/dpkg/status {status.parent}",
-                 spec.suite, out / "rootfs.tar", spec.mirror]
+                 spec.suite, out / "rootfs.tar", spec.mirror,
+                 *(s.line(s.build_uri, str(s.keyring)) for s in spec.sources)]
         with step(f"mmdebstrap {spec.suite} {spec.arch} ({len(spec.packages)} packages)"
                   ) as line:
             run(args, what="mmdebstrap", log_file=log_file, on_line=line,

@@ -60,6 +60,7 @@ class Target(ABC):
     os_bases: ClassVar[tuple[str, ...]]
     storage_kinds: ClassVar[tuple[str, ...]]
     why_not: ClassVar[str]  # why an engine outside `engines` cannot run here
+    vm_stages: ClassVar[tuple[str, ...]] = ()  # `builder doctor` stages `builder vm` needs
 
     # --- the profile ---------------------------------------------------------------
     @cached_property
@@ -113,6 +114,13 @@ class Target(ABC):
         return {}
 
     # --- after the build -------------------------------------------------------------
+    def flash(self, build_dir: Path, manifest: dict[str, Any], request: Any) -> str:
+        """Write the build to a device (`builder flash`); where it went. A disk image is
+        written with bmaptool (builder/flash.py), after checking the device is safe."""
+        from ..flash import Image, flash
+
+        return flash(Image.of_build(build_dir, manifest), request)
+
     def vm_machine(self, build_dir: Path, manifest: dict[str, Any]) -> Machine:
         """How this build boots in QEMU for tests and `builder vm`."""
         raise NotSupported(f"{self.name}: no VM boots this target's build")

@@ -51,6 +51,7 @@ class X86Gateway(Target):
     engines = ("llama.cpp",)
     os_bases = ("debian",)
     storage_kinds = ("ssd", "nvme", "emmc", "usb")
+    vm_stages = ("vm-x86",)
     why_not = "x86 gateways have no NVIDIA GPU in this target"
 
     def platform(self, p: Profile) -> Platform:

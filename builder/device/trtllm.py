@@ -1,0 +1,137 @@
+"""edge-llm-trtllm: TensorRT-LLM engines built and served on the device itself.
+
+TensorRT engines are specific to the GPU and the TensorRT version, so a release for a
+TensorRT-LLM device carries the model (a Hugging Face checkpoint) and the build
+settings (engine/trtllm.json), and the device builds the engine it lacks:
+
+  build SETTINGS   the engine for this release, from the cache or built now: the
+                   checkpoint made (convert_checkpoint.py, or quantize.py for AWQ) and
+                   trtllm-build run with the release's limits, in a work directory that
+                   is renamed into the cache only when whole. Progress goes to the journal
+                   and to a status file the gateway reads (503 "engine building" meanwhile).
+                   The cache key: the model's sha256, the quantization, the TensorRT-LLM
+                   version, the L4T release and GPU of this device, and every build flag.
+  serve SETTINGS   exec TensorRT-LLM's OpenAI server (examples/apps/openai_server.py) on
+                   loopback with the release's engine.
+
+The engine unit runs `build` as its ExecStartPre and `serve` as its ExecStart (the
+release's drop-in says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .layout import Layout
+
+STATUS = "engine-status.json"  # in the state directory, world-readable: the gateway reads it
+_RELEASE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
+
+
+def log(msg: str) -> None:
+    print(f"edge-llm-trtllm: {msg}", file=sys.stderr, flush=True)
+
+
+class Device:
+    def __init__(self, layout: Layout, root: str = "/") -> None:
+        self.layout = layout
+        self.root = Path(root)
+        self.engines = Path(layout.state_dir) / "engines"
+        self.status_file = Path(layout.state_dir) / STATUS
+
+    def status(self, state: str, **fields: object) -> None:
+        data = {"state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **fields}
+        tmp = self.status_file.with_name(STATUS + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data) + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, self.status_file)
+
+    def l4t_release(self) -> str:
+        try:
+            m = _RELEASE.search((self.root / "etc/nv_tegra_release").read_text())
+        except OSError:
+            return "unknown"
+        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else "unknown"
+
+    def key(self, s: dict) -> str:
+        """What names an engine: everything that changes its bytes."""
+        blob = json.dumps({"model": s["model_sha256"], "quant": s["quant"],
+                           "version": s["version"], "l4t": self.l4t_release(),
+                           "sm": s["sm"], "steps": s["steps"]}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def engine_dir(self, s: dict) -> Path:
+        return self.engines / self.key(s)
+
+    def build(self, s: dict) -> Path:
+        engine = self.engine_dir(s)
+        if (engine / "config.json").is_file() and (engine / ".complete").is_file():
+            log(f"engine {engine.name} is built (cached)")
+            self.status("ready", engine=engine.name)
+            return engine
+        work = self.engines / f".build-{engine.name}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "checkpoint").mkdir(parents=True)
+        places = {"MODEL": str(self.root / s["model"].lstrip("/")),
+                  "CHECKPOINT": str(work / "checkpoint"), "ENGINE": str(work / "engine")}
+        started = time.time()
+        for i, argv in enumerate(s["steps"], start=1):
+            cmd = [places.get(a, a) for a in argv]
+            what = Path(cmd[1]).name if cmd[0].endswith("python3") else Path(cmd[0]).name
+            log(f"step {i}/{len(s['steps'])}: {' '.join(cmd)}")
+            self.status("building", step=what, steps=f"{i}/{len(s['steps'])}",
+                        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
+            cmd = [s["python"], *cmd[1:]] if cmd[0] == "python3" else cmd
+            r = subprocess.run(cmd, cwd=s["examples"], stdin=subprocess.DEVNULL)
+            if r.returncode != 0:
+                self.status("failed", step=what, exit=r.returncode)
+                shutil.rmtree(work, ignore_errors=True)
+                raise SystemExit(f"edge-llm-trtllm: {what} failed (exit {r.returncode}); "
+                                 "the journal of this unit has its output")
+        built = work / "engine"
+        if not (built / "config.json").is_file() or not list(built.glob("rank*.engine")):
+            self.status("failed", step="trtllm-build", reason="no engine written")
+            raise SystemExit("edge-llm-trtllm: trtllm-build wrote no config.json and "
+                             "rank0.engine")
+        (built / ".complete").write_text(f"{time.time() - started:.0f}s\n")
+        os.replace(built, engine)
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"engine {engine.name} built in {time.time() - started:.0f}s")
+        self.status("ready", engine=engine.name, build_seconds=round(time.time() - started))
+        return engine
+
+    def serve_argv(self, s: dict) -> list[str]:
+        engine = self.engine_dir(s)
+        model = str(self.root / s["model"].lstrip("/"))
+        return [s["python"], str(Path(s["examples"]) / "apps/openai_server.py"), str(engine),
+                "--tokenizer", model, "--host", "127.0.0.1", "--port", str(s["port"])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("build", "serve"):
+        print("usage: edge-llm-trtllm build|serve SETTINGS", file=sys.stderr)
+        return 2
+    root = os.environ.get("EDGE_LLM_ROOT", "/")
+    d = Device(Layout.load(root), root)
+    s = json.loads(Path(args[1]).read_text())
+    if args[0] == "build":
+        d.build(s)
+        return 0
+    cmd = d.serve_argv(s)
+    os.execv(cmd[0] if "/" in cmd[0] else shutil.which(cmd[0]) or cmd[0], cmd)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
