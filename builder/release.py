@@ -112,6 +112,7 @@ def gateway_config(i: Inputs, release_id: str) -> dict[str, Any]:
         "max_tokens": p.service.max_tokens,
         "max_request_bytes": p.service.max_request_bytes,
         "api_auth": p.service.api_auth,
+        **i.engine.gateway_settings(LAYOUT),
         "appliance": {"profile": i.profile_name, "target": p.target,
                       "release_id": release_id, "model_sha256": i.model.sha256,
                       "quant": i.model.quant, "engine": p.engine.kind,

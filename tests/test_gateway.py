@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.gateway_process import GatewayProcess
-from builder.llama_server import LlamaServer, free_port
+from builder.testing.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -1,17 +1,28 @@
-"""The gateway's pure parts: the SSE watcher, the admission queue, the config file."""
+"""The gateway's pure parts: the SSE watcher, the admission queue, the config and keys
+files, the bounded JSON parser, the request validator (table-driven and fuzzed with
+hypothesis), the log throttle and the connection cap."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from builder.gateway.app import Admission, QueueFull
+from builder.gateway import boundedjson, validate
+from builder.gateway.admission import Admission, QueueFull
 from builder.gateway.config import Config, ConfigError, load_keys
+from builder.gateway.connections import BUSY, IDLE, WAITING, ConnectionPool
+from builder.gateway.logs import Throttle
 from builder.gateway.metrics import Metrics
 from builder.gateway.sse import StreamWatch
+
+LIM = validate.Limits(max_tokens=100, model_id="m", slots=2)
+HI = [{"role": "user", "content": "hi"}]
 
 
 def _chunk(text: str | None, chat: bool = True) -> bytes:
@@ -33,6 +44,8 @@ def test_stream_watch_sees_an_error_event_and_a_missing_done() -> None:
     w.feed(_chunk("a", chat=False) + b'data: {"error": {"message": "x"}}\n\n')
     assert w.tokens == 1 and w.error and not w.done
 
+
+# --- admission -----------------------------------------------------------------------
 
 def test_admission_queues_up_to_the_limit_then_refuses() -> None:
     async def scenario() -> list[str]:
@@ -61,8 +74,23 @@ def test_admission_queues_up_to_the_limit_then_refuses() -> None:
     assert asyncio.run(scenario()) == ["first", "second"]
 
 
+def test_a_place_is_claimed_before_the_slot_and_counts_against_the_queue() -> None:
+    """Admission before the body: places (slots + max_queue) are claimed first, so no
+    more than that many bodies are ever read."""
+    async def scenario() -> None:
+        adm = Admission(slots=1, max_queue=1, metrics=Metrics())
+        async with adm.place(), adm.place():
+            assert adm.running == 0 and adm.waiting == 2  # reading bodies, no slot yet
+            with pytest.raises(QueueFull):
+                async with adm.place():
+                    pass
+        assert adm.places == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_waiter_leaves_the_queue() -> None:
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         adm = Admission(slots=1, max_queue=4, metrics=Metrics())
         hold = asyncio.Event()
 
@@ -82,10 +110,14 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
         await asyncio.sleep(0)
         hold.set()
         await h
-        return adm.waiting
+        async with adm.slot():  # the slot is free again
+            pass
+        return adm.waiting, adm.running
 
-    assert asyncio.run(scenario()) == 0
+    assert asyncio.run(scenario()) == (0, 0)
 
+
+# --- config and keys -----------------------------------------------------------------
 
 @pytest.mark.parametrize(("content", "message"), [
     ("{", "not JSON"),
@@ -93,6 +125,9 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
     ('{"model_id": "m", "slots": "2"}', "slots: expected int"),
     ('{"model_id": "m", "slots": 0}', "slots: must be at least 1"),
     ('{"model_id": "m", "tls_cert": "/c"}', "give both or neither"),
+    ('{"model_id": "m", "header_timeout": 0}', "header_timeout: must be more than 0"),
+    ('{"model_id": "m", "max_connections": 0}', "max_connections: must be at least 1"),
+    ('{"model_id": "m", "metrics_auth": "no"}', "metrics_auth: expected bool"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, content: str, message: str) -> None:
     f = tmp_path / "gateway.json"
@@ -101,10 +136,367 @@ def test_config_errors_name_the_field(tmp_path: Path, content: str, message: str
         Config.load(f)
 
 
-def test_keys_file_skips_comments_and_must_hold_a_key(tmp_path: Path) -> None:
+def test_an_old_config_gets_safe_defaults_for_the_new_settings(tmp_path: Path) -> None:
+    f = tmp_path / "gateway.json"
+    f.write_text('{"model_id": "m", "max_queue": 4}')
+    cfg = Config.load(f)
+    assert cfg.metrics_auth and cfg.max_connections == 1024 and cfg.header_timeout == 10
+
+
+@pytest.mark.parametrize(("text", "keys"), [
+    ("# device key\nsk-edge-a\n\n sk-edge-b \n", ["sk-edge-a", "sk-edge-b"]),
+    ("sk-edge-a\r\nsk-edge-b\r\n", ["sk-edge-a", "sk-edge-b"]),
+    ("\ufeffsk-edge-a\n", ["sk-edge-a"]),  # Notepad's byte order mark
+    ("sk-edge-a   # laptop\n\t sk-edge-b\t\n", ["sk-edge-a", "sk-edge-b"]),
+], ids=["comments-blank-spaces", "crlf", "bom", "inline-comment-tabs"])
+def test_keys_files_as_people_write_them(tmp_path: Path, text: str, keys: list[str]) -> None:
     f = tmp_path / "keys"
-    f.write_text("# device key\nsk-edge-a\n\n sk-edge-b \n")
-    assert load_keys(str(f)) == ["sk-edge-a", "sk-edge-b"]
-    f.write_text("# nothing\n")
-    with pytest.raises(ConfigError, match="no API key"):
+    f.write_bytes(text.encode())
+    assert load_keys(str(f)) == keys
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "no API key"),
+    (b"# nothing\n\n  \r\n", "no API key"),
+    (b"\xff\xfe s\x00k\x00", "not UTF-8"),
+    (b"Bearer sk-edge-a\n", "line 1: one key per line"),
+])
+def test_a_keys_file_without_a_usable_key_is_one_clear_error(tmp_path: Path, data: bytes,
+                                                            message: str) -> None:
+    f = tmp_path / "keys"
+    f.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
         load_keys(str(f))
+
+
+# --- bounded JSON --------------------------------------------------------------------
+
+def test_measure_counts_values_and_depth_but_not_brackets_in_strings() -> None:
+    # 6 values; the count is an upper bound (containers + separators + 1)
+    assert boundedjson.measure(b'{"a": [1, 2, {"b": "[[[{{{"}]}') == (8, 3)
+    assert boundedjson.measure(b'"just a string with \\" and [ inside"') == (1, 0)
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"[" * 100 + b"]" * 100, "json_too_deep"),
+    (b"[" * 200_000, "json_too_deep"),  # would overflow the parser's stack
+    (b"[" + b"{}," * 5000 + b"{}]", "json_too_large"),
+    (b'{"a": NaN}', "invalid_json"),
+    (b'{"a": 1e999}', "invalid_json"),
+    (b'{"a": "\xff"}', "invalid_json"),
+    (b'{"a": ', "invalid_json"),
+    (b"1" * 5000, "invalid_json"),  # Python's int digit limit
+])
+def test_parse_refuses_what_would_cost_memory_or_crash(raw: bytes, code: str) -> None:
+    got = boundedjson.parse(raw, max_depth=64, max_values=1000)
+    assert isinstance(got, boundedjson.JsonError) and got.code == code
+
+
+def test_a_max_size_body_of_tiny_objects_is_refused_before_parsing() -> None:
+    raw = b'{"messages": [], "x": [' + b",".join([b"{}"] * 340_000) + b"]}"
+    got = boundedjson.parse(raw, max_depth=64, max_values=100_000)
+    assert isinstance(got, boundedjson.JsonError) and got.code == "json_too_large"
+
+
+# --- the validator ------------------------------------------------------------------
+
+def _chat(**fields) -> dict:
+    return {"messages": HI, **fields}
+
+
+@pytest.mark.parametrize(("body", "param", "status"), [
+    (_chat(model=["m"]), "model", 400),
+    (_chat(model={"id": "m"}), "model", 400),
+    (_chat(model="gpt-4o"), "model", 404),
+    (_chat(stream="false"), "stream", 400),
+    (_chat(stream=False, stream_options={"include_usage": True}), "stream_options", 400),
+    (_chat(temperature=2.5), "temperature", 400),
+    (_chat(temperature="0.5"), "temperature", 400),
+    (_chat(top_p=1.5), "top_p", 400),
+    (_chat(presence_penalty=-3), "presence_penalty", 400),
+    (_chat(frequency_penalty=True), "frequency_penalty", 400),
+    (_chat(n=2), "n", 400),
+    (_chat(max_tokens=0), "max_tokens", 400),
+    (_chat(max_completion_tokens=101), "max_completion_tokens", 400),
+    (_chat(n_predict=-1), "n_predict", 400),
+    (_chat(max_tokens=1.5), "max_tokens", 400),
+    (_chat(seed="1"), "seed", 400),
+    (_chat(stop=["a", "b", "c", "d", "e"]), "stop", 400),
+    (_chat(stop=[1]), "stop[0]", 400),
+    (_chat(logprobs=1), "logprobs", 400),
+    (_chat(top_logprobs=5), "top_logprobs", 400),
+    (_chat(logprobs=True, top_logprobs=21), "top_logprobs", 400),
+    (_chat(response_format={"type": "xml"}), "response_format.type", 400),
+    (_chat(response_format={"type": "json_schema"}), "response_format.json_schema", 400),
+    (_chat(response_format={"type": "json_schema", "json_schema": {"name": "a b"}}),
+     "response_format.json_schema.name", 400),
+    (_chat(tools=[]), "tools", 400),
+    (_chat(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]),
+     "tools[0].function.parameters", 400),
+    (_chat(tool_choice="auto"), "tool_choice", 400),
+    (_chat(tool_choice="always", tools=[{"type": "function", "function": {"name": "f"}}]),
+     "tool_choice", 400),
+    (_chat(grammar="root ::= \"a\"", json_schema={}), "grammar", 400),
+    (_chat(chat_format=3), "chat_format", 400),  # llama-server's internal field
+    (_chat(temprature=0.5), "temprature", 400),
+    (_chat(prompt="x"), "prompt", 400),
+    (_chat(mirostat=3), "mirostat", 400),
+    (_chat(top_k=-1), "top_k", 400),
+    (_chat(id_slot=2), "id_slot", 400),
+    (_chat(metadata={"a": 1}), "metadata.a", 400),
+    (_chat(modalities=["text", "audio"]), "modalities[1]", 400),
+    (_chat(functions=[]), "functions", 400),
+    (_chat(extra={"big": 2**70}), "extra.big", 400),  # the 64-bit check comes first
+    ({"messages": []}, "messages", 400),
+    ({"messages": "hi"}, "messages", 400),
+    ({}, "messages", 400),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role", 400),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", 400),
+    ({"messages": [{"role": "function", "content": "hi"}]}, "messages[0].role", 400),
+    ({"messages": [{"role": "user"}]}, "messages[0].content", 400),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", 400),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", 400),
+    ({"messages": [{"role": "user", "content": []}]}, "messages[0].content", 400),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content[0].type", 400),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
+     "messages[0].content[0].text", 400),
+    ({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]},
+     "messages[0].tool_calls", 400),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id", 400),
+    ({"messages": [{"role": "assistant"}]}, "messages[0].content", 400),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": {}}}]}]},
+     "messages[0].tool_calls[0].function.arguments", 400),
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content", 400),
+    ([1, 2], None, 400),
+    ("hello", None, 400),
+])
+def test_chat_mistakes_are_4xx_naming_the_field(body, param: str | None, status: int) -> None:
+    got = validate.chat(body, LIM)
+    assert isinstance(got, validate.Invalid), got
+    assert (got.param, got.status) == (param, status), got.message
+    assert got.message
+
+
+@pytest.mark.parametrize("body", [
+    _chat(),
+    _chat(model="m", stream=True, stream_options={"include_usage": True}, temperature=0,
+          top_p=1, seed=-1, stop="\n", max_tokens=100, n=1, user="u", logprobs=True,
+          top_logprobs=3, presence_penalty=-2, frequency_penalty=2, logit_bias={"15": -100},
+          response_format={"type": "json_object"}),
+    _chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "city", "schema": {"type": "object"}, "strict": True}}),
+    _chat(tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False),
+    {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": [{"type": "text", "text": "Really."}]},
+        {"role": "user", "content": "Weather?", "name": "ann"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny.", "refusal": None}]},
+    _chat(top_k=40, min_p=0.05, typical_p=1, repeat_penalty=1.1, repeat_last_n=64,
+          ignore_eos=True, cache_prompt=False, n_probs=2, mirostat=2, mirostat_tau=5,
+          mirostat_eta=0.1, grammar="root ::= \"a\"", samplers=["top_k", "temperature"],
+          id_slot=1, return_tokens=True, timings_per_token=True, dry_multiplier=0.8,
+          dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-0 or 0,
+          dry_sequence_breakers=["\n"], n_predict=10),
+    _chat(temperature=None, stop=None, max_tokens=None),  # null means the default
+], ids=["minimal", "openai-fields", "json-schema", "tools", "roles", "llama-fields",
+        "nulls"])
+def test_valid_chat_requests_pass(body: dict) -> None:
+    got = validate.chat(body, LIM)
+    assert isinstance(got, dict), got
+    assert not [k for k, v in got.items() if v is None]
+    assert any(k in got for k in ("max_tokens", "max_completion_tokens", "n_predict"))
+
+
+def test_chat_fills_in_the_token_limit() -> None:
+    assert validate.chat(_chat(), LIM) == {"messages": HI, "max_tokens": 100}
+
+
+@pytest.mark.parametrize(("prompt", "sent"), [
+    ("Once", "Once"),
+    (["Once"], "Once"),
+    ([1, 2, 3], [1, 2, 3]),
+    ([[1, 2, 3]], [1, 2, 3]),
+])
+def test_one_prompt_passes_unwrapped(prompt, sent) -> None:
+    assert validate.completion({"prompt": prompt}, LIM)["prompt"] == sent
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": [[1], [2]]}, "prompt"),
+    ({"prompt": ["a", 1]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt[0]"),
+    ({"prompt": [-1]}, "prompt[0]"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": {"text": "a"}}, "prompt"),
+    ({}, "prompt"),
+    ({"prompt": "a", "echo": True}, "echo"),
+    ({"prompt": "a", "best_of": 3}, "best_of"),
+    ({"prompt": "a", "suffix": "b"}, "suffix"),
+    ({"prompt": "a", "logprobs": 6}, "logprobs"),
+    ({"prompt": "a", "messages": HI}, "messages"),
+])
+def test_completion_mistakes_name_the_field(body: dict, param: str) -> None:
+    got = validate.completion(body, LIM)
+    assert isinstance(got, validate.Invalid) and got.param == param, got
+
+
+def test_completion_drops_the_fields_the_engine_would_fail_on() -> None:
+    got = validate.completion({"prompt": "a", "echo": False, "best_of": 1, "suffix": None,
+                               "logprobs": 2}, LIM)
+    assert got == {"prompt": "a", "logprobs": 2, "max_tokens": 100}
+
+
+# --- the validator under hypothesis ---------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                          allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+FIELDS = sorted({*validate._CHAT, *validate._COMPLETION, *validate.LLAMA_FIELDS, "bogus"})
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "x"])},
+    optional={"content": st.one_of(st.text(), st.none(), JSON,
+                                   st.lists(st.fixed_dictionaries(
+                                       {"type": st.sampled_from(["text", "image_url"])},
+                                       optional={"text": st.text() | JSON}), max_size=2)),
+              "tool_call_id": st.text() | JSON, "name": st.text() | JSON,
+              "tool_calls": JSON})
+# requests close enough to valid that most checks are reached, not just the first
+REQUEST = st.fixed_dictionaries(
+    {}, optional={"messages": st.lists(MESSAGE, max_size=3) | JSON,
+                  "prompt": st.text() | st.lists(st.integers(-1, 2**33), max_size=3) | JSON,
+                  **{f: JSON | st.integers() | st.floats(allow_nan=False) | st.booleans()
+                     for f in FIELDS}})
+
+
+SCALAR = (st.none() | st.booleans() | st.integers(-3, 3000) | st.floats(-3, 3)
+          | st.text(max_size=5) | st.sampled_from(["auto", "text", "json_object", "user"]))
+# a valid request with up to three fields set to near-miss values
+MUTATED = st.builds(
+    lambda base, fields: {**base, **fields},
+    st.sampled_from([{"messages": HI}, {"prompt": "Once"}]),
+    st.dictionaries(st.sampled_from(FIELDS), SCALAR | st.lists(SCALAR, max_size=5) | JSON,
+                    max_size=3))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=JSON | REQUEST | MUTATED)
+def test_the_validator_never_raises_and_answers_4xx_or_a_request(body) -> None:
+    for check in (validate.chat, validate.completion):
+        got = check(body, LIM)
+        if isinstance(got, validate.Invalid):
+            assert 400 <= got.status < 500 and got.message
+        else:
+            assert isinstance(got, dict)
+            json.dumps(got, allow_nan=False).encode("utf-8")  # what goes to the engine
+            assert got.get("max_tokens", 1) <= LIM.max_tokens
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_the_parser_never_raises(raw: bytes) -> None:
+    boundedjson.parse(raw, max_depth=8, max_values=50)
+
+
+# --- logging and connections ---------------------------------------------------------
+
+def test_throttle_passes_one_line_per_kind_per_period_without_tracebacks() -> None:
+    throttle = Throttle(period=60)
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        import sys
+        exc = sys.exc_info()
+    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                 "socket.accept() out of system resource", None, exc)
+               for _ in range(1000)]
+    passed = [r for r in records if throttle.filter(r)]
+    assert len(passed) == 1 and passed[0].exc_info is None
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+        self.written = b""
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+class _Inner(asyncio.Protocol):
+    def connection_made(self, transport) -> None:
+        pass
+
+
+def test_the_cap_evicts_the_longest_waiting_connection_never_a_busy_one() -> None:
+    async def scenario() -> None:
+        pool = ConnectionPool(_Inner, max_connections=3, header_timeout=60,
+                              idle_timeout=60)
+        conns = []
+        for _ in range(3):
+            c = pool()
+            c.connection_made(_Transport())
+            conns.append(c)
+        pool.started(conns[0].inner)  # a request runs on the oldest
+        assert conns[0].state == BUSY and conns[1].state == WAITING
+        newcomer = pool()
+        newcomer.connection_made(_Transport())
+        assert conns[1].transport.aborted and not conns[0].transport.aborted
+        pool.finished(conns[0].inner)
+        assert conns[0].state == IDLE
+        pool.started(conns[2].inner)
+        pool.started(newcomer.inner)
+        third = pool()
+        third.connection_made(_Transport())  # evicts the idle one
+        assert conns[0].transport.aborted
+        pool.started(third.inner)
+        refused = pool()
+        t = _Transport()
+        refused.connection_made(t)  # all busy: a quick 503, closed
+        assert t.written.startswith(b"HTTP/1.1 503") and t.aborted
+        pool.stop()
+
+    asyncio.run(scenario())
+
+
+def test_deadlines_close_waiting_and_idle_connections() -> None:
+    async def scenario() -> list[str]:
+        closed: list[str] = []
+        pool = ConnectionPool(_Inner, max_connections=10, header_timeout=0.2,
+                              idle_timeout=0.2, on_close=closed.append)
+        waiting, idle, busy = pool(), pool(), pool()
+        for c in (waiting, idle, busy):
+            c.connection_made(_Transport())
+        pool.started(idle.inner)
+        pool.finished(idle.inner)
+        pool.started(busy.inner)
+        await asyncio.sleep(0.6)
+        assert waiting.transport.aborted and idle.transport.aborted
+        assert not busy.transport.aborted
+        pool.stop()
+        return sorted(closed)
+
+    assert asyncio.run(scenario()) == ["header_timeout", "idle_timeout"]

@@ -35,6 +35,7 @@ class Layout:
     api_keys: str = "/etc/edge-llm/api-keys"  # one key per line, 0600 root
     signers: str = "/etc/edge-llm/allowed_signers"  # keys whose releases are accepted
     libexec: str = "/usr/local/lib/edge-llm"  # the device tools
+    run_dir: str = "/run/edge-llm"  # world-readable runtime state (the gateway reads it)
     engine_user: str = "edge-llm"
     engine_unit: str = "edge-llm-engine.service"
     gateway_unit: str = "edge-llm-gateway.service"
@@ -54,6 +55,12 @@ class Layout:
     @property
     def release_state(self) -> str:
         return f"{self.state_dir}/release-state.json"
+
+    @property
+    def engine_status(self) -> str:
+        """An engine built on the device: how its build goes (edge-llm-trtllm writes it,
+        the gateway answers 503 engine_building from it)."""
+        return f"{self.run_dir}/engine-status.json"
 
     @property
     def device_lib(self) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .layout import Layout
 
-STATUS = "engine-status.json"  # in the state directory, world-readable: the gateway reads it
+STATUS = "engine-status.json"  # Layout.engine_status, world-readable: the gateway reads it
 _RELEASE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 
@@ -44,8 +44,8 @@ class Device:
     def __init__(self, layout: Layout, root: str = "/") -> None:
         self.layout = layout
         self.root = Path(root)
-        self.engines = Path(layout.state_dir) / "engines"
-        self.status_file = Path(layout.state_dir) / STATUS
+        self.engines = Path(layout.state_dir) / "engines"  # layout: already under root
+        self.status_file = Path(layout.engine_status)
 
     def status(self, state: str, **fields: object) -> None:
         data = {"state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -79,6 +79,13 @@ class Device:
             log(f"engine {engine.name} is built (cached)")
             self.status("ready", engine=engine.name)
             return engine
+        missing = [x for x in (s["python"], f"{s['checkout']}/examples") if not Path(x).exists()]
+        if missing:
+            self.status("failed", step="setup", reason=f"missing {', '.join(missing)}")
+            raise SystemExit(f"edge-llm-trtllm: TensorRT-LLM {s['version']} is not installed "
+                             f"here (no {', '.join(missing)}): install its wheel and checkout "
+                             "into the image (docs/orin.md), or set "
+                             "engine.tensorrt_llm.python/checkout to where they are")
         work = self.engines / f".build-{engine.name}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoint").mkdir(parents=True)
@@ -91,8 +98,8 @@ class Device:
             log(f"step {i}/{len(s['steps'])}: {' '.join(cmd)}")
             self.status("building", step=what, steps=f"{i}/{len(s['steps'])}",
                         since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
-            cmd = [s["python"], *cmd[1:]] if cmd[0] == "python3" else cmd
-            r = subprocess.run(cmd, cwd=s["examples"], stdin=subprocess.DEVNULL)
+            r = subprocess.run(self.step_argv(s, cmd), cwd=s["checkout"],
+                               stdin=subprocess.DEVNULL)
             if r.returncode != 0:
                 self.status("failed", step=what, exit=r.returncode)
                 shutil.rmtree(work, ignore_errors=True)
@@ -110,11 +117,30 @@ class Device:
         self.status("ready", engine=engine.name, build_seconds=round(time.time() - started))
         return engine
 
+    def step_argv(self, s: dict, cmd: list[str]) -> list[str]:
+        """A build step as run: the examples with the settings' Python, trtllm-build from
+        that Python's environment (else PATH), and - when systemd started us - in a scope
+        of its own capped at build_memory_max: the engine unit's MemoryMax is sized for
+        serving, and conversion and trtllm-build peak well above that."""
+        python = s["python"]
+        if cmd[0] == "python3":
+            cmd = [python, *cmd[1:]]
+        elif cmd[0] == "trtllm-build":
+            beside = Path(python).parent / "trtllm-build"
+            cmd = [str(beside) if beside.is_file() else cmd[0], *cmd[1:]]
+        limit = s.get("build_memory_max")
+        if limit and os.environ.get("INVOCATION_ID") and shutil.which("systemd-run"):
+            cmd = ["systemd-run", "--scope", "--quiet", "--collect",
+                   f"--unit=edge-llm-trtllm-build-{os.getpid()}",
+                   "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0", "--", *cmd]
+        return cmd
+
     def serve_argv(self, s: dict) -> list[str]:
         engine = self.engine_dir(s)
         model = str(self.root / s["model"].lstrip("/"))
-        return [s["python"], str(Path(s["examples"]) / "apps/openai_server.py"), str(engine),
-                "--tokenizer", model, "--host", "127.0.0.1", "--port", str(s["port"])]
+        server = Path(s["checkout"]) / "examples/apps/openai_server.py"
+        return [s["python"], str(server), str(engine), "--tokenizer", model,
+                "--host", "127.0.0.1", "--port", str(s["port"])]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,13 @@ class Engine(ABC):
         """Commands the unit runs before the engine (an engine built on the device)."""
         return []
 
+    def gateway_settings(self, layout: Layout) -> dict[str, Any]:
+        """What the gateway must know of this engine (gateway.json): the probe it answers
+        from its work loop, the engine's own request fields the gateway lets through
+        (of builder/gateway/validate.py's LLAMA_FIELDS; default: all of them), and the
+        status file of a build on the device."""
+        return {"engine_probe_path": self.probe.alive}
+
     def start_timeout(self, p: Profile) -> int:
         """Seconds loading may take before the unit's start fails."""
         return 600

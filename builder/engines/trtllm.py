@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..planner import BuildCheck, PlanInput
     from ..release import Inputs
 
+PREQUANTIZED = {"int4_gptq"}  # the release carries the quantized checkpoint itself
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
 TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
 BUILD_TIMEOUT = 4 * 3600  # seconds the first start may take: the engine is built then
@@ -91,7 +92,7 @@ class TrtLlm(Engine):
         return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
             f"TensorRT-LLM {t.version} for CUDA sm_{platform.cuda_arch}, run on the device "
             "(engines are specific to the GPU and the TensorRT version), in "
-            f"{t.examples_dir}: MODEL is the release's checkpoint, CHECKPOINT and ENGINE "
+            f"{t.checkout}: MODEL is the release's checkpoint, CHECKPOINT and ENGINE "
             "the device's work and cache directories"])
 
     def build(self, p: Profile, platform: Platform, cache: Cache, *,
@@ -104,15 +105,17 @@ class TrtLlm(Engine):
 
         model = get_model(p.model.id)
         budget = build_budget(p)
-        # Conversion or AWQ calibration holds the fp16 model plus activations; trtllm-build
-        # then holds the weights twice (the network and the serialized engine).
-        fp16 = model.n_params * 2
+        # Conversion (or AWQ calibration) holds its source checkpoint plus activations: the
+        # GPTQ checkpoint for int4_gptq, the fp16 model otherwise; trtllm-build then holds
+        # the weights twice (the network and the serialized engine).
         engine = weight_bytes(p.model.id, p.model.quant)
-        peak = max(int(fp16 * 1.25) + TOOLING_PEAK, engine * 2 + GiB)
+        source = engine if p.model.quant in PREQUANTIZED else model.n_params * 2
+        peak = max(int(source * 1.25) + TOOLING_PEAK, engine * 2 + GiB)
         ok = peak <= budget
-        advice = ("" if ok else "build the engine on a larger Orin of the same JetPack "
-                  "(engines are portable across one GPU family and TensorRT version), use "
-                  "engine.kind: llama.cpp (CUDA), or pick a smaller model")
+        advice = "" if ok else ", ".join([
+            *([] if p.model.quant in PREQUANTIZED else
+              ["use model.quant: int4_gptq (converted from its GPTQ checkpoint, no fp16 pass)"]),
+            "use engine.kind: llama.cpp (CUDA, built on the device)", "or pick a smaller model"])
         return BuildCheck(f"TensorRT-LLM engine build for {model.id} {p.model.quant}",
                           peak, budget, ok, advice)
 
@@ -128,6 +131,7 @@ class TrtLlm(Engine):
 
     def settings(self, i: Inputs, layout: Layout) -> dict[str, Any]:
         """engine/trtllm.json: what edge-llm-trtllm builds and serves on the device."""
+        from ..planner import build_budget
         from ..targets import TARGETS
 
         p = i.profile
@@ -135,9 +139,12 @@ class TrtLlm(Engine):
         platform = TARGETS[p.target].platform(p)
         return {"version": t.version, "quant": p.model.quant, "sm": platform.cuda_arch,
                 "model": f"{layout.model_dir}/{i.model.device_name}",
-                "model_sha256": i.model.sha256, "examples": t.examples_dir,
+                "model_sha256": i.model.sha256, "checkout": t.checkout,
                 "python": t.python, "port": p.service.engine_port,
-                "steps": self.recipe(p, platform).steps}
+                "steps": self.recipe(p, platform).steps,
+                # the build runs in a scope of its own with this cap (the engine unit's
+                # MemoryMax is sized for serving, and the build peaks higher)
+                "build_memory_max": build_budget(p)}
 
     def release_files(self, i: Inputs, tree: Path) -> None:
         from ..device.layout import DEFAULT as LAYOUT
@@ -159,13 +166,21 @@ class TrtLlm(Engine):
     def start_timeout(self, p: Profile) -> int:
         return BUILD_TIMEOUT
 
+    def gateway_settings(self, layout: Layout) -> dict[str, Any]:
+        # 0.12's OpenAI server refuses fields it does not know (pydantic extra="forbid");
+        # of llama.cpp's, it takes these (tensorrt_llm/serve/openai_protocol.py)
+        return {**super().gateway_settings(layout),
+                "engine_fields": ["ignore_eos", "min_p", "top_k"],
+                "engine_status_file": layout.engine_status}
+
     def device_access(self, platform: Platform) -> tuple[str, ...]:
         return platform.gpu_devices
 
     def memory(self, pin: PlanInput) -> dict[str, int]:
-        """Weights in the engine's precision; a paged fp16 KV cache for the slots (the
-        runtime is capped to it, not left to take kv_cache_free_gpu_mem_fraction of all
-        free memory); activations of one engine step; the runtime process."""
+        """Weights in the engine's precision; a paged fp16 KV cache for the slots;
+        activations of one engine step; the runtime process. (0.12's OpenAI server has no
+        option to bound its KV pool, which the LLM API sizes from free memory: the engine
+        unit's MemoryMax is what holds it to this plan; docs/orin.md.)"""
         m = pin.model.arch
         kv_slot = m.n_layer * 2 * m.n_embd_kv * 2 * pin.context_length
         step = pin.max_num_tokens * (4 * m.n_embd + 2 * m.n_ff) * 2

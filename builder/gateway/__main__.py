@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -15,8 +14,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import logs
 from .app import Gateway
 from .config import Config, ConfigError, load_keys
+from .connections import ConnectionPool, fd_budget
 
 log = logging.getLogger("edge_llm_gateway")
 
@@ -35,31 +36,51 @@ def sd_notify(state: str) -> None:
 
 
 async def serve(cfg: Config, keys: list[str], access_log: bool) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.loop_exception)
     gw = Gateway(cfg, keys)
-    kwargs = {"access_log": log if access_log else None}
-    # aiohttp >= 3.9 no longer cancels a handler whose client went away unless asked;
-    # we want that: a queued or non-streamed request then frees its place at once.
-    if "handler_cancellation" in inspect.signature(web.AppRunner.__init__).parameters:
-        kwargs["handler_cancellation"] = True
-    runner = web.AppRunner(gw.app(), **kwargs)
+    # aiohttp's server log goes through the throttle as one line per kind (aiohttp 3.8
+    # logs a traceback for every malformed request otherwise). Request bodies are never
+    # decompressed: aiohttp 3.8 inflates each chunk whole, and a 1 MB gzip body of zeros
+    # took the gateway to 290 MB; a compressed body gets a 415 instead.
+    runner = web.AppRunner(gw.app(), access_log=log if access_log else None,
+                           keepalive_timeout=cfg.keepalive_timeout, logger=logs.HTTP_LOG,
+                           auto_decompress=False)
     await runner.setup()
     tls = None
     if cfg.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, ssl_context=tls,
-                       shutdown_timeout=5)
-    await site.start()
+    # Our own listening socket rather than web.TCPSite: connections go through the guard
+    # (connections.py), which caps them and enforces the header and idle deadlines, and
+    # which cancels a handler whose client went away (aiohttp 3.8 cannot be asked to).
+    gw.pool = ConnectionPool(runner.server, max_connections=fd_budget(cfg.max_connections,
+                                                                      cfg.slots),
+                             header_timeout=cfg.header_timeout,
+                             idle_timeout=cfg.keepalive_timeout,
+                             on_close=lambda why: gw.m.connections_closed.labels(why).inc(),
+                             cancel_on_disconnect=True)
+    try:
+        server = await loop.create_server(
+            gw.pool, cfg.listen_host, cfg.listen_port, ssl=tls, backlog=511,
+            ssl_handshake_timeout=cfg.header_timeout if tls else None)
+    except BaseException:
+        await runner.cleanup()
+        raise
     scheme = "https" if tls else "http"
-    log.info("serving %s on %s://%s:%d, engine %s", cfg.model_id, scheme, cfg.listen_host,
-             cfg.listen_port, cfg.engine_url)
+    log.info("serving %s on %s://%s:%d, engine %s (%s), at most %d connections",
+             cfg.model_id, scheme, cfg.listen_host, cfg.listen_port, cfg.engine_url,
+             gw.engine.state, gw.pool.max_connections)
     sd_notify("READY=1")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     sd_notify("STOPPING=1")
+    server.close()
+    gw.pool.stop()
+    await runner.shutdown()
+    await runner.server.shutdown(5)  # type: ignore[union-attr]
     await runner.cleanup()
 
 
@@ -74,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="PEM private key")
     ap.add_argument("--access-log", action="store_true", help="log every request")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logs.setup()
     try:
         cfg = Config.load(a.config, keys_file=a.keys_file, listen_host=a.listen_host,
                           listen_port=a.listen_port, engine_url=a.engine_url,

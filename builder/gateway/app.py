@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
 import logging
-import math
-import time
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from . import boundedjson, validate
+from .admission import Admission, QueueFull
 from .config import Config
+from .connections import ConnectionPool
+from .engine import HUNG, UP, EngineMonitor
+from .errors import engine_message, engine_refused, error, unavailable
 from .metrics import CONTENT_TYPE, Metrics
 from .sse import StreamWatch, event
+
+__all__ = ["Admission", "Gateway", "QueueFull"]
 
 log = logging.getLogger("edge_llm_gateway")
 STATIC = Path(__file__).parent / "static"
@@ -27,56 +33,11 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+CLIENT_CLOSED = 499  # nginx's status for "the client went away first" (metrics only)
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error",
-          code: str | None = None, param: str | None = None,
-          headers: dict | None = None) -> web.Response:
-    """An OpenAI-style error object."""
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "param": param, "code": code}},
-        status=status, headers=headers)
-
-
-class QueueFull(Exception):
-    pass
-
-
-class Admission:
-    """At most `slots` requests at the engine; up to `max_queue` more wait in arrival
-    order; beyond that, refuse at once (429) rather than pile up on a small device."""
-
-    def __init__(self, slots: int, max_queue: int, metrics: Metrics) -> None:
-        self.slots, self.max_queue, self.m = slots, max_queue, metrics
-        self._sem = asyncio.Semaphore(slots)
-        self.waiting = 0
-        self._mean_seconds = 5.0  # recent request duration, for Retry-After
-
-    def retry_after(self) -> int:
-        return max(1, math.ceil(self._mean_seconds * (self.waiting + 1) / self.slots))
-
-    @contextlib.asynccontextmanager
-    async def slot(self):
-        if self._sem.locked():
-            if self.waiting >= self.max_queue:
-                raise QueueFull
-            self.waiting += 1
-            self.m.queue_depth.set(self.waiting)
-            try:
-                await self._sem.acquire()
-            finally:
-                self.waiting -= 1
-                self.m.queue_depth.set(self.waiting)
-        else:
-            await self._sem.acquire()
-        self.m.in_flight.inc()
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self._sem.release()
-            self.m.in_flight.dec()
-            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - start)
+class ClientGone(Exception):
+    """The client disconnected, or stopped reading and was dropped."""
 
 
 class Gateway:
@@ -85,14 +46,24 @@ class Gateway:
         self.keys = [k.encode() for k in keys]
         self.m = Metrics()
         self.admission = Admission(cfg.slots, cfg.max_queue, self.m)
+        self.engine = EngineMonitor(cfg.engine_url, interval=cfg.engine_probe_interval,
+                                    timeout=cfg.engine_probe_timeout,
+                                    hung_after=cfg.engine_hung_after,
+                                    path=cfg.engine_probe_path,
+                                    on_change=self._engine_changed)
+        self.limits = validate.Limits(cfg.max_tokens, cfg.model_id, cfg.slots,
+                                      frozenset(cfg.engine_fields))
         self.session: aiohttp.ClientSession | None = None
-        self.models = {cfg.model_id}
+        self.pool: ConnectionPool | None = None  # set by serve(): the connection guard
+        self._active: set[asyncio.Task] = set()  # /v1 completions, queued or running
+        self._hung_victims: set[asyncio.Task] = set()
+        self.m.engine_up.set(0)
 
     # --- plumbing ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_request_bytes,
-                              middlewares=[self.count, self.errors, self.auth])
+                              middlewares=[self.track, self.errors, self.auth])
         r = app.router
         r.add_get("/", self.index)
         r.add_static("/static/", STATIC, show_index=False)
@@ -116,44 +87,63 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             timeout=timeout, auto_decompress=False,
             connector=aiohttp.TCPConnector(limit=0, force_close=True))
-        probe = asyncio.ensure_future(self._probe_loop())
+        await self.engine.probe(self.session)  # /health knows the state from the start
+        probe = asyncio.ensure_future(self.engine.run(self.session))
         yield
         probe.cancel()
         await self.session.close()
 
-    async def _probe_loop(self) -> None:
-        while True:
-            await self.engine_ready()
-            await asyncio.sleep(5)
+    def _engine_changed(self, state: str) -> None:
+        self.m.engine_up.set(1 if state == UP else 0)
+        self.m.engine_hung.set(1 if state == HUNG else 0)
+        if state == HUNG:  # fail what waits on or runs at an engine that stopped answering
+            for task in self._active:
+                self._hung_victims.add(task)
+                task.cancel()
 
-    async def engine_ready(self) -> bool:
-        try:
-            async with self.session.get(self.cfg.engine_url + "/health",
-                                        timeout=aiohttp.ClientTimeout(total=2)) as r:
-                up = r.status == 200
-        except (TimeoutError, aiohttp.ClientError):
-            up = False
-        self.m.engine_up.set(1 if up else 0)
-        return up
+    def _hung_cancelled(self) -> bool:
+        """True (and the cancellation consumed) if the engine monitor cancelled us."""
+        task = asyncio.current_task()
+        if task not in self._hung_victims:
+            return False
+        self._hung_victims.discard(task)
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        return True
 
     @staticmethod
     async def _page_headers(request: web.Request, response: web.StreamResponse) -> None:
         if not request.path.startswith("/v1/"):
             response.headers.update(PAGE_HEADERS)
 
+    def _api(self, request: web.Request) -> bool:
+        """Routes that speak OpenAI errors and need the key."""
+        return request.path.startswith("/v1/") or (
+            request.path == "/metrics" and self.cfg.metrics_auth)
+
     @web.middleware
-    async def count(self, request: web.Request, handler):
+    async def track(self, request: web.Request, handler):
+        """The connection guard's BUSY state, and the requests counter."""
         route = request.match_info.route.resource
         label = route.canonical if route is not None else "unmatched"
-        status = 500
+        if self.pool is not None:
+            self.pool.started(request.protocol)
+        status = CLIENT_CLOSED
         try:
             response = await handler(request)
             status = response.status
+            if not response.prepared:
+                await self._flush(request, response)
             return response
         except web.HTTPException as e:
             status = e.status
             raise
+        except ClientGone:
+            status = CLIENT_CLOSED
+            return web.Response(status=CLIENT_CLOSED)  # nobody reads it; aiohttp drops it
         finally:
+            if self.pool is not None:
+                self.pool.finished(request.protocol)
             self.m.requests.labels(label, str(status)).inc()
 
     @web.middleware
@@ -162,18 +152,29 @@ class Gateway:
         try:
             return await handler(request)
         except web.HTTPException as e:
-            if not request.path.startswith("/v1/") or e.status < 400:
+            if not self._api(request) or e.status < 400:
                 raise
             if e.status == 413:
                 return error(413, f"request body larger than {self.cfg.max_request_bytes} "
                              "bytes", code="request_too_large")
             return error(e.status, e.reason, code=None)
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except ConnectionError as e:  # a write to a client that has gone
+            raise ClientGone from e
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            if not self._api(request):
+                raise
+            return error(500, "internal error in the gateway", kind="server_error",
+                         code="internal_error")
 
     @web.middleware
     async def auth(self, request: web.Request, handler):
-        if self.cfg.api_auth and request.path.startswith("/v1/"):
+        if self.cfg.api_auth and self._api(request):
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            given_b = given.strip().encode()
+            # never fails: a header that is not UTF-8 (surrogate-escaped) is just wrong
+            given_b = given.strip().encode("utf-8", "backslashreplace")
             # compare with every key, always: the time taken says nothing about which
             ok = False
             for key in self.keys:
@@ -192,11 +193,47 @@ class Gateway:
                                 headers={"Cache-Control": "no-cache"})
 
     async def health(self, request: web.Request) -> web.Response:
-        ok = await self.engine_ready()
-        return web.json_response({"status": "ok" if ok else "unavailable"},
-                                 status=200 if ok else 503)
+        """From the background probe's last result: cheap, and it never reaches the
+        engine, so hammering /health cannot load the engine."""
+        if self.engine.up:
+            return web.json_response({"status": "ok"})
+        body = {"status": "unavailable", "engine": self.engine.state}
+        build = self._build_status()
+        if build.get("state") in ("building", "failed"):
+            body["engine_build"] = build
+        return web.json_response(body, status=503, headers={"Retry-After": "2"})
+
+    def _build_status(self) -> dict:
+        """What an engine built on the device says of its build (edge-llm-trtllm writes
+        it), or {}: a missing or half-written file is no news."""
+        if not self.cfg.engine_status_file:
+            return {}
+        try:
+            status = json.loads(Path(self.cfg.engine_status_file).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def _engine_build(self) -> web.Response | None:
+        """503 naming the engine build in progress (or failed), else None."""
+        st = self._build_status()
+        step = f"{st.get('step', '?')} {st.get('steps', '')}".strip()
+        if st.get("state") == "building":
+            return error(503, f"the engine is being built on this device (step {step}, "
+                         f"since {st.get('since', '?')}); the first start with a new model "
+                         "or JetPack takes minutes to an hour: retry later",
+                         kind="server_error", code="engine_building",
+                         headers={"Retry-After": "60"})
+        if st.get("state") == "failed":
+            return error(503, f"the engine could not be built on this device (step {step}); "
+                         "`journalctl -u edge-llm-engine` on the device says why",
+                         kind="server_error", code="engine_build_failed",
+                         headers={"Retry-After": "300"})
+        return None
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.pool is not None:
+            self.m.connections.set(len(self.pool.open))
         return web.Response(body=self.m.exposition(),
                             headers={"Content-Type": CONTENT_TYPE})
 
@@ -217,52 +254,54 @@ class Gateway:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, "/v1/completions", chat=False)
 
-    def _check(self, body, chat: bool) -> web.Response | None:
-        """The request's shape and limits; an error response, or None when fine."""
-        if not isinstance(body, dict):
-            return error(400, "the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and model not in self.models:
-            return error(404, f"the model '{model}' does not exist on this appliance; "
-                         f"it serves '{self.cfg.model_id}' (GET /v1/models)",
-                         code="model_not_found", param="model")
-        if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) for m in msgs):
-                return error(400, "'messages' must be a non-empty list of message objects",
-                             param="messages")
-        elif not isinstance(body.get("prompt"), (str, list)):
-            return error(400, "'prompt' must be a string or a list", param="prompt")
-        named = [k for k in ("max_tokens", "max_completion_tokens", "n_predict")
-                 if body.get(k) is not None]
-        for k in named:
-            v = body[k]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                return error(400, f"'{k}' must be a positive integer, got {v!r}", param=k)
-            if v > self.cfg.max_tokens:
-                return error(400, f"'{k}' is {v}; this appliance allows at most "
-                             f"{self.cfg.max_tokens} tokens per request", param=k)
-        if not named:
-            body["max_tokens"] = self.cfg.max_tokens  # never an unbounded generation
-        n = body.get("n", 1)
-        if n != 1:
-            return error(400, "'n' must be 1 on this appliance", param="n")
-        return None
+    def _too_large(self) -> web.Response:
+        resp = error(413, f"request body larger than {self.cfg.max_request_bytes} bytes",
+                     code="request_too_large")
+        resp.force_close()
+        return resp
 
     async def _complete(self, request: web.Request, path: str, chat: bool):
-        raw = await request.read()
+        """Admission first (a place in the queue), then the body (read within
+        body_timeout, measured before it is parsed), then a slot, then parsing and
+        validation: memory is bounded by places x max_request_bytes raw, and by slots
+        parsed bodies."""
+        if (request.content_length or 0) > self.cfg.max_request_bytes:
+            return self._too_large()
+        if request.headers.get("Content-Encoding", "identity").strip().lower() not in (
+                "", "identity"):
+            resp = error(415, "compressed request bodies are not accepted; send plain "
+                         "JSON", code="unsupported_encoding")
+            resp.force_close()
+            return resp
+        if self.engine.hung:
+            return unavailable("it stopped answering")
+        if not self.engine.up and (building := self._engine_build()) is not None:
+            return building  # no use queueing for an engine that is minutes away
+        task = asyncio.current_task()
+        self._active.add(task)
         try:
-            body = json.loads(raw)
-        except ValueError as e:
-            return error(400, f"the request body is not valid JSON: {e}")
-        bad = self._check(body, chat)
-        if bad is not None:
-            return bad
-        stream = bool(body.get("stream"))
-        try:
-            async with self.admission.slot():
-                return await self._forward(request, path, body, stream, chat)
+            async with self.admission.place() as place:
+                raw = await self._read_body(request)
+                if isinstance(raw, web.Response):
+                    return raw
+                values, depth = boundedjson.measure(raw)
+                if depth > self.cfg.max_json_depth or values > self.cfg.max_json_values:
+                    # refused before it waits for a slot; parse() words the reason
+                    bad = boundedjson.parse(raw, max_depth=self.cfg.max_json_depth,
+                                            max_values=self.cfg.max_json_values)
+                    assert isinstance(bad, boundedjson.JsonError)
+                    return error(400, bad.message, code=bad.code)
+                await place.slot()
+                body = boundedjson.parse(raw, max_depth=self.cfg.max_json_depth,
+                                         max_values=self.cfg.max_json_values)
+                del raw
+                if isinstance(body, boundedjson.JsonError):
+                    return error(400, body.message, code=body.code)
+                req = (validate.chat if chat else validate.completion)(body, self.limits)
+                del body
+                if isinstance(req, validate.Invalid):
+                    return error(req.status, req.message, code=req.code, param=req.param)
+                return await self._forward(request, path, req, chat)
         except QueueFull:
             self.m.rejected.inc()
             return error(429, f"all {self.cfg.slots} engine slots are busy and "
@@ -270,47 +309,114 @@ class Gateway:
                          kind="rate_limit_error", code="queue_full",
                          headers={"Retry-After": str(self.admission.retry_after())})
         except asyncio.CancelledError:
-            self.m.client_disconnects.inc()  # aiohttp cancels the handler on disconnect
+            if self._hung_cancelled():
+                return unavailable("it stopped answering")
+            self.m.client_disconnects.inc()  # the client went away (aiohttp cancels)
             raise
+        except ClientGone:
+            self.m.client_disconnects.inc()
+            raise
+        finally:
+            self._active.discard(task)
+            self._hung_victims.discard(task)
 
-    def _unavailable(self, why: str) -> web.Response:
-        log.warning("engine unavailable: %s", why)
-        self.m.engine_up.set(0)
-        return error(503, f"the engine is not available ({why}); it restarts by itself, "
-                     "retry shortly", kind="server_error", code="engine_unavailable",
-                     headers={"Retry-After": "2"})
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        try:
+            async with asyncio.timeout(self.cfg.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            self.m.connections_closed.labels("body_timeout").inc()
+            resp = error(408, f"the request body did not arrive within "
+                         f"{self.cfg.body_timeout:g} s", code="request_timeout")
+            resp.force_close()
+            return resp
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        except web.RequestPayloadError as e:  # malformed chunked encoding, bad gzip
+            resp = error(400, f"the request body is malformed: {e}", code="invalid_body")
+            resp.force_close()
+            return resp
+        except ConnectionError as e:
+            raise ClientGone from e
 
-    async def _forward(self, request: web.Request, path: str, body: dict, stream: bool,
+    async def _forward(self, request: web.Request, path: str, body: dict,
                        chat: bool) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical
+        param = "messages" if chat else "prompt"
         try:
-            upstream = await self.session.post(self.cfg.engine_url + path, json=body)
-        except (TimeoutError, aiohttp.ClientConnectionError) as e:
-            return self._unavailable(type(e).__name__)
+            upstream = await self.session.post(
+                self.cfg.engine_url + path, data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"})
+        except (TimeoutError, aiohttp.ClientError) as e:
+            os_error = getattr(e, "os_error", None)
+            if getattr(os_error, "errno", None) in (errno.EMFILE, errno.ENFILE):
+                return error(503, "the gateway is out of file descriptors; retry shortly",
+                             kind="server_error", code="gateway_overloaded",
+                             headers={"Retry-After": "2"})
+            self.engine.failed(type(e).__name__)
+            return self._engine_build() or unavailable(type(e).__name__)
         try:
-            if upstream.status != 200 or not stream:
+            if upstream.status != 200:
+                return await self._refused(upstream, param)
+            if not body.get("stream"):
                 return await self._whole(upstream, route)
             return await self._stream(request, upstream, route, chat)
         finally:
             upstream.close()  # not returned to the pool half-read: the engine sees EOF
 
+    async def _refused(self, upstream: aiohttp.ClientResponse, param: str) -> web.Response:
+        """The engine did not take the request: its 4xx goes on as a 4xx; a 5xx is an
+        outage only if the engine also stops answering its probe."""
+        try:
+            data = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as e:
+            self.engine.failed(type(e).__name__)
+            return unavailable(f"{type(e).__name__} while reading its reply")
+        if upstream.status == 503 or (upstream.status >= 500
+                                      and not await self.engine.probe(self.session)):
+            message, _ = engine_message(data)
+            self.engine.failed(f"answered {upstream.status}")
+            return unavailable(f"it answered {upstream.status}: {message[:200]}")
+        log.info("engine refused a request with %d: %s", upstream.status,
+                 engine_message(data)[0][:200])
+        return engine_refused(upstream.status, data, param)
+
     async def _whole(self, upstream: aiohttp.ClientResponse, route: str) -> web.Response:
         try:
             data = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as e:
-            return self._unavailable(f"{type(e).__name__} while reading its reply")
-        headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json")}
-        if upstream.status == 503:
-            headers["Retry-After"] = "2"
-        if upstream.status == 200:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                reply = json.loads(data)
-                self.m.completion_tokens.labels(route).inc(
-                    reply["usage"]["completion_tokens"])
-                tps = (reply.get("timings") or {}).get("predicted_per_second")
-                if tps:
-                    self.m.decode_tps.labels(route).observe(tps)
-        return web.Response(body=data, status=upstream.status, headers=headers)
+            self.engine.failed(type(e).__name__)
+            return unavailable(f"{type(e).__name__} while reading its reply")
+        with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+            reply = json.loads(data)
+            self.m.completion_tokens.labels(route).inc(reply["usage"]["completion_tokens"])
+            tps = (reply.get("timings") or {}).get("predicted_per_second")
+            if tps:
+                self.m.decode_tps.labels(route).observe(tps)
+        return web.Response(body=data, headers={
+            "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+
+    async def _flush(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Send a whole reply (JSON, a static file) while the connection still counts as
+        busy, within write_timeout: the connection guard may close an idle connection,
+        and a reader that stops reading a file must not hold it forever. aiohttp's own
+        prepare and write_eof after this do nothing."""
+        await self._send(request, response.prepare(request))
+        await self._send(request, response.write_eof())
+
+    async def _send(self, request: web.Request, write) -> None:
+        """One write to the client, within write_timeout: a client that stops reading
+        is dropped, which frees its slot and (upstream closed) its generation."""
+        try:
+            async with asyncio.timeout(self.cfg.write_timeout):
+                await write
+        except TimeoutError:
+            self.m.connections_closed.labels("write_timeout").inc()
+            if request.transport is not None:
+                request.transport.abort()
+            raise ClientGone("stopped reading") from None
+        except ConnectionError as e:  # incl. aiohttp's ClientConnectionResetError
+            raise ClientGone(str(e)) from e
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                       route: str, chat: bool) -> web.StreamResponse:
@@ -318,34 +424,35 @@ class Gateway:
         resp = web.StreamResponse(headers={
             "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
+        await self._send(request, resp.prepare(request))
         failure = None
         try:
             # each chunk goes out as it arrives: no buffering between engine and client
             async for chunk in upstream.content.iter_any():
                 watch.feed(chunk)
-                await resp.write(chunk)
-        except ConnectionResetError:  # the client left: dropping upstream cancels the work
-            self.m.client_disconnects.inc()
-            return resp
-        except (TimeoutError, aiohttp.ClientError) as e:
+                await self._send(request, resp.write(chunk))
+        except (TimeoutError, aiohttp.ClientError) as e:  # the engine's side
             failure = type(e).__name__
+        except asyncio.CancelledError:
+            if not self._hung_cancelled():
+                raise
+            failure = "it stopped answering"
         if not watch.done and not watch.error:
             failure = failure or "the stream ended without [DONE]"
         if failure:
             log.warning("stream ended by the engine: %s", failure)
             self.m.stream_errors.inc()
-            self.m.engine_up.set(0)
-            with contextlib.suppress(ConnectionResetError):
-                await resp.write(event({"error": {
+            self.engine.failed(failure)
+            with contextlib.suppress(ClientGone):
+                await self._send(request, resp.write(event({"error": {
                     "message": f"the engine stopped mid-reply ({failure}); it restarts by "
                                "itself, retry shortly",
-                    "type": "server_error", "param": None, "code": "engine_unavailable"}}))
+                    "type": "server_error", "param": None, "code": "engine_unavailable"}})))
         if watch.ttft is not None:
             self.m.ttft.labels(route).observe(watch.ttft)
             self.m.completion_tokens.labels(route).inc(watch.tokens)
         if watch.decode_tps is not None:
             self.m.decode_tps.labels(route).observe(watch.decode_tps)
-        with contextlib.suppress(ConnectionResetError):
-            await resp.write_eof()
+        with contextlib.suppress(ClientGone):
+            await self._send(request, resp.write_eof())
         return resp

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .validate import LLAMA_FIELDS
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the file and the field."""
@@ -23,6 +25,22 @@ class Config:
     max_request_bytes: int = 1 << 20
     max_tokens: int = 1024  # per request; also the default when a request names none
     request_timeout: float = 600.0  # seconds without a byte from the engine
+    # the public port's deadlines and caps (docs/gateway.md, "Limits and errors")
+    header_timeout: float = 10.0  # to send a complete request head (and a TLS handshake)
+    keepalive_timeout: float = 15.0  # an idle keep-alive connection is closed after this
+    body_timeout: float = 30.0  # to send the whole request body
+    write_timeout: float = 30.0  # a write to a client that stalls this long drops it
+    max_connections: int = 1024  # open client connections; the oldest idle one gives way
+    max_json_depth: int = 64  # nesting of a request body
+    max_json_values: int = 100_000  # values in a request body (bounds its parsed size)
+    engine_probe_interval: float = 2.0  # seconds between probes of the engine
+    engine_probe_timeout: float = 5.0  # a probe unanswered this long is a miss
+    engine_hung_after: int = 2  # misses in a row: the engine is hung, /v1 gets 503
+    metrics_auth: bool = True  # /metrics needs the API key too
+    # what the release's engine is (builder/engines: Engine.gateway_settings)
+    engine_probe_path: str = "/metrics"  # answered only while the engine's loop turns
+    engine_fields: list = field(default_factory=lambda: sorted(LLAMA_FIELDS))  # its own
+    engine_status_file: str = ""  # where an engine built on the device says how it goes
     api_auth: bool = True
     keys_file: str = "/etc/edge-llm/api-keys"
     tls_cert: str = ""
@@ -53,13 +71,26 @@ class Config:
                   "int": isinstance(value, int) and not isinstance(value, bool),
                   "float": isinstance(value, (int, float)) and not isinstance(value, bool),
                   "bool": isinstance(value, bool),
-                  "dict": isinstance(value, dict)}[want]
+                  "dict": isinstance(value, dict),
+                  "list": isinstance(value, list)}[want]
             if not ok:
                 raise ConfigError(f"{path}: {key}: expected {want}, got {value!r}")
         cfg = cls(**raw)
-        for key in ("slots", "max_request_bytes", "max_tokens", "listen_port"):
+        unknown = [f for f in cfg.engine_fields if f not in LLAMA_FIELDS]
+        if unknown:
+            raise ConfigError(f"{path}: engine_fields: {unknown[0]!r} is not a request field "
+                              f"the gateway checks (known: {', '.join(sorted(LLAMA_FIELDS))})")
+        if not cfg.engine_probe_path.startswith("/"):
+            raise ConfigError(f"{path}: engine_probe_path: a path, starting with /")
+        for key in ("slots", "max_request_bytes", "max_tokens", "listen_port",
+                    "max_connections", "max_json_depth", "max_json_values",
+                    "engine_hung_after"):
             if getattr(cfg, key) < 1:
                 raise ConfigError(f"{path}: {key}: must be at least 1")
+        for key in ("request_timeout", "header_timeout", "keepalive_timeout", "body_timeout",
+                    "write_timeout", "engine_probe_interval", "engine_probe_timeout"):
+            if not getattr(cfg, key) > 0:
+                raise ConfigError(f"{path}: {key}: must be more than 0 seconds")
         if cfg.max_queue < 0:
             raise ConfigError(f"{path}: max_queue: must be 0 or more")
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
@@ -68,13 +99,25 @@ class Config:
 
 
 def load_keys(path: str) -> list[str]:
-    """API keys, one per line; blank lines and #comments are ignored."""
+    """API keys, one per line, as people write them: blank lines, # comments (whole-line
+    or after a key), spaces around a key, CRLF line ends and a UTF-8 byte order mark are
+    all fine. A key is one word: no spaces and no '#'."""
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the API keys: {e.strerror}") from None
-    keys = [ln.strip() for ln in text.splitlines()
-            if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the API keys file is not UTF-8 text") from None
+    keys = []
+    for n, line in enumerate(text.splitlines(), 1):
+        key = line.split("#", 1)[0].strip()
+        if not key:
+            continue
+        if len(key.split()) > 1:
+            raise ConfigError(f"{path}: line {n}: one key per line, without spaces")
+        keys.append(key)
     if not keys:
         raise ConfigError(f"{path}: no API key in the file (one per line)")
     return keys

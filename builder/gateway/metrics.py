@@ -43,7 +43,14 @@ class Metrics:
         self.in_flight = Gauge(P + "in_flight", "Requests holding an engine slot",
                                registry=r)
         self.engine_up = Gauge(P + "engine_up", "1 when the engine answered its last "
-                               "health check", registry=r)
+                               "probe (GET /metrics, through its task queue)", registry=r)
+        self.engine_hung = Gauge(P + "engine_hung", "1 while the engine accepts "
+                                 "connections but its probes get no answer", registry=r)
+        self.connections = Gauge(P + "connections", "Open client connections", registry=r)
+        self.connections_closed = Counter(
+            P + "connections_closed", "Client connections the gateway closed, by reason "
+            "(header_timeout, idle_timeout, body_timeout, write_timeout, evicted, refused)",
+            ["reason"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -92,8 +92,9 @@ def test_chat_page_loads_with_its_assets(api_url: str) -> None:
             assert r.status == 200, asset
 
 
-def test_metrics_are_exposed(api_url: str) -> None:
-    with _request(api_url + "/metrics", timeout=30) as r:
+def test_metrics_are_exposed_with_the_key_only(api_url: str, api_key: str) -> None:
+    assert _request(api_url + "/metrics", timeout=30).status == 401
+    with _request(api_url + "/metrics", key=api_key, timeout=30) as r:
         text = r.read().decode()
     assert "edge_llm_gateway_requests_total" in text
     assert re.search(r"^edge_llm_gateway_engine_up 1\.0$", text, re.M)
