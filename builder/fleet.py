@@ -24,6 +24,7 @@ from typing import Any
 
 from .data import data_dir
 from .errors import BuilderError, display_path
+from .log import console
 from .progress import step
 from .provision import ansible_env, inventory_hosts, parse_recap
 from .release import Bundle
@@ -173,11 +174,21 @@ def _outcomes(hosts: list[str], recap: dict, output: str, reports: Path,
     return out
 
 
+def gate_for(manifest: dict[str, Any], gate_timeout: int) -> int:
+    """The health gate's timeout for a release: at least the time its engine may take to
+    be built on the device at its first start (TensorRT-LLM), else the one asked for."""
+    return max(gate_timeout, manifest["engine"].get("build_seconds") or 0)
+
+
 def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: list,
            max_fail: float, gate_timeout: int, keep: int, bwlimit_kbps: int,
            limit: str | None = None) -> list[HostOutcome]:
     hosts = list(inventory_hosts(inventory))
     m = bundle.manifest
+    if gate_for(m, gate_timeout) > gate_timeout:
+        gate_timeout = gate_for(m, gate_timeout)
+        console.print(f"{m['engine']['kind']} engines are built on each device at their "
+                      f"first start: the health gate waits up to {gate_timeout}s")
     reports = work / "hosts"
     reports.mkdir(parents=True, exist_ok=True)
     for f in reports.glob("*.json"):

@@ -214,7 +214,11 @@ def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
             "engine": {"kind": p.engine.kind, "cache_key": i.engine_key,
                        "probe": {"ready": e.probe.ready, "alive": e.probe.alive},
                        "port": p.service.engine_port,
-                       "watchdog_seconds": p.service.engine_watchdog},
+                       "watchdog_seconds": p.service.engine_watchdog,
+                       # an engine the device builds at its first start: how long that
+                       # may take, which a deploy's health gate must wait out
+                       "build_seconds": e.start_timeout(p) if i.engine_dir is None
+                       else None},
             "gateway": {"port": p.service.port, "tls": bool(p.service.tls_cert),
                         "api_auth": p.service.api_auth, "cache_key": i.gateway_key},
             "model": {"id": i.model_id, "sha256": m.sha256, "quant": m.quant,

@@ -117,6 +117,12 @@ def built(dev: OrinDevice) -> list[Path]:
 
 
 def test_the_release_carries_the_recipe_the_device_runs(orin: OrinDevice) -> None:
+    from builder.engines.trtllm import BUILD_TIMEOUT
+    from builder.fleet import gate_for
+
+    manifest = json.loads((orin.release / "release.json").read_text())
+    assert manifest["engine"]["build_seconds"] == BUILD_TIMEOUT
+    assert gate_for(manifest, 300) == BUILD_TIMEOUT  # a deploy waits out the first build
     s = json.loads(orin.settings.read_text())
     assert s["quant"] == "int4_gptq" and s["sm"] == "87" and s["version"] == "0.12.0-jetson"
     assert s["build_memory_max"] == build_budget(orin.profile)
