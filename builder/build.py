@@ -34,7 +34,7 @@ from .run import run
 from .schema import ModelSource, Profile
 from .sshkey import allowed_signers_line, signing_key
 from .targets import TARGETS, Delivery, Target
-from .units import MiB
+from .units import MiB, format_size
 
 
 class DoesNotFit(BuilderError):
@@ -115,6 +115,11 @@ def check_plan(ctx: BuildContext) -> None:
     if ctx.plan.verdict is planner.Verdict.NO_FIT:
         raise DoesNotFit(f"{ctx.name}: the model does not fit the device: {ctx.plan.reason}; "
                          f"`builder plan --profile {ctx.name}` shows what would")
+    b = planner.build_check(ctx.p)
+    if b and not b.ok:  # the device could serve it but never build it: say so now
+        raise DoesNotFit(f"{ctx.name}: {b.what} on the device peaks near "
+                         f"{format_size(b.peak)}, more than its {format_size(b.budget)}: "
+                         f"{b.advice}")
 
 
 def build_engine(ctx: BuildContext) -> None:

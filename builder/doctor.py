@@ -39,6 +39,7 @@ NEEDS: tuple[Need, ...] = (
     Need("xz", "xz-utils", "image"),
     Need("cpio", "cpio", "image"),
     Need("debugfs", "e2fsprogs", "image"),
+    Need("bzip2", "bzip2", "image"),  # NVIDIA's .tbz2 BSP and sample rootfs
     Need("qemu-img", "qemu-utils", "vm"),
     Need("ssh", "openssh-client", "vm"),
     Need("qemu-system-x86_64", "qemu-system-x86", "vm-x86"),
@@ -46,10 +47,16 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-system-aarch64", "qemu-system-arm", "vm-arm64"),
     Need("rsync", "rsync", "fleet"),
     Need("ssh", "openssh-client", "fleet"),
-    # only the test suite: the chat page in a real browser, a TLS certificate
+    # only the test suite: the chat page in a real browser, a TLS certificate, and the
+    # stand-ins for Raspberry Pi's signed apt repository and NVIDIA's tools (tests/fakes)
     Need("chromium", "chromium", "test"),
     Need("chromedriver", "chromium-driver", "test"),
     Need("openssl", "openssl", "test"),
+    Need("apt-ftparchive", "apt-utils", "test"),
+    Need("gpg", "gnupg", "test"),
+    Need("gpgv", "gpgv", "test"),
+    Need("dtc", "device-tree-compiler", "test"),
+    Need("fakeroot", "fakeroot", "test"),
 )
 STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
 BUILD_STAGES = tuple(s for s in STAGES if s != "test")  # what `builder doctor` checks

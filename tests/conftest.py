@@ -121,13 +121,6 @@ def x86_engine(artifact_cache):
 
 
 @pytest.fixture(scope="session")
-def pi5_engine(artifact_cache):
-    from builder.testing import engine_for
-
-    return engine_for("pi5-4gb", artifact_cache)
-
-
-@pytest.fixture(scope="session")
 def llama_source(artifact_cache):
     from builder import sources
 
@@ -188,6 +181,43 @@ def appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
 @pytest.fixture(scope="session")
 def manifest(appliance: Path) -> dict:
     return json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+
+
+# --- the arm64 build: one Pi 5 appliance; its rootfs also stands in for NVIDIA's sample rootfs
+
+@pytest.fixture(scope="session")
+def pi5_appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
+    """OUT root of one pi5-test build (profile pi5-test, extending pi5-4gb): kernel and
+    firmware from the Raspberry Pi repository stand-in (tests/fakes/rpi), the tiny Qwen2
+    model, and the virt kernel and initramfs QEMU boots it with (--with-vm-image)."""
+    from fakes.rpi import make_repo
+
+    base = tmp_path_factory.mktemp("pi5")
+    repo = make_repo(base / "repo")
+    profiles = base / "profiles"
+    profiles.mkdir()
+    (profiles / "pi5-test.yaml").write_text(
+        "extends: pi5-4gb\n"
+        "pi5:\n"
+        f"  apt: {{url: {repo.root}, keyring: {repo.keyring}}}\n"
+        "verify:  # a VM emulating arm64 on x86, not a Pi 5: slow by design\n"
+        "  min_decode_tps: 0.2\n"
+        "  max_ttft_ms: 300000\n")
+    out = base / "out"
+    r = run_builder_session("build", "--profile", "pi5-test", "--profiles-dir", str(profiles),
+                            "--model-file", str(tiny_q4), "--with-vm-image", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (out / "profiles").symlink_to(profiles)
+    return out
+
+
+@pytest.fixture(scope="session")
+def arm64_rootfs_tar(pi5_appliance: Path, artifact_cache) -> Path:
+    """The pi5 build's Debian arm64 rootfs tarball (cached): every package the roles need."""
+    key = json.loads((pi5_appliance / "pi5-test/manifest.json").read_text()
+                     )["inputs"]["rootfs_key"]
+    return next(e.out / "rootfs.tar" for e in artifact_cache.entries()
+                if e.kind == "rootfs" and e.key == key)
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,23 @@ def test_a_model_that_does_not_fit_is_refused_before_building(workdir: Path, cli
     assert not (workdir / "out").exists() or not any((workdir / "out").iterdir())
 
 
+def test_an_engine_the_device_could_serve_but_never_build_is_refused(workdir: Path,
+                                                                   cli) -> None:
+    """Qwen2.5-3B int8 weight-only fits an Orin Nano 8GB to serve, but converting it on the
+    board holds the fp16 model: the build says so before it starts, and what would do."""
+    (workdir / "profiles").mkdir()
+    (workdir / "profiles/nano-3b.yaml").write_text(
+        "extends: orin-nano-8gb\nmodel:\n  id: qwen2.5-3b-instruct\n  quant: int8_wo\n"
+        "  source: {hf_repo: Qwen/Qwen2.5-3B-Instruct}\n")
+    assert "verdict: fits" in cli("plan", "--profile", "nano-3b").out
+    r = cli("build", "--profile", "nano-3b", "--out", "out")
+    assert r.code == 3
+    assert r.err.startswith("error: nano-3b: TensorRT-LLM engine build for qwen2.5-3b-instruct "
+                            "int8_wo on the device peaks near ")
+    assert "model.quant: int4_gptq" in r.err and "engine.kind: llama.cpp" in r.err
+    assert not (workdir / "out").exists() or not any((workdir / "out").iterdir())
+
+
 def test_a_missing_host_tool_is_named(run_builder, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

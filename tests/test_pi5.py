@@ -14,37 +14,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fakes.rpi import make_raspios_image, make_repo
+from fakes.rpi import make_raspios_image
 
 from builder.cache import sha256_file
 from builder.run import run
 
 pytestmark = pytest.mark.slow
-PROFILE = "pi5-test"
+PROFILE = "pi5-test"  # conftest.pi5_appliance
 SECTOR = 512
 
 
 @pytest.fixture(scope="module")
-def pi5(tmp_path_factory, tiny_q4: Path, pi5_engine, run_builder_session) -> Path:
-    """OUT root of one pi5 build: the fake repository for kernel and firmware, the tiny
-    Qwen2 model, and what QEMU needs to boot it."""
-    base = tmp_path_factory.mktemp("pi5")
-    repo = make_repo(base / "repo")
-    profiles = base / "profiles"
-    profiles.mkdir()
-    (profiles / f"{PROFILE}.yaml").write_text(
-        "extends: pi5-4gb\n"
-        "pi5:\n"
-        f"  apt: {{url: {repo.root}, keyring: {repo.keyring}}}\n"
-        "verify:  # a VM emulating arm64 on x86, not a Pi 5: slow by design\n"
-        "  min_decode_tps: 0.2\n"
-        "  max_ttft_ms: 300000\n")
-    out = base / "out"
-    r = run_builder_session("build", "--profile", PROFILE, "--profiles-dir", str(profiles),
-                            "--model-file", str(tiny_q4), "--with-vm-image", "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    (out / "profiles").symlink_to(profiles)
-    return out
+def pi5(pi5_appliance: Path) -> Path:
+    return pi5_appliance
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +129,11 @@ def test_the_image_boots_in_qemu_virt_and_passes_builder_verify(pi5: Path, start
 
 # --- the raspios base: a Raspberry Pi OS image customised ----------------------------------
 
-def test_a_raspios_image_gives_its_rootfs_and_boot_files(pi5: Path, built: dict,
+def test_a_raspios_image_gives_its_rootfs_and_boot_files(arm64_rootfs_tar: Path,
                                                         artifact_cache, tmp_path: Path) -> None:
     from builder.rootfs import from_image
 
-    tarball = next(e.out / "rootfs.tar" for e in artifact_cache.entries()
-                   if e.kind == "rootfs" and e.key == built["inputs"]["rootfs_key"])
+    tarball = arm64_rootfs_tar
     img = make_raspios_image(tarball, tmp_path / "raspios", compress=True)
     got = from_image.build(from_image.ImageSpec(
         image=img, sha256=sha256_file(img), arch="arm64", qemu="aarch64",

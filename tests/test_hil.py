@@ -1,0 +1,62 @@
+"""Real hardware, in the lab (`pytest --hil -k hil`): the Pi 5 and Jetson Orin builds of
+this checkout, flashed and verified on the boards. Everything else in the suite runs
+these paths against stand-ins (tests/fakes); these tests are what the stand-ins stand in
+for. Where the boards are comes from the environment:
+
+  EDGE_LLM_HIL_OUT    the `builder build --out` directory holding the builds
+  EDGE_LLM_HIL_PI5    ssh://edge@pi5.lab (a Pi 5 booted from that build's image)
+  EDGE_LLM_HIL_ORIN   ssh://edge@orin.lab (an Orin flashed from that build's package)
+  EDGE_LLM_HIL_ORIN_RECOVERY=1  an Orin is in recovery mode on this host's USB (flash test)
+  EDGE_LLM_HIL_PI5_PROFILE, EDGE_LLM_HIL_ORIN_PROFILE  (default pi5-8gb, orin-nano-8gb)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.hil
+
+
+def need(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"set {var} (see tests/test_hil.py)")
+    return value
+
+
+def builder(*args: str, timeout: int = 7200) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("builder")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def verify(profile: str, host: str) -> None:
+    out = need("EDGE_LLM_HIL_OUT")
+    api = "http://" + host.removeprefix("ssh://").split("@")[-1].split(":")[0] + ":8080"
+    r = builder("verify", "--profile", profile, "--out", out, "--host", host,
+                "--api-url", api)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+def test_pi5_appliance_passes_builder_verify_on_the_board() -> None:
+    verify(os.environ.get("EDGE_LLM_HIL_PI5_PROFILE", "pi5-8gb"), need("EDGE_LLM_HIL_PI5"))
+
+
+def test_orin_builds_its_engine_and_passes_builder_verify_on_the_board() -> None:
+    """The first boot builds the TensorRT-LLM engine (minutes to an hour); verify waits
+    for the engine unit, then holds the board to the profile's TTFT and decode rates."""
+    verify(os.environ.get("EDGE_LLM_HIL_ORIN_PROFILE", "orin-nano-8gb"),
+           need("EDGE_LLM_HIL_ORIN"))
+
+
+def test_orin_flashes_over_usb_in_recovery_mode() -> None:
+    need("EDGE_LLM_HIL_ORIN_RECOVERY")
+    r = builder("flash", "--profile",
+                os.environ.get("EDGE_LLM_HIL_ORIN_PROFILE", "orin-nano-8gb"),
+                "--out", need("EDGE_LLM_HIL_OUT"), "--yes")
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
