@@ -44,7 +44,12 @@ def run(
 
     Output goes line by line to `log_file` (appended) and `on_line` (progress)."""
     args = [str(c) for c in cmd]
-    exe = which(args[0], "run `builder doctor --install` to get the host packages")
+    if "/" in args[0]:  # a script given by path (./apply_binaries.sh): relative to cwd
+        exe = os.path.join(cwd or ".", args[0])
+        if not os.access(exe, os.X_OK):
+            raise ToolError(f"{what}: {exe} is missing or not executable")
+    else:
+        exe = which(args[0], "run `builder doctor --install` to get the host packages")
     args[0] = exe
     full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
     log.debug("run: %s", " ".join(args))

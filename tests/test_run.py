@@ -62,3 +62,14 @@ def test_a_stopped_builder_ends_the_tools_it_started(tmp_path: Path, sig: int) -
             break
         time.sleep(0.1)
     assert not _alive(child), "the tool outlived the builder"
+
+
+def test_a_script_given_by_path_runs_from_the_working_directory(tmp_path: Path) -> None:
+    """NVIDIA's tools are run as ./apply_binaries.sh in Linux_for_Tegra/: the path is
+    the working directory's, not the builder's, and a missing one says so."""
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\npwd\n")
+    script.chmod(0o755)
+    assert run(["./tool.sh"], what="the tool", cwd=tmp_path).strip() == str(tmp_path)
+    with pytest.raises(ToolError, match=r"the tool: .*/nothing.sh is missing"):
+        run(["./nothing.sh"], what="the tool", cwd=tmp_path)

@@ -45,6 +45,7 @@ class RpiLayout:
     boot_size: int = 512 * MiB
     boot_label: str = "bootfs"
     root_label: str = "rootfs"
+    compress: str = "xz"  # the compressed copy: image.COMPRESSORS
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def boot_files(rootfs: Path, layout: RpiLayout) -> Path:
 def make_image(rootfs: Path, out_dir: Path, layout: RpiLayout, *, name: str,
                disk_size: int | None, seed: str, log_file: Path | None = None
                ) -> ImageResult:
-    """out_dir/<name> (+ .bmap, .xz) from the tree at `rootfs`: the FAT takes its
+    """out_dir/<name> (+ .bmap, .xz or .zst) from the tree at `rootfs`: the FAT takes its
     /boot/firmware (then emptied: the mount point stays), /etc/fstab is written by
     PARTUUID. Built in a temporary directory and renamed into place."""
     fw = boot_files(rootfs, layout)
@@ -172,4 +173,4 @@ def make_image(rootfs: Path, out_dir: Path, layout: RpiLayout, *, name: str,
                       (tmp / "root.img", plan.root_offset)], log_file)
         return publish(tmp, out_dir, name, root_partuuid=ids.root_partuuid,
                        kernel_version=layout.kernel_image, log_file=log_file,
-                       compress="xz")
+                       compress=layout.compress)

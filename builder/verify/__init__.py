@@ -96,7 +96,7 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
                "api_url": api_url, "verify": thresholds})}
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider",
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
-           f"--junitxml={junit}", "-o", "junit_family=xunit2", "--rootdir", str(SUITE),
+           f"--junitxml={junit}", "-o", "junit_family=xunit1", "--rootdir", str(SUITE),
            "-v", *(["-k", select] if select else []), *(extra_args or [])]
     rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
     if rc == 5:

@@ -78,6 +78,9 @@ class Pi5Settings(TargetSettings):
     cmdline: str = Field("console=serial0,115200 console=tty1 rootfstype=ext4 "
                          "fsck.repair=yes rootwait",
                          description="cmdline.txt after root=PARTUUID=<disk id>-02.")
+    compress: Literal["xz", "zst"] = Field(
+        "xz", description="The compressed copy of the image: .img.xz (what Raspberry Pi "
+        "Imager and the Pi world expect) or .img.zst (much faster to make).")
 
 
 class RaspberryPi5(Target):
@@ -160,7 +163,8 @@ class RaspberryPi5(Target):
     def layout(self, p: Profile) -> rpi_mbr.RpiLayout:
         s = self.settings_of(p)
         return rpi_mbr.RpiLayout(kernel_image=KERNELS[s.kernel], config_txt=self.config_txt(p),
-                                 cmdline=s.cmdline, boot_size=s.boot_size)
+                                 cmdline=s.cmdline, boot_size=s.boot_size,
+                                 compress=s.compress)
 
     def config_txt(self, p: Profile) -> str:
         s = self.settings_of(p)
