@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from builder.cache import Cache  # noqa: E402
-from builder.testing import engine_for  # noqa: E402
+from builder.cache import Cache
+from builder.testing import engine_for
 
 
 def bench(cmd: list[str], model: Path, threads: int) -> dict[str, float]:

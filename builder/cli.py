@@ -249,6 +249,9 @@ def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
     t.add_row("compute buffers", format_size(r.compute), f"ubatch {i.ubatch_size}")
     t.add_row("output buffer", format_size(r.output), "")
     t.add_row("engine process", format_size(r.engine_overhead), "")
+    if r.prompt_cache or r.checkpoints:
+        t.add_row("prompt cache", format_size(r.prompt_cache + r.checkpoints),
+                  "ceiling: earlier prompts kept for reuse")
     t.add_row("gateway", format_size(r.gateway_overhead), "")
     t.add_row("[bold]total[/]", f"[bold]{format_size(r.total)}[/]", "")
     t.add_row("available", format_size(r.limit),

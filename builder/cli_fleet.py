@@ -1,4 +1,6 @@
-"""`builder release`, `builder deploy`, `builder rollback`, `builder fleet status`."""
+"""`builder release`, `builder deploy`, `builder rollback`, `builder fleet status`,
+`builder bundle export/import` (a release carried into a closed site as one file) and
+`builder vagrant-box` (a build as a box for the lab's Vagrantfile)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from . import bundle as bundle_mod
 from . import doctor, fleet
 from . import release as release_mod
 from .cache import Cache
@@ -23,7 +26,7 @@ from .cli_common import (
 )
 from .cli_common import load_profile as _load
 from .cli_common import print_json as _print_json
-from .errors import display_path
+from .errors import BuilderError, display_path
 from .units import format_size
 
 signing_key_option = click.option(
@@ -47,6 +50,13 @@ def fleet_options(f):
                             accept_new_option, out_option, cache_option, json_option)):
         f = option(f)
     return f
+
+
+allowed_signers_option = click.option(
+    "--allowed-signers", type=click.Path(dir_okay=False, path_type=Path),
+    help="Keys a release must be signed by, as a device has them (its "
+    "/etc/edge-llm/allowed_signers); default: those the image built here for the "
+    "release's profile trusts (OUT/<profile>/manifest.json).")
 
 
 gate_option = click.option("--gate-timeout", default=300, show_default=True,
@@ -123,8 +133,12 @@ def _finish(outcomes: list[fleet.HostOutcome], what: str, json_: bool, *,
 
 @app.command("deploy")
 @fleet_options
-@click.option("--release", "-r", "release_ref", required=True,
+@click.option("--release", "-r", "release_ref",
               help="Release id (in OUT/releases) or its directory.")
+@click.option("--bundle", "bundle_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Instead of --release: a bundle file (`builder bundle export`), imported "
+              "into OUT/releases first (checked, resumable), then deployed.")
+@allowed_signers_option
 @click.option("--serial", default="1,100%", show_default=True,
               help="Batch sizes, canary first: e.g. 1,10%,100% (Ansible serial).")
 @click.option("--max-fail", default=0.0, show_default=True, type=click.FloatRange(0, 100),
@@ -135,15 +149,24 @@ def _finish(outcomes: list[fleet.HostOutcome], what: str, json_: bool, *,
               help="Releases kept on each device.")
 @click.option("--bwlimit", default=0, show_default=True, type=click.IntRange(min=0),
               help="rsync bandwidth limit in KiB/s per host (0: none), for thin links.")
-def deploy_cmd(inventory: Path, release_ref: str, serial: str, max_fail: float,
+def deploy_cmd(inventory: Path, release_ref: str | None, bundle_file: Path | None,
+               allowed_signers: Path | None, serial: str, max_fail: float,
                gate_timeout: int, keep: int, bwlimit: int, limit: str | None,
                known_hosts: Path | None, accept_new_host_keys: bool, out_root: Path,
                cache_dir: Path | None, json_: bool) -> None:
     """Roll a release out to a fleet: canary first, then batches; each device verifies
     the signature, switches, and keeps the release only if it passes its health gate."""
+    if bool(release_ref) == bool(bundle_file):
+        raise BuilderError("say what to deploy: --release ID or --bundle FILE (one of them)")
+    if allowed_signers and not bundle_file:
+        raise BuilderError("--allowed-signers checks a bundle: use it with --bundle")
     batches = fleet.parse_serial(serial)
     doctor.require("fleet")
-    bundle = release_mod.find(out_root / "releases", release_ref)
+    if bundle_file:
+        bundle = _import(bundle_file, out_root, allowed_signers, json_).bundle
+    else:
+        assert release_ref
+        bundle = release_mod.find(out_root / "releases", release_ref)
     work = fleet.state_dir(out_root, "deploy")
     outcomes = fleet.deploy(inventory, bundle, _ssh(cache_dir, known_hosts,
                                                     accept_new_host_keys), work,
@@ -197,3 +220,94 @@ def fleet_status_cmd(inventory: Path, limit: str | None, known_hosts: Path | Non
     if any(not o.reachable for o in outcomes):
         raise fleet.FleetFailed("fleet status: unreachable: " + ", ".join(
             o.host for o in outcomes if not o.reachable))
+
+
+# --- bundles: a release carried into a closed site -----------------------------------------
+
+@app.group("bundle")
+def bundle_group() -> None:
+    """Carry a signed release into a site without a network, as one file."""
+
+
+@bundle_group.command("export")
+@click.option("--release", "-r", "release_ref", required=True,
+              help="Release id (in OUT/releases) or its directory.")
+@click.option("--output", "-o", "dest", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The bundle file to write (e.g. on a USB disk formatted exFAT or ext4).")
+@out_option
+@json_option
+def bundle_export_cmd(release_ref: str, dest: Path, out_root: Path, json_: bool) -> None:
+    """Write a release (engine, gateway, settings, model, signed manifest) as one file."""
+    b = release_mod.find(out_root / "releases", release_ref)
+    e = bundle_mod.export_bundle(b, dest)
+    if json_:
+        _print_json({"release_id": e.release_id, "file": str(e.path), "bytes": e.bytes,
+                     "model_bytes": e.model_bytes})
+        return
+    out.print(f"[green]✓[/] release {e.release_id}: {display_path(e.path)} "
+              f"({format_size(e.bytes)}, model {format_size(e.model_bytes)})")
+    out.print(f"on the closed side: builder bundle import {e.path.name} "
+              "--allowed-signers ALLOWED_SIGNERS")
+
+
+def _import(file: Path, out_root: Path, allowed_signers: Path | None,
+            json_: bool) -> bundle_mod.Imported:
+    i = bundle_mod.import_bundle(file, out_root, allowed_signers)
+    if json_:
+        return i
+    where = display_path(i.bundle.dir)
+    if i.already:
+        out.print(f"release {i.bundle.release_id} is already in {where}: nothing to do")
+    else:
+        resumed = f", {format_size(i.resumed)} taken from an earlier attempt" \
+            if i.resumed else ""
+        out.print(f"[green]✓[/] release {i.bundle.release_id}: signature and every hash "
+                      f"checked, placed in {where} ({format_size(i.copied)} read{resumed})")
+    return i
+
+
+@bundle_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@allowed_signers_option
+@out_option
+@json_option
+def bundle_import_cmd(file: Path, allowed_signers: Path | None, out_root: Path,
+                      json_: bool) -> None:
+    """Check a bundle (signature, then every hash) and place its release in
+    OUT/releases/<id>/. An interrupted import resumes; a release already there is left
+    as it is."""
+    i = _import(file, out_root, allowed_signers, json_)
+    if json_:
+        _print_json({"release_id": i.bundle.release_id, "dir": str(i.bundle.dir),
+                     "already": i.already, "copied_bytes": i.copied,
+                     "resumed_bytes": i.resumed})
+        return
+    out.print(f"next: builder deploy --inventory FLEET.yml --release {i.bundle.release_id}")
+
+
+# --- the lab: a build as a Vagrant box --------------------------------------------------------
+
+@app.command("vagrant-box")
+@profile_option
+@out_option
+@profiles_dir_option
+def vagrant_box_cmd(profile: str, out_root: Path, profiles_dir: tuple[Path, ...]) -> None:
+    """Pack a profile's built image into a vagrant-libvirt box for the lab's Vagrantfile
+    (OUT/<profile>/vagrant-libvirt.box): `vagrant up`, then `builder verify`."""
+    from . import vagrant
+
+    rp, _ = _load(profile, profiles_dir)
+    build_dir = out_root / rp.name
+    if not (build_dir / "manifest.json").is_file():
+        raise BuilderError(f"{display_path(build_dir / 'manifest.json')}: no build of "
+                           f"{rp.name} here; run `sudo builder build --profile {rp.name}` "
+                           "first")
+    doctor.require("vm")
+    logs = out_root / ".logs" / rp.name
+    logs.mkdir(parents=True, exist_ok=True)
+    dest = build_dir / vagrant.BOX_FILE
+    box = vagrant.pack(build_dir, dest, log_file=logs / "vagrant-box.log")
+    out.print(f"[green]✓[/] {display_path(dest)} ({format_size(dest.stat().st_size)}; disk "
+              f"{format_size(box.virtual_size)}), {display_path(build_dir / vagrant.VARS_FILE)}")
+    out.print(f"next: {vagrant.add_command(rp.name, dest)}  (first time: `vagrant up` adds it)")

@@ -19,6 +19,8 @@ class Need:
     stage: str
 
 
+VAGRANT_LIBVIRT = "/usr/share/vagrant-plugins/plugins.d/vagrant-libvirt.json"  # Debian's plugin
+
 NEEDS: tuple[Need, ...] = (
     Need("cmake", "cmake", "engine"),
     Need("ninja", "ninja-build", "engine"),
@@ -47,6 +49,11 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-system-aarch64", "qemu-system-arm", "vm-arm64"),
     Need("rsync", "rsync", "fleet"),
     Need("ssh", "openssh-client", "fleet"),
+    # the lab's Vagrantfile (docs/lab.md): not part of a build, so not checked by a plain
+    # `builder doctor`; `builder doctor --install --stage vagrant` sets a workstation up
+    Need("vagrant", "vagrant", "vagrant"),
+    Need(VAGRANT_LIBVIRT, "vagrant-libvirt", "vagrant"),
+    Need("libvirtd", "libvirt-daemon-system", "vagrant"),
     # only the test suite: the chat page in a real browser, a TLS certificate, and the
     # stand-ins for Raspberry Pi's signed apt repository and NVIDIA's tools (tests/fakes)
     Need("chromium", "chromium", "test"),
@@ -57,9 +64,11 @@ NEEDS: tuple[Need, ...] = (
     Need("gpgv", "gpgv", "test"),
     Need("dtc", "device-tree-compiler", "test"),
     Need("fakeroot", "fakeroot", "test"),
+    Need("vagrant", "vagrant", "test"),  # `vagrant validate` of the lab's Vagrantfile
+    Need(VAGRANT_LIBVIRT, "vagrant-libvirt", "test"),
 )
 STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
-BUILD_STAGES = tuple(s for s in STAGES if s != "test")  # what `builder doctor` checks
+BUILD_STAGES = tuple(s for s in STAGES if s not in ("test", "vagrant"))  # `builder doctor`
 
 
 def _present(n: Need) -> bool:

@@ -3,9 +3,11 @@
 Pure arithmetic over the model's shape (model_shape.py: the catalog, or the file that
 is built) and the profile. What the engine allocates is the engine's own memory model
 (engines/<engine>: weights, repacked copies, KV cache, compute and output buffers, the
-process); the planner adds the gateway, holds the total against RAM minus what the OS
-keeps - fits (<= 85%), tight (<= 100%), does not fit - and looks for single changes
-that make it fit.
+process, and what it may grow into while serving: llama-server's host prompt cache);
+the planner adds the gateway, holds the total against RAM minus what the OS keeps -
+fits (<= 85%), tight (<= 100%), does not fit - and looks for single changes that make
+it fit. What an engine may grow into is bounded by `headroom`: what a fitting plan
+leaves below the 85% line, so growth never changes the verdict.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ class PlanInput:
     memory_max: int | None  # explicit systemd MemoryMax, None for auto
     unified_gpu: bool
     repack_types: tuple[str, ...] = ()  # weight types the CPU backend copies at load
+    prompt_cache: int | None = None  # host prompt cache ceiling (bytes); None: headroom
     # TensorRT-LLM's engine limits (trtllm-build) and KV share; unused by llama.cpp
     max_batch_size: int = 1
     max_num_tokens: int = 0
-    kv_fraction: float = 0.9
 
     @property
     def model_id(self) -> str:
@@ -76,10 +78,10 @@ class PlanInput:
             reserved=p.os.reserved_memory, memory_max=None if mm == "auto" else mm,
             unified_gpu=p.device.accelerator.kind == "cuda",
             repack_types=eng.repacked_types(TARGETS[p.target].platform(p)),
+            prompt_cache=None if p.runtime.prompt_cache == "auto" else p.runtime.prompt_cache,
             max_batch_size=trt.max_batch_size,
             max_num_tokens=trt.max_num_tokens or min(8192, trt.max_batch_size
                                                      * trt.max_input_len),
-            kv_fraction=trt.kv_cache_free_gpu_mem_fraction,
         )
 
 
@@ -119,6 +121,9 @@ class Plan:
     gpu_share: int | None = None
     suggestions: list[Suggestion] = field(default_factory=list)
     build: BuildCheck | None = None
+    # what the engine may grow into while serving (in total, and under memory_max)
+    prompt_cache: int = 0  # host copies of earlier prompts' KV (llama-server --cache-ram)
+    checkpoints: int = 0  # context checkpoints (llama-server --ctx-checkpoints)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -131,6 +136,14 @@ class Plan:
 def _limit(pin: PlanInput) -> tuple[int, int]:
     budget = pin.ram - pin.reserved
     return budget, min(budget, pin.memory_max) if pin.memory_max else budget
+
+
+def headroom(pin: PlanInput, engine_bytes: int) -> int:
+    """Bytes an engine whose fixed part is `engine_bytes` may still grow into without
+    leaving the "fits" share of what is available (0 when there is none): whole MiB."""
+    _, limit = _limit(pin)
+    room = int(FIT_SHARE * limit) - engine_bytes - GATEWAY_OVERHEAD
+    return max(0, room // MiB * MiB)
 
 
 def _totals(pin: PlanInput) -> dict[str, int]:
@@ -153,11 +166,19 @@ def _verdict(total: int, pin: PlanInput) -> tuple[Verdict, str]:
     return Verdict.FITS, f"uses {total / limit:.0%} of the {format_size(limit)} available"
 
 
+def _growth(parts: dict[str, int]) -> str:
+    grown = parts.get("prompt_cache", 0) + parts.get("checkpoints", 0)
+    return f", {format_size(grown)} of it cache the engine fills while serving" if grown \
+        else ""
+
+
 def plan(pin: PlanInput, *, build: BuildCheck | None = None,
          suggest: bool = True) -> Plan:
     parts = _totals(pin)
     budget, limit = _limit(pin)
     verdict, reason = _verdict(parts["total"], pin)
+    if verdict is Verdict.FITS:
+        reason += _growth(parts)
     memory_max = pin.memory_max or min(budget, _round_up(int(parts["total"] * 1.2), 16 * MiB))
     gpu = None
     if pin.unified_gpu:

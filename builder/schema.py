@@ -120,18 +120,16 @@ class TensorRtLlmBuild(_Section):
     max_num_tokens: int | None = Field(
         None, ge=1, description="trtllm-build --max_num_tokens (tokens per engine step); "
         "default: max_batch_size x max_input_len, capped at 8192.")
-    kv_cache_free_gpu_mem_fraction: float = Field(
-        0.9, gt=0, le=1, description="Share of the memory left after the weights that the "
-        "runtime takes for its KV cache.")
     calibration_dir: str | None = Field(
         None, description="int4_awq: a local calibration dataset directory for quantize.py "
         "(no hub access on the device); int4_gptq and int8 weight-only need none.")
-    examples_dir: str = Field(
-        "/opt/tensorrt_llm/examples", description="Where TensorRT-LLM's examples (qwen/"
-        "convert_checkpoint.py, quantization/quantize.py, apps/openai_server.py) are on the "
-        "device; trtllm-build must be on its PATH.")
+    checkout: str = Field(
+        "/opt/TensorRT-LLM", description="The TensorRT-LLM checkout (the v0.12.0-jetson "
+        "branch) on the device: the build runs its examples/qwen/convert_checkpoint.py or "
+        "examples/quantization/quantize.py, the service examples/apps/openai_server.py.")
     python: str = Field("/usr/bin/python3", description="The Python on the device that "
-                        "has TensorRT-LLM installed.")
+                        "has the tensorrt_llm wheel installed; trtllm-build is taken from "
+                        "beside it, else from PATH.")
 
 
 class EngineSpec(_Section):
@@ -193,6 +191,12 @@ class Runtime(_Section):
         "auto", description="Flash attention (llama-server -fa).")
     mmap: bool = Field(True, description="Map the model file instead of reading it.")
     mlock: bool = Field(False, description="Lock the model in RAM (never paged out).")
+    prompt_cache: SizeOrAuto = Field(
+        "auto", description="Most host memory llama-server may keep earlier prompts' KV "
+        "cache in, to answer a returning conversation without reprocessing it "
+        "(--cache-ram, whole MiB; 0 turns it off). 'auto': what the memory plan leaves "
+        "below its 85% line, at most llama.cpp's default 8GiB. Counted in the plan and "
+        "in MemoryMax.")
 
 
 # --- service ------------------------------------------------------------------------

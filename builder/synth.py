@@ -5,18 +5,22 @@ For pipeline tests and for qualifying hardware without downloading weights: the 
 have the real model's tensor shapes, so conversion, quantization, file sizes, load
 time, memory and decode speed are those of the real model; the answers are noise.
 
-The tokenizer is a small SentencePiece BPE trained here on generated text (Qwen's own
-151k-token BPE is not redistributable as a package). The converter pads its vocabulary
-to the model's vocab_size with [PAD] tokens, as it does for real models whose
-embedding is wider than their tokenizer, so the GGUF keeps the full embedding shape.
+The tokenizer is a SentencePiece BPE trained here on generated text (Qwen's own
+151k-token BPE is not redistributable as a package), then grown to the model's full
+vocab_size with generated word pieces ("▁" + syllables, each reachable by merges), so
+every id the random weights pick is printable text. (Padded to vocab_size with
+[PAD] tokens instead, as the converter would, a Qwen2.5-shaped model picks a [PAD] id
+nearly every time - 1,024 real pieces in 151,936 - and streams empty strings.)
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,31 +57,65 @@ def shape_for(model: str) -> ModelArch:
     return TINY if model == "tiny" else get_model(model)
 
 
+SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+
+
 def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
     words = [*"the a model device memory token edge gateway answer question".split(),
              *"paris france capital city river light small fast slow build".split(),
              *"image boot verify serve engine cache profile kernel quantize".split(),
              *"weight layer head value key context hello world yes no".split()]
     rng = random.Random(seed)
-    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    syllables = SYLLABLES
     words += ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 3)))
               for _ in range(3000)]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 16))) + "."
             for _ in range(n)]
 
 
+def _word_pieces() -> Iterator[str]:
+    """Printable pieces, each the merge of two shorter ones: syllables, then "▁" and one,
+    two, three syllables (80 + 80 + 6,400 + 512,000: more than any catalog vocabulary)."""
+    yield from SYLLABLES
+    for n in (1, 2, 3):
+        for word in itertools.product(SYLLABLES, repeat=n):
+            yield "\u2581" + "".join(word)
+
+
+def grow_vocab(proto: bytes, vocab_size: int) -> bytes:
+    """A SentencePiece model with word pieces appended up to `vocab_size` ids, scored
+    below every trained merge (so text tokenizes as before, then longer words merge)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    m.ParseFromString(proto)
+    have = {p.piece for p in m.pieces}
+    score = min(p.score for p in m.pieces) - 1
+    pieces = _word_pieces()
+    while len(m.pieces) < vocab_size:
+        piece = next(pieces)
+        if piece not in have:
+            m.pieces.add(piece=piece, score=score, type=pb.ModelProto.SentencePiece.NORMAL)
+            have.add(piece)
+            score -= 1
+    m.trainer_spec.vocab_size = len(m.pieces)
+    return m.SerializeToString()
+
+
 def train_tokenizer(out: Path, vocab_size: int = TOKENIZER_VOCAB) -> dict[str, int]:
-    """SentencePiece BPE with byte fallback; returns the ids of the special tokens."""
+    """SentencePiece BPE with byte fallback, trained on up to TOKENIZER_VOCAB pieces and
+    grown to `vocab_size` printable ones; returns the ids of the special tokens."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=buf, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, control_symbols=list(SPECIALS),
-        character_coverage=1.0, num_threads=1, hard_vocab_limit=False, minloglevel=2,
-        bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1)
-    (out / "tokenizer.model").write_bytes(buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+        sentence_iterator=iter(_corpus()), model_writer=buf,
+        vocab_size=min(vocab_size, TOKENIZER_VOCAB), model_type="bpe", byte_fallback=True,
+        control_symbols=list(SPECIALS), character_coverage=1.0, num_threads=1,
+        hard_vocab_limit=False, minloglevel=2, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1)
+    proto = grow_vocab(buf.getvalue(), vocab_size)
+    (out / "tokenizer.model").write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
     return {tok: sp.PieceToId(tok) for tok in SPECIALS}
 
 
@@ -87,7 +125,7 @@ def write_hf_model(shape: ModelArch, out: Path, *, seed: int = 0) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    ids = train_tokenizer(out, min(TOKENIZER_VOCAB, shape.n_vocab))
+    ids = train_tokenizer(out, shape.n_vocab)
     config = {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
         "hidden_size": shape.n_embd, "intermediate_size": shape.n_ff,
@@ -135,7 +173,9 @@ def write_hf_model(shape: ModelArch, out: Path, *, seed: int = 0) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
-SYNTH_VERSION = 1
+# 2: the tokenizer covers the whole vocabulary with printable pieces (1: 1,024 pieces,
+# the rest [PAD]: a Qwen2.5-shaped model streamed empty text)
+SYNTH_VERSION = 2
 
 
 def cached(model: str, cache: Cache, *, seed: int = 0) -> Entry:

@@ -183,7 +183,7 @@ def manifest(appliance: Path) -> dict:
     return json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
 
 
-# --- the arm64 build: one Pi 5 appliance; its rootfs also stands in for NVIDIA's sample rootfs
+# --- the arm64 build: one Pi 5 appliance (rootfs, image, the VM kernel) -----------------
 
 @pytest.fixture(scope="session")
 def pi5_appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:

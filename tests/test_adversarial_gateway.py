@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -44,15 +45,27 @@ class FakeEngine:
 
     post_status: the status of every POST (200: a reply, or an SSE stream of `events`
     events of `event_bytes` each, `delay` seconds apart); probe_status: GET /metrics and
-    /health; hang_posts / hang_all: accept and never answer (POSTs / everything)."""
+    /health; hang_posts / hang_all: accept and never answer (POSTs / everything).
+
+    Like llama-server, it runs a request in the slot its id_slot names, tells which slots
+    are busy on GET /slots (`slots_status` other than 200: no slot monitor), and stops
+    a request `cancel_lag` seconds after it notices that the client closed the
+    connection. `ids` lists the id_slot of every POST; `collisions` counts the requests
+    that arrived for a slot still busy with another."""
 
     def __init__(self) -> None:
         self.post_status = 200
         self.probe_status = 200
+        self.slots_status = 200
         self.events, self.event_bytes, self.delay = 3, 60, 0.0
         self.hang_posts = self.hang_all = False
+        self.cancel_lag = 0.0
         self.gets: Counter[str] = Counter()
         self.streams_cut = 0  # streams the gateway closed before the end
+        self.ids: list[int | None] = []
+        self.busy: Counter[int] = Counter()
+        self.collisions = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         fake = self
 
@@ -63,8 +76,18 @@ class FakeEngine:
                 pass
 
             def _hang(self) -> None:
+                """Until the client leaves (as llama-server notices) or the fake stops."""
                 while not fake._stop.wait(0.1):
-                    pass
+                    if self._client_left():
+                        fake._stop.wait(fake.cancel_lag)
+                        return
+
+            def _client_left(self) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                try:
+                    return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
 
             def _reply(self, status: int, body: bytes, ctype: str = "application/json"):
                 self.send_response(status)
@@ -77,20 +100,50 @@ class FakeEngine:
                 fake.gets[self.path] += 1
                 if fake.hang_all:
                     return self._hang()
+                if self.path == "/slots":
+                    with fake._lock:
+                        slots = [{"id": i, "is_processing": fake.busy[i] > 0}
+                                 for i in range(8)]
+                    return self._reply(fake.slots_status, json.dumps(slots).encode())
                 self._reply(fake.probe_status, b"llamacpp:requests_processing 0\n",
                             "text/plain")
 
             def do_POST(self) -> None:
-                events, size, delay = fake.events, fake.event_bytes, fake.delay
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                slot = req.get("id_slot")
+                held = slot is not None and slot >= 0
+                with fake._lock:
+                    fake.ids.append(slot)
+                    if held:
+                        fake.collisions += fake.busy[slot] > 0
+                        fake.busy[slot] += 1
+
+                def release() -> None:
+                    # llama-server lets the slot go in the same turn of its main loop
+                    # that queues the final reply, before it takes the next task: the
+                    # slot is idle by the time anyone can read that reply
+                    nonlocal held
+                    with fake._lock:
+                        if held:
+                            fake.busy[slot] -= 1
+                            held = False
+                try:
+                    self._post(req, release)
+                finally:
+                    release()
+
+            def _post(self, req: dict, release) -> None:
+                events, size, delay = fake.events, fake.event_bytes, fake.delay
                 if fake.hang_posts or fake.hang_all:
                     return self._hang()
                 if fake.post_status != 200:
+                    release()
                     err = {"code": fake.post_status, "message": "the engine says no",
                            "type": "invalid_request_error" if fake.post_status < 500
                            else "server_error"}
                     return self._reply(fake.post_status, json.dumps({"error": err}).encode())
                 if not req.get("stream"):
+                    release()
                     return self._reply(200, json.dumps({
                         "choices": [{"index": 0, "message": {"role": "assistant",
                                                              "content": "hi"}}],
@@ -107,10 +160,12 @@ class FakeEngine:
                         self.wfile.flush()
                         if delay and fake._stop.wait(delay):
                             return
+                    release()
                     self.wfile.write(b"data: [DONE]\n\n")
                     self.wfile.flush()
                 except OSError:
                     fake.streams_cut += 1
+                    fake._stop.wait(fake.cancel_lag)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -491,6 +546,73 @@ def test_clients_leaving_at_any_point_get_no_500_and_free_their_slot(fake, tmp_p
         _no_tracebacks(gw)
 
 
+# --- engine slots: one request per slot, even when clients leave ------------------------
+
+def _conversation(gw: GatewayProcess, name: str, turns: int, leave_at: int | None,
+                  extra: dict) -> list[int]:
+    """A client's conversation, turn after turn; it leaves mid-stream at `leave_at`."""
+    messages = [{"role": "system", "content": "Shared instructions. " * 20}]
+    statuses = []
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"{name} asks {turn}"})
+        if turn == leave_at:
+            s = _open_stream(gw, {"messages": messages, **extra})
+            s.recv(100)
+            s.close()
+            statuses.append(499)
+        else:
+            status, _, _ = _chat(gw, {"messages": messages, **extra})
+            statuses.append(status)
+        messages.append({"role": "assistant", "content": "a"})
+    return statuses
+
+
+def test_requests_never_share_an_engine_slot_even_when_clients_leave(fake, tmp_path) -> None:
+    """Conversations pinned to slots by the gateway, clients naming a slot themselves,
+    and clients leaving mid-stream while the engine takes a while to notice: the engine
+    never gets a request for a slot that is still busy."""
+    fake.events, fake.delay, fake.cancel_lag = 10, 0.02, 0.5
+    with _gateway(tmp_path, fake.url, slots=2, max_queue=16) as gw:
+        clients = [(f"c{i}", 4, i % 3 if i % 2 else None,
+                    {"id_slot": i % 2} if i % 4 == 3 else {}) for i in range(8)]
+        threads, results = _in_threads(lambda *a: _conversation(gw, *a), clients)
+        for t in threads:
+            t.join(120)
+        for got, (_, _, leave_at, _) in zip(results, clients, strict=True):
+            assert not isinstance(got, Exception), got
+            assert got == [499 if turn == leave_at else 200 for turn in range(4)]
+        assert fake.collisions == 0
+        assert set(fake.ids) == {0, 1}
+        assert fake.gets["/slots"] > 0  # the clients that left: asked before reusing
+        _wait(lambda: gw.metric("in_flight") == 0, "every slot to free")
+        assert gw.metric("slot_assignments_total", 'kind="client"') >= 1
+        _no_tracebacks(gw)
+
+
+def test_without_a_slot_monitor_the_engine_chooses_its_slots(fake, tmp_path) -> None:
+    fake.events, fake.delay, fake.slots_status = 20, 0.02, 501
+    with _gateway(tmp_path, fake.url, slots=2) as gw:
+        assert _chat(gw, {"messages": HI})[0] == 200
+        assert fake.ids[-1] in (0, 1)
+        s = _open_stream(gw, {"messages": HI})
+        s.recv(100)
+        s.close()  # the gateway cannot learn when the engine lets the slot go ...
+        _wait(lambda: "slot affinity off" in gw.log_text(), "the gateway to ask /slots")
+        assert _chat(gw, {"messages": HI})[0] == 200
+        assert fake.ids[-1] is None  # ... so it stops naming slots
+        _no_tracebacks(gw)
+
+
+def test_an_engine_without_id_slot_gets_none(fake, tmp_path) -> None:
+    with _gateway(tmp_path, fake.url, slots=2,
+                  engine_fields=["ignore_eos", "min_p", "top_k"]) as gw:
+        for _ in range(3):
+            assert _chat(gw, {"messages": HI})[0] == 200
+        assert fake.ids == [None] * 3
+        status, _, body = _chat(gw, {"messages": HI, "id_slot": 0})
+        assert status == 400 and body["error"]["code"] == "unknown_parameter"
+
+
 def test_metrics_need_the_key(fake, tmp_path) -> None:
     with _gateway(tmp_path, fake.url) as gw:
         status, _, body = _request(gw, "GET", "/metrics", key="")
@@ -622,6 +744,53 @@ def test_engine_rejections_pass_on_as_4xx(gw: GatewayProcess) -> None:
     _assert_openai_error(status, body)
 
 
+@pytest.mark.slow
+def test_a_client_naming_a_busy_slot_cannot_disturb_the_generation_there(
+        x86_engine, smollm2_gguf: Path, tmp_path: Path) -> None:
+    """llama-server handed a request for a busy slot (id_slot) defers it, but first saves
+    the busy slot to its prompt cache and loads the best cached prompt for the new
+    request into it, under the generation running there (get_available_slot): that
+    generation goes on from another conversation's KV cache. The gateway gives a slot
+    to one request at a time, so the second request waits and the first one's answer
+    is what it would have been alone."""
+    port = free_port()
+    story = {"prompt": "Write a long story about a dragon who learns to bake bread.",
+             "max_tokens": 60, "ignore_eos": True, "temperature": 0, "id_slot": 0,
+             "cache_prompt": False}
+    other = "river stone cloud house paper music garden window light " * 20
+    with LlamaServer(x86_engine.tool("llama-server"), [
+            "--model", str(smollm2_gguf), "--host", "127.0.0.1", "--port", str(port),
+            "--ctx-size", "8192", "--parallel", "2", "--threads", "2", "--metrics",
+            "--alias", MODEL_ID], tmp_path / "engine.log", port=port) as srv, \
+            _gateway(tmp_path, srv.url, slots=2) as gw:
+        def complete(body: dict) -> str:
+            status, _, reply = _request(gw, "POST", "/v1/completions", body, timeout=600)
+            assert status == 200, reply
+            return reply["choices"][0]["text"]
+
+        complete({"prompt": other, "max_tokens": 2, "id_slot": 0})  # cached, later
+        alone = complete(story)
+        complete({"prompt": other, "max_tokens": 2, "id_slot": 0})
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=600)
+        conn.request("POST", "/v1/completions", json.dumps({**story, "stream": True}),
+                     {"Authorization": f"Bearer {gw.key}", "Content-Type":
+                      "application/json"})
+        r = conn.getresponse()
+        pieces, intruder = [], None
+        for line in r:
+            if line.startswith(b"data: {"):
+                pieces.append(json.loads(line[6:])["choices"][0]["text"])
+            if len(pieces) == 5 and intruder is None:  # the story is being written
+                intruder = _in_threads(complete, [(
+                    {"prompt": other + "and more", "max_tokens": 2, "id_slot": 0},)])
+        conn.close()
+        intruder[0][0].join(600)
+        assert intruder[1][0] is not None and not isinstance(intruder[1][0], Exception)
+        assert "".join(pieces) == alone
+        _no_tracebacks(gw)
+
+
+# --- hypothesis against the running gateway -----------------------------------------------
 # --- hypothesis against the running gateway -----------------------------------------------
 
 _SCALAR = (st.none() | st.booleans() | st.integers(-2, 5) | st.floats(-3, 3) | st.text(max_size=4)

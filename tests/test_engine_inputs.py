@@ -4,15 +4,22 @@ nothing here compiles llama.cpp (the broken source fails at CMake configure)."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
+from stand_ins import build_context
 
-from builder import engines
+from builder import build as build_mod
+from builder import engines, release
+from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
 from builder.engines.llama_cpp.recipe import x86_flags
+from builder.engines.llama_cpp.server import server_args, server_settings
 from builder.profiles import ProfileStore
+from builder.schema import Runtime
 from builder.targets import TARGETS
+from builder.units import MiB
 
 
 def write(path: Path, text: str) -> Path:
@@ -123,3 +130,75 @@ def test_pypi_source_must_be_pinned(field: str, value: str, cli, workdir: Path) 
     r = cli("engine", "build", "--profile", "unpinned", "--cache-dir", str(workdir / "c"))
     assert (r.code, r.err) == (2, "error: engine.llama_cpp.source.package: pin a version, "
                                   "e.g. llama-cpp-python==0.3.36\n")
+
+
+# --- llama-server's settings: everything it may hold is the plan's ---------------------
+
+LLAMA_CPP_PROFILES = ["pi5-4gb", "pi5-8gb", "x86-gateway"]
+
+
+@pytest.mark.parametrize("name", LLAMA_CPP_PROFILES)
+def test_engine_env_bounds_the_prompt_cache_to_the_plan(name: str) -> None:
+    ctx = build_context(name)
+    i = build_mod.release_inputs(ctx)
+    env = ctx.engine.env(i, release.LAYOUT)
+    assert ctx.plan is not None and ctx.plan.prompt_cache > 0
+    assert env["LLAMA_ARG_CACHE_RAM"] == str(ctx.plan.prompt_cache // MiB)
+    assert env["LLAMA_ARG_CTX_CHECKPOINTS"] == "0"  # and the plan counts none
+    assert ctx.plan.checkpoints == 0
+    conf = release.engine_unit_conf(i)
+    memory_max = int(re.search(r"^MemoryMax=(\d+)$", conf, re.M).group(1))
+    engine = ctx.plan.total - ctx.plan.gateway_overhead  # prompt cache included
+    assert engine <= memory_max
+    assert int(env["LLAMA_ARG_CACHE_RAM"]) * MiB <= memory_max - (
+        engine - ctx.plan.prompt_cache)
+
+
+def test_a_profile_may_set_the_prompt_cache_or_turn_it_off(workdir: Path) -> None:
+    write(workdir / "profiles/no-cache.yaml",
+          "extends: x86-gateway\nruntime:\n  prompt_cache: 0\n")
+    ctx = build_context("no-cache")
+    env = ctx.engine.env(build_mod.release_inputs(ctx), release.LAYOUT)
+    assert env["LLAMA_ARG_CACHE_RAM"] == "0" and ctx.plan.prompt_cache == 0
+
+
+def test_without_a_plan_llama_server_keeps_no_prompt_cache() -> None:
+    args = server_args(Runtime(), "m.gguf", threads=2)
+    assert args[args.index("--cache-ram") + 1] == "0"  # llama.cpp's default is 8 GiB
+    args = server_args(Runtime(prompt_cache="300MiB"), "m.gguf", threads=2)
+    assert args[args.index("--cache-ram") + 1] == "300"
+    args = server_args(Runtime(), "m.gguf", threads=2, prompt_cache=300 * MiB + 5)
+    assert args[args.index("--cache-ram") + 1] == "300"
+    assert args[args.index("--ctx-checkpoints") + 1] == "0"
+
+
+def _pinned_llama_cpp() -> Path:
+    """The pinned llama.cpp source, if the artifact cache has it (nothing is fetched)."""
+    from builder.cache import Cache, key_of
+
+    src = ProfileStore().load("x86-gateway").profile.engine.llama_cpp.source
+    out = Cache().dir("sources") / key_of("sources", {"pypi": src.package,
+                                                      "sha256": src.sha256}) / "out"
+    if not (out / "common/arg.cpp").is_file():
+        pytest.skip("the pinned llama.cpp source is not in the artifact cache yet")
+    return out
+
+
+def test_every_setting_is_one_the_pinned_llama_server_reads() -> None:
+    """llama-server ignores an environment variable it does not know: a misspelt one
+    would leave llama.cpp's default (an 8 GiB prompt cache) in place, silently."""
+    arg_cpp = (_pinned_llama_cpp() / "common/arg.cpp").read_text()
+    flags_of: dict[str, set[str]] = {}  # LLAMA_ARG_* -> the flags of that option
+    for option in arg_cpp.split("add_opt(")[1:]:
+        env = re.search(r'set_env\("(LLAMA_ARG_\w+)"\)', option)
+        if env:
+            flags_of[env.group(1)] = set(re.findall(r'"(--[\w-]+)"', option))
+    for flag, env, _ in server_settings(Runtime(), "m.gguf", threads=2, alias="a"):
+        assert env in flags_of, f"llama-server reads no {env}"
+        assert flag in flags_of[env], f"{env} is not the variable of {flag}"
+
+
+def test_planned_defaults_match_the_pinned_llama_cpp() -> None:
+    common = (_pinned_llama_cpp() / "common/common.h").read_text()
+    assert int(re.search(r"cache_ram_mib\s*=\s*(\d+);", common).group(1)) * MiB \
+        == CACHE_RAM_DEFAULT

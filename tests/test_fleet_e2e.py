@@ -248,3 +248,32 @@ def test_a_device_reset_during_its_switch_boots_serving_a_good_release(
     r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert hosts["vm2"]["serving"] == rid
+
+
+def test_a_release_carried_in_a_bundle_deploys_from_a_closed_site(
+        fleet, appliance: Path, manifest, smollm2_gguf: Path, tmp_path: Path) -> None:
+    """The connected side exports a release (with a model no device has yet) to one file;
+    the closed site has its own OUT, without that release or its model, and deploys from
+    the file alone: imported (signature and hashes checked), then rolled out."""
+    rid = _release(appliance, tmp_path, "bundled", SETTINGS.format(ctx=1536), smollm2_gguf)
+    carried = tmp_path / "stick" / f"{rid}.bundle"
+    carried.parent.mkdir()
+    r = _builder(appliance, "bundle", "export", "--release", rid, "-o", str(carried))
+    assert r.returncode == 0, r.stderr[-2000:]
+    site = tmp_path / "site"
+    signers = tmp_path / "allowed_signers"  # what the devices trust, as they hold it
+    signers.write_text("\n".join(manifest["provision_vars"]["release_allowed_signers"]) + "\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "builder", "deploy", "--bundle", str(carried),
+         "--allowed-signers", str(signers), "--limit", "vm1", "--inventory",
+         str(fleet["inventory"]), "--known-hosts", str(fleet["known_hosts"]),
+         "--accept-new-host-keys", "--json", "--out", str(site)],
+        capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [host] = json.loads(r.stdout)
+    assert host["result"] == "activated" and host["serving"] == rid and host["healthy"], host
+    placed = json.loads((site / "releases" / rid / "bundle.json").read_text())
+    assert Path(placed["model_path"]).is_relative_to(site)  # the model came from the file
+    assert host["bytes_sent"] > smollm2_gguf.stat().st_size // 2  # and was sent from there
+    assert _status(fleet, "vm1")["model_sha256"] == json.loads(
+        (site / "releases" / rid / "tree/release.json").read_text())["model"]["sha256"]

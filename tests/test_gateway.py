@@ -228,6 +228,122 @@ def test_metrics_count_requests_and_time_tokens(gw: GatewayProcess, client) -> N
     assert float(rss.split()[-1]) > 0
 
 
+# --- slot affinity: the next turn finds its prefix ------------------------------------
+
+WORDS = ("river stone cloud house paper music garden window light table market bridge "
+         "winter summer forest engine ticket letter").split()
+
+
+def _words(seed: int, n: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _two_slots(x86_engine, model: Path, log: Path) -> LlamaServer:
+    """llama-server with 2 slots and its defaults otherwise (a host prompt cache, the
+    similarity slot choice)."""
+    port = free_port()
+    return LlamaServer(x86_engine.tool("llama-server"), [
+        "--model", str(model), "--host", "127.0.0.1", "--port", str(port), "--ctx-size",
+        str(2 * 8192), "--parallel", "2", "--threads", "2", "--metrics", "--alias",
+        MODEL_ID], log, port=port)
+
+
+def _interleaved(port: int, key: str | None, systems: list[str], turns: int) -> list[list]:
+    """Conversations taking turns (one turn of each, then the next round): for each
+    conversation, per turn, (tokens the engine reused, tokens of the prompt)."""
+    chats = [[{"role": "system", "content": text}] for text in systems]
+    seen: list[list] = [[] for _ in chats]
+    for turn in range(turns):
+        for i, messages in enumerate(chats):
+            messages.append({"role": "user", "content": f"{turn}: {_words(i * 100 + turn, 12)}"})
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            conn.request("POST", "/v1/chat/completions", json.dumps({
+                "messages": messages, "max_tokens": 4, "temperature": 0}),
+                {"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {key}"} if key else {})})
+            reply = json.loads(conn.getresponse().read())
+            conn.close()
+            t = reply["timings"]
+            seen[i].append((t["cache_n"], t["cache_n"] + t["prompt_n"]))
+            messages.append({"role": "assistant",
+                             "content": reply["choices"][0]["message"]["content"] or ""})
+    return seen
+
+
+def _recomputed(seen: list[list]) -> list[tuple[int, int, int]]:
+    """(conversation, turn, tokens of its previous prompt computed again) wherever a
+    turn did not find the whole previous prompt in the engine (2 tokens of slack for
+    where the template's tokens meet the reply's)."""
+    return [(i, t, prev - cached) for i, turns in enumerate(seen)
+            for t, ((cached, _), (_, prev)) in enumerate(zip(turns[1:], turns, strict=False), 1)
+            if cached < prev - 2]
+
+
+def test_each_turn_reuses_the_previous_prompt_despite_a_shared_system_prompt(
+        x86_engine, tiny_q4: Path, tmp_path: Path) -> None:
+    """Two conversations with one long system prompt, taking turns on a 2-slot engine.
+    llama-server alone puts the second conversation in the first one's slot (it shares
+    the most with it) and from then on each turn recomputes its whole history; through
+    the gateway, each conversation keeps its slot and each turn computes only its new
+    message."""
+    systems = [_words(1, 700)] * 2
+    with _two_slots(x86_engine, tiny_q4, tmp_path / "direct.log") as srv:
+        alone = _interleaved(srv.port, None, systems, turns=4)
+    with _two_slots(x86_engine, tiny_q4, tmp_path / "engine.log") as srv, \
+            GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=2) as gw:
+        pinned = _interleaved(gw.port, gw.key, systems, turns=4)
+        assert gw.metric("slot_assignments_total", 'kind="continued"') == 6
+    assert _recomputed(pinned) == []
+    assert _recomputed(alone), "llama-server alone kept every conversation's prefix: " \
+        "its slot choice changed, see builder/gateway/affinity.py"
+
+
+def test_more_conversations_than_slots_come_back_from_the_prompt_cache(
+        x86_engine, tiny_q4: Path, tmp_path: Path) -> None:
+    """Three conversations with their own long system prompts on 2 slots: a turn whose
+    slot now holds another conversation goes to the least recently used slot, and
+    llama-server loads the conversation from its host prompt cache (--cache-ram)."""
+    systems = [f"Conversation {i}. {_words(10 + i, 700)}" for i in range(3)]
+    with _two_slots(x86_engine, tiny_q4, tmp_path / "engine.log") as srv, \
+            GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=2) as gw:
+        seen = _interleaved(gw.port, gw.key, systems, turns=3)
+    assert all(turns[0][0] < 100 < 1000 < turns[0][1] for turns in seen)  # turn 1: computed
+    assert _recomputed(seen) == []
+
+
+def test_a_client_that_drops_its_oldest_turn_keeps_the_rest_of_the_cache(
+        x86_engine, tiny_q4: Path, tmp_path: Path) -> None:
+    """The appliance's engine settings (--cache-reuse): when a client trims the history
+    to fit the context, the turns after the cut are shifted in the KV cache, not
+    computed again."""
+    from builder.engines.llama_cpp.server import server_args
+    from builder.schema import Runtime
+
+    port = free_port()
+    args = server_args(Runtime(context_length=8192), str(tiny_q4), port=port, threads=2,
+                       alias=MODEL_ID)
+    history = [{"role": "system", "content": _words(1, 100)}]
+    for i in range(4):
+        history += [{"role": "user", "content": _words(10 + i, 80)},
+                    {"role": "assistant", "content": _words(20 + i, 80)}]
+    with LlamaServer(x86_engine.tool("llama-server"), args, tmp_path / "engine.log",
+                     port=port) as srv, \
+            GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=1) as gw:
+        def timings(messages: list[dict]) -> dict:
+            status, _, reply = _post(gw, "/v1/chat/completions", {
+                "messages": [*messages, {"role": "user", "content": "and now?"}],
+                "max_tokens": 2})
+            assert status == 200, reply
+            return reply["timings"]
+
+        whole = timings(history)
+        trimmed = timings(history[:1] + history[3:])  # the oldest question and answer go
+    assert trimmed["prompt_n"] < whole["prompt_n"] / 10, (whole, trimmed)
+
+
 # --- the engine dies -----------------------------------------------------------------
 
 def test_engine_killed_mid_stream_gives_a_clean_error_then_recovers(

@@ -1,6 +1,6 @@
-"""The gateway's pure parts: the SSE watcher, the admission queue, the config and keys
-files, the bounded JSON parser, the request validator (table-driven and fuzzed with
-hypothesis), the log throttle and the connection cap."""
+"""The gateway's pure parts: the SSE watcher, the admission queue and slot affinity,
+the config and keys files, the bounded JSON parser, the request validator (table-driven
+and fuzzed with hypothesis), the log throttle and the connection cap."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.gateway import boundedjson, validate
-from builder.gateway.admission import Admission, QueueFull
+from builder.gateway import affinity, boundedjson, validate
+from builder.gateway.admission import Admission, QueueFull, Want
 from builder.gateway.config import Config, ConfigError, load_keys
 from builder.gateway.connections import BUSY, IDLE, WAITING, ConnectionPool
 from builder.gateway.logs import Throttle
@@ -117,6 +117,203 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
     assert asyncio.run(scenario()) == (0, 0)
 
 
+# --- slot affinity ---------------------------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are the kiosk's assistant. " * 40}
+
+
+def _turns(first: str, n: int, system: dict | None = SYSTEM) -> list[dict]:
+    """A conversation's messages as a client sends them at turn n (from 1)."""
+    msgs = [system] if system else []
+    for i in range(n):
+        msgs.append({"role": "user", "content": f"{first} {i}"})
+        if i < n - 1:
+            msgs.append({"role": "assistant", "content": f"answer {i}"})
+    return msgs
+
+
+def _want(messages: list[dict], slot: int | None = None) -> Want:
+    return Want(affinity.chat_digests({"messages": messages}), slot)
+
+
+def _give(adm: Admission, want: Want) -> int:
+    """A slot, taken and let go at once (as a finished request does)."""
+    async def one() -> int:
+        async with adm.slot(want) as place:
+            return place.id
+    return asyncio.run(one())
+
+
+def test_each_conversation_comes_back_to_its_slot_even_with_a_shared_system_prompt() -> None:
+    """llama-server alone gives a second conversation the slot of the first (both hold
+    the system prompt), so each turn recomputes the other's history: the gateway keeps a
+    conversation where its prefix is, and starts a new one in an unused slot."""
+    adm = Admission(slots=2, max_queue=0, metrics=Metrics())
+    a1 = _give(adm, _want(_turns("alpha", 1)))
+    b1 = _give(adm, _want(_turns("beta", 1)))
+    assert a1 != b1
+    for n in range(2, 6):
+        assert _give(adm, _want(_turns("beta", n))) == b1
+        assert _give(adm, _want(_turns("alpha", n))) == a1
+
+
+def test_a_third_conversation_takes_the_least_recently_used_slot() -> None:
+    adm = Admission(slots=2, max_queue=0, metrics=Metrics())
+    a = _give(adm, _want(_turns("alpha", 1)))
+    b = _give(adm, _want(_turns("beta", 1)))
+    assert _give(adm, _want(_turns("alpha", 2))) == a  # b's slot is now the older
+    assert _give(adm, _want(_turns("gamma", 1))) == b
+    assert _give(adm, _want(_turns("alpha", 3))) == a
+
+
+@pytest.mark.parametrize(("later", "kind"), [
+    (_turns("alpha", 3), affinity.CONTINUED),  # the next turn
+    (_turns("alpha", 2), affinity.CONTINUED),  # the same turn again (regenerate)
+    (_turns("alpha", 1), affinity.CONTINUED),  # a prefix of what the slot holds
+    ([*_turns("alpha", 2)[:-1], {"role": "user", "content": "edited"}], affinity.OTHER),
+    (_turns("beta", 2), affinity.OTHER),
+    (_turns("alpha", 2, system={"role": "system", "content": "other"}), affinity.OTHER),
+])
+def test_what_counts_as_the_same_conversation(later: list[dict], kind: str) -> None:
+    slot = affinity.SlotState(_want(_turns("alpha", 2)).digests, given=1)
+    assert affinity.kind_of(affinity.rank(_want(later).digests, slot)) == kind
+
+
+def test_tools_and_template_arguments_are_part_of_the_prefix() -> None:
+    msgs = _turns("alpha", 1)
+    tool = [{"type": "function", "function": {"name": "f"}}]
+    plain = affinity.chat_digests({"messages": msgs})
+    assert affinity.chat_digests({"messages": msgs, "tools": tool})[0] != plain[0]
+    assert affinity.chat_digests({"messages": msgs, "chat_template_kwargs": {"x": 1}}
+                                 )[0] != plain[0]
+    assert affinity.chat_digests({"messages": msgs, "temperature": 0}) == plain
+
+
+def test_a_growing_text_prompt_keeps_its_earlier_blocks() -> None:
+    story = "Once upon a time " * 100
+    first = affinity.completion_digests({"prompt": story})
+    later = affinity.completion_digests({"prompt": story + "there was a dragon. " * 30})
+    assert later[:len(first)] == first and len(later) > len(first)
+    assert affinity.completion_digests({"prompt": [story]}) == first
+    short = affinity.completion_digests({"prompt": "hi"})
+    assert short != affinity.completion_digests({"prompt": "ho"}) and len(short) == 1
+    tokens = affinity.completion_digests({"prompt": list(range(200))})
+    assert affinity.completion_digests({"prompt": list(range(300))})[:len(tokens)] == tokens
+
+
+def test_digests_stay_small_for_any_body() -> None:
+    many = {"messages": [{"role": "user", "content": str(i)} for i in range(10_000)]}
+    assert len(affinity.chat_digests(many)) == affinity.MAX_DIGESTS
+    assert len(affinity.completion_digests({"prompt": "x" * (1 << 20)})) == \
+        affinity.MAX_DIGESTS
+    assert affinity.chat_digests({"messages": "not a list"})
+
+
+def test_a_named_slot_is_never_given_to_two_requests_at_once() -> None:
+    """llama-server handed a request for a busy slot saves that slot to its prompt cache
+    and loads another prompt into it under the running generation: admission gives a
+    slot to one request at a time, and whoever names a busy slot waits for it while the
+    others take the free ones."""
+    async def scenario() -> list[str]:
+        adm = Admission(slots=2, max_queue=8, metrics=Metrics())
+        holding: dict[int, int] = {0: 0, 1: 0}
+        log: list[str] = []
+        release = {name: asyncio.Event() for name in ("a", "b", "c", "d")}
+
+        async def job(name: str, want: Want) -> None:
+            async with adm.slot(want) as place:
+                holding[place.id] += 1
+                assert holding[place.id] == 1, f"slot {place.id} given twice"
+                log.append(f"{name}@{place.id}")
+                await release[name].wait()
+                holding[place.id] -= 1
+
+        a = asyncio.ensure_future(job("a", Want(slot=0)))
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(job("b", Want(slot=0)))  # waits for slot 0
+        await asyncio.sleep(0)
+        c = asyncio.ensure_future(job("c", _want(_turns("gamma", 1))))  # takes slot 1
+        await asyncio.sleep(0)
+        assert log == ["a@0", "c@1"] and adm.waiting == 1
+        d = asyncio.ensure_future(job("d", _want(_turns("delta", 1))))  # waits: none free
+        await asyncio.sleep(0)
+        release["a"].set()  # slot 0 frees: b named it and came first
+        await asyncio.sleep(0.01)
+        assert log[-1] == "b@0"
+        release["c"].set()  # slot 1 frees: d takes it
+        await asyncio.sleep(0.01)
+        assert log[-1] == "d@1"
+        release["b"].set()
+        release["d"].set()
+        await asyncio.gather(a, b, c, d)
+        return log
+
+    assert asyncio.run(scenario()) == ["a@0", "c@1", "b@0", "d@1"]
+
+
+def test_a_waiter_for_a_busy_slot_does_not_hold_up_the_queue_behind_it() -> None:
+    async def scenario() -> list[str]:
+        adm = Admission(slots=2, max_queue=8, metrics=Metrics())
+        log: list[str] = []
+        done = {n: asyncio.Event() for n in ("x", "y", "pinned", "later")}
+
+        async def job(name: str, want: Want) -> None:
+            async with adm.slot(want) as place:
+                log.append(f"{name}@{place.id}")
+                await done[name].wait()
+
+        jobs = []
+        for name, want in (("x", Want(slot=0)), ("y", Want(slot=1)),
+                           ("pinned", Want(slot=0)), ("later", _want(_turns("z", 1)))):
+            jobs.append(asyncio.ensure_future(job(name, want)))
+            await asyncio.sleep(0)
+        assert adm.waiting == 2
+        done["y"].set()  # slot 1 frees: "pinned" came first but waits for slot 0
+        await asyncio.sleep(0.01)
+        assert log[-1] == "later@1"
+        done["x"].set()
+        await asyncio.sleep(0.01)
+        assert log[-1] == "pinned@0"
+        done["pinned"].set()
+        done["later"].set()
+        await asyncio.gather(*jobs)
+        return log
+
+    assert asyncio.run(scenario()) == ["x@0", "y@1", "later@1", "pinned@0"]
+
+
+def test_a_slot_whose_request_was_cut_off_waits_for_the_engine_to_let_it_go() -> None:
+    """A request that ended before its reply (the client left) may still run in the
+    engine: its slot is given out again only after confirm() says the engine is done."""
+    async def scenario() -> list[str]:
+        engine_done = asyncio.Event()
+        events: list[str] = []
+
+        async def confirm(slot: int) -> None:
+            events.append(f"confirm {slot}")
+            await engine_done.wait()
+
+        adm = Admission(slots=1, max_queue=4, metrics=Metrics(), confirm=confirm)
+        async with adm.slot(Want()) as place:
+            place.sent = True  # sent, never read to the end
+        assert adm.free == 0  # not free yet
+
+        async def next_one() -> None:
+            async with adm.slot(Want()) as place:
+                events.append(f"given {place.id}")
+                place.sent = place.finished = True
+
+        waiter = asyncio.ensure_future(next_one())
+        await asyncio.sleep(0.01)
+        assert events == ["confirm 0"] and adm.waiting == 1
+        engine_done.set()
+        await waiter
+        assert adm.free == 1  # read to the end: free at once, no confirm
+        return events
+
+    assert asyncio.run(scenario()) == ["confirm 0", "given 0"]
+
+
 # --- config and keys -----------------------------------------------------------------
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -128,6 +325,7 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
     ('{"model_id": "m", "header_timeout": 0}', "header_timeout: must be more than 0"),
     ('{"model_id": "m", "max_connections": 0}', "max_connections: must be at least 1"),
     ('{"model_id": "m", "metrics_auth": "no"}', "metrics_auth: expected bool"),
+    ('{"model_id": "m", "slot_affinity": 1}', "slot_affinity: expected bool"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, content: str, message: str) -> None:
     f = tmp_path / "gateway.json"
@@ -141,6 +339,7 @@ def test_an_old_config_gets_safe_defaults_for_the_new_settings(tmp_path: Path) -
     f.write_text('{"model_id": "m", "max_queue": 4}')
     cfg = Config.load(f)
     assert cfg.metrics_auth and cfg.max_connections == 1024 and cfg.header_timeout == 10
+    assert cfg.slot_affinity
 
 
 @pytest.mark.parametrize(("text", "keys"), [

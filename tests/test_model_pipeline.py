@@ -3,13 +3,16 @@ llama-server, the planner against what llama-server allocates, and a real chat m
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from builder import catalog, planner
-from builder.engines.llama_cpp.memory import repacked_types
+from builder.engines.llama_cpp.memory import kv_bytes_per_token, repacked_types
 from builder.engines.llama_cpp.server import server_args
 from builder.model_shape import from_catalog, from_gguf
 from builder.planner import PlanInput
@@ -110,3 +113,64 @@ def test_quantizing_again_is_a_cache_hit(qwen05_q4, artifact_cache, x86_engine,
 
     assert _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine,
                       llama_source) == qwen05_q4
+
+
+def test_synthetic_qwen_0_5b_streams_visible_text(x86_engine, qwen05_q4, gguf_reader,
+                                                  server_log: Path) -> None:
+    # every id of its 151,936 is a printable piece (not [PAD]): whatever the random
+    # weights pick is text
+    r = gguf_reader(qwen05_q4)
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    assert len(types) == 151936 and types.count(1) > 0.99 * len(types)  # 1: NORMAL
+    port = free_port()
+    args = server_args(Runtime(context_length=1024), str(qwen05_q4), port=port, threads=2)
+    with LlamaServer(x86_engine.tool("llama-server"), args, server_log, port=port) as srv:
+        for temperature in (0, 0.8):
+            text = _streamed_text(srv.url, {
+                "messages": [{"role": "user", "content": "Tell me a story."}],
+                "max_tokens": 16, "temperature": temperature, "seed": 1, "stream": True})
+            assert len(text.strip()) >= 16 and text.isprintable(), repr(text)
+
+
+def _streamed_text(url: str, body: dict) -> str:
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    text = []
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for line in resp:
+            data = line.strip()[5:].strip() if line.startswith(b"data:") else b""
+            if data and data != b"[DONE]":
+                for choice in json.loads(data)["choices"]:
+                    text.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(text)
+
+
+@pytest.fixture(scope="module")
+def soak():
+    """benchmarks/soak.py, whose harness the soak test shares."""
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, bench)
+    import soak
+
+    yield soak
+    sys.path.remove(bench)
+
+
+def test_engine_memory_plateaus_within_its_plan(x86_engine, qwen05_q4, soak,
+                                                server_log: Path) -> None:
+    """40 distinct conversations against the engine as a device runs it (its settings as
+    LLAMA_ARG_* variables), planned for a device small enough that the prompt cache
+    fills: llama-server's RSS levels off, at or under the plan's figure for it."""
+    plan = soak.soak_plan(qwen05_q4, ram=1152 * MiB, ctx=4096, parallel=1)
+    assert 8 * MiB <= plan.prompt_cache <= 64 * MiB  # fills within the run
+    port = free_port()
+    env = {**os.environ, **soak.planned_env(plan, qwen05_q4, port, threads=2)}
+    r = soak.soak(x86_engine.tool("llama-server"), [], server_log, conversations=40,
+                  words=100, port=port, env=env)
+    # the server took the planned ceiling (llama.cpp's own, 8 GiB, would never fill) ...
+    assert r.evictions > 0, "the prompt cache never filled"
+    # ... and stayed within the plan: after the cache is full, less growth than one
+    # conversation's KV (f16, 12 KiB per token for this shape)
+    one_conversation = r.prompt_tokens / 40 * kv_bytes_per_token(plan.input.model.arch, "f16")
+    assert r.growth() < one_conversation, (r.after, one_conversation)
+    assert r.peak <= soak.engine_figure(plan), (r.peak, soak.engine_figure(plan))

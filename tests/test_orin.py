@@ -1,9 +1,16 @@
 """The Jetson Orin target end to end against NVIDIA's tools' stand-ins (tests/fakes/jetson):
 a BSP tarball whose apply_binaries.sh, l4t_create_default_user.sh and
 l4t_initrd_flash.sh check their arguments and write what the real ones write, and a
-sample rootfs (the pi5 build's Debian arm64 rootfs in the role of NVIDIA's Ubuntu one).
-`builder build` makes the flash package; `builder flash` finds boards in a fake sysfs and
-runs the package's l4t_initrd_flash.sh --flash-only. Real hardware: test_hil.py."""
+sample rootfs. `builder build` makes the flash package; `builder flash` finds boards in a
+fake sysfs and runs the package's l4t_initrd_flash.sh --flash-only. Real hardware:
+test_hil.py.
+
+The sample rootfs stand-in is the x86-gateway build's Debian rootfs, not an arm64 one:
+what is under test is the builder's L4T flow (the BSP's scripts, the roles' Orin
+choices, the package, flashing), which does not depend on the architecture of the
+binaries in the tree, and the roles then run natively instead of under qemu-user, which
+keeps the suite inside its time budget. Provisioning an arm64 tree under qemu-user is
+what tests/test_pi5.py does."""
 
 from __future__ import annotations
 
@@ -24,15 +31,16 @@ NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
 
 
 @pytest.fixture(scope="module")
-def orin(tmp_path_factory, arm64_rootfs_tar: Path, artifact_cache,
-         run_builder_session) -> Path:
+def orin(tmp_path_factory, manifest: dict, artifact_cache, run_builder_session) -> Path:
     """OUT root of one orin-test build (orin-nano-8gb, NVMe, TensorRT-LLM) with the tiny
     Qwen2 checkpoint."""
     from builder import synth
 
     base = tmp_path_factory.mktemp("orin")
     bsp = make_bsp(base / "nvidia", RELEASE)
-    sample = make_sample_rootfs(arm64_rootfs_tar, base / "nvidia", RELEASE)
+    rootfs_tar = next(e.out / "rootfs.tar" for e in artifact_cache.entries()
+                      if e.kind == "rootfs" and e.key == manifest["inputs"]["rootfs_key"])
+    sample = make_sample_rootfs(rootfs_tar, base / "nvidia", RELEASE)
     profiles = base / "profiles"
     profiles.mkdir()
     (profiles / f"{PROFILE}.yaml").write_text("extends: orin-nano-8gb\njetson:\n"

@@ -9,10 +9,11 @@ import pytest
 
 from builder import catalog, planner
 from builder.engines.llama_cpp import COMPILE_JOB_PEAK
+from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
 from builder.model_shape import from_catalog
 from builder.planner import PlanInput, Verdict, plan
 from builder.profiles import ProfileStore
-from builder.units import GiB, MiB
+from builder.units import GiB, MiB, format_size
 
 
 def pin(model_id: str = "qwen2.5-0.5b-instruct", quant: str = "Q4_K_M", **kw) -> PlanInput:
@@ -49,7 +50,8 @@ def test_context_is_rounded_up_to_256_cells_per_slot_like_llama_cpp() -> None:
 def test_total_is_the_sum_of_its_parts() -> None:
     p = plan(pin(parallel=2))
     assert p.total == (p.weights + p.repacked + p.kv_total + p.compute + p.output
-                       + p.engine_overhead + p.gateway_overhead)
+                       + p.engine_overhead + p.gateway_overhead + p.prompt_cache
+                       + p.checkpoints)
     assert p.weights == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
     assert p.output == 151936 * 4 * 2  # one f32 logits row per slot
 
@@ -161,8 +163,57 @@ def test_explicit_memory_max_below_the_need_does_not_fit() -> None:
 
 
 def test_auto_memory_max_leaves_20_percent_headroom_within_the_budget() -> None:
-    p = plan(pin())
+    p = plan(pin(prompt_cache=0))
     assert p.total * 1.2 <= p.memory_max <= p.budget
+    # the prompt cache fills the plan to its 85% line: 20% more is over the budget
+    assert plan(pin()).memory_max == p.budget
+
+
+# --- what the engine may grow into while serving --------------------------------------
+
+def test_prompt_cache_fills_what_the_plan_leaves_below_the_fits_line() -> None:
+    loaded = plan(pin(prompt_cache=0))
+    p = plan(pin())
+    assert p.prompt_cache > 0 and p.prompt_cache % MiB == 0  # --cache-ram is whole MiB
+    assert p.total == loaded.total + p.prompt_cache + p.checkpoints
+    assert p.verdict is Verdict.FITS
+    assert p.total <= planner.FIT_SHARE * p.limit < p.total + MiB
+    assert f"{format_size(p.prompt_cache)} of it cache" in p.reason
+
+
+def test_prompt_cache_is_planned_within_an_explicit_memory_max() -> None:
+    p = plan(pin(memory_max=1 * GiB))
+    assert p.limit == 1 * GiB and p.memory_max == 1 * GiB
+    assert p.prompt_cache > 0 and p.total <= planner.FIT_SHARE * GiB
+
+
+def test_no_prompt_cache_where_the_plan_leaves_no_headroom() -> None:
+    tight = pin(model_id="qwen2.5-3b-instruct", quant="Q8_0")  # 93% of a 4 GiB Pi
+    p = plan(tight)
+    assert p.verdict is Verdict.TIGHT and p.prompt_cache == 0
+    assert p.total == plan(dataclasses.replace(tight, prompt_cache=0)).total
+
+
+def test_auto_prompt_cache_never_exceeds_llama_cpp_default() -> None:
+    assert plan(pin(ram=64 * GiB)).prompt_cache == CACHE_RAM_DEFAULT == 8192 * MiB
+
+
+def test_an_explicit_prompt_cache_is_counted_and_judged() -> None:
+    p = plan(pin(prompt_cache=3584 * MiB))  # more than a 4 GiB device has left
+    assert p.prompt_cache == 3584 * MiB
+    assert p.total == plan(pin(prompt_cache=0)).total + 3584 * MiB
+    assert p.verdict is Verdict.NO_FIT
+    assert plan(pin(prompt_cache=256 * MiB)).verdict is Verdict.FITS
+
+
+@pytest.mark.parametrize("name", ["pi5-4gb", "pi5-8gb", "x86-gateway"])
+def test_memory_max_covers_everything_the_engine_may_hold(name: str) -> None:
+    p = plan(PlanInput.from_profile(ProfileStore().load(name).profile))
+    assert p.prompt_cache > 0
+    engine = p.total - p.gateway_overhead
+    assert engine == (p.weights + p.repacked + p.kv_total + p.compute + p.output
+                      + p.engine_overhead + p.prompt_cache + p.checkpoints)
+    assert engine <= p.memory_max <= p.budget
 
 
 def test_orin_reports_the_gpu_share_of_unified_memory(cli) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import boundedjson, validate
-from .admission import Admission, QueueFull
+from . import affinity, boundedjson, validate
+from .admission import Admission, Place, QueueFull, Want
 from .config import Config
 from .connections import ConnectionPool
 from .engine import HUNG, UP, EngineMonitor
@@ -45,7 +45,11 @@ class Gateway:
         self.cfg = cfg
         self.keys = [k.encode() for k in keys]
         self.m = Metrics()
-        self.admission = Admission(cfg.slots, cfg.max_queue, self.m)
+        # slot affinity: every request names its engine slot (affinity.py), for an engine
+        # that takes llama.cpp's id_slot
+        self.affinity = cfg.slot_affinity and "id_slot" in cfg.engine_fields
+        self.admission = Admission(cfg.slots, cfg.max_queue, self.m,
+                                   confirm=self._slot_idle if self.affinity else None)
         self.engine = EngineMonitor(cfg.engine_url, interval=cfg.engine_probe_interval,
                                     timeout=cfg.engine_probe_timeout,
                                     hung_after=cfg.engine_hung_after,
@@ -262,8 +266,10 @@ class Gateway:
 
     async def _complete(self, request: web.Request, path: str, chat: bool):
         """Admission first (a place in the queue), then the body (read within
-        body_timeout, measured before it is parsed), then a slot, then parsing and
-        validation: memory is bounded by places x max_request_bytes raw, and by slots
+        body_timeout, measured before it is parsed), parsing and validation (a mistake is
+        answered without waiting), then a slot: a request that has to wait for one keeps
+        only its raw body meanwhile and is parsed again once it has a slot. Memory is
+        bounded by places x max_request_bytes raw, and by slots (+1 being checked)
         parsed bodies."""
         if (request.content_length or 0) > self.cfg.max_request_bytes:
             return self._too_large()
@@ -291,17 +297,21 @@ class Gateway:
                                             max_values=self.cfg.max_json_values)
                     assert isinstance(bad, boundedjson.JsonError)
                     return error(400, bad.message, code=bad.code)
-                await place.slot()
-                body = boundedjson.parse(raw, max_depth=self.cfg.max_json_depth,
-                                         max_values=self.cfg.max_json_values)
+                req = self._checked(raw, chat)
+                if isinstance(req, web.Response):
+                    return req
+                want = self._want(req, chat)
+                if not place.try_slot(want):
+                    del req  # while it waits, only the raw body is held
+                    await place.slot(want)
+                    req = self._checked(raw, chat)  # the same bytes: the same request
+                    if isinstance(req, web.Response):
+                        return req
                 del raw
-                if isinstance(body, boundedjson.JsonError):
-                    return error(400, body.message, code=body.code)
-                req = (validate.chat if chat else validate.completion)(body, self.limits)
-                del body
-                if isinstance(req, validate.Invalid):
-                    return error(req.status, req.message, code=req.code, param=req.param)
-                return await self._forward(request, path, req, chat)
+                if self.affinity:
+                    req["id_slot"] = place.id
+                    self.m.slot_assignments.labels(place.kind).inc()
+                return await self._forward(request, path, req, chat, place)
         except QueueFull:
             self.m.rejected.inc()
             return error(429, f"all {self.cfg.slots} engine slots are busy and "
@@ -319,6 +329,70 @@ class Gateway:
         finally:
             self._active.discard(task)
             self._hung_victims.discard(task)
+
+    def _checked(self, raw: bytes, chat: bool) -> dict | web.Response:
+        """The request to send to the engine, or the 400 that refuses it."""
+        body = boundedjson.parse(raw, max_depth=self.cfg.max_json_depth,
+                                 max_values=self.cfg.max_json_values)
+        if isinstance(body, boundedjson.JsonError):
+            return error(400, body.message, code=body.code)
+        req = (validate.chat if chat else validate.completion)(body, self.limits)
+        if isinstance(req, validate.Invalid):
+            return error(req.status, req.message, code=req.code, param=req.param)
+        return req
+
+    def _want(self, req: dict, chat: bool) -> Want:
+        """Which slot the request should have: the one it names (id_slot), else the one
+        holding its conversation (affinity.py); without affinity, any."""
+        if not self.affinity:
+            return Want()
+        named = req.get("id_slot", -1)
+        return Want(affinity.chat_digests(req) if chat else affinity.completion_digests(req),
+                    named if named >= 0 else None)
+
+    async def _slot_idle(self, slot: int) -> None:
+        """Returns once the engine runs nothing in `slot` (GET /slots, llama-server's
+        slot monitor, answered by its main loop), or it is not running at all. Checked
+        after a request that ended before its reply did: llama-server stops a generation
+        only when it notices that the connection closed."""
+        while self.affinity:
+            busy = await self._slot_busy(slot)
+            if busy is False:
+                return
+            if busy is None:  # no slot monitor: pinning would not be safe
+                log.warning("the engine does not say which slots are busy (GET /slots): "
+                            "slot affinity off")
+                self.affinity = False
+                return
+            await asyncio.sleep(0.1)
+
+    async def _slot_busy(self, slot: int) -> bool | None:
+        """True while the engine runs something in `slot` (or cannot say so right now),
+        False once it does not (or is not running), None if it has no slot monitor."""
+        try:
+            async with self.session.get(self.cfg.engine_url + "/slots",
+                                        timeout=aiohttp.ClientTimeout(
+                                            total=self.cfg.engine_probe_timeout)) as r:
+                if r.status != 200:
+                    # 404/501: no monitor (llama-server --no-slots, another server);
+                    # 503: loading, ask again
+                    return None if r.status in (404, 501) else True
+                states = json.loads(await r.read())
+        except aiohttp.ClientConnectorError as e:
+            # not running: nothing runs in a slot, and a new engine starts empty; unless
+            # it is our side that is out of file descriptors
+            return getattr(e.os_error, "errno", None) in (errno.EMFILE, errno.ENFILE)
+        except (TimeoutError, aiohttp.ClientError):
+            return True  # hung or restarting: the engine monitor deals with that
+        except ValueError:
+            return None
+        if not isinstance(states, list):
+            return None
+        for st in states:
+            if isinstance(st, dict) and st.get("id") == slot:
+                busy = st.get("is_processing")
+                return busy if isinstance(busy, bool) else None
+        return None
 
     async def _read_body(self, request: web.Request) -> bytes | web.Response:
         try:
@@ -340,9 +414,10 @@ class Gateway:
             raise ClientGone from e
 
     async def _forward(self, request: web.Request, path: str, body: dict,
-                       chat: bool) -> web.StreamResponse:
+                       chat: bool, place: Place) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical
         param = "messages" if chat else "prompt"
+        place.sent = True  # from here on it may be running in the engine
         try:
             upstream = await self.session.post(
                 self.cfg.engine_url + path, data=json.dumps(body).encode(),
@@ -354,17 +429,19 @@ class Gateway:
                              kind="server_error", code="gateway_overloaded",
                              headers={"Retry-After": "2"})
             self.engine.failed(type(e).__name__)
+            place.finished = isinstance(e, aiohttp.ClientConnectorError)  # never arrived
             return self._engine_build() or unavailable(type(e).__name__)
         try:
             if upstream.status != 200:
-                return await self._refused(upstream, param)
+                return await self._refused(upstream, param, place)
             if not body.get("stream"):
-                return await self._whole(upstream, route)
-            return await self._stream(request, upstream, route, chat)
+                return await self._whole(upstream, route, place)
+            return await self._stream(request, upstream, route, chat, place)
         finally:
             upstream.close()  # not returned to the pool half-read: the engine sees EOF
 
-    async def _refused(self, upstream: aiohttp.ClientResponse, param: str) -> web.Response:
+    async def _refused(self, upstream: aiohttp.ClientResponse, param: str,
+                       place: Place) -> web.Response:
         """The engine did not take the request: its 4xx goes on as a 4xx; a 5xx is an
         outage only if the engine also stops answering its probe."""
         try:
@@ -372,6 +449,7 @@ class Gateway:
         except (TimeoutError, aiohttp.ClientError) as e:
             self.engine.failed(type(e).__name__)
             return unavailable(f"{type(e).__name__} while reading its reply")
+        place.finished = True  # an answer in full: the engine is done with it
         if upstream.status == 503 or (upstream.status >= 500
                                       and not await self.engine.probe(self.session)):
             message, _ = engine_message(data)
@@ -381,12 +459,14 @@ class Gateway:
                  engine_message(data)[0][:200])
         return engine_refused(upstream.status, data, param)
 
-    async def _whole(self, upstream: aiohttp.ClientResponse, route: str) -> web.Response:
+    async def _whole(self, upstream: aiohttp.ClientResponse, route: str,
+                     place: Place) -> web.Response:
         try:
             data = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as e:
             self.engine.failed(type(e).__name__)
             return unavailable(f"{type(e).__name__} while reading its reply")
+        place.finished = True
         with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
             reply = json.loads(data)
             self.m.completion_tokens.labels(route).inc(reply["usage"]["completion_tokens"])
@@ -419,7 +499,7 @@ class Gateway:
             raise ClientGone(str(e)) from e
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                      route: str, chat: bool) -> web.StreamResponse:
+                      route: str, chat: bool, place: Place) -> web.StreamResponse:
         watch = StreamWatch(chat)
         resp = web.StreamResponse(headers={
             "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
@@ -430,6 +510,9 @@ class Gateway:
             # each chunk goes out as it arrives: no buffering between engine and client
             async for chunk in upstream.content.iter_any():
                 watch.feed(chunk)
+                # llama-server sends its last event (or an error) just before it lets
+                # the slot go, in the same turn of its main loop
+                place.finished = watch.done or watch.error
                 await self._send(request, resp.write(chunk))
         except (TimeoutError, aiohttp.ClientError) as e:  # the engine's side
             failure = type(e).__name__

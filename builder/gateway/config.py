@@ -41,6 +41,9 @@ class Config:
     engine_probe_path: str = "/metrics"  # answered only while the engine's loop turns
     engine_fields: list = field(default_factory=lambda: sorted(LLAMA_FIELDS))  # its own
     engine_status_file: str = ""  # where an engine built on the device says how it goes
+    # each conversation back to the engine slot holding its prefix (affinity.py); only
+    # for an engine that takes llama.cpp's id_slot (in engine_fields)
+    slot_affinity: bool = True
     api_auth: bool = True
     keys_file: str = "/etc/edge-llm/api-keys"
     tls_cert: str = ""

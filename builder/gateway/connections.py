@@ -50,7 +50,8 @@ def fd_budget(max_connections: int, slots: int) -> int:
     """The connection cap that fits this process's open-file limit, raising the soft
     limit toward the hard one if needed. Each client may hold two descriptors (its
     socket, and a file while a static asset is sent); the reserve covers engine
-    connections (one per slot, plus the probe), the listening socket, logs and Python."""
+    connections (one per slot, one per slot being checked with GET /slots, plus the
+    probe), the listening socket, logs and Python."""
     reserve = 64 + 2 * slots
     need = 2 * max_connections + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -38,6 +38,11 @@ class Metrics:
                                           "abandoned (generation cancelled)", registry=r)
         self.rejected = Counter(P + "queue_rejections", "Requests refused with 429 "
                                 "because the queue was full", registry=r)
+        self.slot_assignments = Counter(
+            P + "slot_assignments", "Requests given an engine slot by conversation "
+            "(slot affinity): continued (the slot holds the conversation), fresh (an unused "
+            "slot), other (the least recently used), client (the client named the slot)",
+            ["kind"], registry=r)
         self.queue_depth = Gauge(P + "queue_depth", "Requests waiting for an engine slot",
                                  registry=r)
         self.in_flight = Gauge(P + "in_flight", "Requests holding an engine slot",

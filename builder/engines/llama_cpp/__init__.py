@@ -80,7 +80,7 @@ class LlamaCpp(Engine):
         p = i.profile
         env = server_env(p.runtime, f"{layout.model_dir}/{i.model.device_name}",
                          port=p.service.engine_port, threads=p.device.cpu_cores,
-                         alias=i.model_id)
+                         alias=i.model_id, prompt_cache=planned_prompt_cache(i))
         env.pop("LLAMA_ARG_HOST")  # ExecStart pins 127.0.0.1 on the command line
         return env
 
@@ -110,6 +110,22 @@ class LlamaCpp(Engine):
         return (f"runtime.kv_cache_type: q8_0{extra}",
                 {"kv_cache_type": "q8_0",
                  "flash_attn": "on" if pin.flash_attn == "off" else pin.flash_attn})
+
+
+def planned_prompt_cache(i: Inputs) -> int:
+    """The prompt cache the plan of this release leaves room for: planned for the GGUF
+    file it carries (its own header), else for the profile's catalog model (stand-in
+    files in tests). Either way the engine's total stays at the plan's: the cache is
+    what the other parts leave."""
+    from ...errors import BuilderError
+    from ...model_shape import from_gguf
+    from ...planner import PlanInput, plan
+
+    try:
+        shape = from_gguf(i.model.path) if i.model.path.is_file() else None
+    except BuilderError:
+        shape = None
+    return plan(PlanInput.from_profile(i.profile, shape), suggest=False).prompt_cache
 
 
 ENGINE = LlamaCpp()

@@ -10,7 +10,17 @@
 - compute buffer: one graph reserved for the worst case, an ubatch attending over a
   slot's cache; the KQ mask plus the largest stage (attention scores, FFN, logits);
 - output buffer: one row of logits per sequence;
-- overhead: the process itself (binary, tokenizer tables, threads).
+- overhead: the process itself (binary, tokenizer tables, threads);
+and what llama-server may grow into while it serves (tools/server):
+- the host prompt cache (--cache-ram, MiB; llama.cpp's default ceiling is 8 GiB): when a
+  slot takes a new prompt it saves its current one - the slot's KV cells, a copy in
+  host memory - and evicts the oldest saved prompts to stay under the ceiling. Planned
+  at the ceiling: the headroom the plan leaves below its "fits" line (planner.headroom),
+  never above llama.cpp's own default, or the profile's runtime.prompt_cache;
+- context checkpoints (--ctx-checkpoints, default 32 per slot): copies of the state
+  that cannot be rolled back, made only for models with sliding-window or recurrent
+  layers. Qwen2 never makes them; they are turned off (0) so a replaced model cannot
+  hold memory the plan does not count.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ if TYPE_CHECKING:
     from ...planner import PlanInput
 
 ENGINE_OVERHEAD = 96 * MiB  # llama-server's process, measured (docs/planner.md)
+# llama-server --cache-ram default (common/common.h cache_ram_mib): the most "auto" plans
+CACHE_RAM_DEFAULT = 8192 * MiB
+CTX_CHECKPOINTS = 0  # --ctx-checkpoints: none (see above)
 
 # KV cache element sizes: llama-server --cache-type-k/-v (ggml type traits).
 KV_BYTES = {
@@ -80,11 +93,21 @@ def compute_buffer_bytes(model: ModelArch, pin: PlanInput) -> int:
     return mask + max(attn, ffn, logits)
 
 
+def prompt_cache_bytes(pin: PlanInput, engine_bytes: int) -> int:
+    """The host prompt cache's ceiling (whole MiB, as --cache-ram takes it): the
+    profile's, else what the plan leaves, at most llama.cpp's default."""
+    from ...planner import headroom
+
+    if pin.prompt_cache is not None:
+        return pin.prompt_cache // MiB * MiB
+    return min(CACHE_RAM_DEFAULT, headroom(pin, engine_bytes))
+
+
 def memory(pin: PlanInput) -> dict[str, int]:
     model = pin.model.arch
     kv_slot = math.ceil(kv_bytes_per_token(model, pin.kv_cache_type)
                         * cells(pin.context_length))
-    return {
+    parts = {
         "weights": pin.model.weights,
         "repacked": pin.model.repacked(pin.repack_types),
         "kv_per_slot": kv_slot,
@@ -93,3 +116,7 @@ def memory(pin: PlanInput) -> dict[str, int]:
         "output": model.n_vocab * 4 * pin.parallel,
         "engine_overhead": ENGINE_OVERHEAD,
     }
+    loaded = sum(v for k, v in parts.items() if k != "kv_per_slot")
+    parts["prompt_cache"] = prompt_cache_bytes(pin, loaded)
+    parts["checkpoints"] = 0  # --ctx-checkpoints 0: none are made (see above)
+    return parts

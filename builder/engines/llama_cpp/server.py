@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from ...schema import Runtime
+from .memory import CTX_CHECKPOINTS
 
 MiB = 1024 * 1024
 
@@ -18,12 +19,24 @@ def load_mode(rt: Runtime) -> str:
             (False, False): "none"}[(rt.mmap, rt.mlock)]
 
 
+def cache_ram_mib(rt: Runtime, prompt_cache: int | None) -> int:
+    """--cache-ram: the planned prompt cache (bytes), else the profile's explicit size;
+    'auto' without a plan keeps none (nothing unplanned is held)."""
+    if prompt_cache is None:
+        prompt_cache = 0 if rt.prompt_cache == "auto" else int(rt.prompt_cache)
+    return prompt_cache // MiB
+
+
 def server_settings(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
-                    threads: int, alias: str | None = None) -> list[tuple[str, str, str]]:
+                    threads: int, alias: str | None = None, prompt_cache: int | None = None
+                    ) -> list[tuple[str, str, str]]:
     """Every runtime knob as (llama-server flag, its environment variable, value): the
     one table both the command line and the service's EnvironmentFile come from.
     -c is the total over all slots (no unified KV cache), so each slot gets
-    context_length cells; --fit off keeps the server from resizing what was planned."""
+    context_length cells; --fit off keeps the server from resizing what was planned;
+    --cache-ram and --ctx-checkpoints bound what it keeps while serving to the plan's
+    prompt_cache (bytes) and checkpoints (none), instead of llama.cpp's defaults (an
+    8 GiB prompt cache, 32 checkpoints per slot)."""
     rows = [
         ("--model", "LLAMA_ARG_MODEL", model),
         ("--host", "LLAMA_ARG_HOST", host),
@@ -39,6 +52,11 @@ def server_settings(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: i
         ("--flash-attn", "LLAMA_ARG_FLASH_ATTN", rt.flash_attn),
         ("--load-mode", "LLAMA_ARG_LOAD_MODE", load_mode(rt)),
         ("--fit", "LLAMA_ARG_FIT", "off"),
+        ("--cache-ram", "LLAMA_ARG_CACHE_RAM", str(cache_ram_mib(rt, prompt_cache))),
+        ("--ctx-checkpoints", "LLAMA_ARG_CTX_CHECKPOINTS", str(CTX_CHECKPOINTS)),
+        # a prompt that drops or edits earlier turns keeps the cached chunks after the
+        # change (KV shifted), in runs of 256 tokens or more, as llama.cpp's presets do
+        ("--cache-reuse", "LLAMA_ARG_CACHE_REUSE", "256"),
         ("--metrics", "LLAMA_ARG_ENDPOINT_METRICS", "true"),
     ]
     if alias:
@@ -47,11 +65,12 @@ def server_settings(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: i
 
 
 def server_args(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
-                threads: int, alias: str | None = None) -> list[str]:
+                threads: int, alias: str | None = None, prompt_cache: int | None = None
+                ) -> list[str]:
     """The settings as llama-server flags (boolean flags take their on/off spelling)."""
     args: list[str] = []
     for flag, _, value in server_settings(rt, model, host=host, port=port, threads=threads,
-                                          alias=alias):
+                                          alias=alias, prompt_cache=prompt_cache):
         if value in ("true", "false"):
             args.append(flag if value == "true" else flag.replace("--", "--no-", 1))
         else:
@@ -60,9 +79,11 @@ def server_args(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int =
 
 
 def server_env(rt: Runtime, model: str, *, host: str = "127.0.0.1", port: int = 8081,
-               threads: int, alias: str | None = None) -> dict[str, str]:
+               threads: int, alias: str | None = None, prompt_cache: int | None = None
+               ) -> dict[str, str]:
     """The settings as llama-server's own LLAMA_ARG_* environment variables."""
-    rows = server_settings(rt, model, host=host, port=port, threads=threads, alias=alias)
+    rows = server_settings(rt, model, host=host, port=port, threads=threads, alias=alias,
+                           prompt_cache=prompt_cache)
     return {env: value for _, env, value in rows}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -231,8 +232,8 @@ class JetsonOrin(Target):
         stage.mkdir()
         tree = l4t.unpack_bsp(bsp, stage, s.l4t_release, log_file)
         rootfs = tree / "rootfs"
-        if rootfs.is_dir() and not any(rootfs.iterdir()):
-            rootfs.rmdir()
+        if rootfs.is_dir():  # the BSP's placeholder (a README): the appliance goes there
+            shutil.rmtree(rootfs)
         os.replace(ctx.rootfs_dir, rootfs)  # the provisioned tree, same filesystem
         ctx.rootfs_dir = rootfs
         cmd = [INITRD_FLASH, "--no-flash",

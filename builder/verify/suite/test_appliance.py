@@ -88,6 +88,24 @@ def test_resident_memory_is_within_the_plan(host, manifest, layout) -> None:
     assert rss_kib * 1024 <= allowed
 
 
+def test_distinct_conversations_stay_within_the_planned_memory(host, manifest, layout,
+                                                               engine_port: int) -> None:
+    """The soak (benchmarks/soak.py), short: each distinct conversation leaves its KV in
+    the engine's prompt cache; the plan bounds that cache, so RSS stays within the plan."""
+    pid = host.check_output(f"systemctl show -p MainPID --value {layout['engine_unit']}")
+    allowed = manifest["plan"]["total"] - manifest["plan"]["gateway_overhead"]
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    for n in range(6):
+        words = " ".join(syllables[(n * 7 + i * i) % 80] + syllables[(n + 3 * i) % 80]
+                         for i in range(200))
+        status, _ = _http(host, engine_port, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": f"{n}: {words}"}], "max_tokens": 2})
+        assert status == 200
+        rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB",
+                                host.check_output(f"cat /proc/{pid}/status")).group(1))
+        assert rss_kib * 1024 <= allowed, f"after {n + 1} conversations: {rss_kib} KiB"
+
+
 @pytest.mark.parametrize("unit", ["engine_unit", "gateway_unit"])
 def test_service_is_hardened_to_at_most_ok_exposure(host, layout, unit: str) -> None:
     out = host.check_output(f"systemd-analyze security --no-pager {layout[unit]}")
