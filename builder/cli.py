@@ -18,6 +18,7 @@ from rich.table import Table
 from . import catalog, planner
 from . import cli_build as _cli_build  # noqa: F401  (registers engine/model/build/vm/...)
 from . import cli_fleet as _cli_fleet  # noqa: F401  (registers release/deploy/fleet)
+from . import cli_lab as _cli_lab  # noqa: F401  (registers lab run)
 from .cli_common import (
     app,
     cache_option,

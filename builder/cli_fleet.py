@@ -64,6 +64,27 @@ gate_option = click.option("--gate-timeout", default=300, show_default=True,
                            help="Seconds a release has to pass its health gate on a device.")
 
 
+def rollout_options(f):
+    """How a rollout goes (playbooks/deploy.yml's variables besides the release)."""
+    for opt in reversed([
+        click.option("--serial", default="1,100%", show_default=True,
+                     help="Batch sizes, canary first: e.g. 1,10%,100% (Ansible serial)."),
+        click.option("--max-fail", default=0.0, show_default=True,
+                     type=click.FloatRange(0, 100),
+                     help="Percent of a batch that may fail before the rollout stops "
+                     "(Ansible max_fail_percentage: stop when more than this fail; "
+                     "unreachable counts)."),
+        gate_option,
+        click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
+                     help="Releases kept on each device."),
+        click.option("--bwlimit", default=0, show_default=True, type=click.IntRange(min=0),
+                     help="rsync bandwidth limit in KiB/s per host (0: none), for thin "
+                     "links."),
+    ]):
+        f = opt(f)
+    return f
+
+
 def _ssh(cache_dir: Path | None, known_hosts: Path | None, accept_new: bool) -> fleet.Ssh:
     from .sshkey import builder_key
 
@@ -139,16 +160,7 @@ def _finish(outcomes: list[fleet.HostOutcome], what: str, json_: bool, *,
               help="Instead of --release: a bundle file (`builder bundle export`), imported "
               "into OUT/releases first (checked, resumable), then deployed.")
 @allowed_signers_option
-@click.option("--serial", default="1,100%", show_default=True,
-              help="Batch sizes, canary first: e.g. 1,10%,100% (Ansible serial).")
-@click.option("--max-fail", default=0.0, show_default=True, type=click.FloatRange(0, 100),
-              help="Percent of a batch that may fail before the rollout stops (Ansible "
-              "max_fail_percentage: stop when more than this fail; unreachable counts).")
-@gate_option
-@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Releases kept on each device.")
-@click.option("--bwlimit", default=0, show_default=True, type=click.IntRange(min=0),
-              help="rsync bandwidth limit in KiB/s per host (0: none), for thin links.")
+@rollout_options
 def deploy_cmd(inventory: Path, release_ref: str | None, bundle_file: Path | None,
                allowed_signers: Path | None, serial: str, max_fail: float,
                gate_timeout: int, keep: int, bwlimit: int, limit: str | None,
@@ -220,6 +232,25 @@ def fleet_status_cmd(inventory: Path, limit: str | None, known_hosts: Path | Non
     if any(not o.reachable for o in outcomes):
         raise fleet.FleetFailed("fleet status: unreachable: " + ", ".join(
             o.host for o in outcomes if not o.reachable))
+
+
+@fleet_group.command("vars")
+@click.option("--release", "-r", "release_ref", required=True,
+              help="Release id (in OUT/releases) or its directory.")
+@rollout_options
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="An existing directory where the playbook writes each host's outcome "
+              "(<host>.json) on the machine that runs it; default: none (AWX keeps the "
+              "job's events).")
+@out_option
+def fleet_vars_cmd(release_ref: str, serial: str, max_fail: float, gate_timeout: int,
+                   keep: int, bwlimit: int, report_dir: Path | None, out_root: Path) -> None:
+    """Print playbooks/deploy.yml's extra vars for a release (JSON), for running the
+    rollout under ansible-runner or an AWX job template (docs/fleet.md)."""
+    bundle = release_mod.find(out_root / "releases", release_ref)
+    _print_json(fleet.deploy_vars(bundle, report_dir, serial=fleet.parse_serial(serial),
+                                  max_fail=max_fail, gate_timeout=gate_timeout, keep=keep,
+                                  bwlimit_kbps=bwlimit))
 
 
 # --- bundles: a release carried into a closed site -----------------------------------------

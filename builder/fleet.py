@@ -180,31 +180,41 @@ def gate_for(manifest: dict[str, Any], gate_timeout: int) -> int:
     return max(gate_timeout, manifest["engine"].get("build_seconds") or 0)
 
 
-def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: list,
-           max_fail: float, gate_timeout: int, keep: int, bwlimit_kbps: int,
-           limit: str | None = None) -> list[HostOutcome]:
-    hosts = list(inventory_hosts(inventory))
+def deploy_vars(bundle: Bundle, reports: Path | None, *, serial: list, max_fail: float,
+                gate_timeout: int, keep: int, bwlimit_kbps: int) -> dict[str, Any]:
+    """playbooks/deploy.yml's extra vars for a release: all it needs, so the playbook
+    runs the same under `builder deploy`, ansible-runner or an AWX job template."""
     m = bundle.manifest
-    if gate_for(m, gate_timeout) > gate_timeout:
-        gate_timeout = gate_for(m, gate_timeout)
-        console.print(f"{m['engine']['kind']} engines are built on each device at their "
-                      f"first start: the health gate waits up to {gate_timeout}s")
-    reports = work / "hosts"
-    reports.mkdir(parents=True, exist_ok=True)
-    for f in reports.glob("*.json"):
-        f.unlink()
-    extra = {
+    return {
         "release_id": m["release_id"], "release_tree": str(bundle.tree.resolve()),
         "release_model_src": str(bundle.model_path),
         "release_model_sha256": m["model"]["sha256"],
         "release_model_name": Path(m["model"]["path"]).name,
         "release_model_bytes": m["model"]["bytes"],
         "release_engine_watchdog_seconds": m["engine"].get("watchdog_seconds", 300),
-        "release_gate_timeout": gate_timeout, "release_keep": keep,
+        "release_gate_timeout": gate_for(m, gate_timeout), "release_keep": keep,
         "release_min_free_bytes": bundle.tree_bytes + m["model"]["bytes"] + (64 << 20),
-        "release_bwlimit_kbps": bwlimit_kbps, "release_report_dir": str(reports.resolve()),
+        "release_bwlimit_kbps": bwlimit_kbps,
+        "release_report_dir": str(reports.resolve()) if reports else "",
         "deploy_serial": serial, "deploy_max_fail_percentage": max_fail,
     }
+
+
+def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: list,
+           max_fail: float, gate_timeout: int, keep: int, bwlimit_kbps: int,
+           limit: str | None = None) -> list[HostOutcome]:
+    hosts = list(inventory_hosts(inventory))
+    m = bundle.manifest
+    if gate_for(m, gate_timeout) > gate_timeout:
+        console.print(f"{m['engine']['kind']} engines are built on each device at their "
+                      f"first start: the health gate waits up to "
+                      f"{gate_for(m, gate_timeout)}s")
+    reports = work / "hosts"
+    reports.mkdir(parents=True, exist_ok=True)
+    for f in reports.glob("*.json"):
+        f.unlink()
+    extra = deploy_vars(bundle, reports, serial=serial, max_fail=max_fail,
+                        gate_timeout=gate_timeout, keep=keep, bwlimit_kbps=bwlimit_kbps)
     recap, output = _play("deploy.yml", inventory, extra, ssh, work,
                           f"deploying {m['release_id']} to {len(hosts)} host(s)", limit)
     outcomes = _outcomes(hosts, recap, output, reports, "deploy")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 from .cache import Cache
@@ -17,14 +18,18 @@ from .run import run
 
 
 def _keypair(key: Path, comment: str) -> tuple[Path, str]:
-    if not key.exists():
-        tmp = key.with_name(key.name + ".tmp")
-        for f in (tmp, Path(f"{tmp}.pub")):
-            f.unlink(missing_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", tmp],
-            what="ssh-keygen")
-        Path(f"{tmp}.pub").rename(Path(f"{key}.pub"))
-        tmp.rename(key)
+    # locked: two builds starting at once must not each make a key and keep one's
+    # private half with the other's public half
+    with (key.parent / f".{key.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not key.exists():
+            tmp = key.with_name(key.name + ".tmp")
+            for f in (tmp, Path(f"{tmp}.pub")):
+                f.unlink(missing_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", tmp],
+                what="ssh-keygen")
+            Path(f"{tmp}.pub").rename(Path(f"{key}.pub"))
+            tmp.rename(key)
     key.chmod(0o600)
     return key, Path(f"{key}.pub").read_text().strip()
 

@@ -74,8 +74,11 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, positions: dict[L
     return loader.construct_object(node, deep=True)
 
 
-def load_document(path: Path) -> Document:
-    """Parse one YAML file whose top level must be a mapping."""
+PROFILE_TOP = "a profile must be a mapping of sections (device:, engine:, ...)"
+
+
+def load_document(path: Path, top: str = PROFILE_TOP) -> Document:
+    """Parse one YAML file whose top level must be a mapping (`top` says of what)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -98,6 +101,5 @@ def load_document(path: Path) -> Document:
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise ProfileError(f"{display_path(path)}:1:1: a profile must be a mapping of "
-                           f"sections (device:, engine:, ...), got {type(data).__name__}")
+        raise ProfileError(f"{display_path(path)}:1:1: {top}, got {type(data).__name__}")
     return Document(data, positions, path)

@@ -184,13 +184,34 @@ def manifest(appliance: Path) -> dict:
 
 
 # --- the arm64 build: one Pi 5 appliance (rootfs, image, the VM kernel) -----------------
+# Most of half an hour of mostly emulated arm64 work (a cross-compile, dpkg and Ansible
+# under qemu-user), so it starts in the background as soon as the tiny model exists and
+# the x86 tests run meanwhile; the tests that need it wait for it (pi5_appliance).
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_PI5_WANTED] = any(
+        "pi5_appliance" in getattr(item, "fixturenames", ()) for item in session.items
+        if not item.get_closest_marker("skip"))
+
+
+_PI5_WANTED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slow_builds_start_early(request: pytest.FixtureRequest) -> None:
+    if request.config.stash.get(_PI5_WANTED, False):
+        request.getfixturevalue("pi5_build")
+
 
 @pytest.fixture(scope="session")
-def pi5_appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
-    """OUT root of one pi5-test build (profile pi5-test, extending pi5-4gb): kernel and
-    firmware from the Raspberry Pi repository stand-in (tests/fakes/rpi), the tiny Qwen2
-    model, and the virt kernel and initramfs QEMU boots it with (--with-vm-image)."""
+def pi5_build(tmp_path_factory, tiny_q4: Path, artifact_cache):
+    """The pi5-test build (profile pi5-test, extending pi5-4gb) running in the background:
+    kernel and firmware from the Raspberry Pi repository stand-in (tests/fakes/rpi), the
+    tiny Qwen2 model, and the virt kernel and initramfs QEMU boots it with
+    (--with-vm-image). Yields (OUT root, process, log)."""
     from fakes.rpi import make_repo
+
+    from builder.sshkey import builder_key, signing_key
 
     base = tmp_path_factory.mktemp("pi5")
     repo = make_repo(base / "repo")
@@ -204,11 +225,35 @@ def pi5_appliance(tmp_path_factory, tiny_q4: Path, run_builder_session) -> Path:
         "verify:  # a VM emulating arm64 on x86, not a Pi 5: slow by design\n"
         "  min_decode_tps: 0.2\n"
         "  max_ttft_ms: 300000\n")
-    out = base / "out"
-    r = run_builder_session("build", "--profile", "pi5-test", "--profiles-dir", str(profiles),
-                            "--model-file", str(tiny_q4), "--with-vm-image", "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    (out / "profiles").symlink_to(profiles)
+    (base / "out").mkdir()
+    (base / "out" / "profiles").symlink_to(profiles)
+    builder_key(artifact_cache)  # the keys every build uses, made before two builds run
+    signing_key(artifact_cache)
+    log = base / "build.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("builder")), "build", "--profile", "pi5-test",
+             "--profiles-dir", str(profiles), "--model-file", str(tiny_q4), "--with-vm-image",
+             "--out", str(base / "out")],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "100"}, start_new_session=True)
+    try:
+        yield base / "out", proc, log
+    finally:
+        if proc.poll() is None:  # the session ended first: stop the build and its tools
+            proc.terminate()
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="session")
+def pi5_appliance(pi5_build) -> Path:
+    """OUT root of the pi5-test build, once it has finished (OUT/profiles: its profile)."""
+    out, proc, log = pi5_build
+    rc = proc.wait(timeout=5400)
+    assert rc == 0, f"builder build --profile pi5-test: exit {rc}\n" + log.read_text()[-3000:]
     return out
 
 

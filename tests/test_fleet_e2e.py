@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -277,3 +278,99 @@ def test_a_release_carried_in_a_bundle_deploys_from_a_closed_site(
     assert host["bytes_sent"] > smollm2_gguf.stat().st_size // 2  # and was sent from there
     assert _status(fleet, "vm1")["model_sha256"] == json.loads(
         (site / "releases" / rid / "tree/release.json").read_text())["model"]["sha256"]
+
+
+def test_a_lab_run_verifies_and_benchmarks_devices_and_resumes_where_one_failed(
+        fleet, appliance: Path, manifest, tmp_path: Path) -> None:
+    """`builder lab run` over two of the fleet's VMs as deploy-only devices: each gets the
+    build's release (Ansible), is waited for, verified with the suite and benchmarked
+    against the profile's bars. vm2's inventory entry names the wrong public port, so it
+    fails its ready step; the re-run with the entry fixed keeps every step that passed
+    and starts vm2 at its ready step. With EDGE_LLM_LAB_SAMPLE=DIR the run's records are
+    copied there and rendered (docs/lab-sample/ is made so)."""
+    from builder import lab, lab_report
+
+    specs = fleet["specs"]
+
+    def inventory(vm2_api_port: int) -> str:
+        ports = {"vm1": next(iter(specs["vm1"][0].forwards)), "vm2": vm2_api_port}
+        return ("defaults:\n  profile: x86-gateway\n  flash: deploy-only\n"
+                "  ansible_host: 127.0.0.1\n  ansible_user: edge\n  ready_timeout: 30\n"
+                "devices:\n" + "".join(
+                    f"  {h}:\n    ansible_port: {specs[h][0].ssh_port}\n"
+                    f"    api_url: http://127.0.0.1:{ports[h]}\n" for h in ("vm1", "vm2")))
+
+    inv = tmp_path / "lab.yml"
+    inv.write_text(inventory(vm2_api_port=9))  # discard: nothing answers there
+    run_dir = tmp_path / "lab" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    # the whole verify suite but its Ansible idempotence check (minutes under TCG; that
+    # check is test_appliance_e2e's), and a short benchmark
+    args = ("--known-hosts", str(fleet["known_hosts"]), "--accept-new-host-keys",
+            "--select", "not a_second_ansible_run", "--requests", "3", "--max-tokens", "16")
+    r = _builder(appliance, "lab", "run", "--inventory", str(inv), "--output", str(run_dir),
+                 *args)
+    said = [r.stderr + r.stdout]
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "vm1: verify passed" in r.stderr and "vm2: ready failed" in r.stderr, r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith(
+        "error: lab run: 1 of 2 device(s) did not pass: vm2: ready failed; fix and re-run "
+        "with --resume ")
+
+    def junit() -> dict:
+        root = ElementTree.parse(run_dir / "junit.xml").getroot()
+        return {(tc.get("classname"), tc.get("name")): (
+            "failed" if tc.find("failure") is not None else
+            "skipped" if tc.find("skipped") is not None else "passed")
+            for tc in root.iter("testcase")}
+
+    assert junit() == {
+        **{("lab.vm1", s): "passed" for s in ("deploy", "ready", "verify", "benchmark")},
+        ("lab.vm2", "deploy"): "passed", ("lab.vm2", "ready"): "failed",
+        ("lab.vm2", "verify"): "skipped", ("lab.vm2", "benchmark"): "skipped"}
+    vm1 = json.loads((run_dir / "devices/vm1.json").read_text())
+    assert vm1["passed"] and vm1["release_id"] == manifest["release_id"]
+    assert vm1["verify"]["tests"] > 15 and vm1["verify"]["failed"] == []
+    b = vm1["benchmark"]
+    assert b["decode_tps"] > 0 and 0 < b["ttft_ms_p50"] <= b["ttft_ms_p95"]
+    assert 0 < b["peak_rss_bytes"] <= vm1["thresholds"]["max_rss_bytes"]
+    assert all(c["ok"] for c in vm1["checks"]) and len(vm1["checks"]) == 3
+    vm2 = json.loads((run_dir / "devices/vm2.json").read_text())
+    assert not vm2["passed"] and "127.0.0.1:9/health" in vm2["steps"][1]["detail"]
+    md = (run_dir / "report.md").read_text()
+    assert "**Result: 1 of 2 device(s) passed; not passed: vm2.**" in md
+    assert "<svg" in (run_dir / "report.html").read_text()
+    for h in ("vm1", "vm2"):
+        st = _status(fleet, h)
+        assert st["current"] == manifest["release_id"] and st["healthy"], (h, st)
+
+    inv.write_text(inventory(next(iter(specs["vm2"][0].forwards))))
+    r = _builder(appliance, "lab", "run", "--resume", str(run_dir), "--inventory", str(inv),
+                 *args)
+    said.append(r.stderr + r.stdout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for kept in ("vm1: deploy", "vm1: ready", "vm1: verify", "vm1: benchmark", "vm2: deploy"):
+        assert f"{kept}: passed in attempt 1, kept" in r.stderr, r.stderr
+    assert "vm2: ready passed" in r.stderr and "vm2: benchmark passed" in r.stderr
+    assert set(junit().values()) == {"passed"}
+    vm2 = json.loads((run_dir / "devices/vm2.json").read_text())
+    assert [(s["name"], s["attempt"]) for s in vm2["steps"]] == [
+        ("deploy", 1), ("ready", 2), ("verify", 2), ("benchmark", 2)]
+    assert vm2["passed"] and vm2["attempts"] == [1, 2]
+    assert json.loads((run_dir / "devices/vm1.json").read_text())["steps"] == vm1["steps"]
+    assert "all 2 device(s) passed every step" in (run_dir / "report.md").read_text()
+
+    sample = os.environ.get("EDGE_LLM_LAB_SAMPLE")
+    if sample:  # the docs' sample: this run's records, rendered
+        import shutil
+
+        dest = Path(sample)
+        shutil.rmtree(dest, ignore_errors=True)
+        (dest / "devices").mkdir(parents=True)
+        for name in ("run.json", "lab.yml", "devices/vm1.json", "devices/vm2.json"):
+            shutil.copyfile(run_dir / name, dest / name)
+        (dest / "output.txt").write_text("\n".join(said))  # what the two runs printed
+        meta, records = lab.read_json(dest / "run.json"), lab.load_records(dest)
+        lab_report.write(dest, meta, records)
+        page = dest.parent / "lab.md"  # and the section of docs/lab.md that shows it
+        if page.is_file() and lab_report.BEGIN in page.read_text():
+            page.write_text(lab_report.embed(page.read_text(), meta, records))

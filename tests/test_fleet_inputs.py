@@ -4,12 +4,17 @@ passwords, bad batch sizes, a missing release, a host nobody answers on."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from builder.fleet import parse_serial
 from builder.testing.llama_server import free_port
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_serial_is_ansible_batches() -> None:
@@ -51,3 +56,82 @@ def test_an_unreachable_host_is_reported_not_a_traceback(workdir: Path, run_buil
     assert host["host"] == "kiosk1" and not host["reachable"]
     assert host["result"] == "unreachable" and "Connection refused" in host["reason"]
     assert r.stderr.strip().splitlines()[-1] == "error: fleet status: unreachable: kiosk1"
+
+
+def test_a_dynamic_inventory_script_is_read_like_a_file(workdir: Path, run_builder) -> None:
+    """An executable inventory (what cloud and CMDB inventories are) goes through
+    ansible-inventory like a file: its hosts are reached, and reported, by name."""
+    port = free_port()
+    script = workdir / "inventory.py"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+hosts = {{"kiosk-{{}}".format(i): {{"ansible_host": "127.0.0.1", "ansible_port": {port},
+                                   "ansible_user": "edge"}} for i in (1, 2)}}
+print(json.dumps({{"kiosks": {{"hosts": sorted(hosts)}}, "_meta": {{"hostvars": hosts}}}}
+                 if "--list" in sys.argv else {{}}))
+""")
+    script.chmod(0o755)
+    r = run_builder("fleet", "status", "--inventory", "inventory.py", "--json", cwd=workdir)
+    assert r.returncode == 1, r.stderr
+    assert sorted((h["host"], h["result"]) for h in json.loads(r.stdout)) == [
+        ("kiosk-1", "unreachable"), ("kiosk-2", "unreachable")]
+
+
+def _release(tmp: Path) -> Path:
+    """A release as `builder release` leaves it, as far as `fleet vars` reads it."""
+    d = tmp / "out" / "releases" / "r0123456789ab"
+    (d / "tree").mkdir(parents=True)
+    (d / "tree" / "engine.env").write_text("LLAMA_ARG_PORT=8081\n")
+    model = tmp / "model.gguf"
+    model.write_bytes(b"GGUF" + bytes(100))
+    (d / "tree" / "release.json").write_text(json.dumps({
+        "release_id": d.name, "model": {"sha256": "ab" * 32, "bytes": 104,
+                                        "path": "models/model.gguf"},
+        "engine": {"kind": "llama.cpp", "watchdog_seconds": 120}}))
+    (d / "bundle.json").write_text(json.dumps({"model_path": str(model)}))
+    return d
+
+
+def test_the_playbooks_run_from_a_checkout_under_ansible_runner(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """As an AWX project runs them: ansible-runner, the checkout as the project, no
+    ANSIBLE_ROLES_PATH (the checkout's ansible.cfg finds roles/), the variables a
+    release's `builder fleet vars` prints. Ansible resolves every role and task file
+    (--syntax-check); a role it could not find fails the run."""
+    import ansible_runner
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("ANSIBLE_ROLES_PATH", raising=False)
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[fleet]\nkiosk1 ansible_host=192.0.2.1\n")
+    for d in ("runner", "runner2"):
+        (tmp_path / d).mkdir()
+    for playbook, extravars in (("deploy.yml", {}), ("fleet.yml", {"fleet_action": "status"})):
+        run = ansible_runner.run(private_data_dir=str(tmp_path / "runner"),
+                                 project_dir=str(REPO), playbook=f"playbooks/{playbook}",
+                                 inventory=str(inventory), cmdline="--syntax-check",
+                                 extravars=extravars, quiet=True, timeout=300)
+        assert (run.status, run.rc) == ("successful", 0), (playbook, run.stdout.read())
+    # and without the checkout's ansible.cfg the role is not found: the test can fail
+    bare = tmp_path / "bare"
+    shutil.copytree(REPO / "playbooks", bare / "playbooks")
+    run = ansible_runner.run(private_data_dir=str(tmp_path / "runner2"), project_dir=str(bare),
+                             playbook="playbooks/deploy.yml", inventory=str(inventory),
+                             cmdline="--syntax-check", quiet=True, timeout=300)
+    assert run.rc != 0 and "the role 'release' was not found" in run.stdout.read()
+
+
+def test_fleet_vars_are_what_builder_deploy_passes_its_playbook(tmp_path: Path,
+                                                                run_builder) -> None:
+    _release(tmp_path)
+    r = run_builder("fleet", "vars", "--release", "r0123456789ab", "--serial", "1,5%,100%",
+                    "--max-fail", "2", "--gate-timeout", "60", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["release_id"] == "r0123456789ab" and v["deploy_serial"] == [1, "5%", "100%"]
+    assert v["deploy_max_fail_percentage"] == 2 and v["release_gate_timeout"] == 60
+    assert v["release_model_sha256"] == "ab" * 32 and v["release_report_dir"] == ""
+    assert Path(v["release_tree"]).is_absolute() and v["release_engine_watchdog_seconds"] == 120
+    r = run_builder("fleet", "vars", "--release", "r0123456789ab", "--serial", "ten",
+                    cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --serial ten:")

@@ -82,18 +82,25 @@ def flash(orin: Path, sysfs: Path, *args: str, **env: str) -> subprocess.Complet
 def test_the_delivery_is_a_flash_package_for_the_module(built: dict) -> None:
     d = built["delivery"]
     assert d["kind"] == "flash-package"
-    assert d["info"]["module"] == "orin-nano-8gb"
-    assert d["info"]["board"] == "jetson-orin-nano-devkit"
-    assert d["info"]["usb_product"] == f"0955:{NANO_8GB}"
-    assert d["info"]["l4t_release"] == RELEASE
+    assert d["module"] == "orin-nano-8gb"
+    assert d["board"] == "jetson-orin-nano-devkit"
+    assert d["usb_product"] == f"0955:{NANO_8GB}"
+    assert d["l4t_release"] == RELEASE
     assert built["engine"]["kind"] == "tensorrt-llm"
 
 
-def test_the_package_was_generated_for_nvme_with_the_qspi_layout(orin: Path,
-                                                                 built: dict) -> None:
+def test_the_package_was_generated_for_nvme_with_the_qspi_layout(orin: Path, built: dict,
+                                                                 package: Path) -> None:
+    """l4t_initrd_flash.sh --no-flash left the QSPI images (internal/) and the NVMe's
+    (external/, with the appliance's rootfs as system.img), and tegraflash's command
+    for the Orin Nano's T234 (bootloader/flashcmd.txt, kept beside the package)."""
     cmd = (orin / PROFILE / built["delivery"]["files"]["flashcmd"]).read_text()
-    assert "jetson-orin-nano-devkit" in cmd
-    assert "flash_t234_qspi" in cmd
+    assert cmd.startswith("./tegraflash.py") and "--chip 0x23" in cmd
+    assert "p3767-0003" in cmd  # the Orin Nano 8GB module's device tree
+    images = package / "tools/kernel_flash/images"
+    assert (images / "internal/flash.idx").is_file()
+    idx = (images / "external/flash.idx").read_text()
+    assert "A_kernel" in idx and (images / "external/system.img").stat().st_size > 0
 
 
 def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
@@ -110,8 +117,9 @@ def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
     assert settings["sm"] == "87" and settings["quant"] == "int4_gptq"
     model = root / settings["model"].lstrip("/")
     assert (model / "config.json").is_file()  # the checkpoint the device builds from
+    # the drop-in links the current release's (an absolute link, as the device sees it)
     dropin = (root / "etc/systemd/system/edge-llm-engine.service.d").glob("*.conf")
-    text = "".join(f.read_text() for f in dropin)
+    text = "".join((root / os.readlink(f).lstrip("/")).read_text() for f in dropin)
     assert "edge-llm-trtllm build" in text and "edge-llm-trtllm serve" in text
     unit = (root / "etc/systemd/system/edge-llm-engine.service").read_text()
     assert "DeviceAllow=/dev/nvmap rw" in unit and "SupplementaryGroups=video render" in unit

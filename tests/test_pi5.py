@@ -76,15 +76,20 @@ def test_config_cmdline_and_fstab_agree_on_the_partuuids(pi5: Path, built: dict)
                   if ln.startswith("kernel="))
     listing = run(["mdir", "-i", fat, "-b", "-/", "::/"], what="mdir")
     assert f"::/{kernel}" in listing  # the kernel config.txt names, from raspi-firmware's hook
-    assert "::/bcm2712-rpi-5-b.dtb" in listing and "::/overlays/README" in listing
+    assert "::/bcm2712-rpi-5-b.dtb" in listing and "::/initramfs_2712" in listing
+    overlays = [ln.split("=", 1)[1].split(",")[0] for ln in config.splitlines()
+                if ln.startswith("dtoverlay=")]
+    assert all(f"::/overlays/{o}.dtbo" in listing for o in overlays), overlays
+    assert "::/overlays/vc4-kms-v3d-pi5.dtbo" in listing  # the firmware's overlays came along
     root_at = t["partitions"][1]["start"] * SECTOR
     fstab = run(["debugfs", "-R", "cat /etc/fstab", f"{image}?offset={root_at}"],
                 what="debugfs")
     assert f"PARTUUID={disk}-01  /boot/firmware" in fstab
     assert f"PARTUUID={disk}-02  /" in fstab
     machine_id = run(["debugfs", "-R", "cat /etc/machine-id", f"{image}?offset={root_at}"],
-                     what="debugfs")
-    assert machine_id.strip() == ""  # every device makes its own at first boot
+                     what="debugfs")  # (with debugfs's banner: run() keeps stderr)
+    assert [ln for ln in machine_id.splitlines() if not ln.startswith("debugfs ")] == []
+    # an empty machine-id: every device makes its own at first boot
     sources = run(["debugfs", "-R", "cat /etc/apt/sources.list.d/raspi.list",
                    f"{image}?offset={root_at}"], what="debugfs")
     assert "archive.raspberrypi.com" in sources and "signed-by=/etc/apt/keyrings/" in sources

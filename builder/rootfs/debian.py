@@ -9,6 +9,8 @@ which clamps file times to it for reproducible output.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,15 +104,28 @@ def build(spec: DebianSpec, cache: Cache) -> Rootfs:
                 f"> \"$1\"/etc/apt/sources.list.new; mv \"$1\"/etc/apt/sources.list.new "
                 f"\"$1\"/etc/apt/sources.list",
                 f"--customize-hook=echo '{src.line(src.device_uri, inside)}' > \"$1\"{listed}"]
+        # apt checks signatures as its unprivileged _apt user, which cannot read a
+        # keyring under a private directory (a home, a 0700 temp dir): it gets a copy
+        keys = Path(tempfile.mkdtemp(prefix="edge-llm-apt-keys-"))
+        keys.chmod(0o755)
+        build_keys = []
+        for i, src in enumerate(spec.sources):
+            shutil.copyfile(src.keyring, keys / f"{i}-{src.keyring.name}")
+            (keys / f"{i}-{src.keyring.name}").chmod(0o644)
+            build_keys.append(keys / f"{i}-{src.keyring.name}")
         args += ["--customize-hook=rm -f \"$1\"/etc/hostname",
                  *(f"--customize-hook={h}" for h in spec.hooks),
                  f"--customize-hook=copy-out /var/lib/dpkg/status {status.parent}",
                  spec.suite, out / "rootfs.tar", spec.mirror,
-                 *(s.line(s.build_uri, str(s.keyring)) for s in spec.sources)]
-        with step(f"mmdebstrap {spec.suite} {spec.arch} ({len(spec.packages)} packages)"
-                  ) as line:
-            run(args, what="mmdebstrap", log_file=log_file, on_line=line,
-                env={"SOURCE_DATE_EPOCH": epoch} if epoch else None)
+                 *(s.line(s.build_uri, str(k)) for s, k in zip(spec.sources, build_keys,
+                                                                 strict=True))]
+        try:
+            with step(f"mmdebstrap {spec.suite} {spec.arch} ({len(spec.packages)} packages)"
+                      ) as line:
+                run(args, what="mmdebstrap", log_file=log_file, on_line=line,
+                    env={"SOURCE_DATE_EPOCH": epoch} if epoch else None)
+        finally:
+            shutil.rmtree(keys, ignore_errors=True)
         installed = parse_dpkg_status((status.parent / "status").read_text())
         (status.parent / "status").unlink()
         return {"packages": installed}

@@ -56,9 +56,14 @@ def write_ssh_config(path: Path, key: Path, known_hosts: Path) -> None:
         "  ServerAliveInterval 15\n")
 
 
+def ssh_command(target: Target, ssh_config: Path, *remote: str) -> list[str]:
+    """ssh to the device with an ssh_config from write_ssh_config."""
+    return ["ssh", "-F", str(ssh_config), "-p", str(target.port),
+            f"{target.user}@{target.host}", *remote]
+
+
 def reachable(target: Target, ssh_config: Path) -> None:
-    r = subprocess.run(["ssh", "-F", str(ssh_config), "-p", str(target.port),
-                        f"{target.user}@{target.host}", "true"],
+    r = subprocess.run(ssh_command(target, ssh_config, "true"),
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         reason = (r.stderr.strip().splitlines() or ["no answer"])[-1]
@@ -79,11 +84,13 @@ def api_url_of(target: Target, service: Service, given: str | None = None) -> st
 
 def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Path,
               api_url: str, extra_args: list[str] | None = None, *,
-              thresholds: dict | None = None, select: str | None = None) -> int:
+              thresholds: dict | None = None, select: str | None = None,
+              log_file: Path | None = None) -> int:
     """Run the suite; returns pytest's exit status (0 all passed). `api_url` is where
     this machine reaches the public port (api_url_of); `thresholds` the profile's
     verify.* section (default: the one it was built with); `select` a pytest -k
-    expression (e.g. "performance")."""
+    expression (e.g. "performance"); `log_file` takes pytest's output instead of the
+    terminal (`builder lab run`: devices verified side by side)."""
     state.mkdir(parents=True, exist_ok=True)
     ssh_config = state / "ssh_config"
     write_ssh_config(ssh_config, key, state / "known_hosts")
@@ -98,7 +105,12 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
            f"--junitxml={junit}", "-o", "junit_family=xunit1", "--rootdir", str(SUITE),
            "-v", *(["-k", select] if select else []), *(extra_args or [])]
-    rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    if log_file is None:
+        rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+    else:
+        with log_file.open("w") as log:
+            rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT).returncode
     if rc == 5:
         raise BuilderError(f"--select {select}: no check of the verify suite matches")
     if rc not in (0, 1):
