@@ -303,10 +303,11 @@ def test_a_lab_run_verifies_and_benchmarks_devices_and_resumes_where_one_failed(
     inv = tmp_path / "lab.yml"
     inv.write_text(inventory(vm2_api_port=9))  # discard: nothing answers there
     run_dir = tmp_path / "lab" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    # the whole verify suite but its Ansible idempotence check (minutes under TCG; that
-    # check is test_appliance_e2e's), and a short benchmark
+    # the verify suite's release and speed checks (the whole suite runs against this
+    # image in test_appliance_e2e; here it is minutes per device under TCG), and a short
+    # benchmark
     args = ("--known-hosts", str(fleet["known_hosts"]), "--accept-new-host-keys",
-            "--select", "not a_second_ansible_run", "--requests", "3", "--max-tokens", "16")
+            "--select", "release or performance", "--requests", "3", "--max-tokens", "16")
     r = _builder(appliance, "lab", "run", "--inventory", str(inv), "--output", str(run_dir),
                  *args)
     said = [r.stderr + r.stdout]
@@ -329,7 +330,7 @@ def test_a_lab_run_verifies_and_benchmarks_devices_and_resumes_where_one_failed(
         ("lab.vm2", "verify"): "skipped", ("lab.vm2", "benchmark"): "skipped"}
     vm1 = json.loads((run_dir / "devices/vm1.json").read_text())
     assert vm1["passed"] and vm1["release_id"] == manifest["release_id"]
-    assert vm1["verify"]["tests"] > 15 and vm1["verify"]["failed"] == []
+    assert vm1["verify"]["tests"] >= 4 and vm1["verify"]["failed"] == []
     b = vm1["benchmark"]
     assert b["decode_tps"] > 0 and 0 < b["ttft_ms_p50"] <= b["ttft_ms_p95"]
     assert 0 < b["peak_rss_bytes"] <= vm1["thresholds"]["max_rss_bytes"]
