@@ -169,8 +169,9 @@ def test_engine_memory_plateaus_within_its_plan(x86_engine, qwen05_q4, soak,
                   words=100, port=port, env=env)
     # the server took the planned ceiling (llama.cpp's own, 8 GiB, would never fill) ...
     assert r.evictions > 0, "the prompt cache never filled"
-    # ... and stayed within the plan: after the cache is full, less growth than one
-    # conversation's KV (f16, 12 KiB per token for this shape)
+    # ... and stayed within the plan: over the second half, once the cache is full, a
+    # quarter of what an unbounded cache would add (each of those 20 conversations' KV,
+    # f16, 12 KiB per token for this shape); what remains is the allocator's, a few MiB
     one_conversation = r.prompt_tokens / 40 * kv_bytes_per_token(plan.input.model.arch, "f16")
-    assert r.growth() < one_conversation, (r.after, one_conversation)
+    assert r.growth() < 0.25 * 20 * one_conversation, (r.after, one_conversation)
     assert r.peak <= soak.engine_figure(plan), (r.peak, soak.engine_figure(plan))
