@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,qwen2.5-0.5b-instruct")
     a = ap.parse_args()
-    from soak import synthetic_gguf
+    from builder.testing import synthetic_gguf
 
     cache = Cache()
     x86 = engine_for("x86-gateway", cache)

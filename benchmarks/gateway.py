@@ -213,7 +213,7 @@ def main() -> None:
     eng = engine_for("x86-gateway", cache)
     model = a.model
     if a.synthetic:
-        from soak import synthetic_gguf
+        from builder.testing import synthetic_gguf
 
         model = synthetic_gguf(a.synthetic, cache, eng)
     if model is None:

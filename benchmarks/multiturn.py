@@ -153,24 +153,6 @@ def conversations(port: int, key: str | None, systems: list[str], questions: lis
 
 # --- the stacks ----------------------------------------------------------------------
 
-def synthetic_model(model_id: str, cache, engine) -> Path:
-    """Random weights in `model_id`'s shape, converted and Q4_K_M (cached), as the
-    tests' qwen05_q4 fixture makes them."""
-    from builder import model_pipeline, sources, synth
-    from builder.profiles import ProfileStore
-
-    p = ProfileStore().load("x86-gateway").profile
-    assert p is not None
-    source = sources.llama_cpp(p.engine.llama_cpp.source, cache)
-    hf = synth.cached(model_id, cache)
-    fetched = model_pipeline.fetch(p.model.source, cache, model_file=hf.out)
-    conv = model_pipeline.convert(fetched, source, cache)
-    f16 = model_pipeline.gguf_of(conv)
-    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], "Q4_K_M",
-                                engine.tool("llama-quantize"), engine.entry.key, cache)
-    return model_pipeline.gguf_of(q)
-
-
 def appliance_args(model: Path, port: int, threads: int) -> list[str]:
     """llama-server's command line as a device's settings give it (x86-gateway profile,
     2 slots, the plan's prompt cache for this model)."""
@@ -304,12 +286,12 @@ def main() -> None:
         return report(json.loads(a.report.read_text()))
 
     from builder.cache import Cache
-    from builder.testing import engine_for
+    from builder.testing import engine_for, synthetic_gguf
     from builder.testing.llama_server import LlamaServer, free_port
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)
-    model = a.model or synthetic_model(a.synthetic, cache, engine)
+    model = a.model or synthetic_gguf(a.synthetic, cache, engine)
     a.model_name = model.name if a.model else f"synthetic {a.synthetic} Q4_K_M"
     tmp = Path(tempfile.mkdtemp(prefix="bench-multiturn-"))
 

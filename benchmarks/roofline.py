@@ -153,10 +153,8 @@ def main() -> None:
     threads = [int(t) for t in a.threads.split(",")]
     depths = [int(d) for d in a.depths.split(",")]
 
-    from soak import synthetic_gguf
-
     from builder.cache import Cache
-    from builder.testing import engine_for
+    from builder.testing import engine_for, synthetic_gguf
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)

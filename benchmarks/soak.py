@@ -198,7 +198,7 @@ def main() -> None:
     import tempfile
 
     from builder.cache import Cache
-    from builder.testing import engine_for
+    from builder.testing import engine_for, synthetic_gguf
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)
@@ -252,22 +252,6 @@ def report(results: dict[str, Soak], figure: int, n: int) -> None:
     for label, fmt in rows:
         print(f"{label:28s}" + "".join(f"{fmt(results[x]):>12s}" for x in names))
     print(f"planned engine figure: {figure / MiB:.1f} MiB")
-
-
-def synthetic_gguf(model_id: str, cache, engine) -> Path:
-    """A synthetic model in `model_id`'s shape, converted and Q4_K_M (cached)."""
-    from builder import model_pipeline, sources, synth
-
-    p = ProfileStore().load("x86-gateway").profile
-    assert p is not None
-    source = sources.llama_cpp(p.engine.llama_cpp.source, cache)
-    hf = synth.cached(model_id, cache)
-    fetched = model_pipeline.fetch(p.model.source, cache, model_file=hf.out)
-    conv = model_pipeline.convert(fetched, source, cache)
-    f16 = model_pipeline.gguf_of(conv)
-    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], "Q4_K_M",
-                                engine.tool("llama-quantize"), engine.entry.key, cache)
-    return model_pipeline.gguf_of(q)
 
 
 if __name__ == "__main__":

@@ -127,29 +127,22 @@ def llama_source(artifact_cache):
     return sources.llama_cpp(_profile("x86-gateway").engine.llama_cpp.source, artifact_cache)
 
 
-def _quantized(model: str, quant: str, cache, engine_art, source):
-    from builder import model_pipeline, synth
+def _quantized(model: str, quant: str, cache, engine_art):
+    from builder.testing import synthetic_gguf
 
-    hf = synth.cached(model, cache)
-    fetched = model_pipeline.fetch(_profile("x86-gateway").model.source, cache, model_file=hf.out)
-    conv = model_pipeline.convert(fetched, source, cache)
-    f16 = model_pipeline.gguf_of(conv)
-    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
-                           engine_art.tool("llama-quantize"), engine_art.entry.key, cache)
-    return model_pipeline.gguf_of(q)
+    return synthetic_gguf(model, cache, engine_art, quant)
 
 
 @pytest.fixture(scope="session")
-def tiny_q4(artifact_cache, x86_engine, llama_source) -> Path:
+def tiny_q4(artifact_cache, x86_engine) -> Path:
     """A tiny random Qwen2 (GQA, QKV bias, tied embeddings), converted and Q4_K_M."""
-    return _quantized("tiny", "Q4_K_M", artifact_cache, x86_engine, llama_source)
+    return _quantized("tiny", "Q4_K_M", artifact_cache, x86_engine)
 
 
 @pytest.fixture(scope="session")
-def qwen05_q4(artifact_cache, x86_engine, llama_source) -> Path:
+def qwen05_q4(artifact_cache, x86_engine) -> Path:
     """Random weights in Qwen2.5-0.5B-Instruct's exact shape, Q4_K_M."""
-    return _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine,
-                      llama_source)
+    return _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine)
 
 
 @pytest.fixture(scope="session")

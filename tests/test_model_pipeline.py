@@ -111,8 +111,8 @@ def test_quantizing_again_is_a_cache_hit(qwen05_q4, artifact_cache, x86_engine,
                                          llama_source) -> None:
     from conftest import _quantized
 
-    assert _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine,
-                      llama_source) == qwen05_q4
+    assert _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache,
+                      x86_engine) == qwen05_q4
 
 
 def test_synthetic_qwen_0_5b_streams_visible_text(x86_engine, qwen05_q4, gguf_reader,

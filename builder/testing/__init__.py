@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,3 +22,21 @@ def engine_for(profile: str, cache: Cache) -> EngineArtifact:
     art = engines.get(p.engine.kind).build(p, TARGETS[p.target].platform(p), cache)
     assert art is not None, f"{profile}: its engine is built on the device"
     return art
+
+
+def synthetic_gguf(model_id: str, cache: Cache, engine: EngineArtifact,
+                   quant: str = "Q4_K_M") -> Path:
+    """Random weights in a catalog model's exact shape (synth.py), converted with
+    llama.cpp's converter and quantized with `engine`'s llama-quantize (all cached)."""
+    from .. import model_pipeline, sources, synth
+    from ..profiles import ProfileStore
+
+    p = ProfileStore().load("x86-gateway").concrete()
+    source = sources.llama_cpp(p.engine.llama_cpp.source, cache)
+    hf = synth.cached(model_id, cache)
+    fetched = model_pipeline.fetch(p.model.source, cache, model_file=hf.out)
+    conv = model_pipeline.convert(fetched, source, cache)
+    f16 = model_pipeline.gguf_of(conv)
+    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
+                                engine.tool("llama-quantize"), engine.entry.key, cache)
+    return model_pipeline.gguf_of(q)
