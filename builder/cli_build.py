@@ -489,3 +489,75 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
             failed.append(t.url)
     if failed:
         raise BuilderError(f"verification failed on {', '.join(failed)}")
+
+
+@app.command("bench")
+@profile_option
+@click.option("--host", "host_url", required=True,
+              help="ssh://user@host:port of the device or VM.")
+@click.option("--api-url", help="Where this machine reaches the device's public port, "
+              "when not http://HOST:<service.port> (e.g. a VM's forwarded port).")
+@click.option("--requests", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed decode requests (after one to warm up).")
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(min=2),
+              help="Tokens asked for by each decode request.")
+@click.option("--prefill-words", default=512, show_default=True,
+              type=click.IntRange(min=16), help="Size of the long prompts that time prefill "
+              "(about a token a word; each opens differently, so none is cached).")
+@click.option("--record", "record_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the measurements as JSON to this file.")
+@out_option
+@json_option
+@cache_option
+@profiles_dir_option
+def bench_cmd(profile: str, host_url: str, api_url: str | None, requests: int,
+              max_tokens: int, prefill_words: int, record_path: Path | None, out_root: Path,
+              json_: bool, cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
+    """Measure one device through its public port, the same way on every target: decode
+    tok/s, time to first token p50/p95, prefill tok/s, and (over SSH) the engine's peak
+    resident memory. Exit 0 when it meets the profile's verify.* bars, 1 when not."""
+    from . import bench, verify
+    from .lab import write_json
+    from .progress import step
+    from .run import run
+    from .sshkey import builder_key
+
+    rp, p = _load(profile, profiles_dir)
+    _, m = _manifest(out_root, rp.name)
+    target = verify.parse_host(host_url, p.os.admin_user)
+    url = verify.api_url_of(target, p.service, api_url)
+    key, _ = builder_key(Cache(cache_dir))
+    state = out_root / f".verify-{rp.name}"
+    state.mkdir(parents=True, exist_ok=True)
+    ssh_config = state / "ssh_config"
+    verify.write_ssh_config(ssh_config, key, state / "known_hosts")
+    verify.reachable(target, ssh_config)
+
+    def ssh(command: str, what: str) -> str:
+        return run(verify.ssh_command(target, ssh_config, command), what=what, timeout=120)
+
+    with step(f"benchmarking {target.url} through {url}"):
+        try:
+            record = bench.on_device(m, url, ssh, requests=requests, max_tokens=max_tokens,
+                                     prefill_words=prefill_words)
+        except bench.BenchFailed as e:
+            raise BuilderError(f"--host {target.url}: {e}") from None
+    checks = bench.compare(record, bench.thresholds(p, m))
+    doc = {"host": target.url, "profile": rp.name, "release": m["release_id"],
+           "model": m["model"], "benchmark": record, "checks": [vars(c) for c in checks]}
+    if record_path:
+        write_json(record_path, doc)
+    if json_:
+        print_json(doc)
+    else:
+        t = Table("measured", "value", title=f"{target.url} ({rp.name}, "
+                  f"{m['model'].get('id')} {m['model'].get('quant')})")
+        for k, label, fmt in bench.ROWS:
+            if record.get(k) is not None:
+                t.add_row(label, fmt(record[k]))
+        out.print(t)
+        for c in checks:
+            out.print(f"  {'[green]ok[/]' if c.ok else '[red]under the bar[/]'}  "
+                      f"{bench.describe(c)}")
+    if not all(c.ok for c in checks):
+        raise SystemExit(1)

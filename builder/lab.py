@@ -32,16 +32,15 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import fleet, measure
+from . import bench, fleet, measure
 from . import release as release_mod
 from . import verify as verify_mod
-from .device.layout import Layout
 from .errors import BuilderError, display_path
 from .lab_inventory import FLASH_METHODS, Device, lanes
 from .profiles import ProfileStore, ResolvedProfile
 from .run import run
 from .schema import Profile
-from .units import format_size, parse_size
+from .units import format_size
 
 RECORD_FORMAT = 1
 
@@ -69,12 +68,7 @@ class Plan:
 
     @property
     def thresholds(self) -> dict[str, Any]:
-        v = self.p.verify
-        plan = self.manifest["plan"]
-        rss = (plan["total"] - plan["gateway_overhead"] if v.max_rss == "auto"
-               else parse_size(v.max_rss))
-        return {"min_decode_tps": v.min_decode_tps, "max_ttft_ms": v.max_ttft_ms,
-                "max_rss_bytes": rss}
+        return bench.thresholds(self.p, self.manifest)
 
     @property
     def user(self) -> str:
@@ -342,76 +336,32 @@ def step_verify(c: Ctx) -> str:
     return f"{passed} of {counts['tests']} checks passed{chosen}"
 
 
-@dataclass
-class Check:
-    name: str  # decode_tps, ttft_ms_p50, peak_rss_bytes
-    label: str
-    measured: float | None
-    bar: float
-    op: str  # ">=" or "<="
-    ok: bool
-
-
-def compare(bench: dict[str, Any], thresholds: dict[str, Any]) -> list[Check]:
-    """The benchmark held to the profile's verify.* bars: decode at least
-    min_decode_tps, time to first token (median) at most max_ttft_ms, the engine's peak
-    resident memory at most max_rss (auto: the plan's engine share). A value that could
-    not be measured does not pass."""
-    rules = (("decode_tps", "decode tok/s", "min_decode_tps", ">="),
-             ("ttft_ms_p50", "TTFT p50 ms", "max_ttft_ms", "<="),
-             ("peak_rss_bytes", "engine peak RSS", "max_rss_bytes", "<="))
-    out = []
-    for name, label, bar_key, op in rules:
-        v, bar = bench.get(name), thresholds[bar_key]
-        ok = v is not None and (v >= bar if op == ">=" else v <= bar)
-        out.append(Check(name, label, v, bar, op, ok))
-    return out
-
-
-def describe(c: Check) -> str:
-    def fmt(x: float | None) -> str:
-        if x is None:
-            return "not measured"
-        return format_size(int(x)) if c.name == "peak_rss_bytes" else f"{x:g}"
-
-    return f"{c.label} {fmt(c.measured)} (bar {c.op} {fmt(c.bar)})"
-
-
 def step_benchmark(c: Ctx) -> str:
     pl = c.plan
-    layout = Layout(**pl.manifest["layout"])
-    cmd = verify_mod.ssh_command(pl.target, c.ssh_config(), measure.device_facts_command(
-        layout.engine_unit, layout.engine_status, layout.api_keys))
-    facts_before = _facts(run(cmd, what=f"reading {pl.device.name}'s API key", timeout=120))
+
+    def ssh(command: str, what: str) -> str:
+        return run(verify_mod.ssh_command(pl.target, c.ssh_config(), command),
+                   what=f"{what} ({pl.device.name})", timeout=120)
+
     try:
-        b = measure.benchmark(pl.api_url, facts_before.get("api_key") or "",
-                              requests=c.lab.requests, max_tokens=c.lab.max_tokens)
-    except (OSError, ValueError) as e:
-        raise StepFailed(f"the benchmark's requests failed: {getattr(e, 'reason', e)}"
-                         ) from None
-    facts = _facts(run(cmd, what=f"reading {pl.device.name}'s engine memory", timeout=120))
-    status = facts.get("engine_status") or {}
-    bench = {**vars(b), "peak_rss_bytes": facts.get("peak_rss_bytes"),
-             "engine_build_seconds": status.get("build_seconds"),
-             "engine_built_on": pl.manifest["engine"].get("built_on", "host")}
-    checks = compare(bench, pl.thresholds)
-    c.record["benchmark"] = bench
+        record = bench.on_device(pl.manifest, pl.api_url, ssh, requests=c.lab.requests,
+                                 max_tokens=c.lab.max_tokens)
+    except bench.BenchFailed as e:
+        raise StepFailed(str(e)) from None
+    checks = bench.compare(record, pl.thresholds)
+    c.record["benchmark"] = record
     c.record["checks"] = [vars(x) for x in checks]
-    line = "; ".join(describe(x) for x in checks) + f"; TTFT p95 ms {b.ttft_ms_p95:g}"
-    if bench["engine_build_seconds"] is not None:
-        line += f"; engine built on the device in {bench['engine_build_seconds']:g}s"
+    line = ("; ".join(bench.describe(x) for x in checks)
+            + f"; TTFT p95 ms {record['ttft_ms_p95']:g}")
+    if record["prefill_tps"] is not None:
+        line += f"; prefill tok/s {record['prefill_tps']:g}"
+    if record["engine_build_seconds"] is not None:
+        line += f"; engine built on the device in {record['engine_build_seconds']:g}s"
     bad = [x for x in checks if not x.ok]
     if bad:
-        raise StepFailed("under the profile's bar: " + "; ".join(describe(x) for x in bad))
+        raise StepFailed("under the profile's bar: "
+                         + "; ".join(bench.describe(x) for x in bad))
     return line
-
-
-def _facts(output: str) -> dict[str, Any]:
-    """The JSON line measure.DEVICE_FACTS prints (ssh's own notes may come before it)."""
-    for line in reversed(output.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise StepFailed(f"the device printed no facts: {output.strip()[-200:]}")
 
 
 STEPS: dict[str, Step] = {"flash": step_flash, "deploy": step_deploy, "ready": step_ready,

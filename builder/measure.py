@@ -1,7 +1,8 @@
 """Speed as a client sees it, through a device's public port: one streamed completion
 timed at this end (`stream`), and a short benchmark of a few (`benchmark`: decode tok/s,
-time to first token p50/p95). The verify suite's speed checks and `builder lab run`
-measure with these. Standard library only: the verify suite imports it."""
+time to first token p50/p95, prefill tok/s). The verify suite's speed checks,
+`builder bench` and `builder lab run` measure with these. Standard library only: the
+verify suite imports it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Stream:
     ttft: float  # seconds from sending the request to the first generated text
     tokens: int  # completion tokens the engine reports (usage), else text chunks
     decode_tps: float | None  # tokens after the first, per second after the first
+    prompt_tokens: int | None = None  # as the engine counted them (usage)
 
 
 def stream(api_url: str, key: str, max_tokens: int, prompt: str,
@@ -62,7 +64,19 @@ def stream(api_url: str, key: str, max_tokens: int, prompt: str,
         raise ValueError("the stream carried no text")
     tokens = (usage or {}).get("completion_tokens") or chunks
     rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
-    return Stream(ttft=first - start, tokens=tokens, decode_tps=rate)
+    return Stream(ttft=first - start, tokens=tokens, decode_tps=rate,
+                  prompt_tokens=(usage or {}).get("prompt_tokens"))
+
+
+_WORDS = ("the river runs past an old mill where children play and farmers bring grain "
+          "in autumn while the town sleeps under a grey sky").split()
+
+
+def long_prompt(words: int, salt: str) -> str:
+    """About `words` tokens of ordinary prose that no prompt cache holds: it opens with
+    `salt`, so no earlier request shares a prefix with it."""
+    body = " ".join(_WORDS[i % len(_WORDS)] for i in range(words))
+    return f"[{salt}] {body}\nIn one word, where do the children play?"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -81,22 +95,34 @@ class Benchmark:
     ttft_ms_p50: float
     ttft_ms_p95: float
     tokens: int  # completion tokens over the timed requests
+    prefill_tps: float | None = None  # prompt tokens per second of time to first token
+    prefill_prompt_tokens: int | None = None  # the long prompts' size, engine-counted
 
 
 def benchmark(api_url: str, key: str, *, requests: int = 5, max_tokens: int = 32,
+              prefill_words: int = 512, prefill_requests: int = 3,
               timeout: float = 600) -> Benchmark:
     """A short benchmark through the public port: one request to warm up, then
-    `requests` streams of up to `max_tokens` tokens, one at a time."""
+    `requests` streams of up to `max_tokens` tokens, one at a time, then
+    `prefill_requests` long prompts (about `prefill_words` tokens each, none cached) whose
+    time to first token gives the prefill rate."""
     stream(api_url, key, 2, "Hello.", timeout)  # the first request after boot warms caches
     runs = [stream(api_url, key, max_tokens, LONG_PROMPT if i % 2 else SHORT_PROMPT, timeout)
             for i in range(requests)]
     rates = [r.decode_tps for r in runs if r.decode_tps is not None]
     ttfts = [r.ttft * 1000 for r in runs]
+    salt = f"{time.time_ns():x}"
+    long = [stream(api_url, key, 2, long_prompt(prefill_words, f"{salt}-{i}"), timeout)
+            for i in range(prefill_requests)]
+    fills = [r.prompt_tokens / r.ttft for r in long if r.prompt_tokens]
     return Benchmark(requests=requests, max_tokens=max_tokens,
                      decode_tps=round(statistics.median(rates), 2) if rates else None,
                      ttft_ms_p50=round(percentile(ttfts, 50), 1),
                      ttft_ms_p95=round(percentile(ttfts, 95), 1),
-                     tokens=sum(r.tokens for r in runs))
+                     tokens=sum(r.tokens for r in runs),
+                     prefill_tps=round(statistics.median(fills), 1) if fills else None,
+                     prefill_prompt_tokens=max((r.prompt_tokens or 0 for r in long),
+                                               default=0) or None)
 
 
 # What `benchmark` cannot see from outside, read on the device (as root) by one command:
@@ -131,3 +157,11 @@ def device_facts_command(engine_unit: str, engine_status: str, api_keys: str) ->
     """The remote command (for ssh) that prints the device's facts as JSON."""
     return (f"sudo python3 -c {shlex.quote(DEVICE_FACTS)} {shlex.quote(engine_unit)} "
             f"{shlex.quote(engine_status)} {shlex.quote(api_keys)}")
+
+
+def parse_facts(output: str) -> dict | None:
+    """The JSON line DEVICE_FACTS prints (ssh's own notes may come before it), or None."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return None

@@ -1,4 +1,6 @@
-"""Shared test helpers. Real-hardware tests carry @pytest.mark.hil and run with --hil."""
+"""Shared test helpers. Real-hardware tests carry @pytest.mark.hil and run with --hil; the
+whole-arm64-system tests (the Pi 5 appliance built and booted under emulation) carry
+@pytest.mark.emulated and run with --emulated."""
 
 from __future__ import annotations
 
@@ -20,15 +22,25 @@ REPO = Path(__file__).resolve().parent.parent
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hil", action="store_true",
                      help="run tests that need real hardware (Orin, Pi 5)")
+    parser.addoption("--emulated", action="store_true",
+                     help="run the tests that build and boot a whole arm64 system under "
+                          "emulation (the Pi 5 appliance: about an hour on 2 cores)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--hil"):
-        return
-    skip = pytest.mark.skip(reason="needs real hardware; run with --hil in the lab")
-    for item in items:
-        if "hil" in item.keywords:
-            item.add_marker(skip)
+    tiers = {
+        "hil": (config.getoption("--hil"),
+                "needs real hardware; run with --hil in the lab"),
+        "emulated": (config.getoption("--emulated"),
+                     "builds and boots an arm64 system under emulation; run with --emulated "
+                     "(scripts/test --emulated -m emulated)"),
+    }
+    for name, (wanted, reason) in tiers.items():
+        if wanted:
+            continue
+        for item in items:
+            if name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @dataclass
@@ -248,6 +260,14 @@ def pi5_appliance(pi5_build) -> Path:
     rc = proc.wait(timeout=5400)
     assert rc == 0, f"builder build --profile pi5-test: exit {rc}\n" + log.read_text()[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def pi5_engine(pi5_appliance: Path, artifact_cache):
+    """The Pi 5's llama.cpp (cross-compiled for arm64; the pi5 build made it, so cached)."""
+    from builder.testing import engine_for
+
+    return engine_for("pi5-4gb", artifact_cache)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,33 @@ def test_builder_verify_fails_a_device_slower_than_the_profile_asks(
     assert 'failures="0"' in report and 'errors="0"' in report
 
 
+def test_builder_bench_measures_the_device_and_holds_it_to_the_bars(
+        booted, appliance: Path, run_builder_session, tmp_path: Path) -> None:
+    spec, _ = booted
+    api_port = next(iter(spec.forwards))
+    mine = tmp_path / "profiles"
+    mine.mkdir()
+    (mine / "x86-gateway.yaml").write_text(  # one bar no device meets, the others as built
+        "extends: x86-gateway\nverify:\n  min_decode_tps: 1000000\n")
+    record = tmp_path / "bench.json"
+    r = run_builder_session("bench", "--profile", "x86-gateway", "--profiles-dir", str(mine),
+                            "--out", str(appliance), "--requests", "2", "--max-tokens", "8",
+                            "--prefill-words", "200", "--record", str(record),
+                            "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}",
+                            "--api-url", f"http://127.0.0.1:{api_port}", "--json")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert json.loads(record.read_text()) == doc
+    b = doc["benchmark"]
+    assert b["requests"] == 2 and 0 < b["decode_tps"] < 1000000
+    assert 0 < b["ttft_ms_p50"] <= b["ttft_ms_p95"]
+    assert b["prefill_prompt_tokens"] > 150 and b["prefill_tps"] > 0
+    planned = doc["checks"][2]["bar"]  # max_rss auto: the plan's engine share
+    assert 50 << 20 < b["peak_rss_bytes"] <= planned
+    assert [(c["name"], c["ok"]) for c in doc["checks"]] == [
+        ("decode_tps", False), ("ttft_ms_p50", True), ("peak_rss_bytes", True)]
+
+
 def test_the_root_grew_to_fill_the_medium_at_first_boot(booted, manifest: dict) -> None:
     size = int(ssh(booted, "findmnt -bno SIZE /").strip())
     assert size > manifest["delivery"]["bytes"] + (4 << 30)  # the image is far smaller than 8G

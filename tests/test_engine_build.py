@@ -67,6 +67,7 @@ def test_the_loader_picks_the_best_backend_this_cpu_runs(x86_engine, tiny_q4,
         srv.log_text()
 
 
+@pytest.mark.emulated
 def test_arm64_build_is_aarch64_and_answers_under_qemu_user(pi5_engine, tiny_q4,
                                                            server_log: Path) -> None:
     server = pi5_engine.tool("llama-server")

@@ -142,9 +142,13 @@ def test_a_settings_release_reaches_every_host_in_kilobytes(fleet, appliance: Pa
 
 
 def test_a_canary_failing_its_gate_rolls_back_and_stops_the_rollout(
-        fleet, appliance: Path, tmp_path: Path) -> None:
+        fleet, appliance: Path, tiny_q4: Path, tmp_path: Path) -> None:
+    # A GGUF whose header reads (the release accepts it) but that llama.cpp cannot load:
+    # one tensor renamed, so the engine never comes up on the canary.
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + bytes([3, 0, 0, 0]) + os.urandom(100_000))
+    data = tiny_q4.read_bytes()
+    assert data.count(b"output_norm.weight") == 1
+    broken.write_bytes(data.replace(b"output_norm.weight", b"output_norx.weight"))
     rid = _release(appliance, tmp_path, "broken", "extends: x86-gateway\n", broken)
     r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--serial",
                           "1,100%", "--max-fail", "0", "--gate-timeout", "90")

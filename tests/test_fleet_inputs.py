@@ -135,3 +135,52 @@ def test_fleet_vars_are_what_builder_deploy_passes_its_playbook(tmp_path: Path,
     r = run_builder("fleet", "vars", "--release", "r0123456789ab", "--serial", "ten",
                     cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: --serial ten:")
+
+
+# --- the release role's free-space check, run on its own against a directory ---------------
+
+def _space_check(tmp_path: Path, need: int) -> tuple[int, str]:
+    """roles/release/tasks/space.yml on localhost, for a release whose tree is staged in
+    tmp/releases/.incoming-r1 and whose model goes to tmp/models/m.gguf."""
+    import subprocess
+
+    play = tmp_path / "space.yml"
+    play.write_text(json.dumps([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"release_root": str(tmp_path), "release_model_dir": str(tmp_path / "models"),
+                 "release_incoming_dir": str(tmp_path / "releases/.incoming-r1"),
+                 "release_model_name": "m.gguf",
+                 "release_model_path": str(tmp_path / "models/m.gguf"),
+                 "release_min_free_bytes": need,
+                 "ansible_python_interpreter": sys.executable},
+        "tasks": [{"ansible.builtin.import_tasks": str(REPO / "roles/release/tasks/space.yml")}],
+    }]))
+    r = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i",
+                        "localhost,", str(play)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "ANSIBLE_NOCOLOR": "1",
+                            "ANSIBLE_LOCALHOST_WARNING": "False"})
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_a_device_without_room_is_refused_with_the_figures(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    free = shutil.disk_usage(tmp_path).free
+    rc, out = _space_check(tmp_path, 1 << 20)
+    assert rc == 0, out
+    rc, out = _space_check(tmp_path, free + (1 << 40))
+    assert rc == 2, out
+    assert "not enough free space on the device:" in out and "needed" in out, out
+
+
+def test_bytes_a_cut_transfer_left_count_toward_the_room_it_needs(tmp_path: Path) -> None:
+    partial = tmp_path / "models/.rsync-partial/m.gguf"
+    partial.parent.mkdir(parents=True)
+    (tmp_path / "releases/.incoming-r1").mkdir(parents=True)
+    (tmp_path / "releases/.incoming-r1/engine.bin").write_bytes(b"e" * (16 << 20))
+    partial.write_bytes(b"m" * (64 << 20))
+    free = shutil.disk_usage(tmp_path).free  # 80 MiB held; 40 MiB either way for churn
+    # more than is free, by less than this release already holds here: it goes on
+    rc, out = _space_check(tmp_path, free + (40 << 20))
+    assert rc == 0, out
+    rc, out = _space_check(tmp_path, free + (120 << 20))  # by more: refused
+    assert rc == 2 and "not enough free space" in out, out

@@ -164,7 +164,8 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path, artifact_cac
     tree = tmp_path_factory.mktemp("rootfs") / "tree"
     tree.mkdir()
     run(["tar", "--numeric-owner", "-xpf", tarball, "-C", tree], what="unpacking the rootfs")
-    (tree / "root/.ssh").mkdir(mode=0o700)
+    (tree / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    (tree / "root/.ssh").chmod(0o700)
     (tree / "root/.ssh/authorized_keys").write_text(ssh_key.with_suffix(".pub").read_text())
     (tree / "root/.ssh/authorized_keys").chmod(0o600)
     (tree / "etc/systemd/network/20-wired.network").write_text(NETWORK)

@@ -14,12 +14,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from xml.etree import ElementTree
 
 import pytest
 from fakes.jetson.fake_sysfs import make_usb_sysfs
 
-from builder import fleet, lab, lab_report, measure
+from builder import bench, fleet, lab, lab_report, measure
 from builder.errors import BuilderError
 from builder.lab_inventory import Device, lanes, parse_inventory
 from builder.profiles import ProfileStore
@@ -249,16 +250,17 @@ class FakeSteps:
             if (c.plan.device.name, name) in self.fail:
                 raise lab.StepFailed(f"{name} broke")
             if name == "benchmark":
-                bench = {"decode_tps": 20.0, "ttft_ms_p50": 50.0, "ttft_ms_p95": 70.0,
+                taken = {"decode_tps": 20.0, "ttft_ms_p50": 50.0, "ttft_ms_p95": 70.0,
                          "peak_rss_bytes": 300 << 20, "requests": 5, "max_tokens": 32,
+                         "prefill_tps": 400.0, "prefill_prompt_tokens": 530,
                          "engine_build_seconds": None, "engine_built_on": "host"}
-                c.record["benchmark"] = bench
-                checks = lab.compare(bench, c.plan.thresholds)
+                c.record["benchmark"] = taken
+                checks = bench.compare(taken, c.plan.thresholds)
                 c.record["checks"] = [vars(x) for x in checks]
                 bad = [x for x in checks if not x.ok]
                 if bad:  # as the real step: under the bar fails
                     raise lab.StepFailed("under the profile's bar: "
-                                         + "; ".join(lab.describe(x) for x in bad))
+                                         + "; ".join(bench.describe(x) for x in bad))
             return f"{name} fine"
         return run
 
@@ -399,15 +401,21 @@ def test_no_jetson_in_recovery_mode_fails_the_flash_saying_how(tmp_path: Path,
 
 class _Streamer(BaseHTTPRequestHandler):
     """A chat completions endpoint that streams `max_tokens` words, 10 ms apart, after a
-    20 ms prefill, with the usage an engine reports."""
+    prefill of 20 ms plus 0.1 ms a prompt word (a prompt of 500 words: 70 ms, about
+    7,100 words/s), with the usage an engine reports (a word is a token). It remembers
+    the prompts it saw."""
+
+    prompts: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.headers["Authorization"] == "Bearer sekrit"
+        prompt = body["messages"][-1]["content"]
+        self.prompts.append(prompt)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        time.sleep(0.02)
+        time.sleep(0.02 + 0.0001 * len(prompt.split()))
         n = body["max_tokens"]
         for i in range(n):
             if i:
@@ -415,7 +423,8 @@ class _Streamer(BaseHTTPRequestHandler):
             chunk = {"choices": [{"delta": {"content": f"w{i} "}}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
-        usage = {"choices": [], "usage": {"completion_tokens": n}}
+        usage = {"choices": [], "usage": {"completion_tokens": n,
+                                          "prompt_tokens": len(prompt.split())}}
         self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
 
     def log_message(self, *args) -> None:
@@ -433,6 +442,25 @@ def test_the_benchmark_measures_decode_rate_and_time_to_first_token() -> None:
     assert b.requests == 4 and b.tokens == 44
     assert 50 < b.decode_tps < 101  # 10 tokens after the first in >= 100 ms
     assert 20 <= b.ttft_ms_p50 <= b.ttft_ms_p95 < 500
+    # prefill: the engine-counted prompt over its time to first token (>= 20 + 51 ms)
+    assert b.prefill_prompt_tokens and b.prefill_prompt_tokens > 500
+    assert 1000 < b.prefill_tps < b.prefill_prompt_tokens / 0.07
+
+
+def test_the_long_prompts_share_no_prefix_a_cache_could_reuse() -> None:
+    _Streamer.prompts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Streamer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        measure.benchmark(f"http://127.0.0.1:{server.server_port}", "sekrit", requests=1,
+                          max_tokens=2, prefill_words=64, prefill_requests=3)
+        measure.benchmark(f"http://127.0.0.1:{server.server_port}", "sekrit", requests=1,
+                          max_tokens=2, prefill_words=64, prefill_requests=3)
+    finally:
+        server.shutdown()
+    long = [p for p in _Streamer.prompts if len(p.split()) > 60]
+    assert len(long) == 6
+    assert len({p.split()[0] for p in long}) == 6  # each opens differently
 
 
 def test_percentiles_are_values_that_were_measured() -> None:
@@ -445,16 +473,16 @@ def test_percentiles_are_values_that_were_measured() -> None:
 
 def test_the_benchmark_is_held_to_the_profile_bars() -> None:
     bars = {"min_decode_tps": 5.0, "max_ttft_ms": 1000, "max_rss_bytes": 1 << 30}
-    ok = lab.compare({"decode_tps": 5.0, "ttft_ms_p50": 1000, "peak_rss_bytes": 1 << 30}, bars)
+    ok = bench.compare({"decode_tps": 5.0, "ttft_ms_p50": 1000, "peak_rss_bytes": 1 << 30}, bars)
     assert [(c.name, c.ok) for c in ok] == [("decode_tps", True), ("ttft_ms_p50", True),
                                             ("peak_rss_bytes", True)]  # at the bar passes
-    bad = lab.compare({"decode_tps": 4.99, "ttft_ms_p50": 1001,
+    bad = bench.compare({"decode_tps": 4.99, "ttft_ms_p50": 1001,
                        "peak_rss_bytes": (1 << 30) + 1}, bars)
     assert not any(c.ok for c in bad)
-    unmeasured = lab.compare({"decode_tps": None, "ttft_ms_p50": 10}, bars)
+    unmeasured = bench.compare({"decode_tps": None, "ttft_ms_p50": 10}, bars)
     assert [c.ok for c in unmeasured] == [False, True, False]
-    assert lab.describe(unmeasured[0]) == "decode tok/s not measured (bar >= 5)"
-    assert lab.describe(bad[2]) == "engine peak RSS 1.0GiB (bar <= 1GiB)"
+    assert bench.describe(unmeasured[0]) == "decode tok/s not measured (bar >= 5)"
+    assert bench.describe(bad[2]) == "engine peak RSS 1.0GiB (bar <= 1GiB)"
 
 
 # --- the reports ------------------------------------------------------------------------------
