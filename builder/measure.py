@@ -12,6 +12,7 @@ import shlex
 import ssl
 import statistics
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -111,9 +112,7 @@ def benchmark(api_url: str, key: str, *, requests: int = 5, max_tokens: int = 32
             for i in range(requests)]
     rates = [r.decode_tps for r in runs if r.decode_tps is not None]
     ttfts = [r.ttft * 1000 for r in runs]
-    salt = f"{time.time_ns():x}"
-    long = [stream(api_url, key, 2, long_prompt(prefill_words, f"{salt}-{i}"), timeout)
-            for i in range(prefill_requests)]
+    long = _long_prompts(api_url, key, prefill_words, prefill_requests, timeout)
     fills = [r.prompt_tokens / r.ttft for r in long if r.prompt_tokens]
     return Benchmark(requests=requests, max_tokens=max_tokens,
                      decode_tps=round(statistics.median(rates), 2) if rates else None,
@@ -123,6 +122,21 @@ def benchmark(api_url: str, key: str, *, requests: int = 5, max_tokens: int = 32
                      prefill_tps=round(statistics.median(fills), 1) if fills else None,
                      prefill_prompt_tokens=max((r.prompt_tokens or 0 for r in long),
                                                default=0) or None)
+
+
+def _long_prompts(api_url: str, key: str, words: int, n: int, timeout: float
+                  ) -> list[Stream]:
+    """`n` uncached long prompts; a device whose context cannot take `words` (it answers
+    400) gets prompts half as long, down to 32 words."""
+    salt = f"{time.time_ns():x}"
+    while True:
+        try:
+            return [stream(api_url, key, 2, long_prompt(words, f"{salt}-{words}-{i}"),
+                           timeout) for i in range(n)]
+        except urllib.error.HTTPError as e:
+            if e.code != 400 or words < 64:
+                raise
+            words //= 2
 
 
 # What `benchmark` cannot see from outside, read on the device (as root) by one command:

@@ -406,12 +406,22 @@ class _Streamer(BaseHTTPRequestHandler):
     the prompts it saw."""
 
     prompts: ClassVar[list[str]] = []
+    context: ClassVar[int] = 100_000  # a longer prompt is refused, as an engine does
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.headers["Authorization"] == "Bearer sekrit"
         prompt = body["messages"][-1]["content"]
         self.prompts.append(prompt)
+        if len(prompt.split()) > self.context:
+            err = json.dumps({"error": {"code": 400, "type": "exceed_context_size_error",
+                                        "message": "the request exceeds the context"}})
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(err)))
+            self.end_headers()
+            self.wfile.write(err.encode())
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -445,6 +455,20 @@ def test_the_benchmark_measures_decode_rate_and_time_to_first_token() -> None:
     # prefill: the engine-counted prompt over its time to first token (>= 20 + 51 ms)
     assert b.prefill_prompt_tokens and b.prefill_prompt_tokens > 500
     assert 1000 < b.prefill_tps < b.prefill_prompt_tokens / 0.07
+
+
+def test_a_context_too_small_for_the_long_prompt_gets_a_shorter_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Streamer, "context", 300)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Streamer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        b = measure.benchmark(f"http://127.0.0.1:{server.server_port}", "sekrit",
+                              requests=1, max_tokens=2, prefill_words=1000)
+    finally:
+        server.shutdown()
+    assert 200 < b.prefill_prompt_tokens <= 300  # 1000 words, then 500, then 250 fit
+    assert b.prefill_tps
 
 
 def test_the_long_prompts_share_no_prefix_a_cache_could_reuse() -> None:
