@@ -27,6 +27,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "emulation (the Pi 5 appliance: about an hour on 2 cores)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (CI's time limit, a kill) otherwise ends pytest without its fixtures'
+    # teardown, leaving the VMs they booted running; unwound like Ctrl-C, they stop.
+    from builder.cli import install_signal_handlers
+
+    install_signal_handlers()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tiers = {
         "hil": (config.getoption("--hil"),
