@@ -35,6 +35,21 @@ def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_survive_each_test():
+    """What a test's in-process code installs for SIGINT/SIGTERM/SIGHUP (ansible_runner.run
+    leaves handlers that only set a flag) is undone after it: otherwise Ctrl-C, and the
+    suite's own SIGTERM unwinding, stop working for every later test."""
+    import signal
+
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in sigs}
+    yield
+    for s, handler in saved.items():
+        if signal.getsignal(s) is not handler and handler is not None:
+            signal.signal(s, handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tiers = {
         "hil": (config.getoption("--hil"),
