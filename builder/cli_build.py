@@ -527,11 +527,7 @@ def bench_cmd(profile: str, host_url: str, api_url: str | None, requests: int,
     target = verify.parse_host(host_url, p.os.admin_user)
     url = verify.api_url_of(target, p.service, api_url)
     key, _ = builder_key(Cache(cache_dir))
-    state = out_root / f".verify-{rp.name}"
-    state.mkdir(parents=True, exist_ok=True)
-    ssh_config = state / "ssh_config"
-    verify.write_ssh_config(ssh_config, key, state / "known_hosts")
-    verify.reachable(target, ssh_config)
+    ssh_config = verify.ssh_to(target, key, out_root / f".verify-{rp.name}")
 
     def ssh(command: str, what: str) -> str:
         return run(verify.ssh_command(target, ssh_config, command), what=what, timeout=120)

@@ -28,10 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # A SIGTERM (CI's time limit, a kill) otherwise ends pytest without its fixtures'
-    # teardown, leaving the VMs they booted running; unwound like Ctrl-C, they stop.
+    # Ctrl-C is Python's KeyboardInterrupt whatever the launcher left (tests send it to
+    # themselves), and a SIGTERM (CI's time limit, a kill) is unwound the same way rather
+    # than ending pytest without its fixtures' teardown, which leaves their VMs running.
+    import signal
+
     from builder.cli import install_signal_handlers
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install_signal_handlers()
 
 

@@ -62,6 +62,16 @@ def ssh_command(target: Target, ssh_config: Path, *remote: str) -> list[str]:
             f"{target.user}@{target.host}", *remote]
 
 
+def ssh_to(target: Target, key: Path, state: Path) -> Path:
+    """An ssh_config in `state` for reaching the device with `key` (its host key kept
+    in state/known_hosts), once the device answers over SSH."""
+    state.mkdir(parents=True, exist_ok=True)
+    ssh_config = state / "ssh_config"
+    write_ssh_config(ssh_config, key, state / "known_hosts")
+    reachable(target, ssh_config)
+    return ssh_config
+
+
 def reachable(target: Target, ssh_config: Path) -> None:
     r = subprocess.run(ssh_command(target, ssh_config, "true"),
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -91,10 +101,7 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
     verify.* section (default: the one it was built with); `select` a pytest -k
     expression (e.g. "performance"); `log_file` takes pytest's output instead of the
     terminal (`builder lab run`: devices verified side by side)."""
-    state.mkdir(parents=True, exist_ok=True)
-    ssh_config = state / "ssh_config"
-    write_ssh_config(ssh_config, key, state / "known_hosts")
-    reachable(target, ssh_config)
+    ssh_config = ssh_to(target, key, state)
     env = {**os.environ,
            "EDGE_LLM_VERIFY": json.dumps({
                "manifest": str(manifest.resolve()), "host": target.host,
