@@ -128,7 +128,14 @@ def device(tmp_path: Path):
         allowed_signers_line((tmp_path / "signing.pub").read_text()) + "\n")
     (root / "opt/edge-llm/releases").mkdir(parents=True)
     fake = root / "fake-systemctl"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {root / 'systemctl.log'}\n")
+    # `show` answers as systemd does for an engine that keeps exiting (a release built
+    # broken, once a test wrote the count to engine-restarts), else nothing
+    fake.write_text(
+        f"#!/bin/sh\necho \"$@\" >> {root / 'systemctl.log'}\n"
+        f"if [ \"$1\" = show ] && [ -f {root / 'engine-restarts'} ] && "
+        f"[ -e {root / 'opt/edge-llm/current/bin' / BROKEN} ]; then\n"
+        f"  echo \"NRestarts=$(cat {root / 'engine-restarts'})\"; echo ActiveState=activating\n"
+        "fi\n")
     fake.chmod(0o755)
     port = free_port()
     dev = Device(root, key, port, tmp_path / "build")

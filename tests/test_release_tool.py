@@ -91,6 +91,21 @@ def test_a_release_failing_its_gate_is_rolled_back(device: Device) -> None:
     assert st["last_result"]["result"] == "rolled-back"
 
 
+def test_an_engine_that_keeps_exiting_fails_the_gate_without_waiting_it_out(
+        device: Device) -> None:
+    r1 = device.make("r1")
+    device.run("install", r1)
+    r2 = device.make("r2", broken=True)
+    (device.root / "engine-restarts").write_text("3\n")  # systemd restarted it 3 times
+    r = device.run("activate", r2, "--gate-timeout=600")
+    assert r.returncode == 3, r.stderr
+    out = json.loads(r.stdout)
+    assert out["result"] == "rolled-back" and out["serving"] == r1, out
+    assert out["reason"] == ("not healthy: edge-llm-engine.service exited 3 times since "
+                             "the switch (journalctl -u edge-llm-engine.service)")
+    assert f"{r1} serves again" in out["restored"]
+
+
 def test_guard_undoes_a_switch_interrupted_before_its_gate(device: Device) -> None:
     r1 = device.make("r1")
     device.run("install", r1)

@@ -12,9 +12,10 @@ that passed its health gate. Paths come from the roles' device.json (layout.py).
                         nothing less, owners and modes), then the model; exit 2 if refused
   install ID            image build: verify, make it current and last good (no restart)
   activate ID           take a staged transfer (releases/.incoming-ID) in, verify, switch
-                        current, restart, health gate (health plus a real completion); on
-                        failure switch back, restart, confirm the old release serves; exit 3
-                        when rolled back
+                        current, restart, health gate (health plus a real completion; an
+                        engine that keeps exiting fails it at once); on failure switch
+                        back, restart, confirm the old release serves; exit 3 when rolled
+                        back
   rollback [--to ID]    activate the last good release before the current one
   guard                 at boot and from a timer: a switch that never passed its gate
                         (device reset, activation killed) is gated now or undone
@@ -63,6 +64,9 @@ MODEL_NAME = re.compile(r"^[0-9a-f]{64}(\.gguf)?$")
 INCOMING = ".incoming-"  # a transfer in progress: releases/.incoming-<id>
 OWN = (RELEASE_MANIFEST, RELEASE_SIGNATURE)
 DERIVED = "__pycache__"  # made on the device from verified sources, never taken in
+# An engine that exited this often since the switch's restart (systemd's Restart= brought
+# it back each time) is crash-looping: waiting out the gate's timeout gains nothing.
+CRASH_LOOP = 3
 
 
 class Refused(Exception):
@@ -423,6 +427,21 @@ class Device:
         ctx = ssl._create_unverified_context() if gw.get("tls") else None  # our loopback
         return gw, base, ctx
 
+    def engine_crashing(self) -> str | None:
+        """Why waiting for the engine is no use, else None: systemd gave up on it, or it
+        exited CRASH_LOOP times since it was last started by hand (NRestarts counts the
+        restarts Restart= made and starts again at 0 on a start by hand, the switch's)."""
+        unit = self.units[0]
+        r = subprocess.run([self.systemctl_cmd, "show", "-p", "NRestarts", "-p",
+                            "ActiveState", unit], capture_output=True, text=True)
+        props = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+        if props.get("ActiveState") == "failed":
+            return f"{unit} failed (journalctl -u {unit})"
+        restarts = props.get("NRestarts", "")
+        if restarts.isdigit() and int(restarts) >= CRASH_LOOP:
+            return f"{unit} exited {restarts} times since the switch (journalctl -u {unit})"
+        return None
+
     def gate(self, release: str, timeout: float) -> tuple[bool, str]:
         """Serving = the gateway's /health says ok, then a real one-token completion
         through the public port's API succeeds, all within `timeout` seconds."""
@@ -438,6 +457,9 @@ class Device:
                 why = f"/health answered {e.code}"
             except OSError as e:
                 why = f"/health: {e}"
+            crash = self.engine_crashing()
+            if crash:
+                return False, f"not healthy: {crash}"
             time.sleep(2)
         else:
             return False, f"not healthy within {timeout:.0f}s ({why})"
