@@ -61,8 +61,7 @@ def _fleet_cmd(fleet, appliance: Path, *args: str, accept_new: bool = False,
                inventory: Path | None = None):
     extra = ["--accept-new-host-keys"] if accept_new else []
     r = _builder(appliance, *args, "--inventory", str(inventory or fleet["inventory"]),
-                 "--known-hosts",
-                 str(fleet["known_hosts"]), "--json", *extra)
+                 "--known-hosts", str(fleet["known_hosts"]), "--json", *extra)
     hosts = {}
     if r.stdout.strip().startswith("["):
         hosts = {o["host"]: o for o in json.loads(r.stdout)}

@@ -407,13 +407,12 @@ class Device:
         return {"checked": checked, "corrupt": corrupt}
 
     # --- serving -----------------------------------------------------------------------
-    def systemctl(self, *args: str) -> int:
-        return subprocess.run([self.systemctl_cmd, *args], capture_output=True,
-                              text=True).returncode
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.systemctl_cmd, *args], capture_output=True, text=True)
 
     def restart(self) -> None:
         self.systemctl("daemon-reload")  # systemd/engine.conf is a drop-in through current/
-        rc = self.systemctl("restart", *self.units)
+        rc = self.systemctl("restart", *self.units).returncode
         if rc:
             log(f"systemctl restart exited {rc}; the health gate decides")
 
@@ -432,9 +431,8 @@ class Device:
         exited CRASH_LOOP times since it was last started by hand (NRestarts counts the
         restarts Restart= made and starts again at 0 on a start by hand, the switch's)."""
         unit = self.units[0]
-        r = subprocess.run([self.systemctl_cmd, "show", "-p", "NRestarts", "-p",
-                            "ActiveState", unit], capture_output=True, text=True)
-        props = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+        shown = self.systemctl("show", "-p", "NRestarts", "-p", "ActiveState", unit).stdout
+        props = dict(ln.split("=", 1) for ln in shown.splitlines() if "=" in ln)
         if props.get("ActiveState") == "failed":
             return f"{unit} failed (journalctl -u {unit})"
         restarts = props.get("NRestarts", "")
