@@ -298,7 +298,9 @@ def manifest(ctx: BuildContext) -> dict[str, Any]:
                    "files": {k: v["sha256"] for k, v in
                              art.entry.manifest["outputs"].items() if "sha256" in v}
                    if art else {},
-                   "probe": {"ready": probe.ready, "alive": probe.alive}},
+                   "probe": {"ready": probe.ready, "alive": probe.alive},
+                   # how long its unit may take to start (load, or build on the device)
+                   "start_seconds": ctx.engine.start_timeout(ctx.p)},
         "gateway": {"cache_key": ctx.gateway.key, "path": str(ctx.gateway.out)}
         if ctx.gateway else None,
         "release": {"id": ctx.release_id, "dir": str(ctx.bundle.dir),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -80,6 +82,45 @@ def reachable(target: Target, ssh_config: Path) -> None:
         raise BuilderError(f"--host {target.url}: cannot log in over SSH: {reason}")
 
 
+# Boot done (running or degraded), then the engine unit out of "activating" (loading its
+# model, or building it on the device) unless it only waits to be restarted: a crash
+# loop is for the checks to report, not to be waited out.
+SETTLE = """systemctl is-system-running --wait >/dev/null 2>&1
+while s=$(systemctl show -p ActiveState -p SubState --value {unit} | tr '\n' ' ')
+      [ "${{s%% *}}" = activating ] && [ "$s" != "activating auto-restart " ]; do
+  sleep 2
+done"""
+QUIET_SECONDS = 5  # a device already up answers within this; past it, say we wait
+
+
+def settle(target: Target, ssh_config: Path, manifest: dict, log_file: Path | None) -> None:
+    """Wait, bounded by how long the engine may take to start, until the device has
+    finished starting: checks run during a first boot or a deploy's restart would fail
+    for a reason that goes away by itself. Past the bound the checks run anyway and
+    report what they find."""
+    unit = manifest["layout"]["engine_unit"]
+    bound = int(manifest["engine"].get("start_seconds") or 600) + 120
+    say = print if log_file is None else (lambda *a, **k: None)
+    started = time.monotonic()
+    remote = f"timeout {bound} sh -c {shlex.quote(SETTLE.format(unit=unit))}"
+    with subprocess.Popen(ssh_command(target, ssh_config, remote), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            rc = proc.wait(timeout=QUIET_SECONDS)
+        except subprocess.TimeoutExpired:
+            say(f"{target.url}: still starting ({unit}); waiting up to {bound}s", flush=True)
+            try:
+                rc = proc.wait(timeout=bound + 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = 124
+            if rc == 124:
+                say(f"{target.url}: {unit} was still starting after {bound}s; running "
+                    "the checks anyway", flush=True)
+            else:
+                say(f"{target.url}: started ({time.monotonic() - started:.0f}s)", flush=True)
+
+
 def api_url_of(target: Target, service: Service, given: str | None = None) -> str:
     """Where this machine reaches the device's public port: `given` (a VM's forwarded
     port, a NAT), else the SSH host at service.port."""
@@ -102,6 +143,7 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
     expression (e.g. "performance"); `log_file` takes pytest's output instead of the
     terminal (`builder lab run`: devices verified side by side)."""
     ssh_config = ssh_to(target, key, state)
+    settle(target, ssh_config, json.loads(manifest.read_text()), log_file)
     env = {**os.environ,
            "EDGE_LLM_VERIFY": json.dumps({
                "manifest": str(manifest.resolve()), "host": target.host,
