@@ -61,6 +61,13 @@ def check_cells(r: dict[str, Any]) -> dict[str, tuple[str, str, bool | None]]:
     return out
 
 
+def prefill(b: dict[str, Any]) -> str:
+    """Prefill tok/s of the uncached long prompt, with its length (no bar holds it)."""
+    if b.get("prefill_tps") is None:
+        return "-"
+    return f"{b['prefill_tps']:g} ({b.get('prefill_prompt_tokens', '?')} tokens)"
+
+
 def engine_build(r: dict[str, Any]) -> str:
     b = r.get("benchmark") or {}
     if b.get("engine_build_seconds") is not None:
@@ -135,9 +142,9 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['device']} | {r['profile']} | {r['flash']} | {r['release_id']} | "
                      + " | ".join(cells) + " |")
     lines += ["", "## Benchmark against the profile's bar", "",
-              "| device | model | decode tok/s | bar | TTFT p50 / p95 ms | bar | engine peak "
-              "RSS | bar | engine build |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| device | model | decode tok/s | bar | TTFT p50 / p95 ms | bar | prefill "
+              "tok/s | engine peak RSS | bar | engine build |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         c = check_cells(r)
         b = r.get("benchmark") or {}
@@ -152,7 +159,8 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
                 f"{'✓' if c['ttft_ms_p50'][2] else '✗'}" if b and "ttft_ms_p50" in c else "-")
         lines.append(f"| {r['device']} | {r.get('model', '-')} | {mark('decode_tps')} | "
                      f"{c.get('decode_tps', ('', '-'))[1]} | {ttft} | "
-                     f"{c.get('ttft_ms_p50', ('', '-'))[1]} | {mark('peak_rss_bytes')} | "
+                     f"{c.get('ttft_ms_p50', ('', '-'))[1]} | {prefill(b)} | "
+                     f"{mark('peak_rss_bytes')} | "
                      f"{c.get('peak_rss_bytes', ('', '-'))[1]} | {engine_build(r)} |")
     bench = next((r["benchmark"] for r in records if r.get("benchmark")), None)
     if bench:
@@ -302,7 +310,8 @@ def html_page(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
                    + "".join(cells) + "</tr>")
     out += ["</table>", "<h2>Benchmark against the profile's bar</h2>", chart(records),
             "<table><tr><th>device</th><th>model</th><th>decode tok/s</th><th>bar</th>"
-            "<th>TTFT p50 / p95 ms</th><th>bar</th><th>engine peak RSS</th><th>bar</th>"
+            "<th>TTFT p50 / p95 ms</th><th>bar</th><th>prefill tok/s</th>"
+            "<th>engine peak RSS</th><th>bar</th>"
             "<th>engine build</th></tr>"]
     for r in records:
         c = check_cells(r)
@@ -317,7 +326,8 @@ def html_page(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
 
         ttft = f"{_value('', b.get('ttft_ms_p50'))} / {_value('', b.get('ttft_ms_p95'))}"
         out.append(f"<tr><td><b>{e(r['device'])}</b></td><td>{e(r.get('model', '-'))}</td>"
-                   f"{cell('decode_tps')}{cell('ttft_ms_p50', ttft)}{cell('peak_rss_bytes')}"
+                   f"{cell('decode_tps')}{cell('ttft_ms_p50', ttft)}"
+                   f'<td class="num">{e(prefill(b))}</td>{cell("peak_rss_bytes")}'
                    f"<td>{e(engine_build(r))}</td></tr>")
     out += ["</table>", "<h2>Steps</h2>"]
     for r in records:

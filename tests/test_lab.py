@@ -564,6 +564,7 @@ def test_the_markdown_report_says_what_happened(a_run) -> None:
     bar = ProfileStore().load("x86-gateway").concrete().verify.min_decode_tps
     assert "20 ✗ | ≥ 50 |" in md and f"20 ✓ | ≥ {bar:g} |" in md
     assert "| ready | failed | 1 |" not in md  # the last attempt's outcome, not the first
+    assert md.count("| 400 (530 tokens) |") == 3  # prefill, in the benchmark table
 
 
 def test_the_html_report_is_self_contained_with_a_chart_against_the_bar(a_run) -> None:
@@ -586,6 +587,7 @@ def test_the_html_report_is_self_contained_with_a_chart_against_the_bar(a_run) -
     assert len(x_of) == 2  # bars of 1 and 50 tok/s
     text = " ".join(t.text or "" for t in svg.iter(f"{ns}text"))
     assert "fast" in text and "slow" in text and "bar ≥ 50" in text
+    assert page.count('<td class="num">400 (530 tokens)</td>') == 3  # prefill, per device
 
 
 def test_the_reports_are_written_in_the_run_directory(a_run, tmp_path: Path) -> None:
