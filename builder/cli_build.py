@@ -433,6 +433,9 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
         out.print(f"  builder verify --profile {rp.name} --host ssh://{user}@127.0.0.1:"
                   f"{ssh_port}")
         out.print(f"  public port: http://127.0.0.1:{api_port}/")
+        if (state / vm.ACCEL).read_text().strip() == "tcg":
+            out.print("  emulated CPU (TCG, no KVM): inference runs many times slower than "
+                      "on the device, so its speed bars (verify.*) do not apply")
 
     if detach:
         handle = vm.start(spec)

@@ -88,9 +88,12 @@ def provider_settings(machine: Machine, build_dir: Path) -> tuple[list[str], dic
             lines.append(f"lv.{setting} = File.join(box, {_ruby(path.name)})")
         else:
             lines.append(f"lv.{setting} = {_ruby(value)}")
-    tcg = [f"lv.cpu_mode = {_ruby('custom')}", f"lv.cpu_model = {_ruby(machine.tcg_cpu)}"]
-    if machine.tcg_cpu == "max":  # QEMU's name; libvirt's is a mode of its own
-        tcg = [f"lv.cpu_mode = {_ruby('maximum')}"]
+    # QEMU's -cpu MODEL[,+feature,-feature...]; "max" is a mode of its own in libvirt
+    model, *features = machine.tcg_cpu.split(",")
+    tcg = ([f"lv.cpu_mode = {_ruby('maximum')}"] if model == "max" else
+           [f"lv.cpu_mode = {_ruby('custom')}", f"lv.cpu_model = {_ruby(model)}"])
+    tcg += [f"lv.cpu_feature :name => {_ruby(f[1:])}, :policy => "
+            f"{_ruby('disable' if f[0] == '-' else 'require')}" for f in features]
     if machine.kvm:
         lines += [f"kvm = File.exist?(\"/dev/kvm\") && RbConfig::CONFIG[\"host_cpu\"] == "
                   f"{_ruby(arch)}",

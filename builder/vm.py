@@ -27,6 +27,7 @@ from .log import log
 from .run import ToolError, run
 
 PIDFILE, SERIAL, OVERLAY, QMP = "qemu.pid", "serial.log", "overlay.qcow2", "qmp.sock"
+ACCEL = "accel"  # kvm or tcg: how the running VM executes (a TCG guest is far slower)
 QEMU_LOG = "qemu.log"
 PROBE_SECONDS = 8  # OVMF under working KVM prints within ~1 s; a hung vCPU never does
 ACCEL_ENV = "EDGE_LLM_ACCEL"  # "kvm" or "tcg": skip the probe
@@ -252,9 +253,10 @@ def start(spec: VmSpec) -> VmHandle:
         raise BuilderError(f"port {spec.ssh_port} is both the SSH port and a forwarded one")
     for port in (spec.ssh_port, *spec.forwards):
         _check_port_free(port)
-    for name in (PIDFILE, QMP, OVERLAY, SERIAL, QEMU_LOG):
+    for name in (PIDFILE, QMP, OVERLAY, SERIAL, QEMU_LOG, ACCEL):
         (d / name).unlink(missing_ok=True)
     accel = spec.accel or detect_accel(spec.machine)
+    (d / ACCEL).write_text(accel + "\n")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", spec.image.resolve(),
          d / OVERLAY, *([str(spec.disk_size)] if spec.disk_size else [])],
         what="creating the VM's overlay disk", log_file=d / QEMU_LOG)

@@ -43,6 +43,7 @@ def _fake_build(out: Path, profile: str, target: str, *, vm_boot: bool = False) 
         "profile": profile, "release_id": "rtest", "target": target,
         "delivery": {"kind": "disk-image", "files": files, "bytes": IMAGE_BYTES,
                      "sha256": "x", "root_partuuid": "1a2b3c4d-02"},
+        "inputs": {"profile": {"x86": {"cpu_levels": ["x86-64-v2", "x86-64-v3"]}}},
         "provision_vars": {"edge_llm_image_build": True, "release_id": "rtest",
                            "base_admin_user": "edge"}}))
     return d
@@ -98,6 +99,9 @@ def test_the_x86_box_boots_uefi_and_the_arm64_box_the_builds_kernel(boxes: Path,
     vf = (x86 / "Vagrantfile").read_text()
     assert 'lv.loader = "/usr/share/ovmf/OVMF.fd"' in vf  # the GPT image boots UEFI
     assert 'lv.machine_type = "q35"' in vf and 'lv.driver = kvm ? "kvm" : "qemu"' in vf
+    # under TCG, as under `builder vm`: QEMU's max CPU without AVX (x86_gateway.TCG_CPU_V2)
+    assert '  lv.cpu_mode = "maximum"' in vf
+    assert '  lv.cpu_feature :name => "avx2", :policy => "disable"' in vf
     _, arm = _box(boxes, "pi5-4gb", tmp_path / "arm")
     vf = (arm / "Vagrantfile").read_text()
     assert 'lv.kernel = File.join(box, "vm-kernel")' in vf
