@@ -39,6 +39,7 @@ import argparse
 import http.client
 import json
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -186,12 +187,13 @@ def run_gateway(engine, model: Path, tmp: Path, threads: int, workload) -> dict:
                                 for k in ("continued", "fresh", "other", "client")}}
 
 
-def run_plain(engine, model: Path, tmp: Path, threads: int, workload) -> dict:
+def run_plain(engine, model: Path, tmp: Path, threads: int, workload,
+              extra: list[str] = ()) -> dict:
     from builder.testing.llama_server import LlamaServer, free_port
 
     port = free_port()
     args = ["-m", str(model), "--port", str(port), "--parallel", str(SLOTS),
-            "--ctx-size", str(CTX * SLOTS), "--threads", str(threads)]
+            "--ctx-size", str(CTX * SLOTS), "--threads", str(threads), *extra]
     with LlamaServer(engine.tool("llama-server"), args, tmp / "plain.log", port=port):
         return {"flags": " ".join(args[2:]), **workload(port, None)}
 
@@ -274,6 +276,9 @@ def main() -> None:
     ap.add_argument("--synthetic", default="qwen2.5-0.5b-instruct", metavar="CATALOG-ID")
     ap.add_argument("--stacks", default="gateway,plain,diy")
     ap.add_argument("--skip-diy", action="store_true")
+    ap.add_argument("--plain-extra", default="", metavar="FLAGS",
+                    help="more llama-server flags for the plain stack (an A/B of one of "
+                    "the device's settings, e.g. --no-kv-unified)")
     ap.add_argument("--report", type=Path, metavar="RESULTS.json",
                     help="print the report of a saved run and exit")
     ap.add_argument("--serve-diy", action="store_true", help=argparse.SUPPRESS)
@@ -332,7 +337,8 @@ def main() -> None:
         if name == "gateway":
             runs[name] = run_gateway(engine, model, tmp, a.threads, workload)
         elif name == "plain":
-            runs[name] = run_plain(engine, model, tmp, a.threads, workload)
+            runs[name] = run_plain(engine, model, tmp, a.threads, workload,
+                                   shlex.split(a.plain_extra))
         elif name == "diy":
             runs[name] = run_diy(cache, model, tmp, a.threads, workload)
         else:
