@@ -27,7 +27,7 @@ from .log import log
 from .run import ToolError, run
 
 PIDFILE, SERIAL, OVERLAY, QMP = "qemu.pid", "serial.log", "overlay.qcow2", "qmp.sock"
-ACCEL = "accel"  # kvm or tcg: how the running VM executes (a TCG guest is far slower)
+ACCEL = "accel"  # kvm or tcg: how the last VM started here runs (TCG is far slower)
 QEMU_LOG = "qemu.log"
 PROBE_SECONDS = 8  # OVMF under working KVM prints within ~1 s; a hung vCPU never does
 ACCEL_ENV = "EDGE_LLM_ACCEL"  # "kvm" or "tcg": skip the probe

@@ -106,19 +106,21 @@ def settle(target: Target, ssh_config: Path, manifest: dict, log_file: Path | No
     with subprocess.Popen(ssh_command(target, ssh_config, remote), stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         try:
-            rc = proc.wait(timeout=QUIET_SECONDS)
+            proc.wait(timeout=QUIET_SECONDS)
+            return  # up already (or unreachable: the checks will say so)
         except subprocess.TimeoutExpired:
-            say(f"{target.url}: still starting ({unit}); waiting up to {bound}s", flush=True)
-            try:
-                rc = proc.wait(timeout=bound + 60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = 124
-            if rc == 124:
-                say(f"{target.url}: {unit} was still starting after {bound}s; running "
-                    "the checks anyway", flush=True)
-            else:
-                say(f"{target.url}: started ({time.monotonic() - started:.0f}s)", flush=True)
+            pass
+        say(f"{target.url}: still starting ({unit}); waiting up to {bound}s", flush=True)
+        try:
+            rc = proc.wait(timeout=bound + 60)  # the remote `timeout` ends it first
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = 124
+    if rc == 124:
+        say(f"{target.url}: {unit} was still starting after {bound}s; running the checks "
+            "anyway", flush=True)
+    else:
+        say(f"{target.url}: started ({time.monotonic() - started:.0f}s)", flush=True)
 
 
 def api_url_of(target: Target, service: Service, given: str | None = None) -> str:
