@@ -1,7 +1,7 @@
 """Does the engine's memory stay inside its plan? Hundreds of distinct conversations.
 
     .venv/bin/python benchmarks/soak.py [--model qwen2.5-0.5b-instruct | --model-file GGUF]
-        [--conversations 300] [--words 250] [--ram 1280MiB] [--ctx 4096] [--parallel 1]
+        [--conversations 300] [--words 250] [--ram 1408MiB] [--ctx 4096] [--parallel 1]
 
 llama-server keeps a host copy of each slot's KV cache when the slot moves on to a new
 prompt (its prompt cache, `--cache-ram`, 8 GiB by default), so every distinct
@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--model-file", type=Path, help="a GGUF instead")
     ap.add_argument("--conversations", type=int, default=300)
     ap.add_argument("--words", type=int, default=250, help="words per prompt (~1.5 tokens each)")
-    ap.add_argument("--ram", default="1280MiB", help="the planned device's RAM")
+    ap.add_argument("--ram", default="1408MiB", help="the planned device's RAM")
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)

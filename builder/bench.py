@@ -14,6 +14,7 @@ from typing import Any
 
 from . import measure
 from .device.layout import Layout
+from .errors import BuilderError
 from .schema import Profile
 from .units import format_size, parse_size
 
@@ -40,7 +41,16 @@ def on_device(manifest: dict[str, Any], api_url: str, ssh: Callable[[str, str], 
     layout = Layout(**manifest["layout"])
     facts_cmd = measure.device_facts_command(layout.engine_unit, layout.engine_status,
                                              layout.api_keys)
-    before = measure.parse_facts(ssh(facts_cmd, "reading the device's API key"))
+
+    def facts(what: str) -> dict[str, Any] | None:
+        # what the command printed holds the device's API key: an error never quotes it
+        try:
+            return measure.parse_facts(ssh(facts_cmd, what))
+        except BuilderError:
+            raise BenchFailed(f"{what} over ssh failed (is the device reachable, with "
+                              "python3 and sudo for the admin user?)") from None
+
+    before = facts("reading the device's API key")
     if before is None:
         raise BenchFailed("the device printed no facts (is python3 on it?)")
     try:
@@ -49,9 +59,9 @@ def on_device(manifest: dict[str, Any], api_url: str, ssh: Callable[[str, str], 
     except (OSError, ValueError) as e:
         raise BenchFailed(f"the benchmark's requests to {api_url} failed: "
                           f"{getattr(e, 'reason', e)}") from None
-    facts = measure.parse_facts(ssh(facts_cmd, "reading the engine's peak memory")) or {}
-    status = facts.get("engine_status") or {}
-    return {**vars(b), "peak_rss_bytes": facts.get("peak_rss_bytes"),
+    after = facts("reading the engine's peak memory") or {}
+    status = after.get("engine_status") or {}
+    return {**vars(b), "peak_rss_bytes": after.get("peak_rss_bytes"),
             "engine_build_seconds": status.get("build_seconds"),
             "engine_built_on": manifest["engine"].get("built_on", "host")}
 

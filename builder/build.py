@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog, engines, model_pipeline, model_shape, planner, provision
+from . import __version__, catalog, engines, model_pipeline, model_shape, planner, provision, trust
 from . import release as release_mod
 from .cache import Cache, Entry, sha256_file
 from .data import data_dir
@@ -159,6 +160,7 @@ def make_release(ctx: BuildContext) -> None:
     can be deployed, rolled back to, or provisioned again over SSH."""
     key, public = signing_key(ctx.cache, ctx.signing_key)
     ctx.signers = [allowed_signers_line(public)]
+    trust.record_signer(ctx.out_root, ctx.signers[0])  # this site trusts what it signs
     ctx.bundle = release_mod.make(release_inputs(ctx), ctx.out_root / "releases", key)
     ctx.release_id = ctx.bundle.release_id
 
@@ -180,7 +182,72 @@ def lay_overlays(ctx: BuildContext) -> None:
     (bases first), so the most specific file wins."""
     assert ctx.rootfs_dir
     for layer in overlay_layers(ctx.rp):
-        shutil.copytree(layer, ctx.rootfs_dir, dirs_exist_ok=True, symlinks=True)
+        lay_overlay(layer, ctx.rootfs_dir)
+
+
+def lay_overlay(layer: Path, root: Path) -> None:
+    """One overlay tree onto a rootfs, as the image will see it: the tree's own links are
+    followed inside `root` (an absolute target is taken from `root`, never from the build
+    host: Debian's /var/run -> /run), a file replaces whatever is at its path (a link is
+    replaced, never written through), and nothing becomes group- or world-writable
+    whatever the checkout's umask made of the overlay (directories the rootfs has keep
+    their modes; new ones and files take the overlay's, less those bits)."""
+    for src in sorted(layer.rglob("*")):
+        rel = src.relative_to(layer)
+        parent = _inside(root, rel.parent)
+        dest = parent / rel.name
+        mode = stat.S_IMODE(src.lstat().st_mode) & ~0o7022
+        if src.is_symlink():
+            if dest.is_symlink() or dest.exists():
+                _remove(dest)
+            os.symlink(os.readlink(src), dest)
+        elif src.is_dir():
+            if dest.is_symlink():
+                continue  # a link to a directory of the tree: its children follow it
+            if not dest.is_dir():
+                if dest.exists():
+                    _remove(dest)
+                dest.mkdir(mode=mode)
+                os.chmod(dest, mode)
+        else:
+            if dest.is_symlink() or dest.exists():
+                _remove(dest)
+            shutil.copyfile(src, dest, follow_symlinks=False)
+            os.chmod(dest, mode, follow_symlinks=False)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _inside(root: Path, rel: Path) -> Path:
+    """`rel` under `root` with the tree's links resolved as the booted image resolves
+    them, never leaving `root`."""
+    cur, parts, hops = root, list(rel.parts), 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            cur = cur.parent if cur != root else root
+            continue
+        nxt = cur / part
+        if nxt.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise BuilderError(f"{display_path(nxt)}: too many levels of links in the "
+                                   "rootfs")
+            target = Path(os.readlink(nxt))
+            if target.is_absolute():
+                cur, parts = root, [*target.parts[1:], *parts]
+            else:
+                parts = [*target.parts, *parts]
+            continue
+        cur = nxt
+    return cur
 
 
 def provision_rootfs(ctx: BuildContext) -> None:
@@ -241,7 +308,7 @@ def release_inputs(ctx: BuildContext) -> release_mod.Inputs:
         gateway_dir=ctx.gateway.out, gateway_key=ctx.gateway.key, model=ctx.model,
         # the name clients see: the catalog id, or the file's when the model was replaced
         model_id=ctx.model.path.stem if ctx.replaced else ctx.p.model.id,
-        memory_max=ctx.plan.memory_max)
+        memory_max=ctx.plan.memory_max, gateway_memory_max=ctx.plan.gateway_overhead)
 
 
 def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:

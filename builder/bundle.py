@@ -19,13 +19,17 @@ compressed stream would have to be decompressed from its start; and the standard
 library reads it (no zstd module before Python 3.14).
 
 What is trusted is only what release.json says, once its signature verifies against
-the allowed signers given (the format a device's /etc/edge-llm/allowed_signers has).
-An import takes each entry into a staging directory (OUT/releases/.import-<id>/) under
-the name of its sha256, keeps it only when the hash matches the signed one, refuses
-anything the manifest does not list, then assembles the release beside its place,
-checks the whole tree against the manifest once more and renames it into
+the site's signers (trust.py: --allowed-signers, or OUT/allowed_signers; never a key
+or a path the bundle names) and its values parse (trust.Manifest: paths inside the
+tree, link targets that never go up, modes 0644/0755, sha256 hex). An import is a
+two-phase commit: each entry goes into a staging directory (OUT/releases/.import-<id>/)
+under the name of its verified sha256, and anything the manifest does not list is
+refused; only then is the release assembled in a new directory beside its place
+(directories, then files created new, links last, so nothing is written through a
+link) and checked whole against the manifest once more before it is renamed into
 OUT/releases/<id>/. Nothing appears there before every hash has matched; what was read
-whole stays staged, so the next attempt does not read it again.
+whole stays staged, so the next attempt does not read it again. A release of the same
+id already there is verified, not trusted.
 """
 
 from __future__ import annotations
@@ -39,22 +43,19 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__
-from .device.layout import RELEASE_MANIFEST, RELEASE_SIGNATURE, SIGNING_NAMESPACE
-from .device.release import MODEL_NAME, RELEASE_ID
+from . import __version__, trust
+from .device.layout import RELEASE_MANIFEST, RELEASE_SIGNATURE
 from .errors import BuilderError, display_path
 from .log import console
-from .model_pipeline import tree_digest
-from .release import Bundle, listing
+from .release import Bundle
+from .trust import Manifest, Refused, Release
 from .units import MiB, format_size
 
 FORMAT = 1
@@ -64,10 +65,6 @@ HEAD = (HEADER, f"{TREE}/{RELEASE_MANIFEST}", f"{TREE}/{RELEASE_SIGNATURE}")
 HEAD_MAX = 64 * MiB  # the header, the manifest and the signature are read into memory
 CHUNK = MiB
 PROGRESS_FROM = 64 * MiB  # a bar for files at least this big, on a terminal
-
-
-class Refused(BuilderError):
-    """The bundle is not the signed release it claims to be (altered, cut, foreign)."""
 
 
 @dataclass(frozen=True)
@@ -99,114 +96,35 @@ class Exported:
 
 # --- pure: what a bundle holds ------------------------------------------------------------
 
-def _safe(rel: str) -> bool:
-    p = Path(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and str(p) == rel
-
-
-def expected(m: dict[str, Any]) -> dict[str, Entry]:
-    """Every entry of the bundle of release manifest `m`, in the order export writes them
-    (the tree sorted, then the model), by tar member name. The one definition of the
-    format both directions use."""
+def expected(m: Manifest) -> dict[str, Entry]:
+    """Every entry of the bundle of release manifest `m` (parsed and checked: paths
+    inside the tree, modes a release may have), in the order export writes them (the
+    tree sorted, then the model), by tar member name. The one definition of the format
+    both directions use."""
     out: dict[str, Entry] = {}
     tree: dict[str, Entry] = {}
-    for rel, d in (m.get("dirs") or {}).items():
-        tree[rel] = Entry("dir", mode=int(d["mode"], 8))
-    for rel, f in (m.get("files") or {}).items():
-        tree[rel] = Entry("file", sha256=f["sha256"], mode=int(f["mode"], 8))
-    for rel, target in (m.get("links") or {}).items():
+    for rel, mode in m.dirs.items():
+        tree[rel] = Entry("dir", mode=mode)
+    for rel, (sha, mode) in m.files.items():
+        tree[rel] = Entry("file", sha256=sha, mode=mode)
+    for rel, target in m.links.items():
         tree[rel] = Entry("link", mode=0o777, target=target)
     for rel in sorted(tree):
-        if not _safe(rel) or rel in (RELEASE_MANIFEST, RELEASE_SIGNATURE):
-            raise Refused(f"{RELEASE_MANIFEST} lists {rel!r}: not a path inside a release")
         out[f"{TREE}/{rel}"] = tree[rel]
-    model = m.get("model") or {}
-    sha = str(model.get("sha256", ""))
-    name = Path(str(model.get("path", ""))).name
-    if not MODEL_NAME.match(name) or not name.startswith(sha):
-        raise Refused(f"{RELEASE_MANIFEST}: model path {model.get('path')!r} is not named by "
-                      "its sha256")
-    files = model.get("files")
-    if files:  # a checkpoint directory: its sha256 is over its listing
-        if tree_digest(files) != sha:
-            raise Refused(f"{RELEASE_MANIFEST}: the model's files do not add up to its "
-                          "sha256")
-        for rel in sorted(files):
-            if not _safe(rel):
-                raise Refused(f"{RELEASE_MANIFEST}: model file {rel!r}: not a path inside "
-                              "the model")
-            out[f"{MODEL}/{name}/{rel}"] = Entry("file", sha256=files[rel])
+    if m.model.files is not None:  # a checkpoint directory: its sha256 is over its listing
+        for rel in sorted(m.model.files):
+            out[f"{MODEL}/{m.model.name}/{rel}"] = Entry("file", sha256=m.model.files[rel])
     else:
-        out[f"{MODEL}/{name}"] = Entry("file", sha256=sha, size=int(model.get("bytes", 0)))
+        out[f"{MODEL}/{m.model.name}"] = Entry("file", sha256=m.model.sha256,
+                                               size=m.model.bytes)
     return out
 
 
-def header(m: dict[str, Any]) -> dict[str, Any]:
+def header(m: Manifest) -> dict[str, Any]:
     return {"format": FORMAT, "what": "edge-llm release bundle",
-            "release_id": m["release_id"], "profile": m.get("profile"),
-            "model": {"id": m["model"].get("id"), "bytes": m["model"].get("bytes")},
+            "release_id": m.release_id, "profile": m.profile,
+            "model": {"id": m.model.id, "bytes": m.model.bytes},
             "builder_version": __version__}
-
-
-def signers_of_build(out_root: Path, profile: str) -> list[str]:
-    """The allowed_signers lines an image built here for `profile` trusts."""
-    mpath = out_root / profile / "manifest.json"
-    try:
-        m = json.loads(mpath.read_text())
-    except (OSError, ValueError):
-        return []
-    return list((m.get("provision_vars") or {}).get("release_allowed_signers") or [])
-
-
-# --- signatures -------------------------------------------------------------------------
-
-def check_signature(data: bytes, sig: bytes, signers: Path, what: str) -> None:
-    """`data` signed, in the release namespace, by a key of `signers`: the check a device
-    makes (device/release.py), on the bytes that are then used."""
-    with tempfile.TemporaryDirectory(prefix="edge-llm-sig-") as d:
-        sig_file = Path(d) / RELEASE_SIGNATURE
-        sig_file.write_bytes(sig)
-        try:
-            r = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I",
-                                SIGNING_NAMESPACE, "-n", SIGNING_NAMESPACE, "-s",
-                                str(sig_file)], input=data, capture_output=True)
-        except FileNotFoundError:
-            raise BuilderError("ssh-keygen: not found; install openssh-client") from None
-    if r.returncode != 0:
-        said = (r.stderr + r.stdout).decode(errors="replace").strip()
-        why = (said or "bad signature").splitlines()[-1].rstrip(".")
-        raise Refused(f"{what}: refused: the signature of {RELEASE_MANIFEST} does not verify "
-                      f"with {display_path(signers)} ({why}): the bundle was altered, or "
-                      "signed by a key this site does not trust")
-
-
-def _signers_file(given: Path | None, out_root: Path, profile: str,
-                  tmp: Path) -> Path:
-    if given is not None:
-        try:
-            text = given.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            why = getattr(e, "strerror", None) or "not text"
-            raise BuilderError(f"--allowed-signers {given}: {why}") from None
-        lines = [ln.strip() for ln in text.splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")]
-        if not lines:
-            raise BuilderError(f"--allowed-signers {given}: holds no key")
-        if any(ln.split()[0].startswith(("ssh-", "ecdsa-", "sk-")) for ln in lines):
-            raise BuilderError(
-                f"--allowed-signers {given}: a public key, not an allowed_signers file; "
-                f"one line per key: {SIGNING_NAMESPACE} namespaces=\"{SIGNING_NAMESPACE}\" "
-                "ssh-ed25519 AAAA... (a device's /etc/edge-llm/allowed_signers)")
-        return given
-    lines = signers_of_build(out_root, profile)
-    if not lines:
-        raise BuilderError(
-            f"no keys to check the release's signature with: give --allowed-signers FILE "
-            f"(a device's /etc/edge-llm/allowed_signers), or have the build its devices came "
-            f"from here ({display_path(out_root / profile / 'manifest.json')})")
-    f = tmp / "allowed_signers"
-    f.write_text("\n".join(lines) + "\n")
-    return f
 
 
 # --- export ----------------------------------------------------------------------------
@@ -248,10 +166,10 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _mtime(m: dict[str, Any]) -> int:
+def _mtime(m: Manifest) -> int:
     """The release's creation time on every member: the same release, the same bytes."""
     try:
-        return calendar.timegm(time.strptime(str(m.get("created")), "%Y-%m-%dT%H:%M:%SZ"))
+        return calendar.timegm(time.strptime(m.created, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
         return 0
 
@@ -266,28 +184,20 @@ def _member(name: str, kind: str, mode: int, mtime: int, size: int = 0,
     return ti
 
 
-def export_bundle(b: Bundle, dest: Path) -> Exported:
-    """`b` as one file at `dest` (written beside it and renamed): every file is hashed as
-    it is written and must match the signed manifest, so a release changed after it was
-    signed is not carried anywhere."""
-    data = (b.tree / RELEASE_MANIFEST).read_bytes()
-    sig_path = b.tree / RELEASE_SIGNATURE
-    if not sig_path.is_file():
-        raise BuilderError(f"{display_path(sig_path)} is missing: the release is not signed; "
-                           "make it again with `builder release`")
-    sig = sig_path.read_bytes()
-    m = json.loads(data)
+def export_bundle(r: Release, dest: Path) -> Exported:
+    """Verified release `r` as one file at `dest` (written beside it and renamed): every
+    file is hashed again as it is written and must match the signed manifest, so a
+    release changed after it was checked is not carried anywhere."""
+    m = r.manifest
+    data = m.data
+    sig = (r.tree / RELEASE_SIGNATURE).read_bytes()
     want = expected(m)
-    model_src = b.model_path
-    if not model_src.exists():
-        raise BuilderError(f"{display_path(model_src)}: the release's model is missing "
-                           "(bundle.json names it); make the release again with "
-                           "`builder release`")
+    model_src = r.model_path
     if not dest.parent.is_dir():
         raise BuilderError(f"-o {dest}: {display_path(dest.parent)} is not a directory")
-    name = Path(m["model"]["path"]).name
-    model_bytes = int(m["model"]["bytes"])
-    need = b.tree_bytes + model_bytes + MiB
+    name = m.model.name
+    model_bytes = m.model.bytes
+    need = r.tree_bytes + model_bytes + MiB
     free = shutil.disk_usage(dest.parent).free
     if free < need:
         raise BuilderError(f"-o {dest}: {format_size(free)} free on {display_path(dest.parent)}"
@@ -295,7 +205,7 @@ def export_bundle(b: Bundle, dest: Path) -> Exported:
 
     def source(member: str) -> Path:
         if member.startswith(f"{TREE}/"):
-            return b.tree / member[len(TREE) + 1:]
+            return r.tree / member[len(TREE) + 1:]
         rel = member[len(f"{MODEL}/{name}"):].lstrip("/")
         return model_src / rel if rel else model_src
 
@@ -337,7 +247,7 @@ def export_bundle(b: Bundle, dest: Path) -> Exported:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Exported(dest, m["release_id"], dest.stat().st_size, model_bytes)
+    return Exported(dest, m.release_id, dest.stat().st_size, model_bytes)
 
 
 # --- import ----------------------------------------------------------------------------
@@ -506,56 +416,85 @@ def _take(r: _Reader, members: Iterator[tarfile.TarInfo], want: dict[str, Entry]
                        f"and re-run{st.kept()}")
 
 
-def _assemble(m: dict[str, Any], data: bytes, sig: bytes, want: dict[str, Entry],
-              st: _Stage, tmp: Path, final: Path, source: Path) -> None:
-    """The release in `tmp`, from the stage's verified blobs, checked as a whole against
-    the manifest (files, modes, directories, links: nothing more, nothing less)."""
-    tree = tmp / TREE
-    tree.mkdir(parents=True)
-    uses: dict[str, list[tuple[Path, int]]] = {}
+def _write_blob(blob: Path, dest: Path, mode: int, first: bool) -> None:
+    """A verified blob at `dest`, a new file (never through a link, never over one): a
+    hard link for its first use (the stage stays whole until the release is placed), a
+    copy for a second use or where links are not allowed."""
+    if first:
+        try:
+            os.link(blob, dest, follow_symlinks=False)
+            os.chmod(dest, mode, follow_symlinks=False)
+            return
+        except OSError:
+            pass
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with open(fd, "wb") as out, open(blob, "rb") as src:
+        shutil.copyfileobj(src, out, CHUNK)
+    os.chmod(dest, mode, follow_symlinks=False)
+
+
+def _assemble(m: Manifest, sig: bytes, want: dict[str, Entry], st: _Stage, tmp: Path,
+              final: Path, source: Path) -> None:
+    """The release in `tmp` (a new directory under OUT/releases), from the stage's
+    verified blobs: directories first, then files created new (never through a link),
+    links last, so nothing is written outside `tmp` whatever the links say; then the
+    whole tree checked against the manifest (nothing more, nothing less)."""
+    tmp.mkdir()
+    (tmp / TREE).mkdir()
+    (tmp / MODEL).mkdir()
+    if m.model.files is not None:
+        (tmp / MODEL / m.model.name).mkdir()
+    for member in sorted(k for k, e in want.items() if e.kind == "dir"):
+        (tmp / member).mkdir(mode=0o700)
+    for member in sorted(k for k in want if k.startswith(f"{MODEL}/{m.model.name}/")):
+        (tmp / member).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    seen: set[str] = set()
     for member, e in want.items():
-        dest = tmp / member
-        if e.kind == "dir":
-            dest.mkdir(parents=True, exist_ok=True)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if e.kind == "file":
+            _write_blob(st.blobs / e.sha256, tmp / member, e.mode, e.sha256 not in seen)
+            seen.add(e.sha256)
+    for member, e in want.items():
         if e.kind == "link":
-            os.symlink(e.target, dest)
-        else:
-            uses.setdefault(e.sha256, []).append((dest, e.mode))
-    for sha, dests in uses.items():
-        blob = st.blobs / sha
-        for i, (dest, mode) in enumerate(dests):
-            # a link, not a move: the stage stays whole until the release is placed; a
-            # copy for a second use (its mode may differ) or where links are not allowed
-            if i == 0:
-                with contextlib.suppress(OSError):
-                    os.link(blob, dest)
-            if not dest.exists():
-                shutil.copyfile(blob, dest)
-            dest.chmod(mode)
-    for member, e in reversed(want.items()):
+            os.symlink(e.target, tmp / member)
+    for member, e in sorted(want.items(), reverse=True):
         if e.kind == "dir":
-            (tmp / member).chmod(e.mode)
-    got = listing(tree)
-    signed = {"files": m.get("files", {}), "links": m.get("links", {})}
-    if "dirs" in m:
-        signed["dirs"] = m["dirs"]
-    if {k: got[k] for k in signed} != signed:
+            os.chmod(tmp / member, e.mode, follow_symlinks=False)
+    tree = tmp / TREE
+    if trust.listing(tree) != m.listing():
         raise Refused(f"{display_path(source)}: refused: the assembled tree differs from "
                       "its signed manifest")
-    (tree / RELEASE_MANIFEST).write_bytes(data)
-    (tree / RELEASE_SIGNATURE).write_bytes(sig)
-    for f in (tree / RELEASE_MANIFEST, tree / RELEASE_SIGNATURE):
-        f.chmod(0o644)
-    model = final / MODEL / Path(m["model"]["path"]).name
+    for name, blob in ((RELEASE_MANIFEST, m.data), (RELEASE_SIGNATURE, sig)):
+        fd = os.open(tree / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                     0o644)
+        with open(fd, "wb") as f:
+            f.write(blob)
     (tmp / "bundle.json").write_text(json.dumps(
-        {"release_id": m["release_id"], "model_path": str(model),
+        {"release_id": m.release_id, "model_path": str(final / MODEL / m.model.name),
          "imported_from": str(source.resolve())}, indent=2) + "\n")
 
 
-def _complete(d: Path) -> bool:
-    return (d / TREE / RELEASE_SIGNATURE).is_file() and (d / "bundle.json").is_file()
+def _already(final: Path, s: trust.Signers, m: Manifest) -> bool:
+    """A release of this id already placed, and it is this signed one (signature, tree,
+    model): verified, not trusted; one that is not gets replaced."""
+    if not (final / TREE / RELEASE_SIGNATURE).is_file():
+        return False
+    try:
+        r = trust.open_release(final, s)
+    except BuilderError:
+        return False
+    if r.manifest.data != m.data:
+        return False
+    if m.model.files is None:
+        h = hashlib.sha256()
+        _hash_into(h, r.model_path)
+        return h.hexdigest() == m.model.sha256
+    return all(_sha_of(r.model_path / rel) == sha for rel, sha in m.model.files.items())
+
+
+def _sha_of(path: Path) -> str:
+    h = hashlib.sha256()
+    _hash_into(h, path)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -570,14 +509,15 @@ def _locked(stage: Path) -> Iterator[None]:
         yield
 
 
-def import_bundle(path: Path, out_root: Path, allowed_signers: Path | None) -> Imported:
+def import_bundle(path: Path, out_root: Path, s: trust.Signers) -> Imported:
     """The release in bundle `path` into OUT/releases/<id>/, checked against its signature
-    and every hash first. A release already here is left as it is (nothing written)."""
+    (by the site's keys `s`, never keys the bundle names) and every hash first. A release
+    already here is checked too, and left as it is when it is this one."""
     try:
         f = open(path, "rb")  # noqa: SIM115  (closed by the `with` below)
     except OSError as e:
         raise BuilderError(f"{path}: {e.strerror}") from None
-    with f, tempfile.TemporaryDirectory(prefix="edge-llm-import-") as scratch:
+    with f:
         r = _Reader(path, f)
         members = r.members()
         head = []
@@ -592,37 +532,36 @@ def import_bundle(path: Path, out_root: Path, allowed_signers: Path | None) -> I
             head.append(r.read_all(ti))
         try:
             info = json.loads(head[0])
-            m = json.loads(head[1])
         except ValueError:
-            raise r.refuse(f"{HEADER} or {RELEASE_MANIFEST} is not JSON") from None
+            raise r.refuse(f"{HEADER} is not JSON") from None
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise r.refuse(f"bundle format {info.get('format') if isinstance(info, dict) else '?'}"
                            f", this builder reads format {FORMAT}")
-        rid = m.get("release_id") if isinstance(m, dict) else None
-        if not isinstance(rid, str) or not RELEASE_ID.match(rid):
-            raise r.refuse(f"{RELEASE_MANIFEST} names no valid release id")
-        signers = _signers_file(allowed_signers, out_root, str(m.get("profile", "")),
-                                Path(scratch))
-        check_signature(head[1], head[2], signers, display_path(path))
-        if info.get("release_id") != rid:
-            raise r.refuse(f"{HEADER} says release {info.get('release_id')}, the signed "
-                           f"manifest {rid}")
+        trust.check_signature(head[1], head[2], s, display_path(path))
+        m = Manifest.parse(head[1], display_path(path))
+        if info.get("release_id") != m.release_id:
+            raise r.refuse(f"{HEADER} says release {info.get('release_id')!r}, the signed "
+                           f"manifest {m.release_id}")
         releases = (out_root / "releases").resolve()
-        final = releases / rid
-        if _complete(final):
-            return Imported(Bundle(final), already=True)
+        releases.mkdir(parents=True, exist_ok=True)
+        final = releases / m.release_id
         want = expected(m)
-        st = _Stage(releases / f".import-{rid}")
+        st = _Stage(releases / f".import-{m.release_id}")
         with _locked(st.dir):
+            if _already(final, s, m):
+                return Imported(Bundle(final), already=True)
             _take(r, members, want, st)
-            tmp = releases / f".tmp-import-{rid}-{os.getpid()}"
+            tmp = releases / f".tmp-import-{m.release_id}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                _assemble(m, head[1], head[2], want, st, tmp, final, path)
-                if final.exists():  # a release dir left incomplete: the whole one replaces it
-                    aside = releases / f".old-{rid}-{os.getpid()}"
+                _assemble(m, head[2], want, st, tmp, final, path)
+                if final.exists() or final.is_symlink():  # incomplete, or not this release
+                    aside = releases / f".old-{m.release_id}-{os.getpid()}"
                     os.replace(final, aside)
-                    shutil.rmtree(aside, ignore_errors=True)
+                    if aside.is_dir() and not aside.is_symlink():
+                        shutil.rmtree(aside, ignore_errors=True)
+                    else:
+                        aside.unlink()
                 os.replace(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -253,7 +253,9 @@ def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
     if r.prompt_cache or r.checkpoints:
         t.add_row("prompt cache", format_size(r.prompt_cache + r.checkpoints),
                   "ceiling: earlier prompts kept for reuse")
-    t.add_row("gateway", format_size(r.gateway_overhead), "")
+    t.add_row("gateway", format_size(r.gateway_overhead),
+              f"its MemoryMax: {i.parallel + i.max_queue} requests x "
+              f"{format_size(i.max_request_bytes)}")
     t.add_row("[bold]total[/]", f"[bold]{format_size(r.total)}[/]", "")
     t.add_row("available", format_size(r.limit),
               f"{format_size(i.ram)} RAM - {format_size(i.reserved)} kept by the OS"

@@ -355,6 +355,9 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
 @click.option("--device", help="The card or disk to write, e.g. /dev/sdb (the whole disk).")
 @click.option("--to-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image to this file instead (tests, VMs).")
+@click.option("--force", is_flag=True,
+              help="--to-file: replace a file (or a link) already at the path; a link is "
+              "replaced, never written through.")
 @click.option("--yes", is_flag=True, help="Do not ask before writing.")
 @click.option("--dry-run", is_flag=True, help="Say exactly what would be done; write nothing.")
 @click.option("--force-fixed", is_flag=True,
@@ -367,20 +370,19 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               "build made.")
 @out_option
 @profiles_dir_option
-def flash_cmd(profile: str, device: str | None, to_file: Path | None, yes: bool,
-              dry_run: bool, force_fixed: bool, massflash: int | None, no_package: bool,
-              out_root: Path, profiles_dir: tuple[Path, ...]) -> None:
+def flash_cmd(profile: str, device: str | None, to_file: Path | None, force: bool,
+              yes: bool, dry_run: bool, force_fixed: bool, massflash: int | None,
+              no_package: bool, out_root: Path, profiles_dir: tuple[Path, ...]) -> None:
     """Write the profile's build to a device: a disk image to an SD card, USB stick or
     SSD (bmaptool, every block's checksum checked), a Jetson flash package to boards in
     recovery mode."""
-    from .flash import Request
+    from .flash import Request, ask
 
     rp, p = _load(profile, profiles_dir)
     mpath, m = _manifest(out_root, rp.name)
-    request = Request(device=device, to_file=to_file, yes=yes, dry_run=dry_run,
-                      force_fixed=force_fixed, massflash=massflash, no_package=no_package,
-                      confirm=lambda q: click.confirm(q, default=False, err=True),
-                      say=out.print)
+    request = Request(device=device, to_file=to_file, force=force, yes=yes,
+                      dry_run=dry_run, force_fixed=force_fixed, massflash=massflash,
+                      no_package=no_package, confirm=ask, say=out.print)
     where = TARGETS[p.target].flash(mpath.parent, m, request)
     if not dry_run:
         out.print(f"[green]✓[/] {rp.name} (release {m['release_id']}) written to {where}")

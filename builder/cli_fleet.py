@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from . import bundle as bundle_mod
-from . import doctor, fleet
+from . import doctor, fleet, trust
 from . import release as release_mod
 from .cache import Cache
 from .cli_common import (
@@ -27,6 +28,7 @@ from .cli_common import (
 from .cli_common import load_profile as _load
 from .cli_common import print_json as _print_json
 from .errors import BuilderError, display_path
+from .log import console
 from .units import format_size
 
 signing_key_option = click.option(
@@ -55,8 +57,8 @@ def fleet_options(f):
 allowed_signers_option = click.option(
     "--allowed-signers", type=click.Path(dir_okay=False, path_type=Path),
     help="Keys a release must be signed by, as a device has them (its "
-    "/etc/edge-llm/allowed_signers); default: those the image built here for the "
-    "release's profile trusts (OUT/<profile>/manifest.json).")
+    "/etc/edge-llm/allowed_signers); default: the site's OUT/allowed_signers, which "
+    "every release made here adds its signing key to.")
 
 
 gate_option = click.option("--gate-timeout", default=300, show_default=True,
@@ -83,6 +85,20 @@ def rollout_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def _signers(given: Path | None, out_root: Path) -> trust.Signers:
+    """The keys releases are checked against: --allowed-signers, else the site's."""
+    return trust.signers(given, out_root)
+
+
+def _open(d: Path, s: trust.Signers, *, say: bool = True) -> trust.Release:
+    """A release directory checked (signature, typed manifest, tree), said in one line
+    on stderr: which keys it was checked against."""
+    r = trust.open_release(d, s)
+    if say:
+        console.print(f"release {r.release_id}: signature verified with {s.said}")
+    return r
 
 
 def _ssh(cache_dir: Path | None, known_hosts: Path | None, accept_new: bool) -> fleet.Ssh:
@@ -132,10 +148,12 @@ def _table(outcomes: list[fleet.HostOutcome], *, sent: bool) -> Table:
     for o in outcomes:
         color = "green" if o.ok else "red"
         healthy = "-" if o.healthy is None else ("yes" if o.healthy else "[red]no[/]")
-        row = [o.host, f"[{color}]{o.result}[/]", o.serving or "-", healthy]
+        # what a device reported is text, never markup
+        row = [escape(o.host), f"[{color}]{escape(o.result)}[/]", escape(o.serving or "-"),
+               healthy]
         if sent:
             row.append("-" if o.bytes_sent is None else format_size(o.bytes_sent))
-        t.add_row(*row, o.reason or "")
+        t.add_row(*row, escape(o.reason or ""))
     return t
 
 
@@ -170,23 +188,22 @@ def deploy_cmd(inventory: Path, release_ref: str | None, bundle_file: Path | Non
     the signature, switches, and keeps the release only if it passes its health gate."""
     if bool(release_ref) == bool(bundle_file):
         raise BuilderError("say what to deploy: --release ID or --bundle FILE (one of them)")
-    if allowed_signers and not bundle_file:
-        raise BuilderError("--allowed-signers checks a bundle: use it with --bundle")
     batches = fleet.parse_serial(serial)
     doctor.require("fleet")
+    d = release_mod.find(out_root / "releases", release_ref).dir if release_ref else None
+    signers = _signers(allowed_signers, out_root)
     if bundle_file:
-        bundle = _import(bundle_file, out_root, allowed_signers, json_).bundle
-    else:
-        assert release_ref
-        bundle = release_mod.find(out_root / "releases", release_ref)
+        d = _import(bundle_file, out_root, signers, json_).bundle.dir
+    assert d is not None
+    r = _open(d, signers, say=not bundle_file)  # an import said it already
     work = fleet.state_dir(out_root, "deploy")
-    outcomes = fleet.deploy(inventory, bundle, _ssh(cache_dir, known_hosts,
-                                                    accept_new_host_keys), work,
-                            serial=batches, max_fail=max_fail, gate_timeout=gate_timeout,
-                            keep=keep, bwlimit_kbps=bwlimit, limit=limit)
+    outcomes = fleet.deploy(inventory, r, _ssh(cache_dir, known_hosts, accept_new_host_keys),
+                            work, serial=batches, max_fail=max_fail,
+                            gate_timeout=gate_timeout, keep=keep, bwlimit_kbps=bwlimit,
+                            limit=limit)
     if not json_:
-        out.print(f"release {bundle.release_id} (record: {display_path(work / 'deploy.json')})")
-    _finish(outcomes, f"deploy {bundle.release_id}", json_, sent=True)
+        out.print(f"release {r.release_id} (record: {display_path(work / 'deploy.json')})")
+    _finish(outcomes, f"deploy {r.release_id}", json_, sent=True)
 
 
 @app.command("rollback")
@@ -222,12 +239,13 @@ def fleet_status_cmd(inventory: Path, limit: str | None, known_hosts: Path | Non
                   "last deploy")
         for o in outcomes:
             last = o.last_result or {}
-            t.add_row(o.host, "yes" if o.reachable else f"[red]no[/] {o.reason}",
-                      o.serving or "-", o.last_good or "-",
-                      (o.model_sha256 or "-")[:12],
+            t.add_row(escape(o.host),
+                      "yes" if o.reachable else f"[red]no[/] {escape(o.reason)}",
+                      escape(str(o.serving or "-")), escape(str(o.last_good or "-")),
+                      escape(str(o.model_sha256 or "-")[:12]),
                       "-" if o.healthy is None else ("yes" if o.healthy else "[red]no[/]"),
-                      f"{last.get('result', '-')} {last.get('release', '')} "
-                      f"{last.get('at', '')}".strip())
+                      escape(f"{last.get('result', '-')} {last.get('release', '')} "
+                             f"{last.get('at', '')}".strip()))
         out.print(t)
     if any(not o.reachable for o in outcomes):
         raise fleet.FleetFailed("fleet status: unreachable: " + ", ".join(
@@ -242,15 +260,30 @@ def fleet_status_cmd(inventory: Path, limit: str | None, known_hosts: Path | Non
               help="An existing directory where the playbook writes each host's outcome "
               "(<host>.json) on the machine that runs it; default: none (AWX keeps the "
               "job's events).")
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json",
+              show_default=True,
+              help="json for an AWX job template's extra vars; yaml (every string "
+              "!unsafe, as `builder deploy` writes them) for `ansible-playbook -e @FILE` "
+              "or ansible-runner.")
+@allowed_signers_option
 @out_option
 def fleet_vars_cmd(release_ref: str, serial: str, max_fail: float, gate_timeout: int,
-                   keep: int, bwlimit: int, report_dir: Path | None, out_root: Path) -> None:
-    """Print playbooks/deploy.yml's extra vars for a release (JSON), for running the
-    rollout under ansible-runner or an AWX job template (docs/fleet.md)."""
-    bundle = release_mod.find(out_root / "releases", release_ref)
-    _print_json(fleet.deploy_vars(bundle, report_dir, serial=fleet.parse_serial(serial),
-                                  max_fail=max_fail, gate_timeout=gate_timeout, keep=keep,
-                                  bwlimit_kbps=bwlimit))
+                   keep: int, bwlimit: int, report_dir: Path | None, fmt: str,
+                   allowed_signers: Path | None, out_root: Path) -> None:
+    """Print playbooks/deploy.yml's extra vars for a release, for running the rollout
+    under ansible-runner or an AWX job template (docs/fleet.md). The release's
+    signature is checked first, and every value is typed."""
+    from .provision import unsafe_yaml
+
+    batches = fleet.parse_serial(serial)
+    d = release_mod.find(out_root / "releases", release_ref).dir
+    r = _open(d, _signers(allowed_signers, out_root))
+    v = fleet.deploy_vars(r, report_dir, serial=batches, max_fail=max_fail,
+                          gate_timeout=gate_timeout, keep=keep, bwlimit_kbps=bwlimit)
+    if fmt == "yaml":
+        click.echo(unsafe_yaml(v), nl=False)
+    else:
+        _print_json(v)
 
 
 # --- bundles: a release carried into a closed site -----------------------------------------
@@ -266,12 +299,15 @@ def bundle_group() -> None:
 @click.option("--output", "-o", "dest", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help="The bundle file to write (e.g. on a USB disk formatted exFAT or ext4).")
+@allowed_signers_option
 @out_option
 @json_option
-def bundle_export_cmd(release_ref: str, dest: Path, out_root: Path, json_: bool) -> None:
-    """Write a release (engine, gateway, settings, model, signed manifest) as one file."""
-    b = release_mod.find(out_root / "releases", release_ref)
-    e = bundle_mod.export_bundle(b, dest)
+def bundle_export_cmd(release_ref: str, dest: Path, allowed_signers: Path | None,
+                      out_root: Path, json_: bool) -> None:
+    """Write a release (engine, gateway, settings, model, signed manifest) as one file.
+    Its signature and tree are checked first."""
+    d = release_mod.find(out_root / "releases", release_ref).dir
+    e = bundle_mod.export_bundle(_open(d, _signers(allowed_signers, out_root)), dest)
     if json_:
         _print_json({"release_id": e.release_id, "file": str(e.path), "bytes": e.bytes,
                      "model_bytes": e.model_bytes})
@@ -282,19 +318,21 @@ def bundle_export_cmd(release_ref: str, dest: Path, out_root: Path, json_: bool)
               "--allowed-signers ALLOWED_SIGNERS")
 
 
-def _import(file: Path, out_root: Path, allowed_signers: Path | None,
+def _import(file: Path, out_root: Path, signers: trust.Signers,
             json_: bool) -> bundle_mod.Imported:
-    i = bundle_mod.import_bundle(file, out_root, allowed_signers)
+    i = bundle_mod.import_bundle(file, out_root, signers)
     if json_:
         return i
     where = display_path(i.bundle.dir)
     if i.already:
-        out.print(f"release {i.bundle.release_id} is already in {where}: nothing to do")
+        out.print(f"release {i.bundle.release_id} is already in {where} (signature verified "
+                  f"with {escape(signers.said)}, tree and model checked): nothing to do")
     else:
         resumed = f", {format_size(i.resumed)} taken from an earlier attempt" \
             if i.resumed else ""
-        out.print(f"[green]✓[/] release {i.bundle.release_id}: signature and every hash "
-                      f"checked, placed in {where} ({format_size(i.copied)} read{resumed})")
+        out.print(f"[green]✓[/] release {i.bundle.release_id}: signature verified with "
+                  f"{escape(signers.said)} and every hash checked, placed in {where} "
+                  f"({format_size(i.copied)} read{resumed})")
     return i
 
 
@@ -308,7 +346,7 @@ def bundle_import_cmd(file: Path, allowed_signers: Path | None, out_root: Path,
     """Check a bundle (signature, then every hash) and place its release in
     OUT/releases/<id>/. An interrupted import resumes; a release already there is left
     as it is."""
-    i = _import(file, out_root, allowed_signers, json_)
+    i = _import(file, out_root, _signers(allowed_signers, out_root), json_)
     if json_:
         _print_json({"release_id": i.bundle.release_id, "dir": str(i.bundle.dir),
                      "already": i.already, "copied_bytes": i.copied,

@@ -44,18 +44,23 @@ def lab_group() -> None:
               help="known_hosts for deploys (default: ~/.ssh/known_hosts).")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Deploys record the host key of a device seen for the first time.")
+@click.option("--yes", is_flag=True,
+              help="Write every sd and jetson-recovery device, also those whose inventory "
+              "entry does not say confirm: true.")
 @out_option
 @cache_option
 @profiles_dir_option
 def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None,
                 select: str | None, requests: int, max_tokens: int, gate_timeout: int,
-                known_hosts: Path | None, accept_new_host_keys: bool, out_root: Path,
-                cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
+                known_hosts: Path | None, accept_new_host_keys: bool, yes: bool,
+                out_root: Path, cache_dir: Path | None,
+                profiles_dir: tuple[Path, ...]) -> None:
     """For each device of a lab inventory: flash it (SD/USB writer, Jetson recovery USB)
     or deploy the release of its profile's build, wait until it answers, run `builder
     verify` and a short benchmark, and hold it to the profile's thresholds. Devices that
-    share a writer run one after another, the others side by side. Exit 0 when every
-    device passed every step, 1 when some did not, 2 for bad input."""
+    share a writer run one after another, the others side by side. A device is written
+    only when its entry says confirm: true (or with --yes). Exit 0 when every device
+    passed every step, 1 when some did not, 2 for bad input."""
     from .sshkey import builder_key
 
     if resume and output:
@@ -72,6 +77,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
             raise BuilderError(f"--resume {display_path(run_dir)}: not a lab run directory "
                                "(no run.json); start one with --output DIR")
     devices = lab_inventory.parse_inventory(inventory)
+    lab_inventory.require_confirmed(devices, yes)
     plans = lab.plan(devices, ProfileStore(list(profiles_dir)), out_root)
     if any(d.flash == "deploy-only" for d in devices):
         doctor.require("fleet")
@@ -81,7 +87,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
                     ssh=fleet.Ssh(known_hosts=known_hosts, accept_new=accept_new_host_keys,
                                   key=key),
                     attempt=len(meta["attempts"]), select=select, requests=requests,
-                    max_tokens=max_tokens, gate_timeout=gate_timeout,
+                    max_tokens=max_tokens, gate_timeout=gate_timeout, yes=yes,
                     say=lambda line: console.print(line, markup=False, highlight=False))
     lanes = lab_inventory.lanes(devices)
     console.print(f"lab run {display_path(run_dir)}{' (resumed)' if resuming else ''}: "

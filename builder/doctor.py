@@ -47,6 +47,13 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-system-x86_64", "qemu-system-x86", "vm-x86"),
     Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm-x86"),
     Need("qemu-system-aarch64", "qemu-system-arm", "vm-arm64"),
+    # `builder flash` of a disk image: the device's checks, the write (bmaptool unpacks
+    # the compressed copy with zstd or xz) and the read-back; udev is not needed
+    Need("lsblk", "util-linux", "flash"),
+    Need("bmaptool", "bmap-tools", "flash"),
+    Need("zstd", "zstd", "flash"),
+    Need("xz", "xz-utils", "flash"),
+    Need("sfdisk", "fdisk", "flash"),
     Need("rsync", "rsync", "fleet"),
     Need("ssh", "openssh-client", "fleet"),
     # the lab's Vagrantfile (docs/lab.md): not part of a build, so not checked by a plain

@@ -26,9 +26,9 @@ from .data import data_dir
 from .errors import BuilderError, display_path
 from .log import console
 from .progress import step
-from .provision import ansible_env, inventory_hosts, parse_recap
-from .release import Bundle
+from .provision import ansible_env, inventory_hosts, parse_recap, unsafe_yaml
 from .run import ToolError, run
+from .trust import JINJA, Manifest, Release
 
 SERIAL_ITEM = re.compile(r"^(\d+|\d+(\.\d+)?%)$")
 
@@ -95,8 +95,8 @@ def _env(ssh: Ssh, work: Path) -> dict[str, str]:
 def _play(playbook: str, inventory: Path, extra: dict[str, Any], ssh: Ssh, work: Path,
           what: str, limit: str | None) -> tuple[dict, str]:
     work.mkdir(parents=True, exist_ok=True)
-    vars_file = work / "vars.json"
-    vars_file.write_text(json.dumps(extra, indent=2))
+    vars_file = work / "vars.yml"
+    vars_file.write_text(unsafe_yaml(extra))
     log_file = work / "ansible.log"
     exe = Path(sys.executable).with_name("ansible-playbook")
     cmd = [exe, "-i", inventory, "-e", f"@{vars_file}", data_dir("playbooks") / playbook]
@@ -174,53 +174,61 @@ def _outcomes(hosts: list[str], recap: dict, output: str, reports: Path,
     return out
 
 
-def gate_for(manifest: dict[str, Any], gate_timeout: int) -> int:
+def gate_for(m: Manifest, gate_timeout: int) -> int:
     """The health gate's timeout for a release: at least the time its engine may take to
     be built on the device at its first start (TensorRT-LLM), else the one asked for."""
-    return max(gate_timeout, manifest["engine"].get("build_seconds") or 0)
+    return max(gate_timeout, m.engine.build_seconds or 0)
 
 
-def deploy_vars(bundle: Bundle, reports: Path | None, *, serial: list, max_fail: float,
-                gate_timeout: int, keep: int, bwlimit_kbps: int) -> dict[str, Any]:
-    """playbooks/deploy.yml's extra vars for a release: all it needs, so the playbook
-    runs the same under `builder deploy`, ansible-runner or an AWX job template."""
-    m = bundle.manifest
-    return {
-        "release_id": m["release_id"], "release_tree": str(bundle.tree.resolve()),
-        "release_model_src": str(bundle.model_path),
-        "release_model_sha256": m["model"]["sha256"],
-        "release_model_name": Path(m["model"]["path"]).name,
-        "release_model_bytes": m["model"]["bytes"],
-        "release_engine_watchdog_seconds": m["engine"].get("watchdog_seconds", 300),
-        "release_gate_timeout": gate_for(m, gate_timeout), "release_keep": keep,
-        "release_min_free_bytes": bundle.tree_bytes + m["model"]["bytes"] + (64 << 20),
-        "release_bwlimit_kbps": bwlimit_kbps,
+def deploy_vars(r: Release, reports: Path | None, *, serial: list[int | str],
+                max_fail: float, gate_timeout: int, keep: int,
+                bwlimit_kbps: int) -> dict[str, Any]:
+    """playbooks/deploy.yml's extra vars for a verified release: all it needs, so the
+    playbook runs the same under `builder deploy`, ansible-runner or an AWX job template.
+    Every value is typed from the parsed manifest or the command line; none is a string
+    a template engine would act on (ansible-core templates extra vars)."""
+    m = r.manifest
+    v: dict[str, Any] = {
+        "release_id": m.release_id, "release_tree": str(r.tree.resolve()),
+        "release_model_src": str(r.model_path),
+        "release_model_sha256": m.model.sha256,
+        "release_model_name": m.model.name,
+        "release_model_bytes": m.model.bytes,
+        "release_engine_watchdog_seconds": m.engine.watchdog_seconds,
+        "release_gate_timeout": gate_for(m, gate_timeout), "release_keep": int(keep),
+        "release_min_free_bytes": r.tree_bytes + m.model.bytes + (64 << 20),
+        "release_bwlimit_kbps": int(bwlimit_kbps),
         "release_report_dir": str(reports.resolve()) if reports else "",
-        "deploy_serial": serial, "deploy_max_fail_percentage": max_fail,
+        "deploy_serial": serial, "deploy_max_fail_percentage": float(max_fail),
     }
+    for k, x in v.items():  # paths of this machine's: refuse one Jinja would act on
+        if isinstance(x, str) and JINJA.search(x):
+            raise BuilderError(f"{k}: {x!r} holds characters Ansible would take for a "
+                               "template; move it to a path without '{{', '{%' or '{#'")
+    return v
 
 
-def deploy(inventory: Path, bundle: Bundle, ssh: Ssh, work: Path, *, serial: list,
+def deploy(inventory: Path, r: Release, ssh: Ssh, work: Path, *, serial: list,
            max_fail: float, gate_timeout: int, keep: int, bwlimit_kbps: int,
            limit: str | None = None) -> list[HostOutcome]:
     hosts = list(inventory_hosts(inventory))
-    m = bundle.manifest
+    m = r.manifest
     if gate_for(m, gate_timeout) > gate_timeout:
-        console.print(f"{m['engine']['kind']} engines are built on each device at their "
+        console.print(f"{m.engine.kind} engines are built on each device at their "
                       f"first start: the health gate waits up to "
                       f"{gate_for(m, gate_timeout)}s")
     reports = work / "hosts"
     reports.mkdir(parents=True, exist_ok=True)
     for f in reports.glob("*.json"):
         f.unlink()
-    extra = deploy_vars(bundle, reports, serial=serial, max_fail=max_fail,
+    extra = deploy_vars(r, reports, serial=serial, max_fail=max_fail,
                         gate_timeout=gate_timeout, keep=keep, bwlimit_kbps=bwlimit_kbps)
     recap, output = _play("deploy.yml", inventory, extra, ssh, work,
-                          f"deploying {m['release_id']} to {len(hosts)} host(s)", limit)
+                          f"deploying {m.release_id} to {len(hosts)} host(s)", limit)
     outcomes = _outcomes(hosts, recap, output, reports, "deploy")
     if limit:
         outcomes = [o for o in outcomes if o.host in recap]
-    record = {"release": m["release_id"], "inventory": str(inventory),
+    record = {"release": m.release_id, "inventory": str(inventory),
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "serial": serial, "max_fail_percentage": max_fail,
               "hosts": [asdict(o) for o in outcomes]}

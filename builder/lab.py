@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import bench, fleet, measure
+from . import bench, fleet, measure, trust
 from . import release as release_mod
 from . import verify as verify_mod
 from .errors import BuilderError, display_path
@@ -64,7 +64,7 @@ class Plan:
     p: Profile
     manifest_path: Path
     manifest: dict[str, Any]
-    release: release_mod.Bundle
+    release: trust.Release  # checked against the site's signers
 
     @property
     def thresholds(self) -> dict[str, Any]:
@@ -82,8 +82,8 @@ class Plan:
     def model(self) -> str:
         """The model the device serves, as its release names it (a file given to the
         build is named by the file)."""
-        m = (self.release.manifest if self.release else self.manifest)["model"]
-        return f"{m['id']} {m['quant']}"
+        m = self.release.manifest.model
+        return f"{m.id} {m.quant}"
 
     @property
     def api_url(self) -> str:
@@ -101,6 +101,7 @@ def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Pla
         except BuilderError as e:
             raise BuilderError(f"{d.profile_where}: devices.{d.name}.profile: {e}") from None
     plans = []
+    signers: trust.Signers | None = None
     for d, rp, p in profiles:
         mpath = out_root / rp.name / "manifest.json"
         if not mpath.is_file():
@@ -117,12 +118,13 @@ def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Pla
                                f"{kind or 'nothing to write'}; use flash: "
                                f"{fits or 'deploy-only'}")
         try:
-            bundle = release_mod.find(out_root / "releases", m["release_id"])
+            d_release = release_mod.find(out_root / "releases", m["release_id"]).dir
         except BuilderError:
             raise BuilderError(f"{d.where}: devices.{d.name}: the {rp.name} build's release "
                                f"{m['release_id']} is not in "
                                f"{display_path(out_root / 'releases')}; build again") from None
-        plans.append(Plan(d, rp, p, mpath, m, bundle))
+        signers = signers or trust.signers(None, out_root)
+        plans.append(Plan(d, rp, p, mpath, m, trust.open_release(d_release, signers)))
     return plans
 
 
@@ -186,6 +188,7 @@ class Lab:
     requests: int = 5  # the benchmark's timed requests
     max_tokens: int = 32
     gate_timeout: int = 300
+    yes: bool = False  # --yes: write every device, whatever its confirm: says
     say: Callable[[str], None] = print
 
 
@@ -199,8 +202,11 @@ class Ctx:
 
     @property
     def dir(self) -> Path:
+        """The device's logs; only the user running the lab reads them: a failed verify
+        check's report shows its arguments, the device's API key among them."""
         d = self.lab.run_dir / "devices" / self.plan.device.name
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.chmod(0o700)
         return d
 
     @property
@@ -228,6 +234,10 @@ def step_flash(c: Ctx) -> str:
     from .targets import TARGETS
 
     d, pl = c.plan.device, c.plan
+    if not (d.confirm or c.lab.yes):  # nobody answers a question in a lab run
+        raise StepFailed(f"not written: {d.where}: devices.{d.name} has no confirm: true "
+                         f"(add it, or run with --yes, to let the lab overwrite "
+                         f"{d.overwrites})")
     log = c.dir / "flash.log"
     said: list[str] = []
     where = TARGETS[pl.p.target].flash(

@@ -15,6 +15,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+
+from .device import api_keys
 
 TLS = ssl.create_default_context()
 TLS.check_hostname = False  # a device's certificate is its own (often self-signed)
@@ -141,8 +144,10 @@ def _long_prompts(api_url: str, key: str, words: int, n: int, timeout: float
 
 # What `benchmark` cannot see from outside, read on the device (as root) by one command:
 # the engine's peak resident memory (VmHWM of the unit's main process), the status an
-# engine built on the device leaves (edge-llm-trtllm: build_seconds), and the API key.
-DEVICE_FACTS = """
+# engine built on the device leaves (edge-llm-trtllm: build_seconds), and the API key,
+# read by the gateway's own reader: device/api_keys.py's source runs first in the
+# command, so the key is the one the gateway serves whatever the device's tools are.
+DEVICE_FACTS = Path(api_keys.__file__).read_text() + """
 import json, subprocess, sys
 unit, status, keys = sys.argv[1:4]
 out = {}
@@ -159,9 +164,8 @@ try:
 except (OSError, ValueError):
     out["engine_status"] = None
 try:
-    out["api_key"] = next(ln.strip() for ln in open(keys)
-                          if ln.strip() and not ln.lstrip().startswith("#"))
-except (OSError, StopIteration):
+    out["api_key"] = read(keys)[0]
+except KeysError:
     out["api_key"] = None
 print(json.dumps(out))
 """

@@ -21,7 +21,22 @@ from .schema import Profile
 from .units import MiB, format_size
 
 FIT_SHARE = 0.85  # above this share of the budget the verdict is "tight"
-GATEWAY_OVERHEAD = 48 * MiB  # the gateway process (measured about 35 MiB; see gateway.md)
+
+# The gateway's memory (its unit's MemoryMax, and its share of the plan): measured with
+# the real gateway in front of a stand-in engine, every place taken by a valid request
+# of max_request_bytes built to cost the most once parsed (33,000 small objects in a
+# tool's parameters; a 1 MiB string that one emoji makes 4 bytes a character) and by
+# replies of max_tokens with 20 logprobs each, left unread by their clients
+# (tests/test_adversarial_gateway.py::test_a_full_gateway_stays_under_its_planned_memory_max).
+# 1 MiB bodies, 1024 tokens: peak RSS 84-98 MiB streaming, 109-128 MiB with whole replies
+# unread, at 1 to 8 slots and 16 queued (39 MiB at rest).
+GATEWAY_BASE = 40 * MiB  # the process at rest
+GATEWAY_PARSE = 24  # x max_request_bytes: the one body parsed at a time, with the heap it leaves
+GATEWAY_PER_PLACE = 3 / 2  # x max_request_bytes: a request's body, raw or as sent (with buffers)
+GATEWAY_REPLY_PER_TOKEN = 2 * 1024  # a whole reply's bytes per token (with 20 logprobs: ~1.5 KiB)
+GATEWAY_STALLED_STREAM = 4 * MiB  # a stream's kernel send buffer to a client that stopped
+# reading (net.ipv4.tcp_wmem's maximum), charged to the unit like its own memory
+GATEWAY_MARGIN = 1.25
 
 
 class Verdict(StrEnum):
@@ -52,6 +67,10 @@ class PlanInput:
     # TensorRT-LLM's engine limits (trtllm-build) and KV share; unused by llama.cpp
     max_batch_size: int = 1
     max_num_tokens: int = 0
+    # the public port's limits, which bound the gateway's memory (gateway_memory_max)
+    max_queue: int = 16
+    max_request_bytes: int = MiB
+    max_tokens: int = 1024
 
     @property
     def model_id(self) -> str:
@@ -82,6 +101,8 @@ class PlanInput:
             max_batch_size=trt.max_batch_size,
             max_num_tokens=trt.max_num_tokens or min(8192, trt.max_batch_size
                                                      * trt.max_input_len),
+            max_queue=p.service.max_queue, max_request_bytes=p.service.max_request_bytes,
+            max_tokens=p.service.max_tokens,
         )
 
 
@@ -111,7 +132,7 @@ class Plan:
     compute: int
     output: int
     engine_overhead: int
-    gateway_overhead: int
+    gateway_overhead: int  # the gateway's share: its unit's MemoryMax (gateway_memory_max)
     total: int
     budget: int
     limit: int  # what total is held against: budget, or an explicit MemoryMax
@@ -138,16 +159,33 @@ def _limit(pin: PlanInput) -> tuple[int, int]:
     return budget, min(budget, pin.memory_max) if pin.memory_max else budget
 
 
+def gateway_memory_max(slots: int, max_queue: int, max_request_bytes: int,
+                       max_tokens: int) -> int:
+    """The gateway unit's MemoryMax, from the limits that bound what it holds (see
+    GATEWAY_BASE): every place (slots + max_queue) with a body and a whole reply, the
+    streams' kernel buffers, one body being parsed, the process; plus a margin, in
+    steps of 16 MiB."""
+    place = GATEWAY_PER_PLACE * max_request_bytes + GATEWAY_REPLY_PER_TOKEN * max_tokens
+    need = (GATEWAY_BASE + GATEWAY_PARSE * max_request_bytes
+            + (slots + max_queue) * place + slots * GATEWAY_STALLED_STREAM)
+    return _round_up(int(need * GATEWAY_MARGIN), 16 * MiB)
+
+
+def _gateway(pin: PlanInput) -> int:
+    return gateway_memory_max(pin.parallel, pin.max_queue, pin.max_request_bytes,
+                              pin.max_tokens)
+
+
 def headroom(pin: PlanInput, engine_bytes: int) -> int:
     """Bytes an engine whose fixed part is `engine_bytes` may still grow into without
     leaving the "fits" share of what is available (0 when there is none): whole MiB."""
     _, limit = _limit(pin)
-    room = int(FIT_SHARE * limit) - engine_bytes - GATEWAY_OVERHEAD
+    room = int(FIT_SHARE * limit) - engine_bytes - _gateway(pin)
     return max(0, room // MiB * MiB)
 
 
 def _totals(pin: PlanInput) -> dict[str, int]:
-    parts = {**engines.get(pin.engine).memory(pin), "gateway_overhead": GATEWAY_OVERHEAD}
+    parts = {**engines.get(pin.engine).memory(pin), "gateway_overhead": _gateway(pin)}
     parts["total"] = sum(v for k, v in parts.items() if k != "kv_per_slot")
     return parts
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog
+from . import catalog, names
 from .data import data_dir
 from .errors import ProfileError, display_path
 from .schema import Profile
@@ -146,6 +146,11 @@ class ProfileStore:
         return self.resolve_file(path)
 
     def resolve_file(self, path: Path) -> ResolvedProfile:
+        if not names.PROFILE_NAME.fullmatch(path.stem):
+            # the name is a directory under OUT, a role variable and a release field
+            raise ProfileError(f"{display_path(path)}: {path.stem!r} is not a profile name "
+                               "(letters, digits and . _ -, starting with a letter or digit, "
+                               "at most 64); rename the file")
         data, positions, chain = self._merged(path, stack=[])
         doc_abstract = bool(load_document(path).data.get("abstract", False))
         rp = ResolvedProfile(name=path.stem, path=path, chain=chain, data=data,

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from . import names
 from .data import data_dir
 from .errors import BuilderError, display_path
 from .progress import step
@@ -74,6 +77,34 @@ PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password",
                  "ansible_become_password", "ansible_become_pass", "ansible_sudo_pass")
 
 
+class _Unsafe(yaml.SafeDumper):
+    """Every string tagged !unsafe: ansible-core then never templates it, whatever it
+    holds. Extra vars are values (from a profile, a release, the command line), never
+    templates: a '{{' in one stays text."""
+
+
+class _Key(str):
+    """A mapping key: a variable's name, written plain."""
+
+
+def _mapping(d: yaml.SafeDumper, m: dict[Any, Any]) -> yaml.Node:
+    return d.represent_mapping("tag:yaml.org,2002:map",
+                               {_Key(k) if isinstance(k, str) else k: v for k, v in m.items()})
+
+
+# (an empty string stays plain: ansible-core reads `!unsafe ''` as None)
+_Unsafe.add_representer(str, lambda d, s: d.represent_scalar("!unsafe", s) if s
+                        else d.represent_str(s))
+_Unsafe.add_representer(_Key, yaml.SafeDumper.represent_str)
+_Unsafe.add_representer(dict, _mapping)
+
+
+def unsafe_yaml(extra: dict[str, Any]) -> str:
+    """Extra vars for `ansible-playbook -e @FILE`, every string marked unsafe."""
+    return "# edge-llm builder: extra vars; every string is !unsafe (never templated)\n" + \
+        yaml.dump(extra, Dumper=_Unsafe, sort_keys=True, default_flow_style=False)
+
+
 def inventory_hosts(inventory: Path) -> dict[str, dict[str, Any]]:
     """Hosts and their variables, as ansible-inventory reads them; refuses passwords."""
     if not inventory.is_file():
@@ -86,17 +117,21 @@ def inventory_hosts(inventory: Path) -> dict[str, dict[str, Any]]:
                            f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
     data = json.loads(r.stdout)
     hostvars = data.get("_meta", {}).get("hostvars", {})
-    names = sorted({h for g in data.values() if isinstance(g, dict)
+    hosts = sorted({h for g in data.values() if isinstance(g, dict)
                     for h in g.get("hosts", [])})
-    if not names:
+    if not hosts:
         raise BuilderError(f"{display_path(inventory)}: no hosts in it")
-    for name in names:
+    for name in hosts:
+        if not names.INVENTORY_HOST.fullmatch(name):
+            raise BuilderError(f"{display_path(inventory)}: host {name!r}: not a host name "
+                               "(letters, digits and . _ : @ -, starting with a letter or "
+                               "digit); rename it in the inventory")
         for var in PASSWORD_VARS:
             if var in hostvars.get(name, {}):
                 raise BuilderError(f"{display_path(inventory)}: host {name}: {var}: "
                                    "passwords are not allowed in an inventory; log in with "
                                    "an SSH key (ansible_ssh_private_key_file)")
-    return {n: hostvars.get(n, {}) for n in names}
+    return {n: hostvars.get(n, {}) for n in hosts}
 
 
 def run_playbook(inventory: str, extra_vars: dict[str, Any], work: Path, *, what: str,
@@ -104,8 +139,8 @@ def run_playbook(inventory: str, extra_vars: dict[str, Any], work: Path, *, what
     work.mkdir(parents=True, exist_ok=True)
     inv = work / "inventory"
     inv.write_text(inventory)
-    vars_file = work / "vars.json"
-    vars_file.write_text(json.dumps(extra_vars, indent=2))
+    vars_file = work / "vars.yml"
+    vars_file.write_text(unsafe_yaml(extra_vars))
     exe = Path(sys.executable).with_name("ansible-playbook")
     env = ansible_env(work)
     with step(what) as line:

@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, engines
-from .cache import key_of, sha256_file
+from . import __version__, engines, trust
+from .cache import key_of
 from .device.layout import DEFAULT as LAYOUT
 from .device.layout import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_SIGNATURE
 from .errors import BuilderError, display_path
 from .model_pipeline import ModelArtifact
 from .schema import Profile
 from .sshkey import sign
+from .trust import listing
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Inputs:
     model: ModelArtifact
     model_id: str  # what clients name (the engine's alias)
     memory_max: int  # engine MemoryMax, bytes (from the plan)
+    gateway_memory_max: int  # the gateway's MemoryMax, bytes (the plan's gateway share)
 
     @property
     def engine(self) -> engines.Engine:
@@ -130,8 +132,7 @@ def engine_unit_conf(i: Inputs) -> str:
     lines = ["# edge-llm release: the engine's command and resources (a drop-in linked "
              "through current/)",
              "[Service]",
-             "ExecStartPre=",
-             *(f"ExecStartPre={c}" for c in e.exec_start_pre(i, LAYOUT)),
+             "ExecStartPre=",  # nothing runs before the engine, privileged or not
              "ExecStart=",
              f"ExecStart={e.exec_start(i, LAYOUT)}",
              f"ExecStartPost={LAYOUT.tool('edge-llm-wait-ready')} {ready} {timeout}",
@@ -142,6 +143,14 @@ def engine_unit_conf(i: Inputs) -> str:
     if p.runtime.mlock:
         lines.append("LimitMEMLOCK=infinity")  # MemoryMax still bounds it
     return "\n".join(lines) + "\n"
+
+
+def gateway_unit_conf(i: Inputs) -> str:
+    """The gateway unit's per-release part, a drop-in read through current/ like the
+    engine's: its MemoryMax, from the limits this release's gateway.json sets (the
+    plan's gateway figure), so a deploy or a rollback brings its own."""
+    return ("# edge-llm release: the gateway's resources (a drop-in linked through "
+            "current/)\n[Service]\n" f"MemoryMax={i.gateway_memory_max}\n")
 
 
 def env_file(env: dict[str, str], engine: str) -> str:
@@ -156,28 +165,6 @@ def copy_tree(src: Path, dest: Path) -> None:
     the verified sources)."""
     shutil.copytree(src, dest, symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
-
-def listing(tree: Path) -> dict[str, dict[str, Any]]:
-    """Every entry of the tree, as release.json lists them: files (sha256 and mode),
-    directories (mode) and links (target); nothing else may be in a release."""
-    files, dirs, links = {}, {}, {}
-    for path in sorted(tree.rglob("*")):
-        rel = str(path.relative_to(tree))
-        st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(path)
-            if target.startswith("/") or ".." in Path(target).parts:
-                raise BuilderError(f"{path}: a link out of the release ({target})")
-            links[rel] = target
-        elif stat.S_ISDIR(st.st_mode):
-            dirs[rel] = {"mode": f"{stat.S_IMODE(st.st_mode):04o}"}
-        elif stat.S_ISREG(st.st_mode):
-            files[rel] = {"sha256": sha256_file(path), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
-        else:
-            raise BuilderError(f"{path}: not a file, directory or link; a release holds "
-                               "nothing else")
-    return {"files": files, "dirs": dirs, "links": links}
 
 
 def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
@@ -201,6 +188,7 @@ def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
         (tree / "gateway.json").write_text(json.dumps(gateway_config(i, rid), indent=2) + "\n")
         (tree / "systemd").mkdir()
         (tree / "systemd" / "engine.conf").write_text(engine_unit_conf(i))
+        (tree / "systemd" / "gateway.conf").write_text(gateway_unit_conf(i))
         for path in tree.rglob("*"):  # root-owned on the device; readable, never writable
             if not path.is_symlink():
                 mode = stat.S_IMODE(path.stat().st_mode)
@@ -227,7 +215,10 @@ def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
                       **({"files": m.files} if m.files else {})},
             **listing(tree),
         }
-        (tree / RELEASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        data = (json.dumps(manifest, indent=2) + "\n").encode()
+        # what every controller will check before using it: never sign what it refuses
+        trust.Manifest.parse(data, f"release {rid} of {i.profile_name}")
+        (tree / RELEASE_MANIFEST).write_bytes(data)
         sign(signing_key, tree / RELEASE_MANIFEST)
         (tmp / "bundle.json").write_text(json.dumps(
             {"release_id": rid, "model_path": str(m.path)}, indent=2) + "\n")

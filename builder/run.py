@@ -39,10 +39,12 @@ def run(
     on_line: Callable[[str], None] | None = None,
     tail: int = 15,
     timeout: float | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> str:
     """Run `cmd`, return its output (stdout+stderr). `what` names the step in errors.
 
-    Output goes line by line to `log_file` (appended) and `on_line` (progress)."""
+    Output goes line by line to `log_file` (appended) and `on_line` (progress).
+    `pass_fds`: descriptors the tool inherits (it opens them as /proc/self/fd/N)."""
     args = [str(c) for c in cmd]
     if "/" in args[0]:  # a script given by path (./apply_binaries.sh): relative to cwd
         exe = os.path.join(cwd or ".", args[0])
@@ -63,7 +65,8 @@ def run(
             fh.flush()
         proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", start_new_session=True)
+                                errors="replace", start_new_session=True,
+                                pass_fds=tuple(pass_fds))
         assert proc.stdout is not None
         # The deadline holds whether or not the tool prints: a timer ends its process
         # group, which closes the pipe this loop reads.

@@ -18,6 +18,9 @@ from .run import run
 
 
 def _keypair(key: Path, comment: str) -> tuple[Path, str]:
+    # the private half 0600 in a 0700 directory, whatever a umask or an older builder
+    # left: it logs into every device built, or signs what every device runs
+    key.parent.chmod(0o700)
     # locked: two builds starting at once must not each make a key and keep one's
     # private half with the other's public half
     with (key.parent / f".{key.name}.lock").open("w") as lock:

@@ -19,9 +19,10 @@ The tar is not compressed: box.img is qcow2, which holds only the image's alloca
 clusters, and `vagrant box add` unpacks the box once; compressing several GiB on the
 build host would cost minutes for a one-time local copy.
 
-Beside the box, OUT/<profile>/vagrant-vars.json holds the variables the Vagrantfile's
+Beside the box, OUT/<profile>/vagrant-vars.yml holds the variables the Vagrantfile's
 Ansible provisioner passes to playbooks/appliance.yml: the build's own (its manifest's
-provision_vars), for a live machine instead of an image.
+provision_vars), for a live machine instead of an image; every string marked !unsafe,
+as every extra-vars file the builder writes (values, never templates).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BuilderError, display_path
+from .provision import unsafe_yaml
 from .run import run
 from .units import GiB
 from .vm import Machine
 
 BOX_FILE = "vagrant-libvirt.box"
-VARS_FILE = "vagrant-vars.json"
+VARS_FILE = "vagrant-vars.yml"
 BOX_PREFIX = "edge-llm/"  # box names: edge-llm/<profile>, as the Vagrantfile names them
 
 
@@ -162,7 +164,7 @@ def plan(build_dir: Path) -> tuple[Box, dict[str, Any]]:
 
 def pack(build_dir: Path, dest: Path, *, log_file: Path | None = None) -> Box:
     """OUT/<profile>/vagrant-libvirt.box (written beside and renamed) and
-    vagrant-vars.json."""
+    vagrant-vars.yml."""
     build_dir = build_dir.resolve()
     box, m = plan(build_dir)
     dest = dest.resolve()
@@ -185,7 +187,7 @@ def pack(build_dir: Path, dest: Path, *, log_file: Path | None = None) -> Box:
             for name, src in box.files.items():
                 tf.add(src, name)
         os.replace(tmp, dest)
-        (work / VARS_FILE).write_text(json.dumps(provision_vars(m), indent=2) + "\n")
+        (work / VARS_FILE).write_text(unsafe_yaml(provision_vars(m)))
         os.replace(work / VARS_FILE, build_dir / VARS_FILE)
     except OSError as e:
         raise BuilderError(f"{display_path(dest)}: {e.strerror or e}") from None

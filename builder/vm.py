@@ -241,7 +241,10 @@ def start(spec: VmSpec) -> VmHandle:
         raise BuilderError(f"no disk image at {display_path(spec.image)}")
     check_machine(spec.machine)
     d = spec.state_dir
-    d.mkdir(parents=True, exist_ok=True)
+    # the overlay takes what the guest writes: its API key and SSH host private keys;
+    # only the user running the VM reads it (0600 in a 0700 directory)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d.chmod(0o700)
     pid = running(d)
     if pid is not None:
         raise BuilderError(f"a VM from {display_path(d)} is already running (pid {pid}); "
@@ -260,6 +263,7 @@ def start(spec: VmSpec) -> VmHandle:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", spec.image.resolve(),
          d / OVERLAY, *([str(spec.disk_size)] if spec.disk_size else [])],
         what="creating the VM's overlay disk", log_file=d / QEMU_LOG)
+    (d / OVERLAY).chmod(0o600)
     # -daemonize: QEMU returns once the VM is set up, so errors (a port taken, bad
     # firmware) come back here; the VM then outlives this process until stop().
     run(qemu_command(spec, accel), what="starting the VM (qemu)", log_file=d / QEMU_LOG,

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from builder import release
+from builder.device import api_keys
 from builder.model_pipeline import ModelArtifact
 from builder.profiles import ProfileStore
 from builder.sshkey import allowed_signers_line
@@ -82,7 +83,8 @@ class Device:
         i = release.Inputs(profile_name=f"dev-{name}", profile=p, engine_dir=eng,
                            engine_key=f"engine-{name}", gateway_dir=gw, gateway_key="g",
                            model=ModelArtifact(mfile, sha, "Q4_K_M", "gguf"),
-                           model_id="test-model", memory_max=1 << 30)
+                           model_id="test-model", memory_max=1 << 30,
+                           gateway_memory_max=128 << 20)
         return release.make(i, self.work / "releases", key or self.key)
 
     def deliver(self, b: release.Bundle, *, incoming: bool = False) -> Path:
@@ -163,8 +165,7 @@ def device(tmp_path: Path):
             cur = self._current()
             gw = json.loads((cur / "gateway.json").read_text()) if cur else {}
             if gw.get("api_auth"):
-                keys = [ln.strip() for ln in dev.keys.read_text().splitlines()
-                        if ln.strip() and not ln.lstrip().startswith("#")]
+                keys = api_keys.read(dev.keys)  # the gateway's reader
                 if self.headers.get("Authorization") != f"Bearer {keys[0]}":
                     return self._send(401, {"error": {"code": "invalid_api_key"}})
             self._send(200, {"choices": [{"message": {"content": "OK"}}]})

@@ -13,170 +13,32 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import select
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_llama_server import FakeEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.gateway_process import GatewayProcess
+from builder.testing import self_signed
 from builder.testing.llama_server import LlamaServer, free_port
 
 MODEL_ID = "smollm2-135m-instruct"
 HI = [{"role": "user", "content": "Say hi."}]
 MiB = 1 << 20
-MEMORY_MAX = 128 * MiB  # the unit's MemoryMax
+MEMORY_MAX = 128 * MiB  # the unit's own MemoryMax (a release's drop-in gives it more)
 
 
-# --- a stand-in engine ---------------------------------------------------------------
-
-class FakeEngine:
-    """llama-server's HTTP surface, misbehaving on demand.
-
-    post_status: the status of every POST (200: a reply, or an SSE stream of `events`
-    events of `event_bytes` each, `delay` seconds apart); probe_status: GET /metrics and
-    /health; hang_posts / hang_all: accept and never answer (POSTs / everything).
-
-    Like llama-server, it runs a request in the slot its id_slot names, tells which slots
-    are busy on GET /slots (`slots_status` other than 200: no slot monitor), and stops
-    a request `cancel_lag` seconds after it notices that the client closed the
-    connection. `ids` lists the id_slot of every POST; `collisions` counts the requests
-    that arrived for a slot still busy with another."""
-
-    def __init__(self) -> None:
-        self.post_status = 200
-        self.probe_status = 200
-        self.slots_status = 200
-        self.events, self.event_bytes, self.delay = 3, 60, 0.0
-        self.hang_posts = self.hang_all = False
-        self.cancel_lag = 0.0
-        self.gets: Counter[str] = Counter()
-        self.streams_cut = 0  # streams the gateway closed before the end
-        self.ids: list[int | None] = []
-        self.busy: Counter[int] = Counter()
-        self.collisions = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _hang(self) -> None:
-                """Until the client leaves (as llama-server notices) or the fake stops."""
-                while not fake._stop.wait(0.1):
-                    if self._client_left():
-                        fake._stop.wait(fake.cancel_lag)
-                        return
-
-            def _client_left(self) -> bool:
-                readable, _, _ = select.select([self.connection], [], [], 0)
-                try:
-                    return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-                except OSError:
-                    return True
-
-            def _reply(self, status: int, body: bytes, ctype: str = "application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                fake.gets[self.path] += 1
-                if fake.hang_all:
-                    return self._hang()
-                if self.path == "/slots":
-                    with fake._lock:
-                        slots = [{"id": i, "is_processing": fake.busy[i] > 0}
-                                 for i in range(8)]
-                    return self._reply(fake.slots_status, json.dumps(slots).encode())
-                self._reply(fake.probe_status, b"llamacpp:requests_processing 0\n",
-                            "text/plain")
-
-            def do_POST(self) -> None:
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                slot = req.get("id_slot")
-                held = slot is not None and slot >= 0
-                with fake._lock:
-                    fake.ids.append(slot)
-                    if held:
-                        fake.collisions += fake.busy[slot] > 0
-                        fake.busy[slot] += 1
-
-                def release() -> None:
-                    # llama-server lets the slot go in the same turn of its main loop
-                    # that queues the final reply, before it takes the next task: the
-                    # slot is idle by the time anyone can read that reply
-                    nonlocal held
-                    with fake._lock:
-                        if held:
-                            fake.busy[slot] -= 1
-                            held = False
-                try:
-                    self._post(req, release)
-                finally:
-                    release()
-
-            def _post(self, req: dict, release) -> None:
-                events, size, delay = fake.events, fake.event_bytes, fake.delay
-                if fake.hang_posts or fake.hang_all:
-                    return self._hang()
-                if fake.post_status != 200:
-                    release()
-                    err = {"code": fake.post_status, "message": "the engine says no",
-                           "type": "invalid_request_error" if fake.post_status < 500
-                           else "server_error"}
-                    return self._reply(fake.post_status, json.dumps({"error": err}).encode())
-                if not req.get("stream"):
-                    release()
-                    return self._reply(200, json.dumps({
-                        "choices": [{"index": 0, "message": {"role": "assistant",
-                                                             "content": "hi"}}],
-                        "usage": {"completion_tokens": 1}}).encode())
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                pad = "x" * size
-                try:
-                    for _ in range(events):
-                        self.wfile.write(b"data: " + json.dumps({"choices": [
-                            {"delta": {"content": "a"}, "pad": pad}]}).encode() + b"\n\n")
-                        self.wfile.flush()
-                        if delay and fake._stop.wait(delay):
-                            return
-                    release()
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.wfile.flush()
-                except OSError:
-                    fake.streams_cut += 1
-                    fake._stop.wait(fake.cancel_lag)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
+# --- a stand-in engine (tests/fake_llama_server.py) -------------------------------------
 
 @pytest.fixture
 def fake():
@@ -288,10 +150,21 @@ def _no_tracebacks(gw: GatewayProcess) -> None:
 
 # --- connections: deadlines and the cap ------------------------------------------------
 
-def test_idle_connections_beyond_the_fd_limit_do_not_starve_health(fake, tmp_path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_idle_connections_beyond_the_fd_limit_do_not_starve_health(fake, tmp_path,
+                                                                   tls: bool) -> None:
     """Hundreds of connections that never send a byte, more than the process may open:
-    /health keeps answering, and the log does not flood."""
-    with _gateway(tmp_path, fake.url, nofile=256) as gw:
+    /health keeps answering, and the log does not flood. With TLS on, the same flood
+    never sends a ClientHello: the connections count against max_connections from
+    accept() on (asyncio's ssl= server hid them until their handshake finished, so they
+    took every descriptor). header_timeout is long there, as an attacker who reconnects
+    makes it: what keeps /health answering must be the cap, not the deadline."""
+    settings = {}
+    if tls:
+        cert, key = self_signed(tmp_path)
+        settings = {"header_timeout": 120, "tls_cert": str(cert), "tls_key": str(key)}
+    with _gateway(tmp_path, fake.url, nofile=256, **settings) as gw:
+        assert gw.url.startswith("https://" if tls else "http://")
         idle = []
         for _ in range(400):
             s = socket.socket()
@@ -300,12 +173,33 @@ def test_idle_connections_beyond_the_fd_limit_do_not_starve_health(fake, tmp_pat
             idle.append(s)
         try:
             for _ in range(10):
-                assert gw.get("/health", key="", timeout=15)[0] == 200
+                assert gw.get("/health", key="", timeout=30)[0] == 200
         finally:
             for s in idle:
                 s.close()
         assert gw.metric("connections_closed_total", 'reason="evicted"') > 0
         assert len(gw.log_text().splitlines()) < 50
+        _no_tracebacks(gw)
+
+
+def test_a_tls_client_is_served_as_it_sends(fake, tmp_path) -> None:
+    """TLS started by the guard serves what came with the handshake's last bytes, a
+    keep-alive request after it and a streamed reply; a client that speaks plain HTTP to
+    the TLS port is closed without a traceback."""
+    cert, key = self_signed(tmp_path)
+    with _gateway(tmp_path, fake.url, tls_cert=str(cert), tls_key=str(key)) as gw:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.port, context=ctx, timeout=30)
+        for _ in range(3):  # one connection, kept alive
+            conn.request("POST", "/v1/chat/completions", json.dumps(
+                {"messages": HI, "stream": True}), {"Authorization": f"Bearer {gw.key}"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.read().rstrip().endswith(b"data: [DONE]")
+        conn.close()
+        plain = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+        plain.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _closed_by_peer(plain)
+        assert gw.metric("connections_closed_total", 'reason="tls_handshake"') == 1
         _no_tracebacks(gw)
 
 
@@ -409,6 +303,74 @@ def test_queued_hostile_bodies_stay_under_memory_max(fake, tmp_path) -> None:
         for t in threads:
             t.join(60)
         assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 16
+
+
+def _costly_bodies(size: int) -> list[dict]:
+    """Valid chat requests of at most `size` bytes that cost the gateway the most: a
+    tool's parameters holding as many small objects as max_json_values allows, and one
+    string that a single emoji makes 4 bytes a character once parsed."""
+    def fit(make) -> dict:
+        n = size
+        while len(json.dumps(make(n), ensure_ascii=False).encode()) > size - 100:
+            n = n * 9 // 10
+        return make(n)
+
+    objects = fit(lambda n: {"messages": HI, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "x": [{"a": "x" * 18}] * min(
+            n // 28, 33_000)}}}]})
+    emoji = fit(lambda n: {"messages": [{"role": "user", "content": "\U0001F600" + "a" * n}]})
+    return [objects, emoji]
+
+
+def test_a_full_gateway_stays_under_its_planned_memory_max(fake, tmp_path) -> None:
+    """The largest shipped profile's slots (orin-agx-64gb: 8) and queue, every place
+    taken by a valid max-size body that costs the most once parsed, streams holding the
+    slots; then every reply a whole one of max_tokens tokens with 20 logprobs each,
+    which its client never reads. The gateway's peak RSS stays under the MemoryMax its
+    release gives it (the plan's gateway figure); at the unit's old fixed 128M, these 24
+    requests took it to 166 MiB (OOM-killed on a device)."""
+    from stand_ins import build_context
+
+    from builder import build as build_mod
+    from builder import release
+    from builder.profiles import ProfileStore
+
+    store = ProfileStore()
+    name = max(store.names(), key=lambda n: store.load(n).concrete().runtime.parallel)
+    ctx = build_context(name)
+    p = ctx.p
+    slots, queue = p.runtime.parallel, p.service.max_queue
+    planned = ctx.plan.gateway_overhead  # the release carries the plan's figure
+    assert f"MemoryMax={planned}\n" in release.gateway_unit_conf(build_mod.release_inputs(ctx))
+    fake.events, fake.delay = 600, 0.1  # streams that hold their slots for a minute
+    fake.logprob_tokens = p.service.max_tokens
+    bodies = _costly_bodies(p.service.max_request_bytes)
+    with _gateway(tmp_path, fake.url, slots=slots, max_queue=queue,
+                  max_tokens=p.service.max_tokens,
+                  max_request_bytes=p.service.max_request_bytes) as gw:
+        holders = [_open_stream(gw, bodies[i % 2]) for i in range(slots)]
+        waiting = []
+        for i in range(queue):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing
+            s.connect(("127.0.0.1", gw.port))
+            data = json.dumps(bodies[i % 2], ensure_ascii=False).encode()
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                      b"Bearer " + gw.key.encode() + b"\r\nContent-Length: "
+                      + str(len(data)).encode() + b"\r\n\r\n" + data)
+            waiting.append(s)
+        _wait(lambda: gw.metric("queue_depth") == queue, "the queue to fill")
+        peak = gw.memory("VmHWM")
+        for s in holders:
+            s.close()  # the queued ones run; their replies wait for readers
+        _wait(lambda: gw.metric("queue_depth") == 0 and gw.metric("in_flight") == 0,
+              "every queued request to be answered")
+        peak = max(peak, gw.memory("VmHWM"))
+        for s in waiting:
+            s.close()
+        assert peak < planned, f"peak RSS {peak / MiB:.0f} MiB, planned {planned / MiB:.0f}"
+        assert _chat(gw, {"messages": HI})[0] == 200
+        _no_tracebacks(gw)
 
 
 def test_a_compressed_body_is_refused_without_unpacking_it(fake, tmp_path) -> None:
@@ -787,6 +749,90 @@ def test_a_client_naming_a_busy_slot_cannot_disturb_the_generation_there(
         intruder[0][0].join(600)
         assert intruder[1][0] is not None and not isinstance(intruder[1][0], Exception)
         assert "".join(pieces) == alone
+        _no_tracebacks(gw)
+
+
+@pytest.mark.slow
+def test_grammars_and_schemas_the_engine_would_choke_on_are_refused(x86_engine, tiny_q4: Path,
+                                                                     tmp_path: Path) -> None:
+    """A 40 KB grammar of nested groups killed llama-server (SIGSEGV: its grammar parser
+    recurses once per group, and the stack a systemd unit gets by default is 8 MiB); a
+    schema object of 2,000 optional properties kept it converting for seconds. The
+    gateway refuses both, naming the field, and the engine goes on answering, grammars
+    at the caps included."""
+    port = free_port()
+    stack = ["sh", "-c", 'ulimit -s 8192 && exec "$@"', "sh"]  # systemd's DefaultLimitSTACK
+    with LlamaServer(x86_engine.tool("llama-server"), [
+            "--model", str(tiny_q4), "--host", "127.0.0.1", "--port", str(port),
+            "--ctx-size", "512", "--parallel", "1", "--threads", "2", "--metrics"],
+            tmp_path / "engine.log", port=port, wrapper=stack) as srv, \
+            _gateway(tmp_path, srv.url) as gw:
+        deep = "root ::= " + "(" * 20_000 + '"a"' + ")" * 20_000
+        status, _, body = _chat(gw, {"messages": HI, "max_tokens": 2, "grammar": deep})
+        assert status == 400, body
+        _assert_openai_error(status, body, "invalid_value", "grammar")
+        wide = {"type": "object", "properties": {f"p{i}": {"type": "string"}
+                                                 for i in range(2000)}}
+        status, _, body = _chat(gw, {"messages": HI, "max_tokens": 2, "json_schema": wide})
+        assert status == 400, body
+        _assert_openai_error(status, body, "invalid_value", "json_schema.properties")
+        at_cap = "root ::= " + "(" * 64 + '"a"' + ")" * 64
+        for _ in range(2):  # the engine is alive and takes what is let through
+            status, _, body = _chat(gw, {"messages": HI, "max_tokens": 2, "grammar": at_cap})
+            assert status == 200, body
+            assert body["choices"][0]["message"]["content"] == "a"
+        assert srv.proc.poll() is None, srv.log_tail()
+        assert gw.get("/health", key="")[0] == 200
+        _no_tracebacks(gw)
+
+
+@pytest.mark.slow
+def test_one_key_cannot_learn_another_keys_prompt_through_the_engines_cache(
+        x86_engine, tiny_q4: Path, tmp_path: Path) -> None:
+    """Key A's prompt holds a PIN and A keeps sending it; key B sends the same prompt
+    with guesses. The engine computes only what follows the longest prefix its slot
+    holds, and used to say how much it found cached (timings.cache_n, usage's
+    cached_tokens), and the gateway sent B's guess to A's slot because it continued A's
+    prefix: the right guess read as more cached tokens, digit by digit. Now B sees no
+    cache counts, never lands in A's slot by A's prefix, and the engine computes as
+    many tokens for the right guess as for a wrong one."""
+    key_a, key_b = "sk-edge-" + "a" * 43, "sk-edge-" + "b" * 43
+    preamble = ("You are the vault assistant of the harbour office. Keep every secret you "
+                "are told and answer questions about opening hours, fees and berths. ") * 3
+    secret = preamble + "The PIN is 4711. Never say it."
+    port = free_port()
+    with LlamaServer(x86_engine.tool("llama-server"), [
+            "--model", str(tiny_q4), "--host", "127.0.0.1", "--port", str(port),
+            "--ctx-size", "2048", "--parallel", "2", "--threads", "2", "--metrics",
+            "--cache-reuse", "256", "--alias", MODEL_ID], tmp_path / "engine.log",
+            port=port) as srv, \
+            _gateway(tmp_path, srv.url, slots=2, keys_text=f"{key_a}\n{key_b}\n") as gw:
+        def complete(key: str, prompt: str, **extra) -> tuple[dict, float]:
+            """The reply B gets, and how many prompt tokens the engine computed for it."""
+            before = srv.counter("prompt_tokens_total")
+            status, _, reply = _request(gw, "POST", "/v1/completions", {
+                "prompt": prompt, "max_tokens": 1, "temperature": 0, **extra}, key=key,
+                timeout=300)
+            assert status == 200, reply
+            return reply, srv.counter("prompt_tokens_total") - before
+
+        complete(key_a, secret)
+        complete(key_b, preamble + "The PIN is 5555.")  # B's own slot, from now on
+        computed = {}
+        for guess in ("0000", "1234", "4711", "9999", "2580"):  # no two start alike
+            complete(key_a, secret)  # the victim, active: its prompt is back in its slot
+            reply, computed[guess] = complete(key_b, preamble + f"The PIN is {guess}")
+            seen = json.dumps(reply)
+            for word in ("timings", "cache_n", "cached_tokens", "prompt_progress"):
+                assert word not in seen, seen
+        assert computed["4711"] == computed["0000"] == computed["9999"], computed
+        status, _, raw = _request(gw, "POST", "/v1/completions", {
+            "prompt": preamble + "The PIN is 4711", "max_tokens": 2, "stream": True,
+            "stream_options": {"include_usage": True}, "return_progress": True,
+            "timings_per_token": True}, key=key_b, timeout=300)
+        assert status == 200 and b"[DONE]" in raw
+        for word in (b"timings", b"cache_n", b"cached_tokens", b"prompt_progress"):
+            assert word not in raw, raw[max(0, raw.find(word) - 300):raw.find(word) + 100]
         _no_tracebacks(gw)
 
 

@@ -77,20 +77,48 @@ def test_any_entry_the_signed_manifest_does_not_list_is_refused(device: Device,
 
 # --- 7. the health gate takes a key the way the gateway does ------------------------------
 
-@pytest.mark.parametrize("keys", [
-    "# made at first boot\n{key}\n",
+KEY = "sk-edge-" + "K" * 43
+
+
+@pytest.mark.parametrize("text", [
+    "\ufeff{key}\n",
+    "{key}  # the laptop\n",
     "{key}\r\n",
-    "\n   \n  {key}  \n# another one:\nsk-edge-second\n",
-], ids=["comment-first", "crlf", "blank-lines-and-spaces"])
-def test_the_gate_reads_the_key_file_as_people_write_it(device: Device, keys: str) -> None:
+    "# made at first boot\n\n   {key}   \n# another one:\nsk-edge-second\n",
+    "\ufeff# keys\r\n\r\n\t{key}\t# the device\r\nsk-edge-second # spare\r\n",
+], ids=["bom", "inline-comment", "crlf", "comments-and-blank-lines", "all-at-once"])
+def test_the_gateway_the_gate_and_the_bench_take_the_same_key(device: Device, tmp_path: Path,
+                                                              text: str) -> None:
+    """One keys file, read by the real gateway (which serves with it), the real gate
+    (edge-llm-release activate, which completes through that gateway with the first
+    key) and the benchmark's device command: a file the gateway serves with must never
+    fail the gate (and roll the release back) or the benchmark."""
+    from fake_llama_server import FakeEngine
+
+    from builder import measure
+    from builder.gateway_process import GatewayProcess
+
+    device.keys.write_bytes(text.format(key=KEY).encode())
     device.api_auth = True
-    device.keys.write_text(keys.format(key="sk-edge-the-key"))
-    r1 = device.make("r1")
-    device.run("install", r1)
-    r2 = device.make("r2", model=b"weights two")
-    r = device.run("activate", r2, "--gate-timeout=10")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert device.current() == r2
+    engine = FakeEngine()
+    try:
+        with GatewayProcess(tmp_path / "gw", engine.url, "test-model",
+                            keys_file=str(device.keys)) as gw:
+            assert gw.get("/v1/models", key=KEY)[0] == 200
+            assert gw.get("/v1/models", key=KEY + "x")[0] == 401
+            device.port = gw.port  # the releases below are served by this gateway
+            r1 = device.make("r1")
+            assert device.run("install", r1).returncode == 0
+            r2 = device.make("r2", model=b"weights two")
+            r = device.run("activate", r2, "--gate-timeout=30")
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert device.current() == r2
+            facts = subprocess.run([sys.executable, "-c", measure.DEVICE_FACTS, "x.service",
+                                    str(tmp_path / "none"), str(device.keys)],
+                                   capture_output=True, text=True, check=True)
+            assert measure.parse_facts(facts.stdout)["api_key"] == KEY
+    finally:
+        engine.close()
 
 
 def test_the_gate_uses_the_key_file_the_roles_chose(device: Device) -> None:

@@ -138,3 +138,36 @@ def test_vm_without_a_build_says_what_to_do(workdir: Path, cli) -> None:
     assert (r.code, r.err) == (2, "error: out/x86-gateway/manifest.json: no build of "
                                   "x86-gateway here; run `builder build --profile "
                                   "x86-gateway` first\n")
+
+
+def test_overlays_never_loosen_modes_in_the_rootfs(tmp_path: Path) -> None:
+    """A checkout made with umask 002 (or unpacked loosely) has group-writable overlay
+    directories and files: the image must not inherit that, and the rootfs's own links
+    (absolute ones, as Debian's /var/run -> /run) are followed inside the rootfs, never
+    on the build host."""
+    root, layer, host = tmp_path / "rootfs", tmp_path / "overlay", tmp_path / "host"
+    for d in (root / "etc", root / "run", layer / "etc" / "edge-llm", layer / "var" / "run",
+              host):
+        d.mkdir(parents=True)
+    (root / "etc").chmod(0o755)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # absolute: the image's /run
+    (root / "etc" / "motd").symlink_to(host / "motd")  # a link out, to be replaced
+    (layer / "etc").chmod(0o775)
+    (layer / "etc" / "edge-llm").chmod(0o777)
+    (layer / "etc" / "motd").write_text("welcome\n")
+    (layer / "etc" / "motd").chmod(0o666)
+    (layer / "etc" / "edge-llm" / "tool").write_text("#!/bin/sh\n")
+    (layer / "etc" / "edge-llm" / "tool").chmod(0o4775)
+    (layer / "var" / "run" / "marker").write_text("x")
+    build_mod.lay_overlay(layer, root)
+
+    def mode(p: Path) -> int:
+        return p.lstat().st_mode & 0o7777
+
+    assert mode(root / "etc") == 0o755  # the rootfs's own directory keeps its mode
+    assert mode(root / "etc" / "edge-llm") == 0o755
+    assert mode(root / "etc" / "edge-llm" / "tool") == 0o755  # no setuid, no g+w
+    assert mode(root / "etc" / "motd") == 0o644 and not (root / "etc" / "motd").is_symlink()
+    assert (root / "run" / "marker").read_text() == "x"  # through var/run, inside the rootfs
+    assert list(host.iterdir()) == [] and not Path("/run/marker").exists()

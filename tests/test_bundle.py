@@ -17,58 +17,25 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import releases
 from device_tree import keygen
 
-from builder import bundle, release
-from builder.model_pipeline import ModelArtifact, tree_digest
-from builder.profiles import ProfileStore
+from builder import bundle, release, trust
 from builder.sshkey import allowed_signers_line
-
-MODEL_BYTES = 3 << 20  # big enough to be cut in the middle of, small enough to be quick
-
-
-def _make(work: Path, key: Path, *, hf: bool) -> release.Bundle:
-    """A signed release in work/out/releases/<id>, as `builder release` leaves it."""
-    p = ProfileStore().load("x86-gateway").concrete()
-    eng = work / "engine"
-    (eng / "bin").mkdir(parents=True)
-    (eng / "bin/llama-server").write_bytes(b"#!engine\n" + os.urandom(4096))
-    (eng / "bin/llama-server").chmod(0o755)
-    (eng / "bin/libllama.so.0").write_bytes(b"lib")
-    (eng / "bin/libllama.so").symlink_to("libllama.so.0")
-    gw = work / "gateway"
-    (gw / "static").mkdir(parents=True)
-    (gw / "__init__.py").write_text('"""a gateway package"""\n')
-    (gw / "static/chat.html").write_text("<html></html>\n")
-    if hf:
-        model = work / "checkpoint"
-        (model / "sub").mkdir(parents=True)
-        (model / "config.json").write_text('{"model_type": "qwen2"}\n')
-        (model / "model.safetensors").write_bytes(os.urandom(MODEL_BYTES))
-        (model / "sub/tokenizer.json").write_text("{}\n")
-        files = {str(f.relative_to(model)): hashlib.sha256(f.read_bytes()).hexdigest()
-                 for f in sorted(model.rglob("*")) if f.is_file()}
-        art = ModelArtifact(model, tree_digest(files), "int4_awq", "hf", files)
-    else:
-        model = work / "model-Q4_K_M.gguf"
-        model.write_bytes(b"GGUF" + os.urandom(MODEL_BYTES))
-        art = ModelArtifact(model, hashlib.sha256(model.read_bytes()).hexdigest(), "Q4_K_M",
-                            "gguf")
-    i = release.Inputs(profile_name="x86-gateway", profile=p, engine_dir=eng,
-                       engine_key="engine", gateway_dir=gw, gateway_key="gateway", model=art,
-                       model_id="test-model", memory_max=1 << 30)
-    return release.make(i, work / "out" / "releases", key)
 
 
 def _made(tmp_path: Path, hf: bool):
     key = keygen(tmp_path / "signing")
-    b = _make(tmp_path / "build", key, hf=hf)
-    signers = tmp_path / "allowed_signers"
-    signers.write_text(allowed_signers_line((tmp_path / "signing.pub").read_text()) + "\n")
+    b = releases.make(tmp_path / "build", key, hf=hf)
+    signers = releases.signers_file(tmp_path / "allowed_signers", key)
     file = tmp_path / "carry" / f"{b.release_id}.bundle"
     file.parent.mkdir()
-    bundle.export_bundle(b, file)
+    bundle.export_bundle(trust.open_release(b.dir, _s(signers)), file)
     return b, file, signers, tmp_path / "site"
+
+
+def _s(signers: Path) -> trust.Signers:
+    return trust.Signers(signers, f"--allowed-signers {signers}")
 
 
 @pytest.fixture(params=["gguf", "hf"])
@@ -123,7 +90,7 @@ def test_a_bundle_carries_exactly_the_signed_release(made, cli) -> None:
     assert sorted(p.name for p in (site / "releases").iterdir()) == [b.release_id], \
         "the staging directory is removed once the release is placed"
     placed = release.Bundle(site / "releases" / b.release_id)
-    assert release.listing(placed.tree) == release.listing(b.tree)
+    assert trust.listing(placed.tree) == trust.listing(b.tree)
     assert (placed.tree / "release.json").read_bytes() == (b.tree / "release.json").read_bytes()
     m = placed.manifest
     if m["model"].get("files"):
@@ -148,8 +115,8 @@ def test_a_bundle_carries_exactly_the_signed_release(made, cli) -> None:
 
 
 def test_the_same_release_gives_the_same_bundle(gguf, tmp_path: Path) -> None:
-    b, file, _, _ = gguf
-    bundle.export_bundle(b, tmp_path / "again.bundle")
+    b, file, signers, _ = gguf
+    bundle.export_bundle(trust.open_release(b.dir, _s(signers)), tmp_path / "again.bundle")
     assert (tmp_path / "again.bundle").read_bytes() == file.read_bytes()
 
 
@@ -240,10 +207,10 @@ def test_an_interrupted_import_resumes_without_reading_again_what_it_has(
     cut = at + size // 2
     file.write_bytes(full[:cut])  # the copy onto the closed side was cut short
     with pytest.raises(bundle.Refused, match="already read is kept"):
-        bundle.import_bundle(file, site, signers)
+        bundle.import_bundle(file, site, _s(signers))
     assert _placed(site) == []
     file.write_bytes(full)  # copied again, whole
-    got = bundle.import_bundle(file, site, signers)
+    got = bundle.import_bundle(file, site, _s(signers))
     assert not got.already and _placed(site) == [b.release_id]
     assert got.resumed >= size // 2  # what the first attempt read is not read again
     assert got.copied <= len(full) - size // 2
@@ -257,11 +224,11 @@ def test_a_kept_partial_that_went_bad_is_read_again_not_trusted(gguf) -> None:
     at, size = _offset(file, "model/")
     file.write_bytes(full[:at + 4096])
     with pytest.raises(bundle.Refused):
-        bundle.import_bundle(file, site, signers)
+        bundle.import_bundle(file, site, _s(signers))
     [part] = (site / "releases" / f".import-{b.release_id}" / "blobs").glob("*.part")
     _flip(part, 100)  # the disk under the stage rotted
     file.write_bytes(full)
-    got = bundle.import_bundle(file, site, signers)
+    got = bundle.import_bundle(file, site, _s(signers))
     assert _placed(site) == [b.release_id] and got.copied >= size
     placed = release.Bundle(site / "releases" / b.release_id)
     assert hashlib.sha256(placed.model_path.read_bytes()).hexdigest() == \
@@ -270,12 +237,13 @@ def test_a_kept_partial_that_went_bad_is_read_again_not_trusted(gguf) -> None:
 
 def test_export_refuses_a_release_changed_after_it_was_signed(gguf, cli,
                                                               tmp_path: Path) -> None:
-    b, _, _, _ = gguf
+    b, _, signers, _ = gguf
     env = b.tree / "engine.env"
     env.write_text(env.read_text() + "LLAMA_ARG_THREADS=\"64\"\n")
-    r = cli("bundle", "export", "--release", str(b.dir), "-o", str(tmp_path / "x.bundle"))
+    r = cli("bundle", "export", "--release", str(b.dir), "-o", str(tmp_path / "x.bundle"),
+            "--allowed-signers", str(signers))
     assert r.code == 2 and r.err.count("\n") == 1
-    assert "engine.env differs from the signed release.json" in r.err, r.err
+    assert "its tree differs from its signed release.json" in r.err, r.err
     assert not list(tmp_path.glob("*x.bundle*"))  # nothing half-written left behind
 
 
@@ -296,10 +264,13 @@ def test_export_refuses_a_release_changed_after_it_was_signed(gguf, cli,
      "error: say what to deploy: --release ID or --bundle FILE"),
     (["deploy", "--inventory", "fleet.ini", "--release", "r1", "--bundle", "good.bundle"],
      "error: say what to deploy: --release ID or --bundle FILE"),
-    (["deploy", "--inventory", "fleet.ini", "--release", "r1", "--allowed-signers", "signers"],
-     "error: --allowed-signers checks a bundle: use it with --bundle"),
+    (["deploy", "--inventory", "fleet.ini", "--bundle", "good.bundle", "--allowed-signers",
+      "key.pub"],
+     "error: --allowed-signers key.pub: a public key, not an allowed_signers file"),
+    (["fleet", "vars", "--release", "r1"], "error: --release r1: no release there"),
 ], ids=["no-file", "not-a-bundle", "pub-key", "no-signers-file", "no-signers",
-        "no-release", "deploy-neither", "deploy-both", "deploy-signers-without-bundle"])
+        "no-release", "deploy-neither", "deploy-both", "deploy-bundle-pub-key",
+        "fleet-vars-no-release"])
 def test_bad_input_is_one_line(gguf, workdir: Path, cli, args: list[str],
                                message: str) -> None:
     _, file, signers, _ = gguf
@@ -314,9 +285,10 @@ def test_bad_input_is_one_line(gguf, workdir: Path, cli, args: list[str],
     assert _placed(workdir / "out") == []
 
 
-def test_the_signers_default_to_those_the_profiles_image_trusts(gguf) -> None:
+def test_the_signers_default_to_the_sites_own_file(gguf, cli) -> None:
     b, file, signers, site = gguf
-    (site / "x86-gateway").mkdir(parents=True)  # the build its devices were flashed from
-    (site / "x86-gateway/manifest.json").write_text(json.dumps({"provision_vars": {
-        "release_allowed_signers": [signers.read_text().strip()]}}))
-    assert bundle.import_bundle(file, site, None).bundle.release_id == b.release_id
+    releases.trust_key(site, signers.parent / "signing")  # as a release made there does
+    r = cli("bundle", "import", str(file), "--out", str(site))
+    assert r.code == 0, r.err
+    assert re.search(r"signature verified with the site's \S*allowed_signers", r.out), r.out
+    assert _placed(site) == [b.release_id]

@@ -344,6 +344,33 @@ def test_create_default_user_adds_the_user(applied: Path, env: dict[str, str]) -
     assert p.returncode == 9 and "useradd: user 'edge' already exists" in p.stderr
 
 
+def test_create_default_user_without_p_makes_a_weak_password_and_prints_it(
+        applied: Path, env: dict[str, str]) -> None:
+    """As R36.2's script does (lines 70-73, 164-166, 220): the build's second through
+    `date +%s | sha256sum | base64 | head -c 8`, printed in clear, and that is the
+    account's password. (Long option names work too, --hostname included.)"""
+    tool = load_tool("l4t_create_default_user")
+    before = int(time.time())
+    p = run(["./tools/l4t_create_default_user.sh", "--username", "edge", "--hostname",
+             "orin-18", "--accept-license"], applied, env)
+    after = int(time.time())
+    assert p.returncode == 0, out(p)
+    shown = re.search(r"Creating: Username - edge, Password - (\S+), Autologin - false",
+                      p.stdout).group(1)
+    assert shown in {tool.time_password(t) for t in range(before, after + 1)}
+    root = applied / "rootfs"
+    hashed = next(line for line in (root / "etc/shadow").read_text().splitlines()
+                  if line.startswith("edge:")).split(":")[1]
+    assert hashed == tool.md5_crypt(shown, hashed.split("$")[2])
+    assert (root / "etc/hostname").read_text() == "orin-18\n"
+    assert "Creating: Hostname - orin-18" in p.stdout
+    # the pipeline itself, where the host has it, for one second
+    if shutil.which("sha256sum") and shutil.which("base64"):
+        real = subprocess.run("printf '%s\\n' 1700000000 | sha256sum | base64 | head -c 8",
+                              shell=True, capture_output=True, text=True, check=True).stdout
+        assert tool.time_password(1700000000) == real
+
+
 # ------------------------------------------------------------------ l4t_initrd_flash.sh
 
 def test_initrd_flash_rejects(applied: Path, env: dict[str, str]) -> None:

@@ -201,20 +201,37 @@ def test_a_canary_failing_its_gate_rolls_back_and_stops_the_rollout(
 
 def test_a_tampered_release_is_refused_on_the_device(fleet, appliance: Path, tiny_q4: Path,
                                                      tmp_path: Path) -> None:
+    """Twice: the controller refuses a tree that differs from its signed manifest before
+    anything is sent; and a store altered after the controller's check (as a job
+    runner reading a shared store could meet) is refused by the device itself."""
     import shutil
+
+    from builder import fleet as fleet_mod
+    from builder import trust
+    from builder.cache import Cache
+    from builder.sshkey import builder_key
 
     rid = _release(appliance, tmp_path, "ctx3072", SETTINGS.format(ctx=3072), tiny_q4)
     fleet["next"] = rid
+    serving = _status(fleet, "vm2")["current"]
     bad = tmp_path / "tampered" / rid
     shutil.copytree(appliance / "releases" / rid, bad, symlinks=True)
     env = bad / "tree" / "engine.env"
+    checked = trust.open_release(bad, trust.signers(None, appliance))  # still whole
     env.write_text(env.read_text().replace("6144", "999999"))  # not re-signed
-    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", str(bad), "--limit", "vm2")
-    assert r.returncode == 1
-    assert hosts["vm2"]["result"] == "refused", hosts["vm2"]
-    assert "engine.env: sha256 differs" in hosts["vm2"]["reason"]
+    r, _ = _fleet_cmd(fleet, appliance, "deploy", "--release", str(bad), "--limit", "vm2")
+    assert r.returncode == 2 and "its tree differs from its signed release.json" in r.stderr
+    assert _status(fleet, "vm2")["current"] == serving  # nothing was sent
+
+    ssh = fleet_mod.Ssh(known_hosts=fleet["known_hosts"], accept_new=True,
+                        key=builder_key(Cache(None))[0])
+    [o] = fleet_mod.deploy(fleet["inventory"], checked, ssh, tmp_path / "work", serial=[1],
+                           max_fail=0, gate_timeout=300, keep=3, bwlimit_kbps=0,
+                           limit="vm2")
+    assert o.result == "refused", o
+    assert "engine.env: sha256 differs" in o.reason
     st = _status(fleet, "vm2")
-    assert st["current"] == fleet["good"] and st["healthy"]
+    assert st["current"] == serving and st["healthy"]
 
 
 def test_an_unreachable_host_is_reported_and_counted(fleet, appliance: Path,

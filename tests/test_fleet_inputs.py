@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import releases
+from device_tree import keygen
 
+from builder import release
 from builder.fleet import parse_serial
 from builder.testing.llama_server import free_port
 
@@ -77,19 +80,12 @@ print(json.dumps({{"kiosks": {{"hosts": sorted(hosts)}}, "_meta": {{"hostvars": 
         ("kiosk-1", "unreachable"), ("kiosk-2", "unreachable")]
 
 
-def _release(tmp: Path) -> Path:
-    """A release as `builder release` leaves it, as far as `fleet vars` reads it."""
-    d = tmp / "out" / "releases" / "r0123456789ab"
-    (d / "tree").mkdir(parents=True)
-    (d / "tree" / "engine.env").write_text("LLAMA_ARG_PORT=8081\n")
-    model = tmp / "model.gguf"
-    model.write_bytes(b"GGUF" + bytes(100))
-    (d / "tree" / "release.json").write_text(json.dumps({
-        "release_id": d.name, "model": {"sha256": "ab" * 32, "bytes": 104,
-                                        "path": "models/model.gguf"},
-        "engine": {"kind": "llama.cpp", "watchdog_seconds": 120}}))
-    (d / "bundle.json").write_text(json.dumps({"model_path": str(model)}))
-    return d
+def _release(tmp: Path) -> release.Bundle:
+    """A release as `builder release` leaves it in tmp/out, which trusts its key."""
+    key = keygen(tmp / "signing")
+    b = releases.make(tmp / "build", key, out=tmp / "out")
+    releases.trust_key(tmp / "out", key)
+    return b
 
 
 def test_the_playbooks_run_from_a_checkout_under_ansible_runner(tmp_path: Path,
@@ -123,16 +119,29 @@ def test_the_playbooks_run_from_a_checkout_under_ansible_runner(tmp_path: Path,
 
 def test_fleet_vars_are_what_builder_deploy_passes_its_playbook(tmp_path: Path,
                                                                 run_builder) -> None:
-    _release(tmp_path)
-    r = run_builder("fleet", "vars", "--release", "r0123456789ab", "--serial", "1,5%,100%",
+    b = _release(tmp_path)
+    m = b.manifest
+    r = run_builder("fleet", "vars", "--release", b.release_id, "--serial", "1,5%,100%",
                     "--max-fail", "2", "--gate-timeout", "60", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert f"release {b.release_id}: signature verified with the site's" in r.stderr
     v = json.loads(r.stdout)
-    assert v["release_id"] == "r0123456789ab" and v["deploy_serial"] == [1, "5%", "100%"]
+    assert v["release_id"] == b.release_id and v["deploy_serial"] == [1, "5%", "100%"]
     assert v["deploy_max_fail_percentage"] == 2 and v["release_gate_timeout"] == 60
-    assert v["release_model_sha256"] == "ab" * 32 and v["release_report_dir"] == ""
-    assert Path(v["release_tree"]).is_absolute() and v["release_engine_watchdog_seconds"] == 120
-    r = run_builder("fleet", "vars", "--release", "r0123456789ab", "--serial", "ten",
+    assert v["release_model_sha256"] == m["model"]["sha256"] and v["release_report_dir"] == ""
+    assert v["release_model_bytes"] == m["model"]["bytes"]
+    assert Path(v["release_tree"]).is_absolute()
+    assert v["release_engine_watchdog_seconds"] == m["engine"]["watchdog_seconds"]
+    # for ansible-playbook -e @FILE / ansible-runner: the same values, strings !unsafe
+    r = run_builder("fleet", "vars", "--release", b.release_id, "--serial", "1,5%,100%",
+                    "--max-fail", "2", "--gate-timeout", "60", "--format", "yaml",
+                    cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from ansible.parsing.yaml.loader import AnsibleLoader
+
+    assert AnsibleLoader(r.stdout).get_single_data() == v
+    assert f"release_id: !unsafe '{b.release_id}'" in r.stdout
+    r = run_builder("fleet", "vars", "--release", b.release_id, "--serial", "ten",
                     cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: --serial ten:")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.gateway_process import GatewayProcess
+from builder.testing import self_signed
 from builder.testing.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -251,14 +252,17 @@ def _two_slots(x86_engine, model: Path, log: Path) -> LlamaServer:
         MODEL_ID], log, port=port)
 
 
-def _interleaved(port: int, key: str | None, systems: list[str], turns: int) -> list[list]:
+def _interleaved(port: int, key: str | None, systems: list[str], turns: int,
+                 engine: LlamaServer) -> list[list]:
     """Conversations taking turns (one turn of each, then the next round): for each
-    conversation, per turn, (tokens the engine reused, tokens of the prompt)."""
+    conversation, per turn, (tokens the engine reused, tokens of the prompt), as the
+    engine counts them (the gateway keeps its counts from clients)."""
     chats = [[{"role": "system", "content": text}] for text in systems]
     seen: list[list] = [[] for _ in chats]
     for turn in range(turns):
         for i, messages in enumerate(chats):
             messages.append({"role": "user", "content": f"{turn}: {_words(i * 100 + turn, 12)}"})
+            computed = engine.counter("prompt_tokens_total")
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
             conn.request("POST", "/v1/chat/completions", json.dumps({
                 "messages": messages, "max_tokens": 4, "temperature": 0}),
@@ -266,8 +270,9 @@ def _interleaved(port: int, key: str | None, systems: list[str], turns: int) -> 
                  **({"Authorization": f"Bearer {key}"} if key else {})})
             reply = json.loads(conn.getresponse().read())
             conn.close()
-            t = reply["timings"]
-            seen[i].append((t["cache_n"], t["cache_n"] + t["prompt_n"]))
+            computed = engine.counter("prompt_tokens_total") - computed
+            prompt = reply["usage"]["prompt_tokens"]
+            seen[i].append((prompt - computed, prompt))
             messages.append({"role": "assistant",
                              "content": reply["choices"][0]["message"]["content"] or ""})
     return seen
@@ -291,10 +296,10 @@ def test_each_turn_reuses_the_previous_prompt_despite_a_shared_system_prompt(
     message."""
     systems = [_words(1, 700)] * 2
     with _two_slots(x86_engine, tiny_q4, tmp_path / "direct.log") as srv:
-        alone = _interleaved(srv.port, None, systems, turns=4)
+        alone = _interleaved(srv.port, None, systems, turns=4, engine=srv)
     with _two_slots(x86_engine, tiny_q4, tmp_path / "engine.log") as srv, \
             GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=2) as gw:
-        pinned = _interleaved(gw.port, gw.key, systems, turns=4)
+        pinned = _interleaved(gw.port, gw.key, systems, turns=4, engine=srv)
         assert gw.metric("slot_assignments_total", 'kind="continued"') == 6
     assert _recomputed(pinned) == []
     assert _recomputed(alone), "llama-server alone kept every conversation's prefix: " \
@@ -309,7 +314,7 @@ def test_more_conversations_than_slots_come_back_from_the_prompt_cache(
     systems = [f"Conversation {i}. {_words(10 + i, 700)}" for i in range(3)]
     with _two_slots(x86_engine, tiny_q4, tmp_path / "engine.log") as srv, \
             GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=2) as gw:
-        seen = _interleaved(gw.port, gw.key, systems, turns=3)
+        seen = _interleaved(gw.port, gw.key, systems, turns=3, engine=srv)
     assert all(turns[0][0] < 100 < 1000 < turns[0][1] for turns in seen)  # turn 1: computed
     assert _recomputed(seen) == []
 
@@ -332,16 +337,18 @@ def test_a_client_that_drops_its_oldest_turn_keeps_the_rest_of_the_cache(
     with LlamaServer(x86_engine.tool("llama-server"), args, tmp_path / "engine.log",
                      port=port) as srv, \
             GatewayProcess(tmp_path / "gw", srv.url, MODEL_ID, slots=1) as gw:
-        def timings(messages: list[dict]) -> dict:
+        def computed(messages: list[dict]) -> float:
+            """Prompt tokens the engine computed for this request (not found cached)."""
+            before = srv.counter("prompt_tokens_total")
             status, _, reply = _post(gw, "/v1/chat/completions", {
                 "messages": [*messages, {"role": "user", "content": "and now?"}],
                 "max_tokens": 2})
             assert status == 200, reply
-            return reply["timings"]
+            return srv.counter("prompt_tokens_total") - before
 
-        whole = timings(history)
-        trimmed = timings(history[:1] + history[3:])  # the oldest question and answer go
-    assert trimmed["prompt_n"] < whole["prompt_n"] / 10, (whole, trimmed)
+        whole = computed(history)
+        trimmed = computed(history[:1] + history[3:])  # the oldest question and answer go
+    assert trimmed < whole / 10, (whole, trimmed)
 
 
 # --- the engine dies -----------------------------------------------------------------
@@ -387,11 +394,7 @@ def test_tls_serves_https_with_the_given_certificate(engine: LlamaServer,
     import urllib.error
     import urllib.request
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     with GatewayProcess(tmp_path / "gw", engine.url, MODEL_ID, tls_cert=str(cert),
                         tls_key=str(key)) as gw:
         assert gw.url.startswith("https://")

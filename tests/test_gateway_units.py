@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.gateway import affinity, boundedjson, validate
+from builder.gateway import affinity, boundedjson, sse, validate
 from builder.gateway.admission import Admission, QueueFull, Want
 from builder.gateway.config import Config, ConfigError, load_keys
 from builder.gateway.connections import BUSY, IDLE, WAITING, ConnectionPool
@@ -187,6 +187,66 @@ def test_tools_and_template_arguments_are_part_of_the_prefix() -> None:
     assert affinity.chat_digests({"messages": msgs, "chat_template_kwargs": {"x": 1}}
                                  )[0] != plain[0]
     assert affinity.chat_digests({"messages": msgs, "temperature": 0}) == plain
+
+
+def test_one_keys_prefix_never_draws_another_keys_request_to_its_slot() -> None:
+    """Key B sending a guess at key A's conversation (A's prefix and more) is not sent
+    to A's slot, where the engine would compute only what B guessed wrong; a slot that
+    another key (or nobody since the gateway started) had last is not the asker's own,
+    so the engine is told not to reuse it."""
+    a, b = affinity.key_id(b"sk-a"), affinity.key_id(b"sk-b")
+
+    def give(adm: Admission, messages: list[dict], owner: bytes) -> tuple[int, str, bool]:
+        async def one() -> tuple[int, str, bool]:
+            async with adm.slot(Want(affinity.chat_digests({"messages": messages}),
+                                     owner=owner)) as place:
+                return place.id, place.kind, place.own
+        return asyncio.run(one())
+
+    two = Admission(slots=2, max_queue=0, metrics=Metrics())
+    a_slot, kind, own = give(two, _turns("secret 4711", 1), a)
+    assert kind == affinity.FRESH and not own
+    b_slot, kind, own = give(two, _turns("secret 4711", 2), b)  # A's prefix and more
+    assert b_slot != a_slot and kind == affinity.FRESH and not own
+    assert give(two, _turns("secret 4711", 2), a) == (a_slot, affinity.CONTINUED, True)
+    assert give(two, _turns("secret 4711", 3), b) == (b_slot, affinity.CONTINUED, True)
+    one = Admission(slots=1, max_queue=0, metrics=Metrics())  # keys must share a slot
+    give(one, _turns("secret 4711", 1), a)
+    assert give(one, _turns("secret 4711", 2), b) == (0, affinity.OTHER, False)
+    assert give(one, _turns("secret 4711", 3), a) == (0, affinity.OTHER, False)
+    assert give(one, _turns("secret 4711", 4), a) == (0, affinity.CONTINUED, True)
+
+
+def test_engine_internals_never_reach_the_client() -> None:
+    """timings (cache_n, prompt_n), usage's cached token counts and prompt progress are
+    removed from whole replies and from stream events however reads cut them; events
+    without them pass byte for byte."""
+    timings = {"cache_n": 40, "prompt_n": 3, "predicted_per_second": 9.5}
+    usage = {"prompt_tokens": 43, "completion_tokens": 1, "total_tokens": 44,
+             "prompt_tokens_details": {"cached_tokens": 40}}
+    whole = {"choices": [{"message": {"content": "hi"}}], "usage": dict(usage),
+             "timings": timings}
+    assert sse.public(whole) and whole == {
+        "choices": [{"message": {"content": "hi"}}],
+        "usage": {"prompt_tokens": 43, "completion_tokens": 1, "total_tokens": 44}}
+    assert not sse.public(whole) and not sse.public([1])
+    plain = _chunk("Hel")
+    events = (plain + b"data: " + json.dumps({"choices": [], "prompt_progress": {
+        "total": 43, "cache": 40, "processed": 3}}).encode() + b"\n\n" + _chunk("lo")
+        + b"data: " + json.dumps({"choices": [], "usage": usage, "timings": timings}
+                                 ).encode() + b"\n\ndata: [DONE]\n\n")
+    for step in (1, 7, len(events)):
+        scrub, out = sse.Scrub(), b""
+        for i in range(0, len(events), step):
+            out += scrub.feed(events[i:i + step])
+        out += scrub.flush()
+        assert out.startswith(plain) and out.endswith(b"data: [DONE]\n\n")
+        for word in (b"cache", b"timings", b"prompt_n", b"progress", b"details"):
+            assert word not in out
+        assert out.count(b'"prompt_tokens": 43') == 1
+        watch = StreamWatch(chat=True)
+        watch.feed(out)
+        assert watch.tokens == 2 and watch.done
 
 
 def test_a_growing_text_prompt_keeps_its_earlier_blocks() -> None:
@@ -403,6 +463,11 @@ def _chat(**fields) -> dict:
     return {"messages": HI, **fields}
 
 
+def _schema(properties: int) -> dict:
+    return {"type": "object", "properties": {f"p{i}": {"type": "string"}
+                                             for i in range(properties)}}
+
+
 @pytest.mark.parametrize(("body", "param", "status"), [
     (_chat(model=["m"]), "model", 400),
     (_chat(model={"id": "m"}), "model", 400),
@@ -436,6 +501,18 @@ def _chat(**fields) -> dict:
     (_chat(tool_choice="always", tools=[{"type": "function", "function": {"name": "f"}}]),
      "tool_choice", 400),
     (_chat(grammar="root ::= \"a\"", json_schema={}), "grammar", 400),
+    (_chat(grammar="root ::= " + "(" * 65 + '"a"' + ")" * 65), "grammar", 400),
+    (_chat(grammar="root ::= " + '"a" | ' * 6000 + '"b"'), "grammar", 400),
+    (_chat(json_schema=_schema(257)), "json_schema.properties", 400),
+    (_chat(json_schema={"type": "array", "items": _schema(300)}),
+     "json_schema.items.properties", 400),
+    (_chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": _schema(257)}}),
+     "response_format.json_schema.schema.properties", 400),
+    (_chat(tools=[{"type": "function", "function": {"name": "f", "parameters": _schema(257)}}]),
+     "tools[0].function.parameters.properties", 400),
+    (_chat(tools=[{"type": "function", "function": {"name": f"f{i}", "parameters": _schema(
+        256)}} for i in range(9)]), "tools", 400),  # 2,304 properties in all
     (_chat(chat_format=3), "chat_format", 400),  # llama-server's internal field
     (_chat(temprature=0.5), "temprature", 400),
     (_chat(prompt="x"), "prompt", 400),
@@ -506,8 +583,13 @@ def test_chat_mistakes_are_4xx_naming_the_field(body, param: str | None, status:
           dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-0 or 0,
           dry_sequence_breakers=["\n"], n_predict=10),
     _chat(temperature=None, stop=None, max_tokens=None),  # null means the default
+    _chat(grammar="# nested 64 deep; what literals, classes and comments hold is text\n"
+          "root ::= " + "(" * 64 + '"((((" [(((] # ((((\n' + ")" * 64),
+    _chat(json_schema={"type": "array", "items": _schema(256)},
+          tools=[{"type": "function", "function": {"name": f"f{i}", "parameters": _schema(
+              256)}} for i in range(7)]),  # 2,048 properties in all
 ], ids=["minimal", "openai-fields", "json-schema", "tools", "roles", "llama-fields",
-        "nulls"])
+        "nulls", "grammar-at-the-limits", "schemas-at-the-limits"])
 def test_valid_chat_requests_pass(body: dict) -> None:
     got = validate.chat(body, LIM)
     assert isinstance(got, dict), got

@@ -47,6 +47,7 @@ def renderings(name: str) -> dict[str, str]:
         "engine.env": _render(lambda: release.env_file(e.env(inputs, release.LAYOUT),
                                                        e.kind)),
         "engine.conf": _render(release.engine_unit_conf, inputs),
+        "gateway.conf": _render(release.gateway_unit_conf, inputs),
         "gateway.json": json.dumps(release.gateway_config(inputs, RELEASE_ID), indent=2)
         + "\n",
         "recipe.sh": "".join(f"# {n}\n" for n in recipe.notes)

@@ -1,13 +1,15 @@
-"""`builder lab run` without a lab: the inventory and its one-line errors, which devices
-share a writer and so run one after another, resuming a run, the threshold comparison,
-the benchmark's measuring against a streaming server, the reports (JUnit, Markdown, HTML
-with its SVG chart), the flash paths against the stand-ins (a writer that is no block
-device, no Jetson in recovery mode in a fake sysfs), and docs/lab-sample/ as the
-renderer makes it now. The lab run over real machines (the VM fleet) is in
+"""`builder lab run` without a lab: the inventory and its one-line errors (hostile values
+for ssh and Ansible among them), the confirmation a device needs before it is written,
+which devices share a writer and so run one after another, resuming a run, the
+threshold comparison, the benchmark's measuring against a streaming server, the reports
+(JUnit, Markdown, HTML with its SVG chart), the flash paths against the stand-ins (a
+writer that is no block device, no Jetson in recovery mode in a fake sysfs), and
+docs/lab-sample/ as the renderer makes it now. The lab run over real machines (the VM fleet) is in
 tests/test_fleet_e2e.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -18,9 +20,10 @@ from typing import ClassVar
 from xml.etree import ElementTree
 
 import pytest
+import releases
 from fakes.jetson.fake_sysfs import make_usb_sysfs
 
-from builder import bench, fleet, lab, lab_report, measure
+from builder import bench, fleet, lab, lab_inventory, lab_report, measure, trust
 from builder.errors import BuilderError
 from builder.lab_inventory import Device, lanes, parse_inventory
 from builder.profiles import ProfileStore
@@ -105,14 +108,22 @@ def test_an_inventory_gives_each_device_its_fields_and_steps(tmp_path: Path) -> 
                  "    ansible_password: hunter2\n"),
      r"^lab.yml:\d+:5: devices.gw-2.ansible_password: passwords are not allowed"),
     (LAB.replace("ansible_port: 2222", "ansible_port: twenty"),
-     r"^lab.yml:\d+:5: devices.gw-1.ansible_port: expected a whole number of at least 1, "
-     "got 'twenty'$"),
+     r"^lab.yml:\d+:5: devices.gw-1.ansible_port: expected a whole number of at least 1 "
+     "and at most 65535, got 'twenty'$"),
     (LAB.replace("    profile: x86-gateway\n    flash: deploy-only\n    ansible_host: 10.0.0.42",
                  "    flash: deploy-only\n    ansible_host: 10.0.0.42"),
      r"^lab.yml:\d+:3: devices.gw-2: no profile: add profile: NAME"),
     ("devices: []\n", r"^lab.yml:1:1: devices: expected a mapping of device names"),
     ("- a\n", r"^lab.yml:1:1: a lab inventory must be a mapping with devices: "),
     (LAB.replace("  gw-2:", "  gw/2:"), r"^lab.yml:\d+:3: devices.gw/2: a device name is "),
+    (LAB.replace("  gw-2:", '  "gw-2\\n":'),
+     r"^lab.yml:\d+:3: devices.'gw-2\\n': a device name is "),
+    (LAB.replace("    ansible_host: 10.0.0.31\n", "    ansible_host: 10.0.0.31\n"
+                 "    confirm: yes please\n"),
+     r"^lab.yml:\d+:5: devices.orin-1.confirm: expected true or false, got 'yes please'$"),
+    (LAB.replace("    ansible_host: 10.0.0.42\n", "    ansible_host: 10.0.0.42\n"
+                 "    confirm: true\n"),
+     r"^lab.yml:\d+:5: devices.gw-2.confirm: a deploy-only device is not written$"),
 ])
 def test_a_mistake_is_one_line_naming_the_file_line_device_and_field(
         workdir: Path, text: str, message: str) -> None:
@@ -134,6 +145,69 @@ def test_defaults_apply_to_every_device_and_a_device_overrides_them(workdir: Pat
         parse_inventory(bad)
 
 
+HOSTILE = [
+    ("ansible_host", "-oProxyCommand=touch /tmp/pwned", "is not a host name or IP address"),
+    ("ansible_host", "10.0.0.5 -p 2", "is not a host name or IP address"),
+    ("ansible_host", "gw\nProxyCommand sh -c id", "is not a host name or IP address"),
+    ("ansible_host", "{{ lookup('pipe', 'id') }}", "is not a host name or IP address"),
+    ("ansible_user", "-oProxyCommand=sh", "is not a user name"),
+    ("ansible_user", "edge@10.6.6.6", "is not a user name"),
+    ("ansible_user", "edge\nHost *", "is not a user name"),
+    ("ansible_ssh_private_key_file", "/k\nProxyCommand sh -c id", "is not a path this field"),
+    ("ansible_ssh_private_key_file", "-oProxyCommand=sh", "is not a path this field"),
+    ("ansible_ssh_private_key_file", "/my keys/id", "is not a path this field"),
+    ("ansible_ssh_private_key_file", "{{ lookup('pipe','id') }}", "is not a path this field"),
+    ("writer", "-oif=/dev/zero", "is not an absolute path this field"),
+    ("writer", "sdb", "is not an absolute path this field"),
+    ("api_url", "http://10.0.0.5:8080/\nx", "is not an http(s)://HOST:PORT address"),
+    ("api_url", "http://-oProxyCommand=x:8080", "is not an http(s)://HOST:PORT address"),
+    ("after_flash", "usbsdmux '/dev/sg1 dut", "cannot be split into words"),
+    ("ansible_port", 70000, "expected a whole number of at least 1 and at most 65535"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", HOSTILE,
+                         ids=[f"{f}={v!r}"[:40] for f, v, _ in HOSTILE])
+def test_hostile_values_for_ssh_and_ansible_are_refused_in_one_line(
+        workdir: Path, field: str, value: object, message: str) -> None:
+    """What reaches ssh's command line and config, Ansible's inventory or bmaptool is
+    parsed into what it names (a host, a port, a user, a path): an option ssh would
+    obey ('-oProxyCommand=...'), a space or a newline that starts another ssh_config
+    line, a template Ansible would run, is one line naming the file, line, device and
+    field, before anything runs; in the device's entry or in defaults."""
+    entry = {"profile": "pi5-8gb", "flash": "sd", "writer": "/dev/sdz", field: value}
+    for where, text in (("devices.pi", {"devices": {"pi": entry}}),
+                        ("defaults", {"defaults": {field: value},
+                                      "devices": {"pi": {k: v for k, v in entry.items()
+                                                         if k != field}}})):
+        f = _write(workdir, json.dumps(text))  # JSON is YAML: the value exactly as given
+        with pytest.raises(BuilderError) as e:
+            parse_inventory(f)
+        line = str(e.value)
+        assert "\n" not in line
+        assert re.match(rf"^lab.yml:1:\d+: devices\.pi\.{field}: {re.escape(repr(value))}"
+                        if field != "ansible_port" else
+                        rf"^lab.yml:1:\d+: devices\.pi\.{field}: ", line), (where, line)
+        assert message in line, line
+
+
+def test_ordinary_values_are_kept_as_written(workdir: Path) -> None:
+    f = _write(workdir, "devices:\n  pi:\n    profile: pi5-8gb\n    flash: sd\n"
+                        "    writer: /dev/disk/by-id/usb-LXA_USB-SD-Mux_00012345-0:0\n"
+                        "    after_flash: usbsdmux /dev/sg1 dut\n"
+                        "    ansible_host: pi5-bench-1.lab.example\n    ansible_port: 2222\n"
+                        "    ansible_user: edge_admin\n"
+                        "    ansible_ssh_private_key_file: keys/lab_ed25519\n"
+                        "    api_url: https://[fd00::21]:8443\n    confirm: true\n"
+                        "  gw:\n    profile: x86-gateway\n    flash: deploy-only\n"
+                        "    ansible_host: fd00::41\n")
+    pi, gw = parse_inventory(f)
+    assert (pi.writer, pi.host, pi.port, pi.user, pi.key_file, pi.api_url, pi.confirm) == (
+        "/dev/disk/by-id/usb-LXA_USB-SD-Mux_00012345-0:0", "pi5-bench-1.lab.example", 2222,
+        "edge_admin", "keys/lab_ed25519", "https://[fd00::21]:8443", True)
+    assert (gw.host, gw.confirm) == ("fd00::41", False)
+
+
 def test_the_command_says_what_is_wrong_in_one_line_without_a_traceback(
         workdir: Path, run_builder) -> None:
     r = run_builder("lab", "run", "--inventory", "missing.yml")
@@ -144,7 +218,7 @@ def test_the_command_says_what_is_wrong_in_one_line_without_a_traceback(
                                 "    ansible_host: 10.0.0.41",
                                 "profile: x86-gatewya\n    flash: deploy-only\n"
                                 "    ansible_host: 10.0.0.41"))
-    r = run_builder("lab", "run", "--inventory", "lab.yml")
+    r = run_builder("lab", "run", "--inventory", "lab.yml", "--yes")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1
     assert re.match(r"error: lab.yml:\d+:5: devices.gw-1.profile: unknown profile "
@@ -160,11 +234,12 @@ def test_the_command_says_what_is_wrong_in_one_line_without_a_traceback(
 
 # --- builds and releases: what each device gets ------------------------------------------
 
-def _fake_out(out: Path, profile: str = "x86-gateway", kind: str | None = "disk-image",
-              rid: str = "rtest0001") -> Path:
-    """OUT/<profile>/manifest.json and OUT/releases/<id>/tree/release.json, as a build
-    leaves them, with only what the lab reads."""
+def _fake_out(out: Path, profile: str = "x86-gateway", kind: str | None = "disk-image") -> Path:
+    """OUT/<profile>/manifest.json, with only what the lab reads, naming a real signed
+    release in OUT/releases/ that OUT trusts, as a build leaves them."""
     p = ProfileStore().load(profile).concrete()
+    out.mkdir(parents=True, exist_ok=True)
+    rid = releases.signed_in(out).release_id
     (out / profile).mkdir(parents=True, exist_ok=True)
     (out / profile / "manifest.json").write_text(json.dumps({
         "release_id": rid, "delivery": {"kind": kind, "files": {}} if kind else None,
@@ -172,11 +247,6 @@ def _fake_out(out: Path, profile: str = "x86-gateway", kind: str | None = "disk-
         "engine": {"kind": p.engine.kind, "built_on": "host"},
         "plan": {"total": 900 << 20, "gateway_overhead": 100 << 20},
         "layout": {}, "inputs": {"profile": p.model_dump(mode="json")}}))
-    tree = out / "releases" / rid / "tree"
-    tree.mkdir(parents=True, exist_ok=True)
-    (tree / "release.json").write_text(json.dumps({
-        "release_id": rid, "engine": {"build_seconds": None},
-        "model": {"id": "model-file", "quant": "as provided"}}))
     return out
 
 
@@ -198,7 +268,8 @@ def test_a_device_needs_a_build_of_its_profile_that_its_flash_method_can_write(
         lab.plan([d], store, tmp_path / "out")
     _fake_out(tmp_path / "out", kind="disk-image")
     [pl] = lab.plan([d], store, tmp_path / "out")
-    assert pl.release.release_id == "rtest0001" and pl.model == "model-file as provided"
+    m = json.loads((tmp_path / "out/x86-gateway/manifest.json").read_text())
+    assert pl.release.release_id == m["release_id"] and pl.model == "test-model Q4_K_M"
     assert pl.thresholds == {"min_decode_tps": pl.p.verify.min_decode_tps,
                              "max_ttft_ms": pl.p.verify.max_ttft_ms,
                              "max_rss_bytes": 800 << 20}  # auto: the plan less the gateway
@@ -230,7 +301,18 @@ def _plan(name: str, flash: str = "deploy-only", writer: str | None = None,
     m = {"release_id": rid, "model": {"id": p.model.id, "quant": p.model.quant},
          "engine": {"kind": p.engine.kind, "built_on": "host"},
          "plan": {"total": 900 << 20, "gateway_overhead": 100 << 20}}
-    return lab.Plan(d, rp, p, Path("manifest.json"), m, release=None)  # type: ignore[arg-type]
+    return lab.Plan(d, rp, p, Path("manifest.json"), m, release=_shared_release())
+
+
+@functools.cache
+def _shared_release() -> trust.Release:
+    """One signed release for the plans of the run tests (they never read it)."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="edge-llm-lab-")) / "out"
+    out.mkdir()
+    b = releases.signed_in(out)
+    return trust.open_release(b.dir, trust.signers(None, out))
 
 
 class FakeSteps:
@@ -359,7 +441,7 @@ def test_a_writer_that_is_not_a_block_device_fails_the_flash_and_nothing_after_i
     card = tmp_path / "not-a-card"
     card.write_bytes(b"")
     f = _write(tmp_path, f"devices:\n  pi:\n    profile: x86-gateway\n    flash: sd\n"
-                         f"    writer: {card}\n")
+                         f"    writer: {card}\n    confirm: true\n")
     [pl] = lab.plan(parse_inventory(f), ProfileStore(), out)
     (out / "x86-gateway" / "x.bmap").touch()
     m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
@@ -388,13 +470,41 @@ def test_no_jetson_in_recovery_mode_fails_the_flash_saying_how(tmp_path: Path,
                          files={"package": "flash.tar.zst"})
     mpath.write_text(json.dumps(m))
     f = _write(tmp_path, "devices:\n  orin:\n    profile: orin-nano-8gb\n"
-                         "    flash: jetson-recovery\n")
+                         "    flash: jetson-recovery\n    confirm: true\n")
     [pl] = lab.plan(parse_inventory(f), ProfileStore(), out)
     record = lab.run_device(pl, _lab(tmp_path / "run"))
     first = record["steps"][0]
     assert (first["name"], first["status"]) == ("flash", "failed")
     assert first["detail"].startswith("no Jetson in recovery mode: hold REC (force "
                                       "recovery), press and release RESET"), first["detail"]
+
+
+def test_a_lab_run_writes_no_device_whose_entry_does_not_confirm_it(
+        workdir: Path, run_builder) -> None:
+    """A lab runs unattended, so nobody answers flash's question: a device is written
+    only when its entry says confirm: true, or with --yes. Without either, one line
+    naming the device and what it would overwrite, exit 2, before anything runs."""
+    card = workdir / "card"
+    card.write_bytes(b"")
+    _write(workdir, f"devices:\n  pi:\n    profile: x86-gateway\n    flash: sd\n"
+                    f"    writer: {card}\n")
+    r = run_builder("lab", "run", "--inventory", "lab.yml", "--output", "run")
+    assert (r.returncode, r.stderr) == (2, (
+        f"error: lab.yml:2:3: devices.pi: flash: sd overwrites the card in {card}; add "
+        "confirm: true to the device (or run with --yes) to let the lab write it\n"))
+    assert not (workdir / "run").exists()
+    assert lab_inventory.require_confirmed(parse_inventory(workdir / "lab.yml"), yes=True) \
+        is None
+
+
+def test_the_flash_step_itself_refuses_a_device_not_confirmed(tmp_path: Path) -> None:
+    """The step checks again (a Lab made another way than the command does): nothing
+    is handed to the target's flash without confirm: true or --yes."""
+    with pytest.raises(lab.StepFailed) as e:
+        lab.step_flash(lab.Ctx(_plan("pi", "sd", "/dev/sdz"), _lab(tmp_path), {}))
+    assert str(e.value) == ("not written: lab.yml:1:1 (pi): devices.pi has no confirm: true "
+                            "(add it, or run with --yes, to let the lab overwrite the card "
+                            "in /dev/sdz)")
 
 
 # --- the benchmark and the bars ---------------------------------------------------------------
@@ -679,7 +789,8 @@ def test_the_command_runs_the_lab_and_a_rerun_resumes_it(workdir: Path, run_buil
     m["delivery"].update(module=m["inputs"]["profile"]["jetson"]["module"])
     mpath.write_text(json.dumps(m))
     _write(workdir, "devices:\n  orin:\n    profile: orin-nano-8gb\n"
-                    "    flash: jetson-recovery\n    ansible_host: 10.0.0.31\n")
+                    "    flash: jetson-recovery\n    ansible_host: 10.0.0.31\n"
+                    "    confirm: true\n")
     r = run_builder("lab", "run", "--inventory", "lab.yml", "--output", "run")
     assert r.returncode == 1, r.stderr
     assert "orin: flash ...\norin: flash failed (0s): no Jetson in recovery mode" in r.stderr
@@ -702,3 +813,18 @@ def test_the_command_runs_the_lab_and_a_rerun_resumes_it(workdir: Path, run_buil
     assert record["attempts"] == [1, 2] and record["steps"][0]["attempt"] == 2
     assert [a["attempt"] for a in json.loads((run / "run.json").read_text())["attempts"]] \
         == [1, 2]
+
+
+def test_a_failed_facts_command_never_quotes_the_device_api_key() -> None:
+    """What the facts command prints holds the device's API key; an ssh that fails after
+    printing it (its output quoted in the error, as run() quotes a tool's last lines)
+    must not carry the key into a lab record or report."""
+    from builder.device.layout import Layout
+    from builder.errors import BuilderError
+
+    def ssh(command: str, what: str) -> str:
+        raise BuilderError(f"{what} failed: ...\n{{\"api_key\": \"s3cret-key\"}}\nexit 255")
+
+    with pytest.raises(bench.BenchFailed) as e:
+        bench.on_device({"layout": Layout().to_json(), "engine": {}}, "http://x", ssh)
+    assert "s3cret-key" not in str(e.value) and "over ssh failed" in str(e.value)

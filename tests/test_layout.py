@@ -36,6 +36,7 @@ AGREE = [
     ("inference", "inference_engine_root", L.engine_root),
     ("inference", "inference_model_dir", L.model_dir),
     ("inference", "inference_unit_name", L.engine_unit),
+    ("inference", "inference_build_unit_name", L.engine_build_unit),
     ("inference", "inference_user_home", L.state_dir),
     ("inference", "inference_dropin_dir", L.engine_dropin_dir),
     ("gateway", "gateway_root", L.engine_root),

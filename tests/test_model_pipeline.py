@@ -161,7 +161,7 @@ def test_engine_memory_plateaus_within_its_plan(x86_engine, qwen05_q4, soak,
     """40 distinct conversations against the engine as a device runs it (its settings as
     LLAMA_ARG_* variables), planned for a device small enough that the prompt cache
     fills: llama-server's RSS levels off, at or under the plan's figure for it."""
-    plan = soak.soak_plan(qwen05_q4, ram=1152 * MiB, ctx=4096, parallel=1)
+    plan = soak.soak_plan(qwen05_q4, ram=1296 * MiB, ctx=4096, parallel=1)
     assert 8 * MiB <= plan.prompt_cache <= 64 * MiB  # fills within the run
     port = free_port()
     env = {**os.environ, **soak.planned_env(plan, qwen05_q4, port, threads=2)}

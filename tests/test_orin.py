@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,12 +121,51 @@ def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
     # the drop-in links the current release's (an absolute link, as the device sees it)
     dropin = (root / "etc/systemd/system/edge-llm-engine.service.d").glob("*.conf")
     text = "".join((root / os.readlink(f).lstrip("/")).read_text() for f in dropin)
-    assert "edge-llm-trtllm build" in text and "edge-llm-trtllm serve" in text
+    assert "edge-llm-trtllm serve" in text and "=+" not in text
     unit = (root / "etc/systemd/system/edge-llm-engine.service").read_text()
     assert "DeviceAllow=/dev/nvmap rw" in unit and "SupplementaryGroups=video render" in unit
+    assert "Wants=edge-llm-engine-build.service" in unit
+    # the engine is built before it starts, as the engine user, with the GPU
+    build = (root / "etc/systemd/system/edge-llm-engine-build.service").read_text()
+    assert "\nExecStart=/usr/local/lib/edge-llm/edge-llm-trtllm build " in build
+    assert "\nUser=edge-llm\n" in build and "DeviceAllow=/dev/nvmap rw" in build
     power = (root / "etc/systemd/system/edge-llm-power.service").read_text()
     assert "nvpmodel -m 1" in power
     assert (root / "usr/local/lib/edge-llm/edge-llm-trtllm").is_file()
+
+
+def test_the_default_user_has_no_usable_password_and_none_was_logged(
+        built: dict, package: Path, artifact_cache) -> None:
+    """NVIDIA's l4t_create_default_user.sh prints the password it sets, and without -p
+    makes one anyone who knows the build's minute can guess; the admin it creates has
+    sudo without a password, so that password would be root's on the console. The
+    admin's password is random, in no log, and locked; so is every account's."""
+    root = package / "rootfs"
+    shadow = dict(line.split(":")[:2] for line in
+                  (root / "etc/shadow").read_text().splitlines() if line)
+    admin = built["provision_vars"]["base_admin_user"]
+    assert [u for u, pw in shadow.items() if not pw.startswith(("!", "*"))] == []
+    entry = next(e for e in artifact_cache.entries()
+                 if e.kind == "rootfs" and e.key == built["inputs"]["rootfs_key"])
+    log = (entry.path / "build.log").read_text(errors="replace")  # where the script ran
+    shown = re.findall(r"Creating: Username - (\S+), Password - (\S+), Autologin", log)
+    assert shown == [(admin, "(hidden)")]
+    hashed = shadow[admin].lstrip("!")  # usermod -L keeps the hash behind the "!"
+    if hashed.startswith("$1$"):  # no word of that log is the password it hashes
+        md5_crypt = _fake_tool("l4t_create_default_user").md5_crypt
+        salt = hashed.split("$")[2]
+        words = set(re.findall(r"[^\s,'\"]{8,}", log))
+        assert [w for w in words if md5_crypt(w, salt) == hashed] == []
+
+
+def _fake_tool(name: str):
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location(name, Path(__file__).parent / f"fakes/jetson/tools/{name}.py")
+    assert spec and spec.loader
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_flash_without_a_board_in_recovery_mode_says_how(orin: Path, tmp_path: Path) -> None:

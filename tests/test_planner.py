@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -278,3 +279,29 @@ def test_bad_override_names_the_flag(args: list[str], message: str, cli) -> None
 def test_planning_an_abstract_base_is_refused(cli) -> None:
     r = cli("plan", "--profile", "base-pi5")
     assert r.code == 2 and "is an abstract base; plan a profile that extends it" in r.err
+
+
+# --- the gateway -------------------------------------------------------------------------
+
+def test_the_gateway_is_planned_at_the_memory_max_its_limits_need(cli) -> None:
+    """Its share of the plan is its unit's MemoryMax, which grows with what it may hold:
+    every place (slots and queue) with a body and a whole reply (a fixed 128M was
+    outgrown at 8 slots); `builder plan` shows it, and a release carries it."""
+    from stand_ins import build_context
+
+    from builder import build as build_mod
+    from builder import release
+
+    one = plan(pin())
+    assert one.gateway_overhead == planner.gateway_memory_max(1, 16, MiB, 1024)
+    for more in (dict(parallel=8), dict(max_queue=64), dict(max_request_bytes=4 * MiB),
+                 dict(max_tokens=8192)):
+        assert plan(pin(**more)).gateway_overhead > one.gateway_overhead, more
+    p = ProfileStore().load("orin-agx-64gb").concrete()
+    orin = plan(PlanInput.from_profile(p))
+    assert orin.gateway_overhead > 128 * MiB and orin.gateway_overhead % (16 * MiB) == 0
+    out = cli("plan", "--profile", "orin-agx-64gb").out
+    assert re.search(rf"gateway +{re.escape(format_size(orin.gateway_overhead))} +its "
+                     "MemoryMax", out), out
+    assert f"MemoryMax={orin.gateway_overhead}\n" in release.gateway_unit_conf(
+        build_mod.release_inputs(build_context("orin-agx-64gb")))

@@ -265,3 +265,17 @@ def test_missing_profiles_dir_is_named(cli, workdir: Path) -> None:
 def test_missing_file(cli, workdir: Path) -> None:
     r = cli("profiles", "validate", "absent.yaml")
     assert (r.code, r.err) == (2, "error: absent.yaml: no such file\n")
+
+
+@pytest.mark.parametrize("name", ["my pi", ".hidden", "-x", "{{x}}"])
+def test_a_profile_file_name_that_is_not_a_name_is_refused(workdir: Path, cli,
+                                                           name: str) -> None:
+    """A profile's name becomes OUT/<name>, a role variable and a release's `profile`:
+    it must be a name, whatever the file is called."""
+    d = workdir / "p"
+    d.mkdir()
+    f = d / f"{name}.yaml"
+    f.write_text("extends: x86-gateway\n")
+    r = cli("profiles", "validate", str(f))
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "is not a profile name" in r.err and "rename the file" in r.err

@@ -21,9 +21,11 @@ def test_install_verifies_and_makes_the_release_current_and_good(device: Device)
     assert st["last_good"] == r1 and st["pending"] is None
     assert st["last_result"]["result"] == "installed"
     from builder.fleet import gate_for
+    from builder.trust import Manifest
 
-    manifest = json.loads((device.releases / r1 / "release.json").read_text())
-    assert manifest["engine"]["build_seconds"] is None  # built on the build host
+    data = (device.releases / r1 / "release.json").read_bytes()
+    manifest = Manifest.parse(data, r1)
+    assert manifest.engine.build_seconds is None  # built on the build host
     assert gate_for(manifest, 300) == 300
 
 

@@ -12,9 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,6 @@ from builder.cache import sha256_file
 from builder.engines.trtllm import ENGINE
 from builder.gateway_process import GatewayProcess
 from builder.model_pipeline import ModelArtifact, tree_digest
-from builder.planner import build_budget
 from builder.profiles import ProfileStore
 from builder.testing.llama_server import free_port
 
@@ -75,7 +76,8 @@ class OrinDevice:
                            engine_key=release.recipe_key(ENGINE, p), gateway_dir=gw,
                            gateway_key="g", model=ModelArtifact(
                                model, tree_digest(files), "int4_gptq", "hf", files=files),
-                           model_id="qwen2.5-0.5b-instruct", memory_max=1 << 30)
+                           model_id="qwen2.5-0.5b-instruct", memory_max=1 << 30,
+                           gateway_memory_max=128 << 20)
         b = release.make(i, tmp / "releases", keygen(tmp / "signing"))
         self.release = self.root / "opt/edge-llm/releases" / b.release_id
         shutil.copytree(b.tree, self.release, symlinks=True)
@@ -119,13 +121,14 @@ def built(dev: OrinDevice) -> list[Path]:
 def test_the_release_carries_the_recipe_the_device_runs(orin: OrinDevice) -> None:
     from builder.engines.trtllm import BUILD_TIMEOUT
     from builder.fleet import gate_for
+    from builder.trust import Manifest
 
-    manifest = json.loads((orin.release / "release.json").read_text())
-    assert manifest["engine"]["build_seconds"] == BUILD_TIMEOUT
+    manifest = Manifest.parse((orin.release / "release.json").read_bytes(), "orin")
+    assert manifest.engine.build_seconds == BUILD_TIMEOUT
     assert gate_for(manifest, 300) == BUILD_TIMEOUT  # a deploy waits out the first build
     s = json.loads(orin.settings.read_text())
     assert s["quant"] == "int4_gptq" and s["sm"] == "87" and s["version"] == "0.12.0-jetson"
-    assert s["build_memory_max"] == build_budget(orin.profile)
+    assert "build_memory_max" not in s  # the build's unit holds the cap (role variable)
     convert, build = s["steps"]
     assert convert[:2] == ["python3", "examples/qwen/convert_checkpoint.py"]
     assert convert[convert.index("--weight_only_precision") + 1] == "int4_gptq"
@@ -186,27 +189,62 @@ def test_without_tensorrt_llm_installed_the_build_says_what_to_install(
     assert orin.status()["state"] == "failed"
 
 
-def test_under_systemd_each_step_runs_in_a_scope_capped_at_the_build_budget(
-        orin: OrinDevice, tmp_path: Path) -> None:
-    """The engine unit's MemoryMax is sized for serving; the build steps run in a scope
-    of their own (systemd-run --scope) with the device's build budget instead."""
-    calls = tmp_path / "systemd-run.log"
-    fake = tmp_path / "bin/systemd-run"
-    fake.parent.mkdir()
-    # records its arguments, then runs the command after "--" (as the scope would)
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nwhile [ "$1" != "--" ]; do shift; '
-                    'done\nshift\nexec "$@"\n')
-    fake.chmod(0o755)
-    env = orin.env(INVOCATION_ID="0123", PATH=f"{fake.parent}:{orin.env()['PATH']}")
-    r = orin.tool("build", str(orin.settings), env=env)
+NOBODY = 65534
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def open_orin() -> Iterator[OrinDevice]:
+    """An OrinDevice (and its TensorRT-LLM) under a directory another user can enter
+    (tmp_path cannot be), as the device's files are: root's, readable by all."""
+    work = Path(tempfile.mkdtemp(prefix="orin-device-"))
+    work.chmod(0o755)
+    try:
+        yield OrinDevice(work, install_fake_trtllm(work / "trtllm"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_the_build_runs_as_the_engine_user_with_only_its_cache_and_status_writable(
+        open_orin: OrinDevice) -> None:
+    """As edge-llm-engine-build.service runs it: an unprivileged user (not root, and no
+    capability), under systemd (INVOCATION_ID), whose only writable places are the engine
+    cache (StateDirectory=) and the status file's directory (RuntimeDirectory=), with the
+    device's python3 and the tool launched as the release role installs it. The build
+    needs nothing more, and asks systemd for nothing: an unprivileged process may not
+    start units (the old build wrapped each step in `systemd-run --scope`, which fails)."""
+    python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not python.is_file():
+        pytest.skip("needs root (to switch to an unprivileged user) and /usr/bin/python3")
+    orin = open_orin
+    s = json.loads(orin.settings.read_text())
+    orin.settings.write_text(json.dumps({**s, "python": str(python)}))
+    launcher = orin.root.parent / "edge-llm-trtllm"  # the release role's launcher
+    launcher.write_text(f"#!{python} -IB\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
+                        "from builder.device.trtllm import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+    for d in (orin.engines, orin.root / "run/edge-llm"):  # what systemd makes for the unit
+        d.mkdir(parents=True)
+        os.chown(d, NOBODY, NOBODY)
+    env = {"PATH": f"{orin.trt['bin']}:/usr/bin:/bin", "EDGE_LLM_ROOT": str(orin.root),
+           "INVOCATION_ID": "0123456789abcdef", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                        "--clear-groups", str(launcher), "build", str(orin.settings)],
+                       env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    lines = calls.read_text().splitlines()
-    assert len(lines) == 2
-    budget = build_budget(orin.profile)
-    for line in lines:
-        assert line.startswith("--scope ") and f"MemoryMax={budget}" in line
-        assert "MemorySwapMax=0" in line
-    assert "convert_checkpoint.py" in lines[0] and "trtllm-build" in lines[1]
+    [engine] = built(orin)
+    assert engine.stat().st_uid == NOBODY and (engine / "rank0.engine").is_file()
+    assert orin.status()["state"] == "ready"
+    status = orin.root / "run/edge-llm/engine-status.json"
+    assert status.stat().st_mode & 0o777 == 0o644  # the gateway (another user) reads it
+
+
+def test_serve_without_a_built_engine_says_which_journal_to_read(orin: OrinDevice) -> None:
+    """The engine unit starts even when its build failed (Wants=): serve refuses at once,
+    naming the build's unit, and the engine unit fails (and is restarted, building again)."""
+    r = orin.tool("serve", str(orin.settings))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "no engine" in r.stderr and "journalctl -u edge-llm-engine-build.service" in r.stderr
 
 
 @contextlib.contextmanager
@@ -307,4 +345,4 @@ def test_while_the_engine_is_built_the_gateway_says_so(orin: OrinDevice,
         dev.status("failed", step="trtllm-build", exit=1)
         code, _, body = post(gw.url + "/v1/chat/completions", CHAT, gw.key)
         assert code == 503 and body["error"]["code"] == "engine_build_failed"
-        assert "journalctl -u edge-llm-engine" in body["error"]["message"]
+        assert "journalctl -u edge-llm-engine-build" in body["error"]["message"]

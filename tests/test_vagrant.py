@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.run import run
 
@@ -89,7 +90,11 @@ def test_a_box_is_a_vagrant_libvirt_box_of_the_image(boxes: Path, profile: str,
         what="qemu-img compare")  # the same disk, byte for byte
     for name in extra:
         assert (d / name).read_bytes() == (boxes / profile / name).read_bytes()
-    pv = json.loads((boxes / profile / "vagrant-vars.json").read_text())
+    text = (boxes / profile / "vagrant-vars.yml").read_text()
+    assert "release_id: !unsafe 'rtest'" in text  # a value, never a template
+    loader = type("Unsafe", (yaml.SafeLoader,), {})
+    loader.add_constructor("!unsafe", lambda ld, node: ld.construct_scalar(node))
+    pv = yaml.load(text, Loader=loader)
     assert pv["edge_llm_image_build"] is False and pv["release_id"] == "rtest"
 
 

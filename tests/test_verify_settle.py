@@ -12,7 +12,8 @@ import pytest
 
 from builder import verify
 
-MANIFEST = {"layout": {"engine_unit": "edge-llm-engine.service"},
+MANIFEST = {"layout": {"engine_unit": "edge-llm-engine.service",
+                       "engine_build_unit": "edge-llm-engine-build.service"},
             "engine": {"start_seconds": 30}}
 
 
@@ -26,7 +27,16 @@ def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (bin_dir / "systemctl").write_text(f"""#!/bin/sh
 case "$1" in
   is-system-running) echo running ;;
-  show) n=$(cat {tmp_path}/calls 2>/dev/null || echo 0); echo $((n + 1)) > {tmp_path}/calls
+  show) for a; do unit="$a"; done
+        if [ "$unit" = edge-llm-engine-build.service ]; then
+          n=$(cat {tmp_path}/build-calls 2>/dev/null || echo 0)
+          echo $((n + 1)) > {tmp_path}/build-calls
+          line=$(sed -n "$((n + 1))p" {tmp_path}/build-states 2>/dev/null)
+          [ -n "$line" ] || line=$(tail -n 1 {tmp_path}/build-states 2>/dev/null)
+          printf '%s\\n' ${{line:-inactive dead}}
+          exit 0
+        fi
+        n=$(cat {tmp_path}/calls 2>/dev/null || echo 0); echo $((n + 1)) > {tmp_path}/calls
         line=$(sed -n "$((n + 1))p" {tmp_path}/states)
         [ -n "$line" ] || line=$(tail -n 1 {tmp_path}/states)
         printf '%s\\n' $line ;;
@@ -38,8 +48,10 @@ esac
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(verify, "QUIET_SECONDS", 0.5)
 
-    def play(*states: str) -> Path:
+    def play(*states: str, build: tuple[str, ...] = ()) -> Path:
         (tmp_path / "states").write_text("\n".join(states) + "\n")
+        if build:
+            (tmp_path / "build-states").write_text("\n".join(build) + "\n")
         return tmp_path / "calls"
     return play
 
@@ -67,3 +79,13 @@ def test_an_engine_waiting_to_be_restarted_is_not_waited_out(device, capsys) -> 
     calls = device("activating auto-restart")
     assert run(capsys) == ""
     assert calls.read_text().strip() == "1"
+
+
+def test_an_engine_being_built_on_the_device_is_waited_for(device, capsys) -> None:
+    """The engine's start waits behind its build unit (After=): the engine is inactive
+    meanwhile, the build unit activating."""
+    calls = device("inactive dead", "inactive dead", "active running",
+                   build=("activating start", "activating start", "inactive dead"))
+    out = run(capsys)
+    assert calls.read_text().strip() == "3"
+    assert "still starting (edge-llm-engine.service); waiting" in out and "started (" in out

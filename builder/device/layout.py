@@ -38,6 +38,7 @@ class Layout:
     run_dir: str = "/run/edge-llm"  # world-readable runtime state (the gateway reads it)
     engine_user: str = "edge-llm"
     engine_unit: str = "edge-llm-engine.service"
+    engine_build_unit: str = "edge-llm-engine-build.service"  # an engine built on the device
     gateway_unit: str = "edge-llm-gateway.service"
     api_key_unit: str = "edge-llm-api-key.service"
     guard_unit: str = "edge-llm-release-guard.service"

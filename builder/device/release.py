@@ -57,6 +57,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import api_keys
 from .layout import RELEASE_MANIFEST, RELEASE_SIGNATURE, SIGNING_NAMESPACE, Layout
 
 RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -95,16 +96,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def first_key(text: str) -> str | None:
-    """The first API key of a keys file, read as the gateway reads it: one key per line,
-    blank lines and #comments skipped, surrounding spaces (and a CR) dropped."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
-    return None
 
 
 class Device:
@@ -463,11 +454,10 @@ class Device:
             return False, f"not healthy within {timeout:.0f}s ({why})"
         headers = {"Content-Type": "application/json"}
         if gw.get("api_auth", True):
-            key = None
-            with contextlib.suppress(OSError):
-                key = first_key(self.keys.read_text())
-            if key is None:
-                return False, f"no API key in {self.keys} to test the completion with"
+            try:  # the first key, read by the gateway's own reader
+                key = api_keys.read(self.keys)[0]
+            except api_keys.KeysError as e:
+                return False, f"no API key to test the completion with: {e}"
             headers["Authorization"] = f"Bearer {key}"
         body = json.dumps({"messages": [{"role": "user", "content": "Say OK."}],
                            "max_tokens": 2, "temperature": 0}).encode()

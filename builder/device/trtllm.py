@@ -14,8 +14,11 @@ settings (engine/trtllm.json), and the device builds the engine it lacks:
   serve SETTINGS   exec TensorRT-LLM's OpenAI server (examples/apps/openai_server.py) on
                    loopback with the release's engine.
 
-The engine unit runs `build` as its ExecStartPre and `serve` as its ExecStart (the
-release's drop-in says so).
+`build` runs in edge-llm-engine-build.service (the inference role's), before the
+engine unit starts: as the engine user, in the engine's sandbox, capped at the device's
+build budget (MemoryMax), with the engine cache and the status file its only writable
+places. The engine unit runs `serve` (the release's drop-in says so) and can read the
+cache, never write it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from .layout import Layout
 
 STATUS = "engine-status.json"  # Layout.engine_status, world-readable: the gateway reads it
+BUILD_UNIT = "edge-llm-engine-build.service"  # the inference role's unit that runs `build`
 _RELEASE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 
@@ -75,7 +79,7 @@ class Device:
 
     def build(self, s: dict) -> Path:
         engine = self.engine_dir(s)
-        if (engine / "config.json").is_file() and (engine / ".complete").is_file():
+        if self.built(s):
             log(f"engine {engine.name} is built (cached)")
             self.status("ready", engine=engine.name)
             return engine
@@ -119,24 +123,27 @@ class Device:
 
     def step_argv(self, s: dict, cmd: list[str]) -> list[str]:
         """A build step as run: the examples with the settings' Python, trtllm-build from
-        that Python's environment (else PATH), and - when systemd started us - in a scope
-        of its own capped at build_memory_max: the engine unit's MemoryMax is sized for
-        serving, and conversion and trtllm-build peak well above that."""
+        that Python's environment (else PATH). Nothing else: the build's unit holds the
+        memory cap, and the engine user may ask systemd for nothing (no scope of its own)."""
         python = s["python"]
         if cmd[0] == "python3":
             cmd = [python, *cmd[1:]]
         elif cmd[0] == "trtllm-build":
             beside = Path(python).parent / "trtllm-build"
             cmd = [str(beside) if beside.is_file() else cmd[0], *cmd[1:]]
-        limit = s.get("build_memory_max")
-        if limit and os.environ.get("INVOCATION_ID") and shutil.which("systemd-run"):
-            cmd = ["systemd-run", "--scope", "--quiet", "--collect",
-                   f"--unit=edge-llm-trtllm-build-{os.getpid()}",
-                   "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0", "--", *cmd]
         return cmd
 
-    def serve_argv(self, s: dict) -> list[str]:
+    def built(self, s: dict) -> Path | None:
+        """The release's engine when the cache holds it whole, else None."""
         engine = self.engine_dir(s)
+        whole = (engine / "config.json").is_file() and (engine / ".complete").is_file()
+        return engine if whole else None
+
+    def serve_argv(self, s: dict) -> list[str]:
+        engine = self.built(s)
+        if engine is None:
+            raise SystemExit(f"edge-llm-trtllm: no engine {self.key(s)} is built for this "
+                             f"release; its build says why: journalctl -u {BUILD_UNIT}")
         model = str(self.root / s["model"].lstrip("/"))
         server = Path(s["checkout"]) / "examples/apps/openai_server.py"
         return [s["python"], str(server), str(engine), "--tokenizer", model,

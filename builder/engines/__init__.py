@@ -95,10 +95,6 @@ class Engine(ABC):
     def exec_start(self, i: Inputs, layout: Layout) -> str:
         """The unit's ExecStart, run from `current/` (so a release switches it)."""
 
-    def exec_start_pre(self, i: Inputs, layout: Layout) -> list[str]:
-        """Commands the unit runs before the engine (an engine built on the device)."""
-        return []
-
     def gateway_settings(self, layout: Layout) -> dict[str, Any]:
         """What the gateway must know of this engine (gateway.json): the probe it answers
         from its work loop, the engine's own request fields the gateway lets through

@@ -5,10 +5,12 @@ branch's OpenAI server on loopback behind the gateway.
 The release carries the model (a Hugging Face checkpoint directory, content-addressed)
 and engine/trtllm.json: the build recipe (the checkpoint made with convert_checkpoint.py
 or, for AWQ, quantize.py; then trtllm-build with limits from the profile and the
-planner) and where TensorRT-LLM is on the device. The engine unit's ExecStartPre is
-`edge-llm-trtllm build` (builder/device/trtllm.py: the engine from the device's cache or
-built now, keyed by model, quantization, TensorRT-LLM version, L4T release, GPU and
-flags), its ExecStart `edge-llm-trtllm serve` (the OpenAI server on loopback).
+planner) and where TensorRT-LLM is on the device. Before the engine unit starts, the
+inference role's edge-llm-engine-build.service runs `edge-llm-trtllm build`
+(builder/device/trtllm.py: the engine from the device's cache or built now, keyed by
+model, quantization, TensorRT-LLM version, L4T release, GPU and flags) as the engine
+user, in the engine's sandbox, with only the cache writable; the engine unit's ExecStart
+is `edge-llm-trtllm serve` (the OpenAI server on loopback), which reads the cache.
 """
 
 from __future__ import annotations
@@ -131,7 +133,6 @@ class TrtLlm(Engine):
 
     def settings(self, i: Inputs, layout: Layout) -> dict[str, Any]:
         """engine/trtllm.json: what edge-llm-trtllm builds and serves on the device."""
-        from ..planner import build_budget
         from ..targets import TARGETS
 
         p = i.profile
@@ -141,10 +142,7 @@ class TrtLlm(Engine):
                 "model": f"{layout.model_dir}/{i.model.device_name}",
                 "model_sha256": i.model.sha256, "checkout": t.checkout,
                 "python": t.python, "port": p.service.engine_port,
-                "steps": self.recipe(p, platform).steps,
-                # the build runs in a scope of its own with this cap (the engine unit's
-                # MemoryMax is sized for serving, and the build peaks higher)
-                "build_memory_max": build_budget(p)}
+                "steps": self.recipe(p, platform).steps}
 
     def release_files(self, i: Inputs, tree: Path) -> None:
         from ..device.layout import DEFAULT as LAYOUT
@@ -159,11 +157,8 @@ class TrtLlm(Engine):
     def exec_start(self, i: Inputs, layout: Layout) -> str:
         return f"{layout.tool('edge-llm-trtllm')} serve {layout.current}/{SETTINGS}"
 
-    def exec_start_pre(self, i: Inputs, layout: Layout) -> list[str]:
-        # "+": as root, outside the sandbox - it writes the device's engine cache
-        return [f"+{layout.tool('edge-llm-trtllm')} build {layout.current}/{SETTINGS}"]
-
     def start_timeout(self, p: Profile) -> int:
+        # the first start waits for the build (edge-llm-engine-build.service gets this too)
         return BUILD_TIMEOUT
 
     def gateway_settings(self, layout: Layout) -> dict[str, Any]:

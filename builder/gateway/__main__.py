@@ -54,16 +54,17 @@ async def serve(cfg: Config, keys: list[str], access_log: bool) -> None:
     # Our own listening socket rather than web.TCPSite: connections go through the guard
     # (connections.py), which caps them and enforces the header and idle deadlines, and
     # which cancels a handler whose client went away (aiohttp 3.8 cannot be asked to).
+    # The guard also starts TLS, once it has counted the connection: a listening socket
+    # with ssl= would hide handshakes in progress from the cap.
     gw.pool = ConnectionPool(runner.server, max_connections=fd_budget(cfg.max_connections,
                                                                       cfg.slots),
                              header_timeout=cfg.header_timeout,
                              idle_timeout=cfg.keepalive_timeout,
                              on_close=lambda why: gw.m.connections_closed.labels(why).inc(),
-                             cancel_on_disconnect=True)
+                             cancel_on_disconnect=True, tls=tls)
     try:
-        server = await loop.create_server(
-            gw.pool, cfg.listen_host, cfg.listen_port, ssl=tls, backlog=511,
-            ssl_handshake_timeout=cfg.header_timeout if tls else None)
+        server = await loop.create_server(gw.pool, cfg.listen_host, cfg.listen_port,
+                                          backlog=511)
     except BaseException:
         await runner.cleanup()
         raise

@@ -2,8 +2,9 @@
 and wait in arrival order, and any beyond that are refused at once (429).
 
 A request claims its place before its body is read, and is given a slot (in the order
-places asked for one) once its body has been checked: at most slots + max_queue bodies
-are in memory, raw, and at most `slots` parsed (plus the one being checked).
+places asked for one) once its body has been checked, and keeps its place until its
+reply is sent (a whole reply gives its slot back first): at most slots + max_queue
+requests and replies are in memory (app.py parses one body at a time).
 
 Slots are numbered, and each is given to one request at a time: with slot affinity
 (affinity.py) the gateway tells the engine which slot to use, and a client may name one
@@ -46,11 +47,19 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Want:
-    """What a request asks of admission: the digests of its prompt (affinity.py), and
-    the slot it named itself, if any."""
+    """What a request asks of admission: the digests of its prompt (affinity.py), the
+    slot it named itself, if any, and who asks (affinity.key_id of its API key)."""
 
     digests: tuple[bytes, ...] = ()
     slot: int | None = None
+    owner: bytes = b""
+
+
+@dataclass(frozen=True)
+class Given:
+    slot: int
+    kind: str  # how it was chosen (affinity.CONTINUED, ...)
+    own: bool  # the slot last ran a request of the same key: the engine may reuse it
 
 
 @dataclass
@@ -67,9 +76,11 @@ class Place:
         self.has_slot = False
         self.id = -1  # the slot, once given
         self.kind = ""  # how it was chosen (affinity.CONTINUED, ...)
+        self.own = False  # the slot last ran a request of the same key
         self.started = 0.0
         self.sent = False  # the request went to the engine ...
         self.finished = False  # ... and its reply was read to the end
+        self.sending = False  # the slot is back; the reply is being sent to the client
 
     def try_slot(self, want: Want = Want()) -> bool:
         """Take a slot now if one is free for this request and nobody waits for it."""
@@ -82,8 +93,18 @@ class Place:
         if not self.try_slot(want):
             self._given(await self._adm._wait(want))
 
-    def _given(self, got: tuple[int, str]) -> None:
-        self.id, self.kind = got
+    def leave_slot(self) -> None:
+        """Give the slot back now and keep the place while a whole reply goes to the
+        client: a client slow to read it does not hold up the engine, and the places
+        still bound how many replies the gateway holds."""
+        if self.has_slot:
+            self._adm._free_slot(self)
+            self.sending = True
+            self._adm.sending += 1
+            self._adm._gauges()
+
+    def _given(self, got: Given) -> None:
+        self.id, self.kind, self.own = got.slot, got.kind, got.own
         self.has_slot = True
         self.started = time.monotonic()
         self._adm.running += 1
@@ -99,6 +120,7 @@ class Admission:
         self.confirm = confirm
         self.places = 0  # claimed, with or without a slot
         self.running = 0  # holding a slot
+        self.sending = 0  # done with their slot, sending their reply
         self.state = [affinity.SlotState() for _ in range(slots)]
         self._free = set(range(slots))
         self._waiters: deque[_Waiter] = deque()
@@ -108,7 +130,7 @@ class Admission:
 
     @property
     def waiting(self) -> int:
-        return self.places - self.running
+        return self.places - self.running - self.sending
 
     @property
     def free(self) -> int:
@@ -127,18 +149,24 @@ class Admission:
         try:
             yield place
         finally:
+            self._free_slot(place)
             self.places -= 1
-            if place.has_slot:
-                self.running -= 1
-                self._mean_seconds = (0.8 * self._mean_seconds
-                                      + 0.2 * (time.monotonic() - place.started))
-                if place.sent and not place.finished and self.confirm is not None:
-                    task = asyncio.ensure_future(self._release_confirmed(place.id))
-                    self._confirming.add(task)
-                    task.add_done_callback(self._confirming.discard)
-                else:
-                    self._release(place.id)
+            self.sending -= place.sending
             self._gauges()
+
+    def _free_slot(self, place: Place) -> None:
+        if not place.has_slot:
+            return
+        place.has_slot = False
+        self.running -= 1
+        self._mean_seconds = (0.8 * self._mean_seconds
+                              + 0.2 * (time.monotonic() - place.started))
+        if place.sent and not place.finished and self.confirm is not None:
+            task = asyncio.ensure_future(self._release_confirmed(place.id))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+        else:
+            self._release(place.id)
 
     @contextlib.asynccontextmanager
     async def slot(self, want: Want = Want()) -> AsyncIterator[Place]:
@@ -155,23 +183,27 @@ class Admission:
             return (want.slot, affinity.CLIENT) if want.slot in self._free else None
         if not self._free:
             return None
-        best = max(self._free, key=lambda s: (affinity.rank(want.digests, self.state[s]),
-                                              -s))
-        return best, affinity.kind_of(affinity.rank(want.digests, self.state[best]))
+        def rank(s: int) -> tuple[int, int, int]:
+            return affinity.rank(want.digests, self.state[s], want.owner)
 
-    def _take(self, slot: int, kind: str, want: Want) -> tuple[int, str]:
+        best = max(self._free, key=lambda s: (rank(s), -s))
+        return best, affinity.kind_of(rank(best))
+
+    def _take(self, slot: int, kind: str, want: Want) -> Given:
         self._free.discard(slot)
+        last = self.state[slot]
         self._given_out += 1
-        self.state[slot] = affinity.SlotState(want.digests, self._given_out)
-        return slot, kind
+        self.state[slot] = affinity.SlotState(want.digests, self._given_out, want.owner)
+        # a slot nobody had since the gateway started may hold anyone's tokens
+        return Given(slot, kind, own=bool(last.given) and last.owner == want.owner)
 
-    def _try(self, want: Want) -> tuple[int, str] | None:
+    def _try(self, want: Want) -> Given | None:
         # nobody waiting could use a free slot (_dispatch runs whenever one frees), so
         # taking one now passes no one
         got = self._choose(want)
         return None if got is None else self._take(*got, want)
 
-    async def _wait(self, want: Want) -> tuple[int, str]:
+    async def _wait(self, want: Want) -> Given:
         fut: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(want, fut)
         self._waiters.append(waiter)

@@ -24,6 +24,14 @@ per message; a text prompt in fixed blocks), and a free slot ranks by
 A conversation whose slot now holds another conversation lands on the least recently
 used slot; llama-server then looks in its host prompt cache (--cache-ram) for the
 conversation's saved state (get_available_slot: `update_cache`, prompt_load).
+
+Keys do not share: a slot remembers which key (a digest of it) sent what it holds, and
+only a request of that key can continue it or share its prefix (rank 1 and 3). Ranking
+by another key's prefix would send a guess at that key's prompt to the slot holding it,
+where the engine computes only the tokens after the common prefix: how fast the answer
+comes says how much of the guess was right. The gateway also tells the engine not to
+reuse a slot that another key (or nobody since the gateway started) had last
+(`cache_prompt: false`, app.py).
 """
 
 from __future__ import annotations
@@ -82,19 +90,26 @@ def common_prefix(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> int:
 
 @dataclass
 class SlotState:
-    """What the gateway last gave a slot: the request's digests, and when."""
+    """What the gateway last gave a slot: the request's digests, when, and to whom."""
 
     digests: tuple[bytes, ...] = ()
-    given: int = 0  # a counter, 0 = never given out since the engine started
+    given: int = 0  # a counter, 0 = never given out since the gateway started
+    owner: bytes = b""  # the key that sent it (key_id), b"" without API keys
+
+
+def key_id(key: bytes) -> bytes:
+    """Who sent a request, as slots remember it: a digest of its API key."""
+    return hashlib.blake2b(key, digest_size=8, person=b"edge-llm-slot").digest()
 
 
 # what the assignment was, for the metrics
 CONTINUED, FRESH, OTHER, CLIENT = "continued", "fresh", "other", "client"
 
 
-def rank(want: tuple[bytes, ...], slot: SlotState) -> tuple[int, int, int]:
-    """Higher is better; see the module's docstring."""
-    lcp = common_prefix(want, slot.digests)
+def rank(want: tuple[bytes, ...], slot: SlotState, owner: bytes = b"") -> tuple[int, int, int]:
+    """Higher is better; see the module's docstring. What another key left in a slot
+    is nothing to continue or share."""
+    lcp = common_prefix(want, slot.digests) if slot.owner == owner else 0
     if slot.digests and want and lcp == min(len(want), len(slot.digests)):
         kind = 2
     elif not slot.given:

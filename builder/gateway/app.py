@@ -20,7 +20,7 @@ from .connections import ConnectionPool
 from .engine import HUNG, UP, EngineMonitor
 from .errors import engine_message, engine_refused, error, unavailable
 from .metrics import CONTENT_TYPE, Metrics
-from .sse import StreamWatch, event
+from .sse import Scrub, StreamWatch, event, public
 
 __all__ = ["Admission", "Gateway", "QueueFull"]
 
@@ -34,6 +34,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 CLIENT_CLOSED = 499  # nginx's status for "the client went away first" (metrics only)
+KEY_ID = "edge_llm_key_id"  # request storage: affinity.key_id of the request's API key
 
 
 class ClientGone(Exception):
@@ -188,6 +189,7 @@ class Gateway:
                              "<key>' (the key is in /etc/edge-llm/api-keys on the device)",
                              code="invalid_api_key",
                              headers={"WWW-Authenticate": 'Bearer realm="edge-llm"'})
+            request[KEY_ID] = affinity.key_id(given_b)  # whose slots it may reuse
         return await handler(request)
 
     # --- plain routes -------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Gateway:
                          headers={"Retry-After": "60"})
         if st.get("state") == "failed":
             return error(503, f"the engine could not be built on this device (step {step}); "
-                         "`journalctl -u edge-llm-engine` on the device says why",
+                         "`journalctl -u edge-llm-engine-build` on the device says why",
                          kind="server_error", code="engine_build_failed",
                          headers={"Retry-After": "300"})
         return None
@@ -268,9 +270,10 @@ class Gateway:
         """Admission first (a place in the queue), then the body (read within
         body_timeout, measured before it is parsed), parsing and validation (a mistake is
         answered without waiting), then a slot: a request that has to wait for one keeps
-        only its raw body meanwhile and is parsed again once it has a slot. Memory is
-        bounded by places x max_request_bytes raw, and by slots (+1 being checked)
-        parsed bodies."""
+        only its raw body meanwhile and is parsed again once it has a slot, and one at
+        the engine holds only the bytes it sent. Parsing, checking and serializing run
+        without a pause, so one body at a time is ever parsed. Memory is bounded by
+        places x max_request_bytes, plus one parsed body (planner.gateway_memory_max)."""
         if (request.content_length or 0) > self.cfg.max_request_bytes:
             return self._too_large()
         if request.headers.get("Content-Encoding", "identity").strip().lower() not in (
@@ -300,7 +303,7 @@ class Gateway:
                 req = self._checked(raw, chat)
                 if isinstance(req, web.Response):
                     return req
-                want = self._want(req, chat)
+                want = self._want(req, chat, request.get(KEY_ID, b""))
                 if not place.try_slot(want):
                     del req  # while it waits, only the raw body is held
                     await place.slot(want)
@@ -311,6 +314,11 @@ class Gateway:
                 if self.affinity:
                     req["id_slot"] = place.id
                     self.m.slot_assignments.labels(place.kind).inc()
+                if not self._may_reuse(place):
+                    # what the slot holds is another key's (or, in the engine's host
+                    # prompt cache, anyone's): computed again, never reused, so how
+                    # fast this answer comes says nothing of others' prompts
+                    req["cache_prompt"] = False
                 return await self._forward(request, path, req, chat, place)
         except QueueFull:
             self.m.rejected.inc()
@@ -341,14 +349,22 @@ class Gateway:
             return error(req.status, req.message, code=req.code, param=req.param)
         return req
 
-    def _want(self, req: dict, chat: bool) -> Want:
+    def _want(self, req: dict, chat: bool, owner: bytes) -> Want:
         """Which slot the request should have: the one it names (id_slot), else the one
         holding its conversation (affinity.py); without affinity, any."""
         if not self.affinity:
-            return Want()
+            return Want(owner=owner)
         named = req.get("id_slot", -1)
         return Want(affinity.chat_digests(req) if chat else affinity.completion_digests(req),
-                    named if named >= 0 else None)
+                    named if named >= 0 else None, owner)
+
+    def _may_reuse(self, place: Place) -> bool:
+        """Whether the engine may reuse what the request's slot holds: only what the
+        same key left there. Without affinity the engine picks the slot (by prompt
+        similarity, any key's), so reuse is safe only where there is one key."""
+        if "cache_prompt" not in self.limits.engine_fields:
+            return True  # an engine that cannot be told (TensorRT-LLM's server)
+        return place.own if self.affinity else len(self.keys) <= 1
 
     async def _slot_idle(self, slot: int) -> None:
         """Returns once the engine runs nothing in `slot` (GET /slots, llama-server's
@@ -413,15 +429,20 @@ class Gateway:
         except ConnectionError as e:
             raise ClientGone from e
 
-    async def _forward(self, request: web.Request, path: str, body: dict,
+    async def _forward(self, request: web.Request, path: str, req: dict,
                        chat: bool, place: Place) -> web.StreamResponse:
+        """Send `req` to the engine and its reply to the client. `req` is emptied once
+        serialized: while it runs, a request holds the bytes sent, not its parsed body."""
         route = request.match_info.route.resource.canonical
         param = "messages" if chat else "prompt"
+        stream, data = bool(req.get("stream")), json.dumps(req).encode()
+        req.clear()
         place.sent = True  # from here on it may be running in the engine
         try:
             upstream = await self.session.post(
-                self.cfg.engine_url + path, data=json.dumps(body).encode(),
+                self.cfg.engine_url + path, data=data,
                 headers={"Content-Type": "application/json"})
+            del data  # sent
         except (TimeoutError, aiohttp.ClientError) as e:
             os_error = getattr(e, "os_error", None)
             if getattr(os_error, "errno", None) in (errno.EMFILE, errno.ENFILE):
@@ -434,8 +455,8 @@ class Gateway:
         try:
             if upstream.status != 200:
                 return await self._refused(upstream, param, place)
-            if not body.get("stream"):
-                return await self._whole(upstream, route, place)
+            if not stream:
+                return await self._whole(request, upstream, route, place)
             return await self._stream(request, upstream, route, chat, place)
         finally:
             upstream.close()  # not returned to the pool half-read: the engine sees EOF
@@ -459,22 +480,32 @@ class Gateway:
                  engine_message(data)[0][:200])
         return engine_refused(upstream.status, data, param)
 
-    async def _whole(self, upstream: aiohttp.ClientResponse, route: str,
-                     place: Place) -> web.Response:
+    async def _whole(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                     route: str, place: Place) -> web.Response:
         try:
             data = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as e:
             self.engine.failed(type(e).__name__)
             return unavailable(f"{type(e).__name__} while reading its reply")
         place.finished = True
-        with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+        try:
             reply = json.loads(data)
+        except ValueError:
+            reply = None
+        with contextlib.suppress(TypeError, AttributeError, KeyError):
             self.m.completion_tokens.labels(route).inc(reply["usage"]["completion_tokens"])
             tps = (reply.get("timings") or {}).get("predicted_per_second")
             if tps:
                 self.m.decode_tps.labels(route).observe(tps)
-        return web.Response(body=data, headers={
+        if public(reply):  # the engine's internals stay here (sse.py)
+            data = json.dumps(reply).encode()
+        del reply
+        response = web.Response(body=data, headers={
             "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+        del data
+        place.leave_slot()  # the place, kept, bounds the replies held for slow readers
+        await self._flush(request, response)
+        return response
 
     async def _flush(self, request: web.Request, response: web.StreamResponse) -> None:
         """Send a whole reply (JSON, a static file) while the connection still counts as
@@ -500,7 +531,7 @@ class Gateway:
 
     async def _stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                       route: str, chat: bool, place: Place) -> web.StreamResponse:
-        watch = StreamWatch(chat)
+        watch, scrub = StreamWatch(chat), Scrub()
         resp = web.StreamResponse(headers={
             "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -513,13 +544,18 @@ class Gateway:
                 # llama-server sends its last event (or an error) just before it lets
                 # the slot go, in the same turn of its main loop
                 place.finished = watch.done or watch.error
-                await self._send(request, resp.write(chunk))
+                out = scrub.feed(chunk)
+                if out:
+                    await self._send(request, resp.write(out))
         except (TimeoutError, aiohttp.ClientError) as e:  # the engine's side
             failure = type(e).__name__
         except asyncio.CancelledError:
             if not self._hung_cancelled():
                 raise
             failure = "it stopped answering"
+        with contextlib.suppress(ClientGone):
+            if rest := scrub.flush():  # a last line without its newline
+                await self._send(request, resp.write(rest))
         if not watch.done and not watch.error:
             failure = failure or "the stream ended without [DONE]"
         if failure:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import api_keys
 from .validate import LLAMA_FIELDS
 
 
@@ -102,25 +103,9 @@ class Config:
 
 
 def load_keys(path: str) -> list[str]:
-    """API keys, one per line, as people write them: blank lines, # comments (whole-line
-    or after a key), spaces around a key, CRLF line ends and a UTF-8 byte order mark are
-    all fine. A key is one word: no spaces and no '#'."""
+    """The API keys (api_keys.py: the one reader of that file, shared with the device
+    tools that test a release with a key)."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the API keys: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the API keys file is not UTF-8 text") from None
-    keys = []
-    for n, line in enumerate(text.splitlines(), 1):
-        key = line.split("#", 1)[0].strip()
-        if not key:
-            continue
-        if len(key.split()) > 1:
-            raise ConfigError(f"{path}: line {n}: one key per line, without spaces")
-        keys.append(key)
-    if not keys:
-        raise ConfigError(f"{path}: no API key in the file (one per line)")
-    return keys
+        return api_keys.read(path)
+    except api_keys.KeysError as e:
+        raise ConfigError(str(e)) from None

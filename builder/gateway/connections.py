@@ -10,8 +10,9 @@ asyncio.Protocol that forwards every call to aiohttp's RequestHandler works the 
 both, through public asyncio API only.
 
 Each connection is in one of three states:
-  WAITING  connected, or data came after an idle spell, and no handler runs yet: the
-           request head must arrive within `header_timeout`
+  WAITING  connected (its TLS handshake, if any, still going), or data came after an
+           idle spell, and no handler runs yet: the handshake and the request head must
+           be done within `header_timeout`
   BUSY     a handler runs (the app's middleware says so): its own deadlines apply (body
            read, each write to the client)
   IDLE     the handler returned; the response is flushing or the connection waits for
@@ -20,6 +21,12 @@ At `max_connections`, a new connection evicts the one that has been WAITING or I
 longest, so idle or half-open connections held by someone else never lock out a client
 that sends its request at once (/health stays answerable); when every connection is
 BUSY, the new one gets a canned 503 and is closed.
+
+TLS is started here, on a connection already admitted (loop.start_tls), not by the
+listening socket (create_server(ssl=...)): asyncio would call the protocol only once the
+handshake is done, so half-done handshakes held descriptors the cap never saw (9,000
+silent TCP connections to the TLS port starved /health at the unit's 4096 files). So
+plain and TLS connections are counted, evicted and timed the same way, from accept().
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -83,14 +91,49 @@ class Guarded(asyncio.Protocol):
         self.closed = False
         self.queued: object = None  # aiohttp 3.8's parsed-request queue, when unbounded
         self.reading_paused = False
+        self.early: list[bytes] = []  # decrypted before the upgrade returned to us
+        self.handshake: asyncio.Future | None = None  # the TLS upgrade (held: a task)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self.pool.admit(self):
             self.closed = True
-            transport.write(_REFUSED)  # type: ignore[attr-defined]
+            if self.pool.tls is None:  # a TLS client could not read it
+                transport.write(_REFUSED)  # type: ignore[attr-defined]
             transport.close()
             return
+        if self.pool.tls is None:
+            self._serve(transport)  # type: ignore[arg-type]
+        else:
+            self.handshake = asyncio.ensure_future(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        """The TLS handshake, while the connection counts as WAITING (the sweeper and
+        eviction close it like any other), then aiohttp's protocol on the TLS transport."""
+        if self.closed:  # evicted before this task first ran
+            return
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                self.transport, self, self.pool.tls, server_side=True,  # type: ignore[arg-type]
+                # the sweeper ends it at header_timeout; asyncio's own timer is a backstop
+                ssl_handshake_timeout=2 * self.pool.header_timeout)
+        except (OSError, ValueError, RuntimeError):  # a client that failed or left
+            if not self.closed:
+                self.pool.forget(self)
+                self.pool.on_close("tls_handshake")
+            return
+        if self.closed or tls is None or tls.is_closing():
+            self.pool.forget(self)
+            if tls is not None:
+                tls.abort()
+            return
+        self.transport = tls
+        self._serve(tls)
+        early, self.early = self.early, []
+        for data in early:
+            self.data_received(data)
+
+    def _serve(self, transport: asyncio.Transport) -> None:
         self.inner = self.pool.factory()
         self.pool.by_inner[self.inner] = self
         if not hasattr(self.inner, "_max_msg_queue_size"):  # aiohttp < 3.9
@@ -99,6 +142,10 @@ class Guarded(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.inner is None:
+            # asyncio's TLS layer passes on what came with the handshake's last bytes
+            # before start_tls returns: kept for aiohttp (one read at most)
+            if not self.closed:
+                self.early.append(data)
             return
         if self.state == IDLE:
             self.pool.enter(self, WAITING)
@@ -144,8 +191,11 @@ class ConnectionPool:
     def __init__(self, factory: Callable[[], asyncio.Protocol], *, max_connections: int,
                  header_timeout: float, idle_timeout: float,
                  on_close: Callable[[str], None] = lambda reason: None,
-                 cancel_on_disconnect: bool = False) -> None:
+                 cancel_on_disconnect: bool = False,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """tls: serve TLS on every connection (the handshake starts once admitted)."""
         self.factory = factory
+        self.tls = tls
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout

@@ -18,7 +18,10 @@ field, as a 4xx. They never raise. The rules:
   sets for itself (chat_format, grammar_triggers, ...) are unknown here on purpose;
 - anything the engine would fail on with a 500 rather than a 400 (a string where it
   expects a number, both `grammar` and `json_schema`, `echo`, `best_of`, `suffix`,
-  integers beyond 64 bits, unpaired UTF-16 surrogates) is refused here instead.
+  integers beyond 64 bits, unpaired UTF-16 surrogates) is refused here instead;
+- what the engine parses as a grammar is kept within what it survives and converts
+  quickly: a grammar's length and group nesting, a JSON schema's properties per object
+  and in all (json_schema, response_format's schemas, tools' parameters).
 """
 
 from __future__ import annotations
@@ -233,9 +236,68 @@ def _seed(v: Any, p: str, _: Limits) -> int:
     return _int(v, p, -(2**63), INT64)
 
 
+# What llama-server turns into a grammar is parsed by recursive descent and converted in
+# time that grows faster than its size (the pinned llama.cpp, measured on x86 with
+# SmolLM2): caps well inside what it survives, far above what a real grammar or schema
+# needs (the grammars llama.cpp ships are at most 1.4 KB, nested 4 deep).
+# - A GBNF grammar's parser (src/llama-grammar.cpp, parse_sequence -> parse_alternates)
+#   recurses once per nested group, ~420 bytes of stack each: 20,000 nested groups (40
+#   KB) overflowed an 8 MiB stack and killed llama-server with SIGSEGV (5,000 at 2 MiB).
+# - Its size is what the sampler walks for every token: 10,000 alternatives (80 KB) took
+#   0.4 s a token.
+# - A JSON schema's object builds the rules for its optional properties in time cubic in
+#   their count (common/json-schema-to-grammar.cpp, _build_object_rule): 1,000 took
+#   3.5 s, 2,000 17 s; 256 take 0.3 s, eight objects of 256 1.4 s. Patterns are capped
+#   by llama.cpp itself (MAX_PATTERN_DEPTH), and the body's nesting by max_json_depth.
+MAX_GRAMMAR_CHARS = 32 * 1024
+MAX_GRAMMAR_NESTING = 64
+MAX_SCHEMA_PROPERTIES = 256  # in one object
+MAX_SCHEMA_PROPERTIES_TOTAL = 2048  # in all of a request's schemas
+# a GBNF literal, character class or comment: parentheses there are not groups
+_GBNF_TEXT = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|#[^\r\n]*', re.S)
+
+
+def _grammar(v: Any, p: str, _: Limits) -> str:
+    if len(_str(v, p)) > MAX_GRAMMAR_CHARS:
+        raise _fail(p, f"Invalid '{p}': {len(v)} characters; this appliance accepts grammars "
+                    f"of at most {MAX_GRAMMAR_CHARS}.")
+    depth = deepest = 0
+    for c in _GBNF_TEXT.sub("", v):
+        if c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+    if deepest > MAX_GRAMMAR_NESTING:
+        raise _fail(p, f"Invalid '{p}': groups nested {deepest} deep; this appliance accepts "
+                    f"at most {MAX_GRAMMAR_NESTING}.")
+    return v
+
+
+def _schema_properties(v: Any, p: str) -> int:
+    """How many properties the objects of a JSON schema declare, each within
+    MAX_SCHEMA_PROPERTIES (a dict named "properties" anywhere counts: conservative)."""
+    total, stack = 0, [(v, p)]
+    while stack:
+        node, np = stack.pop()
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                if len(props) > MAX_SCHEMA_PROPERTIES:
+                    raise _fail(f"{np}.properties", f"Invalid '{np}.properties': "
+                                f"{len(props)} properties; this appliance accepts at most "
+                                f"{MAX_SCHEMA_PROPERTIES} in one object.")
+                total += len(props)
+            stack.extend((x, f"{np}.{k}") for k, x in node.items())
+        elif isinstance(node, list):
+            stack.extend((x, f"{np}[{i}]") for i, x in enumerate(node))
+    return total
+
+
 def _json_schema(v: Any, p: str, _: Limits) -> Any:
     if not isinstance(v, (dict, bool)):
         raise _type_error(p, "an object (a JSON schema)", v)
+    _schema_properties(v, p)
     return v
 
 
@@ -322,7 +384,7 @@ def _tools(v: Any, p: str, _: Limits) -> list:
         if "description" in fn:
             _str(fn["description"], f"{fp}.description")
         if "parameters" in fn:
-            _obj(fn["parameters"], f"{fp}.parameters")
+            _schema_properties(_obj(fn["parameters"], f"{fp}.parameters"), f"{fp}.parameters")
         if fn.get("strict") is not None:
             _bool(fn["strict"], f"{fp}.strict")
     return v
@@ -545,7 +607,7 @@ LLAMA_FIELDS: dict[str, Check] = {
     "n_indent": _r_int(0, INT32),
     "n_cache_reuse": _r_int(0, INT32),
     "t_max_predict_ms": _r_int(-1, INT64),
-    "grammar": _r_str,
+    "grammar": _grammar,
     "json_schema": _json_schema,
     "samplers": _samplers,
     "id_slot": _id_slot,
@@ -614,6 +676,11 @@ def _check(body: Any, lim: Limits, fields: dict[str, Check], required: str) -> d
         out["max_tokens"] = lim.max_tokens  # never an unbounded generation
     if "grammar" in out and "json_schema" in out:
         raise _fail("grammar", "Use either 'grammar' or 'json_schema', not both.")
+    schemas = [(k, out[k]) for k in ("json_schema", "tools", "response_format") if k in out]
+    total = sum(_schema_properties(v, k) for k, v in schemas)
+    if total > MAX_SCHEMA_PROPERTIES_TOTAL:
+        raise _fail(schemas[-1][0], f"The request's JSON schemas declare {total} properties; "
+                    f"this appliance accepts at most {MAX_SCHEMA_PROPERTIES_TOTAL} in all.")
     return out
 
 

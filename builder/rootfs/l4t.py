@@ -3,9 +3,10 @@ root filesystem (Tegra_Linux_Sample-Root-Filesystem_R<rel>_aarch64.tbz2), which 
 supply, made into the appliance's rootfs the way NVIDIA's quick start does:
 the sample rootfs unpacked into Linux_for_Tegra/rootfs, `apply_binaries.sh` (NVIDIA's
 drivers, CUDA userspace hooks, boot files), `tools/l4t_create_default_user.sh` (the
-admin user, the EULA accepted non-interactively: no first-boot wizard), and the
-packages the roles need installed with the rootfs's own apt (chroot_apt). The result is
-cached as a tarball keyed by the two tarballs' sha256 and every choice.
+admin user, the EULA accepted non-interactively: no first-boot wizard; its password
+random and never shown, and locked by the base role), and the packages the roles need
+installed with the rootfs's own apt (chroot_apt). The result is cached as a tarball
+keyed by the two tarballs' sha256 and every choice.
 
 The BSP's scripts run as root on the x86 build host and need qemu-user-static for
 the arm64 rootfs (binfmt.ensure sets it up). The same BSP tree later makes the flash
@@ -15,19 +16,21 @@ package (the jetson_orin target).
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..cache import Cache, sha256_file
 from ..errors import BuilderError, display_path
 from ..progress import step
-from ..run import run
+from ..run import ToolError, run
 from . import Rootfs, parse_dpkg_status
 from .binfmt import ensure, host_arch
 from .chroot_apt import install_missing
 
-L4T_ROOTFS_VERSION = 1
+L4T_ROOTFS_VERSION = 2  # 2: the default user's password is random, never shown
 _RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 
@@ -80,6 +83,45 @@ def unpack_bsp(bsp: Path, work: Path, release: str, log_file: Path | None) -> Pa
     return l4t
 
 
+HIDDEN = "(hidden)"  # what the log shows in place of the default user's password
+PASSWORD_VAR = "EDGE_LLM_DEFAULT_USER_PASSWORD"
+
+
+def create_default_user(l4t: Path, user: str, hostname: str, env: Mapping[str, str],
+                        log_file: Path, on_line: Callable[[str], None]) -> None:
+    """NVIDIA's tools/l4t_create_default_user.sh with a random password nobody sees.
+
+    Without -p the script makes the password from the build's second (`date +%s |
+    sha256sum | base64 | head -c 8`) and prints it; with -p it prints the one given
+    (R36.2: lines 72 and 220). So it gets a random one through the environment (the
+    command we log says only the variable's name), and every line of its output is
+    logged with that password masked. The account stays locked anyway: the base role
+    locks the admin's password (it has sudo without one: a password would be root's on
+    the console and the serial port)."""
+    password = secrets.token_urlsafe(24)
+
+    def masked(text: str) -> str:
+        return text.replace(password, HIDDEN)
+
+    cmd = ["sh", "-c", f'exec ./tools/l4t_create_default_user.sh -u "$1" -p "${PASSWORD_VAR}" '
+           '-n "$2" --accept-license', "l4t_create_default_user.sh", user, hostname]
+    with log_file.open("a", encoding="utf-8") as fh:
+        fh.write(f"$ ./tools/l4t_create_default_user.sh -u {user} -p ${PASSWORD_VAR} "
+                 f"-n {hostname} --accept-license\n")
+        fh.flush()
+
+        def out(line: str) -> None:
+            fh.write(masked(line) + "\n")
+            fh.flush()
+            on_line(masked(line))
+
+        try:
+            run(cmd, cwd=l4t, env={**env, PASSWORD_VAR: password},
+                what="l4t_create_default_user.sh", on_line=out)
+        except ToolError as e:
+            raise ToolError(f"{masked(str(e))} (log: {display_path(log_file)})") from None
+
+
 def build(spec: L4tSpec, cache: Cache) -> Rootfs:
     bsp_sha = _check(spec.bsp, spec.bsp_sha256, "--l4t-bsp")
     rootfs_sha = _check(spec.sample_rootfs, spec.rootfs_sha256, "--l4t-rootfs")
@@ -107,9 +149,8 @@ def build(spec: L4tSpec, cache: Cache) -> Rootfs:
                 if "Success!" not in out_text:
                     raise BuilderError("apply_binaries.sh ended without its 'Success!' line "
                                        f"(log: {display_path(log_file)})")
-                run(["./tools/l4t_create_default_user.sh", "-u", spec.admin_user, "-n",
-                     spec.hostname, "--accept-license"], cwd=l4t, env=env,
-                    what="l4t_create_default_user.sh", log_file=log_file, on_line=line)
+                create_default_user(l4t, spec.admin_user, spec.hostname, env, log_file,
+                                    line)
                 line("installing what the roles need")
                 added = install_missing(rootfs, spec.packages, log_file)
                 run(["tar", "--numeric-owner", "-cpf", out / "rootfs.tar", "-C", rootfs, "."],

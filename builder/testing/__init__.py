@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,3 +41,13 @@ def synthetic_gguf(model_id: str, cache: Cache, engine: EngineArtifact,
     q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
                                 engine.tool("llama-quantize"), engine.entry.key, cache)
     return model_pipeline.gguf_of(q)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key (PEM, openssl): (cert, key)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -92,6 +92,15 @@ class LlamaServer:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
+    def counter(self, name: str) -> float:
+        """One of its own counters (GET /metrics, with --metrics), e.g.
+        counter("prompt_tokens_total"): the prompt tokens it computed, not found cached."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=60) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(f"llamacpp:{name} "):
+                    return float(line.split()[1])
+        raise BuilderError(f"llama-server reports no {name} (is it run with --metrics?)")
+
     def chat(self, question: str, *, max_tokens: int = 32, timeout: float = 600) -> str:
         d = self.post("/v1/chat/completions", {
             "messages": [{"role": "user", "content": question}],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .. import names
 from ..errors import BuilderError, display_path
 from ..schema import Service
 
@@ -31,7 +32,8 @@ class Target:
 
     @property
     def url(self) -> str:
-        return f"ssh://{self.user}@{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"ssh://{self.user}@{host}:{self.port}"
 
 
 def parse_host(url: str, user: str = "edge") -> Target:
@@ -43,15 +45,36 @@ def parse_host(url: str, user: str = "edge") -> Target:
         port = u.port or 22
     except ValueError:
         raise BuilderError(f"--host {url}: the port is not a number") from None
-    return Target(u.username or user, u.hostname, port)
+    return _target(u.username or user, u.hostname, port, f"--host {url}")
+
+
+def _target(user: str, host: str, port: int, where: str) -> Target:
+    """A Target of values checked for an ssh command line: a user name, a host name or
+    IP address, a port (never an ssh option in disguise)."""
+    if not names.is_user(user):
+        raise BuilderError(f"{where}: user {user!r} is not a user name")
+    if not names.is_host(host):
+        raise BuilderError(f"{where}: {host!r} is not a host name or IP address")
+    if not 1 <= port <= 65535:
+        raise BuilderError(f"{where}: port {port} is not from 1 to 65535")
+    return Target(user, host, port)
+
+
+def _quoted(path: Path) -> str:
+    """A path as ssh_config reads one: in double quotes (a space in a home directory);
+    a path holding a quote or a line end cannot be written there."""
+    text = str(path)
+    if any(c in text for c in '"\n\r'):
+        raise BuilderError(f"{text!r}: ssh cannot be given a path with a quote or a line end")
+    return f'"{text}"'
 
 
 def write_ssh_config(path: Path, key: Path, known_hosts: Path) -> None:
     path.write_text(
         "Host *\n"
-        f"  IdentityFile {key}\n"
+        f"  IdentityFile {_quoted(key)}\n"
         "  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {known_hosts}\n"
+        f"  UserKnownHostsFile {_quoted(known_hosts)}\n"
         "  StrictHostKeyChecking accept-new\n"
         "  BatchMode yes\n"
         "  ConnectTimeout 15\n"
@@ -86,10 +109,14 @@ def reachable(target: Target, ssh_config: Path) -> None:
 # model, or building it on the device) unless it only waits to be restarted: a crash
 # loop is for the checks to report, not to be waited out.
 SETTLE = """systemctl is-system-running --wait >/dev/null 2>&1
-while s=$(systemctl show -p ActiveState -p SubState --value {unit} | tr '\n' ' ')
-      [ "${{s%% *}}" = activating ] && [ "$s" != "activating auto-restart " ]; do
-  sleep 2
-done"""
+busy() {{
+  for u in {units}; do
+    s=$(systemctl show -p ActiveState -p SubState --value "$u" | tr '\n' ' ')
+    [ "${{s%% *}}" = activating ] && [ "$s" != "activating auto-restart " ] && return 0
+  done
+  return 1
+}}
+while busy; do sleep 2; done"""
 QUIET_SECONDS = 5  # a device already up answers within this; past it, say we wait
 
 
@@ -99,10 +126,13 @@ def settle(target: Target, ssh_config: Path, manifest: dict, log_file: Path | No
     for a reason that goes away by itself. Past the bound the checks run anyway and
     report what they find."""
     unit = manifest["layout"]["engine_unit"]
+    # an engine built on the device first (its build unit runs, the engine waits)
+    units = [unit, *([b] if (b := manifest["layout"].get("engine_build_unit")) else [])]
     bound = int(manifest["engine"].get("start_seconds") or 600) + 120
     say = print if log_file is None else (lambda *a, **k: None)
     started = time.monotonic()
-    remote = f"timeout {bound} sh -c {shlex.quote(SETTLE.format(unit=unit))}"
+    script = SETTLE.format(units=" ".join(shlex.quote(u) for u in units))
+    remote = f"timeout {bound} sh -c {shlex.quote(script)}"
     with subprocess.Popen(ssh_command(target, ssh_config, remote), stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         try:
@@ -146,6 +176,11 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
     terminal (`builder lab run`: devices verified side by side)."""
     ssh_config = ssh_to(target, key, state)
     settle(target, ssh_config, json.loads(manifest.read_text()), log_file)
+    for f in (junit, log_file):  # a failed check's report shows its arguments: the API key
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.touch(mode=0o600)
+            f.chmod(0o600)  # pytest and the log rewrite it in place, keeping the mode
     env = {**os.environ,
            "EDGE_LLM_VERIFY": json.dumps({
                "manifest": str(manifest.resolve()), "host": target.host,
@@ -174,5 +209,13 @@ def inventory_targets(inventory: Path, user: str = "edge") -> list[Target]:
     """Hosts of an Ansible inventory (any format ansible-inventory reads)."""
     from ..provision import inventory_hosts
 
-    return [Target(str(v.get("ansible_user", user)), str(v.get("ansible_host", n)),
-                   int(v.get("ansible_port", 22))) for n, v in inventory_hosts(inventory).items()]
+    out = []
+    for n, v in inventory_hosts(inventory).items():
+        try:
+            port = int(v.get("ansible_port", 22))
+        except (TypeError, ValueError):
+            raise BuilderError(f"{display_path(inventory)}: host {n}: ansible_port "
+                               f"{v.get('ansible_port')!r} is not a number") from None
+        out.append(_target(str(v.get("ansible_user", user)), str(v.get("ansible_host", n)),
+                           port, f"{display_path(inventory)}: host {n}"))
+    return out

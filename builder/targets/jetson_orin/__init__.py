@@ -186,10 +186,16 @@ class JetsonOrin(Target):
             ctx.cache)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
+        from ...planner import build_budget
+
         s = self.settings_of(ctx.p)
         return {"edge_llm_target_roles": ["jetson"],
                 "jetson_power_mode": -1 if s.power_mode is None else s.power_mode,
-                "base_fstrim": ctx.p.device.storage.kind == "nvme"}
+                "base_fstrim": ctx.p.device.storage.kind == "nvme",
+                # the engine built on the board (edge-llm-engine-build.service): what it
+                # may take, in memory (the planner's build budget) and in time
+                "inference_build_memory_max": build_budget(ctx.p),
+                "inference_build_timeout": ctx.engine.start_timeout(ctx.p)}
 
     # --- the flash package ---------------------------------------------------------------
     def flash_args(self, p: Profile) -> list[str]:

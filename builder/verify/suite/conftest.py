@@ -50,10 +50,12 @@ def api_url(cfg) -> str:
 
 @pytest.fixture(scope="module")
 def api_key(host, layout) -> str:
-    """The device's own API key (made at its first boot), read over SSH as root: the
-    first line that is not blank or a comment."""
-    lines = host.check_output(f"cat {layout['api_keys']}").splitlines()
-    return next(ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#"))
+    """The device's own API key (made at its first boot), read over SSH as root and as
+    the gateway reads it (builder/device/api_keys.py): the first key."""
+    from builder.device import api_keys
+
+    path = layout["api_keys"]
+    return api_keys.parse(host.check_output(f"cat {path}").encode(), path)[0]
 
 
 @pytest.hookimpl(hookwrapper=True)

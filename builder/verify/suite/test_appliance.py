@@ -106,12 +106,64 @@ def test_distinct_conversations_stay_within_the_planned_memory(host, manifest, l
         assert rss_kib * 1024 <= allowed, f"after {n + 1} conversations: {rss_kib} KiB"
 
 
-@pytest.mark.parametrize("unit", ["engine_unit", "gateway_unit"])
-def test_service_is_hardened_to_at_most_ok_exposure(host, layout, unit: str) -> None:
-    out = host.check_output(f"systemd-analyze security --no-pager {layout[unit]}")
-    m = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", out)
-    assert m, out[-500:]
-    assert m.group(2) in ("SAFE", "OK"), f"exposure {m.group(1)} {m.group(2)}"
+# The most `systemd-analyze security` may find exposed in each of the appliance's units
+# (0 = everything closed, 10 = nothing). Each is what its job leaves open, a little
+# above what systemd 252 measures; docs/image.md says what each one keeps and why.
+# tests/test_unit_hardening.py holds the units as the roles render them to the same bars.
+MAX_EXPOSURE = {
+    "edge-llm-engine.service": 1.5,
+    "edge-llm-engine-build.service": 1.0,
+    "edge-llm-gateway.service": 2.0,
+    "edge-llm-api-key.service": 1.0,
+    "edge-llm-release-guard.service": 2.0,
+    "edge-llm-engine-watchdog.service": 2.0,
+    "edge-llm-model-scrub.service": 1.0,
+    "edge-llm-grow-root.service": 2.0,
+    "edge-llm-ssh-hostkeys.service": 1.0,
+    "edge-llm-cpufreq.service": 1.0,
+    "edge-llm-swapfile.service": 2.0,
+    "edge-llm-power.service": 3.5,
+}
+_EXPOSURE = re.compile(r"Overall exposure level for (\S+): ([\d.]+) (\w+)")
+
+
+def exposures(analysis: str) -> dict[str, float]:
+    """unit -> overall exposure, from `systemd-analyze security UNIT...`."""
+    return {m.group(1): float(m.group(2)) for m in _EXPOSURE.finditer(analysis)}
+
+
+def test_every_unit_of_the_appliance_is_hardened_to_its_bar(host) -> None:
+    """Every edge-llm service on the device (which ones depends on the profile: a swap
+    file, a Jetson's power mode) has a bar in MAX_EXPOSURE and stays under it."""
+    listed = host.check_output("systemctl list-unit-files --type=service --no-legend "
+                               "--plain 'edge-llm-*'")
+    units = sorted(fields[0] for fields in map(str.split, listed.splitlines())
+                   if fields and fields[1:2] != ["transient"])  # (a release activation)
+    assert "edge-llm-engine.service" in units and "edge-llm-gateway.service" in units
+    unknown = [u for u in units if u not in MAX_EXPOSURE]
+    assert unknown == [], f"no exposure bar for {unknown}: add them to MAX_EXPOSURE"
+    got = exposures(host.check_output(f"systemd-analyze security --no-pager {' '.join(units)}"))
+    over = {u: f"{got.get(u)} > {MAX_EXPOSURE[u]}" for u in units
+            if got.get(u) is None or got[u] > MAX_EXPOSURE[u]}
+    assert over == {}
+
+
+def test_the_engine_build_runs_as_the_engine_user(host, layout) -> None:
+    props = host.check_output("systemctl show -p User -p ProtectSystem -p NoNewPrivileges "
+                              "edge-llm-engine-build.service")
+    values = dict(line.split("=", 1) for line in props.splitlines())
+    assert values["User"] == layout["engine_user"]
+    assert values["ProtectSystem"] == "strict" and values["NoNewPrivileges"] == "yes"
+
+
+def test_no_account_has_a_usable_password(host) -> None:
+    """A console or serial login needs a password: every account's is locked (! or *)
+    or there is none to type; an empty field would let anyone in, and the admin has sudo
+    without a password, so any password of its would be root's."""
+    shadow = host.check_output("cat /etc/shadow")
+    usable = [fields[0] for fields in (line.split(":") for line in shadow.splitlines())
+              if len(fields) > 1 and not fields[1].startswith(("!", "*"))]
+    assert usable == []
 
 
 def test_service_properties_from_the_plan(host, manifest, layout) -> None:
@@ -122,6 +174,13 @@ def test_service_properties_from_the_plan(host, manifest, layout) -> None:
     assert values["NoNewPrivileges"] == "yes" and values["ProtectSystem"] == "strict"
     assert values["PrivateTmp"] == "yes"
     assert int(values["MemoryMax"]) == manifest["plan"]["memory_max"]
+
+
+def test_the_gateway_runs_under_the_memory_max_its_release_planned(host, manifest,
+                                                                    layout) -> None:
+    """The release's systemd/gateway.conf drop-in takes effect (not the unit's fallback)."""
+    value = host.check_output(f"systemctl show -p MemoryMax --value {layout['gateway_unit']}")
+    assert int(value) == manifest["plan"]["gateway_overhead"]
 
 
 def test_password_login_is_off(host) -> None:

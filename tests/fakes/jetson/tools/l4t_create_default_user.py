@@ -1,15 +1,37 @@
 #!/usr/bin/env python3
-# Test fake of NVIDIA's Linux_for_Tegra/tools/l4t_create_default_user.sh (L4T r36),
-# installed by tests/fakes/jetson/fake_l4t.py under its real name. Same options, same
-# checks in the same order, same messages and exit codes, and the same observable result
-# in Linux_for_Tegra/rootfs: the user in etc/passwd, etc/shadow (MD5-crypt password, as
-# `openssl passwd -1` makes it), etc/group and etc/gshadow with the groups
-# sudo,video,audio,adm,render,weston-launch; its home from etc/skel; autologin drop-ins;
-# etc/systemd/system/default.target removed; etc/nv/nvautoconfig touched; etc/hostname
-# and the 127.0.1.1 line of etc/hosts. The real one runs useradd in a qemu chroot; this
-# one edits the files (so no binfmt_misc is needed) and looks for qemu-aarch64-static
-# on PATH (the real one looks in /usr/bin). It never shows the EULA:
-# without --accept-license it fails the way whiptail fails without a terminal.
+# Test fake of NVIDIA's Linux_for_Tegra/tools/l4t_create_default_user.sh as Jetson Linux
+# R36.2.0 ships it (read from the public mirror johnnynunez/Linux_for_Tegra, commit
+# 9a5768c1), installed by tests/fakes/jetson/fake_l4t.py under its real name. Each
+# behaviour below, with the line of that script it mirrors:
+#   options       -u/--username, -p/--password, -a/--autologin, -n/--hostname,
+#                 -h/--help, --accept-license; an option without its value, or any
+#                 other argument, prints the usage and exits 1 (parse_args, 75-112;
+#                 usage, 35-50; "ERROR: Invalid parameter. Exiting..." 106)
+#   checks        not root: "ERROR: please run as sudo or root user" (139-143); no
+#                 rootfs/ or no rootfs/etc/passwd (145-153); qemu-aarch64-static missing
+#                 (155-158; the real one looks in /usr/bin, this one on PATH)
+#   defaults      user nvidia (160-162), hostname tegra-ubuntu (168-170); without -p the
+#                 password is made from the build's second, `date +%s | sha256sum |
+#                 base64 | head -c 8` (164-166, 70-73): eight characters anyone who
+#                 knows the build's minute can try; with -p the given one is used
+#   EULA          missing license file: exit 1 (121-124); without --accept-license,
+#                 whiptail, which fails without a terminal (126-134; exit 255 here)
+#   output        "Creating: Username - U, Password - P, Autologin - A" on stdout, the
+#                 password in clear, given or made (220), then "Creating: Hostname - H"
+#                 (269)
+#   the user      groupadd -rf weston-launch (228); useradd -G sudo,video,audio,adm,
+#                 render,weston-launch -s /bin/bash -p "$(openssl passwd -1)" (MD5-crypt),
+#                 with -d/-m unless the home exists, where useradd failing is ignored and
+#                 etc/skel is copied in (230-241); gdm and lightdm groups (243-251)
+#   autologin     -a: serial-getty@{ttyS0,ttyTCU0,ttyAMA0,ttyAMA6} and getty@tty1
+#                 drop-ins, gdm's AutomaticLogin (174-206); without -a only getty@tty1's
+#                 drop-in is removed (the serial ones' paths are misspelt there, 211-214)
+#   first boot    etc/systemd/system/default.target removed, etc/nv/nvautoconfig touched
+#                 (set -e: no etc/nv fails the script) (257-261)
+#   hostname      etc/hostname, and "127.0.1.1 H" appended to etc/hosts unless there
+#                 (266-273)
+# The real one runs useradd in a qemu chroot; this one edits etc/passwd, shadow, group and
+# gshadow itself (no binfmt_misc needed) with the same results.
 """l4t_create_default_user.sh: create the default user in rootfs (test fake)."""
 
 from __future__ import annotations
@@ -30,6 +52,8 @@ GROUPS = ["sudo", "video", "audio", "adm", "render", "weston-launch"]
 CONSOLES = ["ttyS0", "ttyTCU0", "ttyAMA0", "ttyAMA6"]
 LICENSE = "usr/share/doc/nvidia-tegra/Tegra_Software_License_Agreement-Tegra-Linux.txt"
 ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+VALUED = {"-u": "user", "--username": "user", "-p": "password", "--password": "password",
+          "-n": "host", "--hostname": "host"}
 
 
 class Exit(Exception):
@@ -91,6 +115,12 @@ def md5_crypt(password: str, salt: str) -> str:
     return f"$1${salt[:8]}${out}"
 
 
+def time_password(second: int) -> str:
+    """`date +%s | sha256sum | base64 | head -c 8` at that second."""
+    digest = hashlib.sha256(f"{second}\n".encode()).hexdigest()
+    return base64.b64encode(f"{digest}  -\n".encode()).decode()[:8]
+
+
 def read(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -110,11 +140,10 @@ def parse(argv: list[str]) -> dict[str, object]:
         elif arg in ("-a", "--autologin"):
             a["autologin"] = True
             i += 1
-        elif arg in ("-u", "--username", "-p", "--password", "-n", "--hostname"):
+        elif arg in VALUED:
             if i + 1 >= len(argv) or not argv[i + 1]:
                 usage()
-            key = {"u": "user", "p": "password", "n": "host"}[arg.lstrip("-")[0]]
-            a[key] = argv[i + 1]
+            a[VALUED[arg]] = argv[i + 1]
             i += 2
         elif arg == "--accept-license":
             a["accept"] = True
@@ -140,8 +169,7 @@ def check_pre_req(a: dict[str, object]) -> None:
         usage()
     a["user"] = a["user"] or "nvidia"
     if not a["password"]:
-        digest = hashlib.sha256(f"{int(time.time())}\n".encode()).hexdigest()
-        a["password"] = base64.b64encode(f"{digest}  -\n".encode()).decode()[:8]
+        a["password"] = time_password(int(time.time()))
     a["host"] = a["host"] or "tegra-ubuntu"
 
 

@@ -1,0 +1,1 @@
+../device/api_keys.py
