@@ -23,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _harness  # noqa: F401  (tests/harness on the path)
+from harness import engine_for
+
 from builder.cache import Cache
-from builder.testing import engine_for
 
 
 def bench(cmd: list[str], model: Path, threads: int) -> dict[str, float]:
@@ -39,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,qwen2.5-0.5b-instruct")
     a = ap.parse_args()
-    from builder.testing import synthetic_gguf
+    from harness import synthetic_gguf
 
     cache = Cache()
     x86 = engine_for("x86-gateway", cache)

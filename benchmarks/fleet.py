@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
+
 BUILDER = [sys.executable, "-m", "builder"]
 
 
@@ -72,11 +74,14 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=4)
     a = ap.parse_args()
 
-    from builder import catalog, model_pipeline, vm
+    from harness.llama_server import free_port
+
+    from builder import vm
     from builder.cache import Cache
+    from builder.model import catalog
+    from builder.model import pipeline as model_pipeline
     from builder.schema import ModelSource
     from builder.sshkey import builder_key
-    from builder.testing.llama_server import free_port
 
     out = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     must(builder("build", "--profile", "x86-gateway", "--model-file", str(a.model_file),

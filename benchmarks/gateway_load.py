@@ -29,12 +29,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from builder import catalog, model_pipeline
+import _harness  # noqa: F401  (tests/harness on the path)
+from harness import engine_for
+from harness.gateway_process import GatewayProcess
+from harness.llama_server import LlamaServer, free_port
+
 from builder.cache import Cache
-from builder.gateway_process import GatewayProcess
+from builder.model import catalog
+from builder.model import pipeline as model_pipeline
 from builder.schema import ModelSource
-from builder.testing import engine_for
-from builder.testing.llama_server import LlamaServer, free_port
 
 PROMPT = [{"role": "user", "content": "Write a short story about a dragon."}]
 NOFILE = 4096  # the unit's LimitNOFILE

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
+
 BUILDER = str(Path(sys.executable).with_name("builder"))
 
 
@@ -32,10 +34,11 @@ def timed(args: list[str], env: dict[str, str]) -> float:
 
 
 def boot_to_ready(out: Path, env: dict[str, str]) -> tuple[float, str]:
+    from harness.llama_server import free_port
+
     from builder import vm
     from builder.cache import Cache
     from builder.sshkey import builder_key
-    from builder.testing.llama_server import free_port
 
     m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
     key, _ = builder_key(Cache(Path(env["EDGE_LLM_CACHE"])) if "EDGE_LLM_CACHE" in env

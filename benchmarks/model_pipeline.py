@@ -21,9 +21,11 @@ from pathlib import Path
 STEP = r"""
 import json, resource, sys, time
 from pathlib import Path
-from builder import model_pipeline, sources, synth
+sys.path.insert(0, str(Path(sys.argv[5]) / "tests"))  # the harnesses
+from builder.model import pipeline as model_pipeline, synth
+from builder.engines.llama_cpp import source as sources
 from builder.cache import Cache
-from builder.testing import engine_for
+from harness import engine_for
 from builder.profiles import ProfileStore
 step, model, quant, host_cache = sys.argv[1:5]
 cache = Cache()
@@ -65,8 +67,8 @@ def main() -> None:
         env = {**os.environ, "EDGE_LLM_CACHE": tmp}
         for step in ("synth", "convert", "quantize"):
             r = subprocess.run([sys.executable, "-c", STEP, step, a.model, a.quant,
-                                host_cache], env=env, check=True, capture_output=True,
-                               text=True)
+                                host_cache, str(Path(__file__).resolve().parents[1])],
+                               env=env, check=True, capture_output=True, text=True)
             rows.append((step, json.loads(r.stdout.strip().splitlines()[-1])))
     base = rows[0][1]["seconds"]
     print(f"model pipeline, {a.model} -> {a.quant}, {os.cpu_count()} CPUs")

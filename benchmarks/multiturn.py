@@ -48,6 +48,8 @@ import threading
 import time
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
+
 SLOTS = 2
 CTX = 8192  # per slot, as the x86-gateway profile
 WORDS = ("the of and to in is was for on that with as by at from his her an were which "
@@ -159,7 +161,7 @@ def appliance_args(model: Path, port: int, threads: int) -> list[str]:
     2 slots, the plan's prompt cache for this model)."""
     from builder import planner
     from builder.engines.llama_cpp.server import server_args
-    from builder.model_shape import from_gguf
+    from builder.model.shape import from_gguf
     from builder.profiles import ProfileStore
 
     p = ProfileStore().load("x86-gateway").profile
@@ -173,8 +175,8 @@ def appliance_args(model: Path, port: int, threads: int) -> list[str]:
 
 
 def run_gateway(engine, model: Path, tmp: Path, threads: int, workload) -> dict:
-    from builder.gateway_process import GatewayProcess
-    from builder.testing.llama_server import LlamaServer, free_port
+    from harness.gateway_process import GatewayProcess
+    from harness.llama_server import LlamaServer, free_port
 
     port = free_port()
     args = appliance_args(model, port, threads)
@@ -189,7 +191,7 @@ def run_gateway(engine, model: Path, tmp: Path, threads: int, workload) -> dict:
 
 def run_plain(engine, model: Path, tmp: Path, threads: int, workload,
               extra: list[str] = ()) -> dict:
-    from builder.testing.llama_server import LlamaServer, free_port
+    from harness.llama_server import LlamaServer, free_port
 
     port = free_port()
     args = ["-m", str(model), "--port", str(port), "--parallel", str(SLOTS),
@@ -200,8 +202,7 @@ def run_plain(engine, model: Path, tmp: Path, threads: int, workload,
 
 def run_diy(cache, model: Path, tmp: Path, threads: int, workload) -> dict:
     from gateway import diy_venv, wait_http  # benchmarks/gateway.py builds the venv
-
-    from builder.testing.llama_server import free_port
+    from harness.llama_server import free_port
 
     py = diy_venv(cache)
     port = free_port()
@@ -290,9 +291,10 @@ def main() -> None:
     if a.report:
         return report(json.loads(a.report.read_text()))
 
+    from harness import engine_for, synthetic_gguf
+    from harness.llama_server import LlamaServer, free_port
+
     from builder.cache import Cache
-    from builder.testing import engine_for, synthetic_gguf
-    from builder.testing.llama_server import LlamaServer, free_port
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)

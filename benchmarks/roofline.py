@@ -48,10 +48,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
 import numpy as np
 
 from builder.engines.llama_cpp.memory import KV_BYTES
-from builder.model_shape import from_gguf
+from builder.model.shape import from_gguf
 from builder.units import GiB, MiB
 
 # --- bandwidth -------------------------------------------------------------------------
@@ -153,8 +154,9 @@ def main() -> None:
     threads = [int(t) for t in a.threads.split(",")]
     depths = [int(d) for d in a.depths.split(",")]
 
+    from harness import engine_for, synthetic_gguf
+
     from builder.cache import Cache
-    from builder.testing import engine_for, synthetic_gguf
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)

@@ -35,14 +35,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import _harness  # noqa: F401  (tests/harness on the path)
+from harness.llama_server import LlamaServer, free_port
+
 from builder import planner
 from builder.engines.llama_cpp.memory import repacked_types
 from builder.engines.llama_cpp.server import server_args, server_env
-from builder.model_shape import from_gguf
+from builder.model.shape import from_gguf
+from builder.model.synth import SYLLABLES
 from builder.profiles import ProfileStore
 from builder.schema import Runtime
-from builder.synth import SYLLABLES
-from builder.testing.llama_server import LlamaServer, free_port
 from builder.units import MiB, format_size, parse_size
 
 # llama-server's log when the prompt cache is full and it drops its oldest entries
@@ -197,8 +199,9 @@ def main() -> None:
 
     import tempfile
 
+    from harness import engine_for, synthetic_gguf
+
     from builder.cache import Cache
-    from builder.testing import engine_for, synthetic_gguf
 
     cache = Cache()
     engine = engine_for("x86-gateway", cache)

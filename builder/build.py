@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, catalog, engines, model_pipeline, model_shape, planner, provision, trust
-from . import release as release_mod
+from . import __version__, engines, planner, provision
 from .cache import Cache, Entry, sha256_file
 from .data import data_dir
 from .device.layout import DEFAULT as LAYOUT
 from .errors import BuilderError, display_path
+from .fleet import release as release_mod
+from .fleet import trust
 from .log import console
+from .model import catalog
+from .model import pipeline as model_pipeline
+from .model import shape as model_shape
 from .profiles import ResolvedProfile
 from .rootfs import Rootfs
 from .run import run

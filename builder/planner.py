@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
-from . import catalog, engines
-from .model_shape import ModelShape, from_catalog
+from . import engines
+from .model import catalog
+from .model.shape import ModelShape, from_catalog
 from .schema import Profile
 from .units import MiB, format_size
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog, names
+from . import names
 from .data import data_dir
 from .errors import ProfileError, display_path
+from .model import catalog
 from .schema import Profile
 from .targets import PROFILE, TARGETS
 from .yamlsrc import Document, Loc, Pos, load_document

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .catalog import Engine
+from .model.catalog import Engine
 from .units import Size, SizeOrAuto
 
 

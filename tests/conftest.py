@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from device_tree import device  # noqa: F401  (a fixture: a device's filesystem in a tmp dir)
 
-from builder.cli import main
+from builder.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # than ending pytest without its fixtures' teardown, which leaves their VMs running.
     import signal
 
-    from builder.cli import install_signal_handlers
+    from builder.cli.main import install_signal_handlers
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     install_signal_handlers()
@@ -174,20 +174,20 @@ def _profile(name: str):
 
 @pytest.fixture(scope="session")
 def x86_engine(artifact_cache):
-    from builder.testing import engine_for
+    from harness import engine_for
 
     return engine_for("x86-gateway", artifact_cache)
 
 
 @pytest.fixture(scope="session")
 def llama_source(artifact_cache):
-    from builder import sources
+    from builder.engines.llama_cpp import source as sources
 
     return sources.llama_cpp(_profile("x86-gateway").engine.llama_cpp.source, artifact_cache)
 
 
 def _quantized(model: str, quant: str, cache, engine_art):
-    from builder.testing import synthetic_gguf
+    from harness import synthetic_gguf
 
     return synthetic_gguf(model, cache, engine_art, quant)
 
@@ -206,7 +206,7 @@ def qwen05_q4(artifact_cache, x86_engine) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf(artifact_cache) -> Path:
-    from builder import model_pipeline
+    from builder.model import pipeline as model_pipeline
     from builder.schema import ModelSource
 
     return model_pipeline.fetch(ModelSource(**SMOLLM2), artifact_cache).path
@@ -312,7 +312,7 @@ def pi5_appliance(pi5_build) -> Path:
 @pytest.fixture(scope="session")
 def pi5_engine(pi5_appliance: Path, artifact_cache):
     """The Pi 5's llama.cpp (cross-compiled for arm64; the pi5 build made it, so cached)."""
-    from builder.testing import engine_for
+    from harness import engine_for
 
     return engine_for("pi5-4gb", artifact_cache)
 
@@ -330,9 +330,10 @@ def arm64_rootfs_tar(pi5_appliance: Path, artifact_cache) -> Path:
 def start_vm(artifact_cache):
     """start_vm(appliance, name, wait=True, cpus=2, memory_mb=1536) -> (VmSpec, key):
     a VM on its own overlay of the image, forwarding a free port to the public port."""
+    from harness.llama_server import free_port
+
     from builder import vm
     from builder.sshkey import builder_key
-    from builder.testing.llama_server import free_port
 
     def start(appliance: Path, name: str, *, wait: bool = True, cpus: int = 2,
               memory_mb: int = 1536, disk_size: int | None = None,

@@ -1,5 +1,5 @@
 """A device's filesystem in a temporary directory, with the device tool run on it
-(python -m builder.device.release, EDGE_LLM_ROOT pointing at the tree).
+(python -m builder.device.release_tool, EDGE_LLM_ROOT pointing at the tree).
 
 Releases are made by the builder's own release.make (real trees, real signatures),
 then delivered the way the release role does: the tree under releases/ (or staged as
@@ -22,13 +22,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from harness.llama_server import free_port
 
-from builder import release
 from builder.device import api_keys
-from builder.model_pipeline import ModelArtifact
+from builder.fleet import release
+from builder.model.pipeline import ModelArtifact
 from builder.profiles import ProfileStore
 from builder.sshkey import allowed_signers_line
-from builder.testing.llama_server import free_port
 
 BROKEN = "BROKEN"  # a file in a release's bin/ that makes the fake gateway fail its health
 
@@ -53,7 +53,7 @@ class Device:
         fake = self.root / "fake-systemctl"
         full = {**os.environ, "EDGE_LLM_ROOT": str(self.root),
                 "EDGE_LLM_SYSTEMCTL": str(fake), **(env or {})}
-        return subprocess.run([sys.executable, "-m", "builder.device.release", *args],
+        return subprocess.run([sys.executable, "-m", "builder.device.release_tool", *args],
                               env=full, capture_output=True, text=True, timeout=120)
 
     def bundle(self, name: str, *, broken: bool = False, model: bytes = b"GGUF model",

@@ -13,8 +13,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from builder import bundle, release, trust
-from builder.model_pipeline import ModelArtifact, tree_digest
+from builder.fleet import bundle, release, trust
+from builder.model.pipeline import ModelArtifact, tree_digest
 from builder.profiles import ProfileStore
 from builder.sshkey import allowed_signers_line, sign
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from builder import build as build_mod
-from builder import planner, release
-from builder.model_pipeline import ModelArtifact
+from builder import planner
+from builder.fleet import release
+from builder.model.pipeline import ModelArtifact
 from builder.profiles import ProfileStore
 
 RELEASE_ID = "r0123456789ab"

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pytest
 from fake_llama_server import FakeEngine
+from harness import self_signed
+from harness.gateway_process import GatewayProcess
+from harness.llama_server import LlamaServer, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from builder.gateway_process import GatewayProcess
-from builder.testing import self_signed
-from builder.testing.llama_server import LlamaServer, free_port
 
 MODEL_ID = "smollm2-135m-instruct"
 HI = [{"role": "user", "content": "Say hi."}]
@@ -332,7 +331,7 @@ def test_a_full_gateway_stays_under_its_planned_memory_max(fake, tmp_path) -> No
     from stand_ins import build_context
 
     from builder import build as build_mod
-    from builder import release
+    from builder.fleet import release
     from builder.profiles import ProfileStore
 
     store = ProfileStore()

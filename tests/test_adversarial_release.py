@@ -94,9 +94,9 @@ def test_the_gateway_the_gate_and_the_bench_take_the_same_key(device: Device, tm
     key) and the benchmark's device command: a file the gateway serves with must never
     fail the gate (and roll the release back) or the benchmark."""
     from fake_llama_server import FakeEngine
+    from harness.gateway_process import GatewayProcess
 
-    from builder import measure
-    from builder.gateway_process import GatewayProcess
+    from builder.lab import measure
 
     device.keys.write_bytes(text.format(key=KEY).encode())
     device.api_auth = True

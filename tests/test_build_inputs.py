@@ -10,7 +10,7 @@ import pytest
 from stand_ins import build_context
 
 from builder import build as build_mod
-from builder import release
+from builder.fleet import release
 from builder.profiles import ProfileStore
 
 

@@ -20,7 +20,7 @@ import pytest
 import releases
 from device_tree import keygen
 
-from builder import bundle, release, trust
+from builder.fleet import bundle, release, trust
 from builder.sshkey import allowed_signers_line
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder import catalog
-from builder.catalog import GGML_TYPES, MODELS, Tensor, get_model, get_quant, gguf_tensor_type
+from builder.model import catalog
+from builder.model.catalog import GGML_TYPES, MODELS, Tensor, get_model, get_quant, gguf_tensor_type
 
 # Hand-copied from each model's config.json on the hub:
 # (layers, hidden, heads, kv heads, head dim, ffn, vocab, tied, max ctx)

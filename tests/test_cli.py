@@ -7,7 +7,7 @@ import json
 import click
 import pytest
 
-from builder.cli import app
+from builder.cli.main import app
 from builder.schema import Profile
 
 

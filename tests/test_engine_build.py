@@ -7,12 +7,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from harness import engine_for
+from harness.llama_server import LlamaServer, free_port
 
 from builder.cache import key_of
 from builder.engines.llama_cpp.server import server_args
 from builder.schema import Runtime
-from builder.testing import engine_for
-from builder.testing.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,11 @@ import pytest
 from stand_ins import build_context
 
 from builder import build as build_mod
-from builder import engines, release
+from builder import engines
 from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
 from builder.engines.llama_cpp.recipe import x86_flags
 from builder.engines.llama_cpp.server import server_args, server_settings
+from builder.fleet import release
 from builder.profiles import ProfileStore
 from builder.schema import Runtime
 from builder.targets import TARGETS

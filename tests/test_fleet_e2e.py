@@ -206,9 +206,9 @@ def test_a_tampered_release_is_refused_on_the_device(fleet, appliance: Path, tin
     runner reading a shared store could meet) is refused by the device itself."""
     import shutil
 
-    from builder import fleet as fleet_mod
-    from builder import trust
     from builder.cache import Cache
+    from builder.fleet import deploy as fleet_mod
+    from builder.fleet import trust
     from builder.sshkey import builder_key
 
     rid = _release(appliance, tmp_path, "ctx3072", SETTINGS.format(ctx=3072), tiny_q4)
@@ -236,7 +236,7 @@ def test_a_tampered_release_is_refused_on_the_device(fleet, appliance: Path, tin
 
 def test_an_unreachable_host_is_reported_and_counted(fleet, appliance: Path,
                                                     tmp_path: Path) -> None:
-    from builder.testing.llama_server import free_port
+    from harness.llama_server import free_port
 
     inv = tmp_path / "fleet.ini"  # vm3: off (its SSH port refuses, as a stopped VM's does)
     inv.write_text(fleet["inventory"].read_text() +
@@ -357,7 +357,8 @@ def test_a_lab_run_verifies_and_benchmarks_devices_and_resumes_where_one_failed(
     fails its ready step; the re-run with the entry fixed keeps every step that passed
     and starts vm2 at its ready step. With EDGE_LLM_LAB_SAMPLE=DIR the run's records are
     copied there and rendered (docs/lab-sample/ is made so)."""
-    from builder import lab, lab_report
+    from builder.lab import report as lab_report
+    from builder.lab import run as lab
 
     specs = fleet["specs"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import releases
 from device_tree import keygen
+from harness.llama_server import free_port
 
-from builder import release
-from builder.fleet import parse_serial
-from builder.testing.llama_server import free_port
+from builder.fleet import release
+from builder.fleet.deploy import parse_serial
 
 REPO = Path(__file__).resolve().parent.parent
 

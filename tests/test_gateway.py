@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from builder.gateway_process import GatewayProcess
-from builder.testing import self_signed
-from builder.testing.llama_server import LlamaServer, free_port
+from harness import self_signed
+from harness.gateway_process import GatewayProcess
+from harness.llama_server import LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import pytest
 from stand_ins import RELEASE_ID, build_context
 
 from builder import build as build_mod
-from builder import release
 from builder.errors import BuilderError
+from builder.fleet import release
 from builder.profiles import ProfileStore
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import fleet, lab, sshkey, vm
+from builder import sshkey, vm
 from builder.cache import Cache
-from builder.lab_inventory import Device
+from builder.fleet import deploy as fleet
+from builder.lab import run as lab
+from builder.lab.inventory import Device
 from builder.profiles import ProfileStore
 from builder.targets import TARGETS
 

@@ -23,9 +23,14 @@ import pytest
 import releases
 from fakes.jetson.fake_sysfs import make_usb_sysfs
 
-from builder import bench, fleet, lab, lab_inventory, lab_report, measure, trust
 from builder.errors import BuilderError
-from builder.lab_inventory import Device, lanes, parse_inventory
+from builder.fleet import deploy as fleet
+from builder.fleet import trust
+from builder.lab import bench, measure
+from builder.lab import inventory as lab_inventory
+from builder.lab import report as lab_report
+from builder.lab import run as lab
+from builder.lab.inventory import Device, lanes, parse_inventory
 from builder.profiles import ProfileStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import model_pipeline
 from builder.cache import Cache
 from builder.errors import BuilderError
+from builder.model import pipeline as model_pipeline
 from builder.schema import ModelSource
 
 

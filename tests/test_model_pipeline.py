@@ -10,14 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from harness.llama_server import LlamaServer, free_port
 
-from builder import catalog, planner
+from builder import planner
 from builder.engines.llama_cpp.memory import kv_bytes_per_token, repacked_types
 from builder.engines.llama_cpp.server import server_args
-from builder.model_shape import from_catalog, from_gguf
+from builder.model import catalog
+from builder.model.shape import from_catalog, from_gguf
 from builder.planner import PlanInput
 from builder.schema import Runtime
-from builder.testing.llama_server import LlamaServer, free_port
 from builder.units import GiB, MiB
 
 pytestmark = pytest.mark.slow

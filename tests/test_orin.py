@@ -35,7 +35,7 @@ NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
 def orin(tmp_path_factory, manifest: dict, artifact_cache, run_builder_session) -> Path:
     """OUT root of one orin-test build (orin-nano-8gb, NVMe, TensorRT-LLM) with the tiny
     Qwen2 checkpoint."""
-    from builder import synth
+    from builder.model import synth
 
     base = tmp_path_factory.mktemp("orin")
     bsp = make_bsp(base / "nvidia", RELEASE)

@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from builder import catalog, planner
+from builder import planner
 from builder.engines.llama_cpp import COMPILE_JOB_PEAK
 from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
-from builder.model_shape import from_catalog
+from builder.model import catalog
+from builder.model.shape import from_catalog
 from builder.planner import PlanInput, Verdict, plan
 from builder.profiles import ProfileStore
 from builder.units import GiB, MiB, format_size
@@ -290,7 +291,7 @@ def test_the_gateway_is_planned_at_the_memory_max_its_limits_need(cli) -> None:
     from stand_ins import build_context
 
     from builder import build as build_mod
-    from builder import release
+    from builder.fleet import release
 
     one = plan(pin())
     assert one.gateway_overhead == planner.gateway_memory_max(1, 16, MiB, 1024)

@@ -1,4 +1,4 @@
-"""The device-side release tool (builder/device/release.py) on a device tree in a
+"""The device-side release tool (builder/device/release_tool.py) on a device tree in a
 temporary directory (tests/device_tree.py): releases made by release.make, real
 signatures (ssh-keygen -Y), real hashing and switching, fakes of systemctl and the
 gateway at the tool's two boundaries."""
@@ -20,8 +20,8 @@ def test_install_verifies_and_makes_the_release_current_and_good(device: Device)
     st = device.state()
     assert st["last_good"] == r1 and st["pending"] is None
     assert st["last_result"]["result"] == "installed"
-    from builder.fleet import gate_for
-    from builder.trust import Manifest
+    from builder.fleet.deploy import gate_for
+    from builder.fleet.trust import Manifest
 
     data = (device.releases / r1 / "release.json").read_bytes()
     manifest = Manifest.parse(data, r1)

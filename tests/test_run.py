@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 def test_a_stopped_builder_ends_the_tools_it_started(tmp_path: Path, sig: int) -> None:
     pidfile = tmp_path / "child.pid"
     script = (
-        "from builder.cli import install_signal_handlers\n"
+        "from builder.cli.main import install_signal_handlers\n"
         "from builder.run import run\n"
         "install_signal_handlers()\n"
         f"run(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'], what='a long tool')\n")

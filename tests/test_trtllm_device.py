@@ -23,14 +23,14 @@ import pytest
 from device_tree import keygen
 from fakes.jetson.fake_l4t import nv_tegra_release_line
 from fakes.jetson.fake_trtllm import install_fake_trtllm
+from harness.gateway_process import GatewayProcess
+from harness.llama_server import free_port
 
-from builder import release
 from builder.cache import sha256_file
 from builder.engines.trtllm import ENGINE
-from builder.gateway_process import GatewayProcess
-from builder.model_pipeline import ModelArtifact, tree_digest
+from builder.fleet import release
+from builder.model.pipeline import ModelArtifact, tree_digest
 from builder.profiles import ProfileStore
-from builder.testing.llama_server import free_port
 
 QWEN_05B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
             "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
@@ -120,8 +120,8 @@ def built(dev: OrinDevice) -> list[Path]:
 
 def test_the_release_carries_the_recipe_the_device_runs(orin: OrinDevice) -> None:
     from builder.engines.trtllm import BUILD_TIMEOUT
-    from builder.fleet import gate_for
-    from builder.trust import Manifest
+    from builder.fleet.deploy import gate_for
+    from builder.fleet.trust import Manifest
 
     manifest = Manifest.parse((orin.release / "release.json").read_bytes(), "orin")
     assert manifest.engine.build_seconds == BUILD_TIMEOUT

@@ -27,7 +27,7 @@ import pytest
 import releases
 from device_tree import keygen
 
-from builder import trust
+from builder.fleet import trust
 from builder.provision import unsafe_yaml
 
 PAYLOAD = "{{ lookup('pipe', 'touch %s') }}"
@@ -94,7 +94,7 @@ def test_a_bundle_cannot_choose_the_keys_it_is_checked_against(site, tmp_path: P
 
 
 def test_a_release_made_here_adds_its_key_to_the_sites_trust(tmp_path: Path) -> None:
-    from builder import trust
+    from builder.fleet import trust
 
     out = tmp_path / "out"
     line = 'edge-llm-release namespaces="edge-llm-release" ssh-ed25519 AAAA'

@@ -20,9 +20,9 @@ import pytest
 from stand_ins import build_context
 
 from builder import build as build_mod
-from builder import release
 from builder.device.layout import DEFAULT as LAYOUT
 from builder.engines import trtllm
+from builder.fleet import release
 from builder.planner import build_budget
 from builder.verify.suite.test_appliance import MAX_EXPOSURE, exposures
 

@@ -53,7 +53,7 @@ def _fake_build(out: Path, profile: str, target: str, *, vm_boot: bool = False) 
 @pytest.fixture(scope="module")
 def boxes(tmp_path_factory) -> Path:
     """OUT with an x86-gateway and a pi5-4gb build, each packed into a box."""
-    from builder.cli import main
+    from builder.cli.main import main
 
     out = tmp_path_factory.mktemp("out")
     _fake_build(out, "x86-gateway", "x86-gateway")

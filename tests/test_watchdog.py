@@ -15,8 +15,7 @@ import time
 
 import pytest
 from device_tree import Device
-
-from builder.testing.llama_server import free_port
+from harness.llama_server import free_port
 
 
 def _watch(device: Device, unit_state: str, seconds: float) -> str:

@@ -7,7 +7,7 @@ rest of the builder (tests/test_layout.py checks it).
 
 # command on the device -> module in this package (its main(argv) is the entry point)
 DEVICE_TOOLS = {
-    "edge-llm-release": "release",
+    "edge-llm-release": "release_tool",
     "edge-llm-wait-ready": "wait_ready",
     "edge-llm-engine-watchdog": "watchdog",
     "edge-llm-trtllm": "trtllm",

@@ -24,9 +24,9 @@ from ..schema import Profile
 if TYPE_CHECKING:
     from ..cache import Cache, Entry
     from ..device.layout import Layout
-    from ..model_pipeline import Fetched, ModelArtifact
+    from ..fleet.release import Inputs
+    from ..model.pipeline import Fetched, ModelArtifact
     from ..planner import PlanInput
-    from ..release import Inputs
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import QUANTS
 from ..errors import BuilderError
 from ..hardware import Platform
+from ..model.catalog import QUANTS
 from ..schema import Profile
 from ..units import GiB, MiB
 from . import Engine, EngineArtifact, Probe
@@ -31,9 +31,9 @@ from . import Engine, EngineArtifact, Probe
 if TYPE_CHECKING:
     from ..cache import Cache
     from ..device.layout import Layout
-    from ..model_pipeline import Fetched, ModelArtifact
+    from ..fleet.release import Inputs
+    from ..model.pipeline import Fetched, ModelArtifact
     from ..planner import BuildCheck, PlanInput
-    from ..release import Inputs
 
 PREQUANTIZED = {"int4_gptq"}  # the release carries the quantized checkpoint itself
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
@@ -102,7 +102,7 @@ class TrtLlm(Engine):
         return None  # the device builds its engine
 
     def build_check(self, p: Profile, platform: Platform) -> BuildCheck | None:
-        from ..catalog import get_model, weight_bytes
+        from ..model.catalog import get_model, weight_bytes
         from ..planner import BuildCheck, build_budget
 
         model = get_model(p.model.id)
@@ -123,7 +123,7 @@ class TrtLlm(Engine):
 
     def model(self, p: Profile, fetched: Fetched, cache: Cache, *,
               source_base: Path | None = None) -> ModelArtifact:
-        from ..model_pipeline import ModelArtifact, tree_digest
+        from ..model.pipeline import ModelArtifact, tree_digest
 
         if fetched.kind != "hf":
             raise BuilderError(f"{fetched.origin}: TensorRT-LLM builds its engine from a "

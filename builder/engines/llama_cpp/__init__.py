@@ -18,9 +18,9 @@ from .server import server_env
 if TYPE_CHECKING:
     from ...cache import Cache
     from ...device.layout import Layout
-    from ...model_pipeline import Fetched, ModelArtifact
+    from ...fleet.release import Inputs
+    from ...model.pipeline import Fetched, ModelArtifact
     from ...planner import BuildCheck, PlanInput
-    from ...release import Inputs
 
 # Peak memory per compile job when building on the device: nvcc on ggml-cuda's template
 # instances peaks near 1.5 GiB (seen on Orin), gcc on ggml-cpu near 0.5 GiB.
@@ -65,7 +65,7 @@ class LlamaCpp(Engine):
 
     def model(self, p: Profile, fetched: Fetched, cache: Cache, *,
               source_base: Path | None = None) -> ModelArtifact:
-        from ...model_pipeline import gguf_pipeline
+        from ...model.pipeline import gguf_pipeline
 
         return gguf_pipeline(p, fetched, cache,
                              lambda: build_mod.host_tools(p, cache, base_dir=source_base),
@@ -118,7 +118,7 @@ def planned_prompt_cache(i: Inputs) -> int:
     files in tests). Either way the engine's total stays at the plan's: the cache is
     what the other parts leave."""
     from ...errors import BuilderError
-    from ...model_shape import from_gguf
+    from ...model.shape import from_gguf
     from ...planner import PlanInput, plan
 
     try:

@@ -9,7 +9,6 @@ import platform as host
 import shutil
 from pathlib import Path
 
-from ... import sources
 from ...cache import Cache
 from ...errors import BuilderError
 from ...hardware import Platform
@@ -17,6 +16,7 @@ from ...progress import step
 from ...run import run
 from ...schema import LlamaCppBuild, Profile
 from .. import EngineArtifact
+from . import source as sources
 from .recipe import LlamaCppRecipe, Variant, recipe
 
 RECIPE_VERSION = 1  # bump when this module changes what it puts in an artifact

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ...catalog import GGML_TYPES, ModelArch
+from ...model.catalog import GGML_TYPES, ModelArch
 from ...units import MiB
 
 if TYPE_CHECKING:

@@ -1,13 +1,13 @@
 """Speed as a client sees it, through the public port, held against the profile's
 verify.min_decode_tps and verify.max_ttft_ms; the measured values go into the JUnit
-report as properties (decode_tps, ttft_ms). The measuring is builder/measure.py's, which
+report as properties (decode_tps, ttft_ms). The measuring is builder/lab/measure.py's, which
 `builder lab run` benchmarks with too."""
 
 from __future__ import annotations
 
 import statistics
 
-from builder.measure import LONG_PROMPT, SHORT_PROMPT, stream
+from builder.lab.measure import LONG_PROMPT, SHORT_PROMPT, stream
 
 
 def test_time_to_first_token_is_within_the_profile(api_url: str, api_key: str,

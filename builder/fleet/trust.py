@@ -26,20 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import names
-from .cache import sha256_file
-from .device.layout import (
-    DEFAULT as LAYOUT,
-)
-from .device.layout import (
-    RELEASE_FORMAT,
-    RELEASE_MANIFEST,
-    RELEASE_SIGNATURE,
-    SIGNING_NAMESPACE,
-)
-from .device.release import MODEL_NAME, RELEASE_ID
-from .errors import BuilderError, display_path
-from .model_pipeline import tree_digest
+from .. import names
+from ..cache import sha256_file
+from ..device.layout import DEFAULT as LAYOUT
+from ..device.layout import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_SIGNATURE, SIGNING_NAMESPACE
+from ..device.release_tool import MODEL_NAME, RELEASE_ID
+from ..errors import BuilderError, display_path
+from ..model.pipeline import tree_digest
 
 SITE_SIGNERS = "allowed_signers"  # OUT/allowed_signers
 SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import sources
-from .cache import Cache, Entry, sha256_file
-from .errors import BuilderError, display_path
-from .log import log
-from .progress import step
-from .run import run
-from .schema import ModelSource, Profile
-from .sources import SourceTree
+from ..cache import Cache, Entry, sha256_file
+from ..engines.llama_cpp import source as sources
+from ..engines.llama_cpp.source import SourceTree
+from ..errors import BuilderError, display_path
+from ..log import log
+from ..progress import step
+from ..run import run
+from ..schema import ModelSource, Profile
 
 HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
 CONVERT_MODULES = ("torch", "numpy", "sentencepiece", "transformers", "safetensors")

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .device import api_keys
+from ..device import api_keys
 
 TLS = ssl.create_default_context()
 TLS.check_hostname = False  # a device's certificate is its own (often self-signed)

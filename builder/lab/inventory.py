@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import names
-from .errors import BuilderError, display_path
-from .provision import PASSWORD_VARS
-from .yamlsrc import Document, load_document
+from .. import names
+from ..errors import BuilderError, display_path
+from ..provision import PASSWORD_VARS
+from ..yamlsrc import Document, load_document
 
 # How a device is flashed -> what the build must deliver for it (None: nothing written).
 FLASH_METHODS: dict[str, str | None] = {"sd": "disk-image", "jetson-recovery": "flash-package",

@@ -8,12 +8,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import doctor, fleet, lab, lab_inventory, lab_report
-from .cache import Cache
-from .cli_common import app, cache_option, out, out_option, profiles_dir_option
-from .errors import BuilderError, display_path
-from .log import console
-from .profiles import ProfileStore
+from .. import doctor
+from ..cache import Cache
+from ..errors import BuilderError, display_path
+from ..fleet import deploy as fleet
+from ..lab import inventory as lab_inventory
+from ..lab import report as lab_report
+from ..lab import run as lab
+from ..log import console
+from ..profiles import ProfileStore
+from .common import app, cache_option, out, out_option, profiles_dir_option
 
 
 @app.group("lab")
@@ -61,7 +65,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
     share a writer run one after another, the others side by side. A device is written
     only when its entry says confirm: true (or with --yes). Exit 0 when every device
     passed every step, 1 when some did not, 2 for bad input."""
-    from .sshkey import builder_key
+    from ..sshkey import builder_key
 
     if resume and output:
         raise BuilderError("--resume DIR continues a run in DIR and --output DIR names it: "

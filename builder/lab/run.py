@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from . import bench, fleet, measure, trust
-from . import release as release_mod
-from . import verify as verify_mod
-from .errors import BuilderError, display_path
-from .lab_inventory import FLASH_METHODS, Device, lanes
-from .profiles import ProfileStore, ResolvedProfile
-from .run import run
-from .schema import Profile
-from .units import format_size
+from .. import verify as verify_mod
+from ..errors import BuilderError, display_path
+from ..fleet import deploy as fleet
+from ..fleet import release as release_mod
+from ..fleet import trust
+from ..profiles import ProfileStore, ResolvedProfile
+from ..run import run
+from ..schema import Profile
+from ..units import format_size
+from . import bench, measure
+from .inventory import FLASH_METHODS, Device, lanes
 
 RECORD_FORMAT = 1
 
@@ -230,8 +232,8 @@ Step = Callable[[Ctx], str]
 
 
 def step_flash(c: Ctx) -> str:
-    from .flash import Request
-    from .targets import TARGETS
+    from ..flash import Request
+    from ..targets import TARGETS
 
     d, pl = c.plan.device, c.plan
     if not (d.confirm or c.lab.yes):  # nobody answers a question in a lab run

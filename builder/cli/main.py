@@ -15,11 +15,13 @@ import click
 import yaml
 from rich.table import Table
 
-from . import catalog, planner
-from . import cli_build as _cli_build  # noqa: F401  (registers engine/model/build/vm/...)
-from . import cli_fleet as _cli_fleet  # noqa: F401  (registers release/deploy/fleet)
-from . import cli_lab as _cli_lab  # noqa: F401  (registers lab run)
-from .cli_common import (
+from .. import planner
+from ..errors import EXIT_ERROR, BuilderError, display_path
+from ..model import catalog
+from ..profiles import ProfileStore, with_overrides
+from ..schema import Profile
+from ..units import format_size
+from .common import (
     app,
     cache_option,
     json_option,
@@ -28,11 +30,7 @@ from .cli_common import (
     out,
     profiles_dir_option,
 )
-from .cli_common import print_json as _print_json
-from .errors import EXIT_ERROR, BuilderError, display_path
-from .profiles import ProfileStore, with_overrides
-from .schema import Profile
-from .units import format_size
+from .common import print_json as _print_json
 
 
 @app.group("profiles")
@@ -114,12 +112,12 @@ def profiles_validate(files: tuple[Path, ...], profiles_dir: tuple[Path, ...]) -
               help="Field reference as Markdown (docs/profile-reference.md).")
 def profiles_schema(markdown: bool) -> None:
     """JSON Schema of a profile, for editor completion (yaml-language-server)."""
-    from .schema_doc import markdown_reference
+    from ..schema_doc import markdown_reference
 
     if markdown:
         sys.stdout.write(markdown_reference())
     else:
-        from .targets import PROFILE
+        from ..targets import PROFILE
 
         _print_json({"title": "edge-llm builder device profile",
                      **PROFILE.json_schema()})
@@ -199,9 +197,9 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
 
     Exit status: 0 fits, 1 tight, 3 does not fit, 2 bad input.
     """
-    from . import model_shape
-    from .build import BuildContext, fetch
-    from .cache import Cache
+    from ..build import BuildContext, fetch
+    from ..cache import Cache
+    from ..model import shape as model_shape
 
     rp = ProfileStore(list(profiles_dir)).load(profile)
     rp.concrete("plan")

@@ -12,9 +12,10 @@ from typing import Any
 import click
 from rich.console import Console
 
-from . import __version__, catalog
-from .profiles import ProfileStore, ResolvedProfile
-from .schema import Profile
+from .. import __version__
+from ..model import catalog
+from ..profiles import ProfileStore, ResolvedProfile
+from ..schema import Profile
 
 out = Console(highlight=False, soft_wrap=True)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import BuilderError, display_path
 from . import catalog
 from .catalog import ModelArch
-from .errors import BuilderError, display_path
 
 if TYPE_CHECKING:
-    from .model_pipeline import Fetched
-    from .schema import Profile
+    from ..schema import Profile
+    from .pipeline import Fetched
 
 
 @dataclass(frozen=True)

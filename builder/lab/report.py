@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from .units import format_size
+from ..units import format_size
 
 FILES = ("junit.xml", "report.md", "report.html")
 

@@ -11,10 +11,18 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from . import doctor as doctor_mod
-from . import engines, model_pipeline, sources, synth
-from .cache import Cache
-from .cli_common import (
+from .. import doctor as doctor_mod
+from .. import engines
+from ..cache import Cache
+from ..engines.llama_cpp import source as sources
+from ..errors import BuilderError, display_path
+from ..model import pipeline as model_pipeline
+from ..model import synth
+from ..profiles import ResolvedProfile
+from ..schema import Profile
+from ..targets import TARGETS
+from ..units import format_size
+from .common import (
     app,
     cache_option,
     json_option,
@@ -26,12 +34,7 @@ from .cli_common import (
     profile_option,
     profiles_dir_option,
 )
-from .cli_common import load_profile as _load
-from .errors import BuilderError, display_path
-from .profiles import ResolvedProfile
-from .schema import Profile
-from .targets import TARGETS
-from .units import format_size
+from .common import load_profile as _load
 
 # --- engine ---------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
     a GGUF file)."""
     rp, p = _load(profile, profiles_dir)
     if quant:
-        from .profiles import with_overrides
+        from ..profiles import with_overrides
 
         p = with_overrides(rp, {("model", "quant"): ("--quant", quant)})
     cache = Cache(cache_dir)
@@ -321,8 +324,8 @@ def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               profiles_dir: tuple[Path, ...]) -> None:
     """Build what the profile's target delivers (a disk image, a flash package) into
     OUT/<profile>/."""
-    from . import build as build_mod
-    from .sshkey import builder_key
+    from .. import build as build_mod
+    from ..sshkey import builder_key
 
     rp, p = _load(profile, profiles_dir)
     doctor_mod.require(*TARGETS[p.target].host_stages(p))
@@ -376,7 +379,7 @@ def flash_cmd(profile: str, device: str | None, to_file: Path | None, force: boo
     """Write the profile's build to a device: a disk image to an SD card, USB stick or
     SSD (bmaptool, every block's checksum checked), a Jetson flash package to boards in
     recovery mode."""
-    from .flash import Request, ask
+    from ..flash import Request, ask
 
     rp, p = _load(profile, profiles_dir)
     mpath, m = _manifest(out_root, rp.name)
@@ -413,8 +416,8 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
            detach: bool, stop: bool, cache_dir: Path | None,
            profiles_dir: tuple[Path, ...]) -> None:
     """Boot the built image in QEMU (KVM when it works, TCG otherwise)."""
-    from . import vm
-    from .sshkey import builder_key
+    from .. import vm
+    from ..sshkey import builder_key
 
     rp, p = _load(profile, profiles_dir)
     state = out_root / f".vm-{rp.name}"
@@ -469,8 +472,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
                cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
     """Run the testinfra suite against a device: exit 0 when every check passes. The
     speed checks hold the device to the profile's verify.* thresholds as given now."""
-    from . import verify
-    from .sshkey import builder_key
+    from .. import verify
+    from ..sshkey import builder_key
 
     rp, p = _load(profile, profiles_dir)
     if bool(host_url) == bool(inventory):
@@ -521,11 +524,12 @@ def bench_cmd(profile: str, host_url: str, api_url: str | None, requests: int,
     """Measure one device through its public port, the same way on every target: decode
     tok/s, time to first token p50/p95, prefill tok/s, and (over SSH) the engine's peak
     resident memory. Exit 0 when it meets the profile's verify.* bars, 1 when not."""
-    from . import bench, verify
-    from .lab import write_json
-    from .progress import step
-    from .run import run
-    from .sshkey import builder_key
+    from .. import verify
+    from ..lab import bench
+    from ..lab.run import write_json
+    from ..progress import step
+    from ..run import run
+    from ..sshkey import builder_key
 
     rp, p = _load(profile, profiles_dir)
     _, m = _manifest(out_root, rp.name)

@@ -15,10 +15,10 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import Cache, sha256_file
-from .errors import BuilderError, display_path
-from .run import run
-from .schema import LlamaCppSource
+from ...cache import Cache, sha256_file
+from ...errors import BuilderError, display_path
+from ...run import run
+from ...schema import LlamaCppSource
 
 _SKIP_DIRS = {".git", "build", "__pycache__", ".venv"}
 

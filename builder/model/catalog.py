@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from .errors import BuilderError
+from ..errors import BuilderError
 
 Engine = Literal["llama.cpp", "tensorrt-llm"]
 ENGINES: tuple[Engine, ...] = ("llama.cpp", "tensorrt-llm")

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..device.layout import Layout
+from ..errors import BuilderError
+from ..schema import Profile
+from ..units import format_size, parse_size
 from . import measure
-from .device.layout import Layout
-from .errors import BuilderError
-from .schema import Profile
-from .units import format_size, parse_size
 
 
 class BenchFailed(Exception):

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BuilderError, display_path
-from .provision import unsafe_yaml
-from .run import run
-from .units import GiB
-from .vm import Machine
+from ..errors import BuilderError, display_path
+from ..provision import unsafe_yaml
+from ..run import run
+from ..units import GiB
+from ..vm import Machine
 
 BOX_FILE = "vagrant-libvirt.box"
 VARS_FILE = "vagrant-vars.yml"
@@ -147,7 +147,7 @@ def provision_vars(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def plan(build_dir: Path) -> tuple[Box, dict[str, Any]]:
     """The box of the build in `build_dir` (OUT/<profile>/), and the build's manifest."""
-    from . import vm
+    from .. import vm
 
     build_dir = build_dir.resolve()
     spec = vm.for_build(build_dir, ssh_port=0, state_dir=build_dir)

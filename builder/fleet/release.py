@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, engines, trust
-from .cache import key_of
-from .device.layout import DEFAULT as LAYOUT
-from .device.layout import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_SIGNATURE
-from .errors import BuilderError, display_path
-from .model_pipeline import ModelArtifact
-from .schema import Profile
-from .sshkey import sign
+from .. import __version__, engines
+from ..cache import key_of
+from ..device.layout import DEFAULT as LAYOUT
+from ..device.layout import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_SIGNATURE
+from ..errors import BuilderError, display_path
+from ..model.pipeline import ModelArtifact
+from ..schema import Profile
+from ..sshkey import sign
+from . import trust
 from .trust import listing
 
 
@@ -71,7 +72,7 @@ class Inputs:
 
 def recipe_key(engine: engines.Engine, p: Profile) -> str:
     """What names an engine the device builds itself: its recipe."""
-    from .targets import TARGETS
+    from ..targets import TARGETS
 
     return key_of("device-engine", engine.recipe(p, TARGETS[p.target].platform(p)).to_json())
 

@@ -22,9 +22,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .errors import BuilderError
-from .measure import TLS  # a self-signed test certificate is fine here
-from .testing.llama_server import free_port
+from builder.errors import BuilderError
+from builder.lab.measure import TLS  # a self-signed test certificate is fine here
+
+from .llama_server import free_port
 
 
 class GatewayProcess:

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from .cache import Cache, Entry
+from ..cache import Cache, Entry
+from ..errors import BuilderError
 from .catalog import ModelArch, get_model
-from .errors import BuilderError
 
 TOKENIZER_VOCAB = 1024
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..engines.llama_cpp.server import LoadReport, parse_load_report
-from ..errors import BuilderError
+from builder.engines.llama_cpp.server import LoadReport, parse_load_report
+from builder.errors import BuilderError
 
 
 def free_port() -> int:

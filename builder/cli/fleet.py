@@ -10,11 +10,16 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from . import bundle as bundle_mod
-from . import doctor, fleet, trust
-from . import release as release_mod
-from .cache import Cache
-from .cli_common import (
+from .. import doctor
+from ..cache import Cache
+from ..errors import BuilderError, display_path
+from ..fleet import bundle as bundle_mod
+from ..fleet import deploy as fleet
+from ..fleet import release as release_mod
+from ..fleet import trust
+from ..log import console
+from ..units import format_size
+from .common import (
     app,
     cache_option,
     json_option,
@@ -25,11 +30,8 @@ from .cli_common import (
     profile_option,
     profiles_dir_option,
 )
-from .cli_common import load_profile as _load
-from .cli_common import print_json as _print_json
-from .errors import BuilderError, display_path
-from .log import console
-from .units import format_size
+from .common import load_profile as _load
+from .common import print_json as _print_json
 
 signing_key_option = click.option(
     "--signing-key", type=click.Path(dir_okay=False, path_type=Path),
@@ -102,7 +104,7 @@ def _open(d: Path, s: trust.Signers, *, say: bool = True) -> trust.Release:
 
 
 def _ssh(cache_dir: Path | None, known_hosts: Path | None, accept_new: bool) -> fleet.Ssh:
-    from .sshkey import builder_key
+    from ..sshkey import builder_key
 
     key, _ = builder_key(Cache(cache_dir))
     return fleet.Ssh(known_hosts=known_hosts, accept_new=accept_new, key=key)
@@ -122,7 +124,7 @@ def release_cmd(profile: str, model_file: Path | None, model_source: str | None,
                 profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Make a signed release of a profile (engine, gateway, settings, model) in
     OUT/releases/<id>/, ready for `builder deploy`. No root needed."""
-    from . import build as build_mod
+    from .. import build as build_mod
 
     rp, _ = _load(profile, profiles_dir)
     ctx = build_mod.BuildContext(rp=rp, cache=Cache(cache_dir), out_root=out_root,
@@ -273,7 +275,7 @@ def fleet_vars_cmd(release_ref: str, serial: str, max_fail: float, gate_timeout:
     """Print playbooks/deploy.yml's extra vars for a release, for running the rollout
     under ansible-runner or an AWX job template (docs/fleet.md). The release's
     signature is checked first, and every value is typed."""
-    from .provision import unsafe_yaml
+    from ..provision import unsafe_yaml
 
     batches = fleet.parse_serial(serial)
     d = release_mod.find(out_root / "releases", release_ref).dir
@@ -364,7 +366,7 @@ def bundle_import_cmd(file: Path, allowed_signers: Path | None, out_root: Path,
 def vagrant_box_cmd(profile: str, out_root: Path, profiles_dir: tuple[Path, ...]) -> None:
     """Pack a profile's built image into a vagrant-libvirt box for the lab's Vagrantfile
     (OUT/<profile>/vagrant-libvirt.box): `vagrant up`, then `builder verify`."""
-    from . import vagrant
+    from ..lab import vagrant
 
     rp, _ = _load(profile, profiles_dir)
     build_dir = out_root / rp.name

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..cache import Cache
-    from ..engines import EngineArtifact
+    from builder.cache import Cache
+    from builder.engines import EngineArtifact
 
 
 def engine_for(profile: str, cache: Cache) -> EngineArtifact:
     """The engine of a built-in profile, built on this machine (or from the cache)."""
-    from .. import engines
-    from ..profiles import ProfileStore
-    from ..targets import TARGETS
+    from builder import engines
+    from builder.profiles import ProfileStore
+    from builder.targets import TARGETS
 
     p = ProfileStore().load(profile).concrete()
     art = engines.get(p.engine.kind).build(p, TARGETS[p.target].platform(p), cache)
@@ -29,8 +29,10 @@ def synthetic_gguf(model_id: str, cache: Cache, engine: EngineArtifact,
                    quant: str = "Q4_K_M") -> Path:
     """Random weights in a catalog model's exact shape (synth.py), converted with
     llama.cpp's converter and quantized with `engine`'s llama-quantize (all cached)."""
-    from .. import model_pipeline, sources, synth
-    from ..profiles import ProfileStore
+    from builder.engines.llama_cpp import source as sources
+    from builder.model import pipeline as model_pipeline
+    from builder.model import synth
+    from builder.profiles import ProfileStore
 
     p = ProfileStore().load("x86-gateway").concrete()
     source = sources.llama_cpp(p.engine.llama_cpp.source, cache)

@@ -50,13 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import __version__, trust
-from .device.layout import RELEASE_MANIFEST, RELEASE_SIGNATURE
-from .errors import BuilderError, display_path
-from .log import console
+from .. import __version__
+from ..device.layout import RELEASE_MANIFEST, RELEASE_SIGNATURE
+from ..errors import BuilderError, display_path
+from ..log import console
+from ..units import MiB, format_size
+from . import trust
 from .release import Bundle
 from .trust import Manifest, Refused, Release
-from .units import MiB, format_size
 
 FORMAT = 1
 HEADER = "edge-llm-bundle.json"

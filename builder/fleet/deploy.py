@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import data_dir
-from .errors import BuilderError, display_path
-from .log import console
-from .progress import step
-from .provision import ansible_env, inventory_hosts, parse_recap, unsafe_yaml
-from .run import ToolError, run
+from ..data import data_dir
+from ..errors import BuilderError, display_path
+from ..log import console
+from ..progress import step
+from ..provision import ansible_env, inventory_hosts, parse_recap, unsafe_yaml
+from ..run import ToolError, run
 from .trust import JINJA, Manifest, Release
 
 SERIAL_ITEM = re.compile(r"^(\d+|\d+(\.\d+)?%)$")
