@@ -76,7 +76,7 @@ def main() -> None:
 
     from harness.llama_server import free_port
 
-    from builder import vm
+    from builder import resolve, vm
     from builder.cache import Cache
     from builder.model import catalog
     from builder.model import pipeline as model_pipeline
@@ -91,9 +91,10 @@ def main() -> None:
     try:
         t0 = time.monotonic()
         for i in range(a.hosts):
-            spec = vm.for_build(out / "x86-gateway", ssh_port=free_port(),
-                                forwards={free_port(): 8080}, memory_mb=1024, cpus=1,
-                                state_dir=out / f".vm{i}")
+            machine = resolve.target_named("x86-gateway").vm_machine
+            spec = vm.for_build(out / "x86-gateway", machine,
+                                ssh_port=free_port(), forwards={free_port(): 8080},
+                                memory_mb=1024, cpus=1, state_dir=out / f".vm{i}")
             specs.append((spec, vm.start(spec)))
         for _, handle in specs:
             vm.wait_ssh(handle, "edge", key, timeout=1200)

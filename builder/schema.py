@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .model.catalog import Engine
 from .units import Size, SizeOrAuto
 
 
@@ -23,8 +22,14 @@ class _Section(BaseModel):
 
 # --- device -----------------------------------------------------------------------
 
+# Names a target family registers (its arches, OS bases, accelerators); each target
+# says which it takes, and the profile's target checks them.
+_NAME = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+
+
 class Accelerator(_Section):
-    kind: Literal["none", "cuda"] = Field("none", description="GPU API the device offers.")
+    kind: str = Field("none", pattern=_NAME, description="GPU API the device offers "
+                      "('none', 'cuda'); each target takes the ones its hardware has.")
     name: str | None = Field(None, description="Marketing name, e.g. 'Ampere, 1024 cores'.")
     compute_capability: str | None = Field(
         None, pattern=r"^\d+\.\d+$",
@@ -42,7 +47,8 @@ class Storage(_Section):
 
 
 class Device(_Section):
-    arch: Literal["amd64", "arm64"] = Field(..., description="Debian architecture name.")
+    arch: str = Field(..., pattern=_NAME, description="Debian architecture name (amd64, "
+                      "arm64); each target takes its own.")
     cpu_cores: int = Field(..., ge=1, le=1024, description="Logical CPUs.")
     ram: Size = Field(..., description="Physical RAM.")
     accelerator: Accelerator = Field(default_factory=Accelerator,
@@ -53,10 +59,10 @@ class Device(_Section):
 # --- os -----------------------------------------------------------------------------
 
 class OsBase(_Section):
-    base: Literal["debian", "raspios", "l4t"] = Field(
-        ..., description="Root filesystem: 'debian' (built with mmdebstrap), 'raspios' (a "
-        "Raspberry Pi OS image you supply, customised) or 'l4t' (NVIDIA's Jetson Linux "
-        "sample rootfs); each target takes the ones it supports.")
+    base: str = Field(
+        ..., pattern=_NAME, description="Root filesystem: 'debian' (built with mmdebstrap), "
+        "'raspios' (a Raspberry Pi OS image you supply, customised) or 'l4t' (NVIDIA's "
+        "Jetson Linux sample rootfs); each target takes the ones it supports.")
     suite: str = Field("bookworm", description="Distribution suite (L4T 36 is Ubuntu 22.04, "
                        "jammy).")
     mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror the "
@@ -82,65 +88,21 @@ class OsBase(_Section):
 
 # --- engine -------------------------------------------------------------------------
 
-# llama.cpp as vendored in this llama-cpp-python sdist on PyPI (upstream 0c1e57098).
-LLAMA_CPP_PYPI = "llama-cpp-python==0.3.36"
-LLAMA_CPP_PYPI_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-
-
-class LlamaCppSource(_Section):
-    kind: Literal["pypi-sdist", "path", "git"] = Field(
-        "pypi-sdist", description="'pypi-sdist': the llama.cpp tree vendored in a PyPI "
-        "sdist (fetched with pip); 'path': a local directory or tarball; 'git': url + ref.")
-    package: str = Field(LLAMA_CPP_PYPI, description="pypi-sdist: requirement, pinned "
-                         "with ==.")
-    sha256: str | None = Field(
-        LLAMA_CPP_PYPI_SHA256, pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the sdist or tarball; the build refuses anything else.")
-    path: str | None = Field(None, description="path: directory or .tar.gz of a llama.cpp "
-                             "tree (relative to the profile file).")
-    url: str | None = Field(None, description="git: repository URL.")
-    ref: str | None = Field(None, description="git: tag or commit to check out.")
-
-
-class LlamaCppBuild(_Section):
-    source: LlamaCppSource = Field(default_factory=LlamaCppSource,
-                                   description="Where the llama.cpp source comes from.")
-    cmake_args: list[str] = Field(default_factory=list,
-                                  description="Extra -D options passed to CMake (after the "
-                                  "target's own, so they win).")
-
-
-class TensorRtLlmBuild(_Section):
-    version: str = Field("0.12.0-jetson", description="TensorRT-LLM release (on Jetson: the "
-                         "v0.12.0-jetson branch, built for the device's JetPack).")
-    max_batch_size: int = Field(4, ge=1, description="trtllm-build --max_batch_size: "
-                                "sequences decoded together; at least runtime.parallel.")
-    max_input_len: int = Field(2048, ge=1, description="trtllm-build --max_input_len: the "
-                               "longest prompt in tokens.")
-    max_num_tokens: int | None = Field(
-        None, ge=1, description="trtllm-build --max_num_tokens (tokens per engine step); "
-        "default: max_batch_size x max_input_len, capped at 8192.")
-    calibration_dir: str | None = Field(
-        None, description="int4_awq: a local calibration dataset directory for quantize.py "
-        "(no hub access on the device); int4_gptq and int8 weight-only need none.")
-    checkout: str = Field(
-        "/opt/TensorRT-LLM", description="The TensorRT-LLM checkout (the v0.12.0-jetson "
-        "branch) on the device: the build runs its examples/qwen/convert_checkpoint.py or "
-        "examples/quantization/quantize.py, the service examples/apps/openai_server.py.")
-    python: str = Field("/usr/bin/python3", description="The Python on the device that "
-                        "has the tensorrt_llm wheel installed; trtllm-build is taken from "
-                        "beside it, else from PATH.")
+class EngineSettings(_Section):
+    """Base of each engine's own section (`engine.llama_cpp:`, `engine.tensorrt_llm:`)."""
 
 
 class EngineSpec(_Section):
-    kind: Engine = Field(..., description="Inference engine.")
+    """The engine: its kind and what every engine's build takes. Each engine adds its own
+    section (builder/engines/<engine>: `section`, `settings`); builder/plugins.py makes
+    the whole model. A profile may carry sections of engines it does not run (a base
+    shared by profiles of different engines); only its kind's is read."""
+
+    kind: str = Field(..., description="Inference engine; `builder profiles schema` lists "
+                      "them.")
     build_jobs: int | None = Field(
         None, ge=1, description="Parallel compile jobs; default: the build machine's cores "
         "(on the device: what its memory allows, see `builder plan`).")
-    llama_cpp: LlamaCppBuild = Field(default_factory=LlamaCppBuild,
-                                     description="Options when kind is llama.cpp.")
-    tensorrt_llm: TensorRtLlmBuild = Field(default_factory=TensorRtLlmBuild,
-                                           description="Options when kind is tensorrt-llm.")
 
 
 # --- model --------------------------------------------------------------------------

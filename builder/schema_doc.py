@@ -10,9 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from . import plugins
 from .profiles import _section_model
-from .schema import Profile
-from .targets import TARGETS
 from .units import _size_or_auto, canonical_size, parse_size
 
 
@@ -77,21 +76,22 @@ def markdown_reference() -> str:
     lines = [
         "# Profile field reference",
         "",
-        "Generated from `builder/schema.py` and each target's section by `builder profiles",
-        "schema --markdown`; a test fails when this file and the schema disagree. Sizes",
-        "take binary units (`512MiB`, `4GiB`). See [profiles.md](profiles.md) for",
-        "inheritance rules.",
+        "Generated from `builder/schema.py`, each engine's section and each target's by",
+        "`builder profiles schema --markdown`; a test fails when this file and the schema",
+        "disagree. Sizes take binary units (`512MiB`, `4GiB`). See [profiles.md](profiles.md)",
+        "for inheritance rules.",
         "",
         "## Every profile",
         "",
         "| field | type | default | description |",
         "|---|---|---|---|",
-        *_rows(Profile, ""),
+        *_rows(plugins.SHARED_PROFILE, ""),
     ]
-    for t in sorted(TARGETS.values(), key=lambda t: t.name):
+    for t in sorted(plugins.TARGETS.values(), key=lambda t: t.name):
         lines += ["", f"## `target: {t.name}`", "", f"{t.description}. Architectures: "
                   f"{', '.join(t.arches)}; engines: {', '.join(t.engines)}; OS bases: "
-                  f"{', '.join(t.os_bases)}; boot media: {', '.join(t.storage_kinds)}.", ""]
+                  f"{', '.join(t.os_bases)}; accelerators: {', '.join(t.accelerators)}; "
+                  f"boot media: {', '.join(t.storage_kinds)}.", ""]
         rows = _rows(t.settings, f"{t.section}.")
         if rows:
             lines += ["| field | type | default | description |", "|---|---|---|---|", *rows]

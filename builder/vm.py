@@ -74,12 +74,12 @@ class VmHandle:
         return self.spec.ssh_port
 
 
-def for_build(build_dir: Path, **settings) -> VmSpec:
-    """A VM of the build in `build_dir` (out/<profile>/): its target's machine and the
-    disk image a VM boots (its own test image when the target makes one, since a device
-    image may not boot in a VM; else the delivered image)."""
-    from .targets import TARGETS
-
+def for_build(build_dir: Path, machine_of: Callable[[Path, dict], Machine],
+              **settings) -> VmSpec:
+    """A VM of the build in `build_dir` (out/<profile>/): the machine its target boots it
+    on (`machine_of`: Target.vm_machine) and the disk image a VM boots (its own test
+    image when the target makes one, since a device image may not boot in a VM; else
+    the delivered image)."""
     mpath = build_dir / "manifest.json"
     if not mpath.is_file():
         raise BuilderError(f"{display_path(mpath)}: no build here")
@@ -89,7 +89,7 @@ def for_build(build_dir: Path, **settings) -> VmSpec:
     if not name:
         raise BuilderError(f"{display_path(mpath)}: this build delivers no disk image a VM "
                            "can boot")
-    machine = TARGETS[m["target"]].vm_machine(build_dir, m)
+    machine = machine_of(build_dir, m)
     return VmSpec(image=build_dir / name, machine=machine, **settings)
 
 

@@ -80,12 +80,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _kvm() -> bool:
     """Does QEMU get KVM here (the probe `builder vm` uses)?"""
-    from builder import vm
+    from builder import resolve, vm
     from builder.errors import BuilderError
-    from builder.targets import TARGETS
 
     try:
-        return vm.detect_accel(TARGETS["x86-gateway"].vm_machine(REPO, {})) == "kvm"
+        return vm.detect_accel(resolve.target_named("x86-gateway").vm_machine(REPO, {})) == "kvm"
     except BuilderError:  # no QEMU or firmware: the VM tests will say so themselves
         return False
 
@@ -338,8 +337,12 @@ def start_vm(artifact_cache):
     def start(appliance: Path, name: str, *, wait: bool = True, cpus: int = 2,
               memory_mb: int = 1536, disk_size: int | None = None,
               profile: str = "x86-gateway"):
+        from builder import resolve
+
         key, _ = builder_key(artifact_cache)
-        spec = vm.for_build(appliance / profile, ssh_port=free_port(),
+        built = json.loads((appliance / profile / "manifest.json").read_text())
+        machine = resolve.target_named(built["target"]).vm_machine
+        spec = vm.for_build(appliance / profile, machine, ssh_port=free_port(),
                             forwards={free_port(): 8080}, memory_mb=memory_mb, cpus=cpus,
                             state_dir=appliance / f".vm-{name}", disk_size=disk_size)
         handle = vm.start(spec)

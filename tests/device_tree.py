@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 from harness.llama_server import free_port
+from stand_ins import device_of
 
+from builder.contracts import ReleaseInputs
 from builder.device import api_keys
 from builder.fleet import release
 from builder.model.pipeline import ModelArtifact
@@ -80,11 +82,10 @@ class Device:
         mfile = self.work / f"model-{name}.gguf"
         mfile.write_bytes(model)
         sha = hashlib.sha256(model).hexdigest()
-        i = release.Inputs(profile_name=f"dev-{name}", profile=p, engine_dir=eng,
-                           engine_key=f"engine-{name}", gateway_dir=gw, gateway_key="g",
-                           model=ModelArtifact(mfile, sha, "Q4_K_M", "gguf"),
-                           model_id="test-model", memory_max=1 << 30,
-                           gateway_memory_max=128 << 20)
+        i = ReleaseInputs(device=device_of(p, f"dev-{name}"), engine_dir=eng,
+                          engine_key=f"engine-{name}", gateway_dir=gw, gateway_key="g",
+                          model=ModelArtifact(mfile, sha, "Q4_K_M", "gguf"),
+                          model_id="test-model")
         return release.make(i, self.work / "releases", key or self.key)
 
     def deliver(self, b: release.Bundle, *, incoming: bool = False) -> Path:

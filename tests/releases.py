@@ -13,6 +13,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from stand_ins import device_of
+
+from builder.contracts import ReleaseInputs
 from builder.fleet import bundle, release, trust
 from builder.model.pipeline import ModelArtifact, tree_digest
 from builder.profiles import ProfileStore
@@ -50,10 +53,9 @@ def make(work: Path, key: Path, *, hf: bool = False,
         model.write_bytes(b"GGUF" + os.urandom(MODEL_BYTES))
         art = ModelArtifact(model, hashlib.sha256(model.read_bytes()).hexdigest(), "Q4_K_M",
                             "gguf")
-    i = release.Inputs(profile_name="x86-gateway", profile=p, engine_dir=eng,
-                       engine_key="engine", gateway_dir=gw, gateway_key="gateway", model=art,
-                       model_id="test-model", memory_max=1 << 30,
-                       gateway_memory_max=128 << 20)
+    i = ReleaseInputs(device=device_of(p, "x86-gateway"), engine_dir=eng,
+                      engine_key="engine", gateway_dir=gw, gateway_key="gateway", model=art,
+                      model_id="test-model")
     return release.make(i, (out or work / "out") / "releases", key)
 
 

@@ -52,7 +52,7 @@ def test_role_defaults_match_their_argument_specs() -> None:
 
 
 def test_overlays_apply_common_then_the_profile_chain() -> None:
-    layers = build_mod.overlay_layers(ProfileStore().load("x86-gateway"))
+    layers = build_mod.overlay_layers(ProfileStore().load("x86-gateway").chain)
     assert [p.name for p in layers] == ["common", "x86-gateway"]
     assert (layers[-1] / "etc/hostname").read_text() == "edge-gateway\n"
 

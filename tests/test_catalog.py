@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from builder.model import catalog
-from builder.model.catalog import GGML_TYPES, MODELS, Tensor, get_model, get_quant, gguf_tensor_type
+from builder import resolve
+from builder.engines.llama_cpp.ggml import GGML_TYPES, gguf_tensor_type
+from builder.model.catalog import MODELS, Tensor, get_model
+from builder.plugins import ENGINES
+
+LLAMA, TRT = resolve.engine_named("llama.cpp"), resolve.engine_named("tensorrt-llm")
 
 # Hand-copied from each model's config.json on the hub:
 # (layers, hidden, heads, kv heads, head dim, ffn, vocab, tied, max ctx)
@@ -67,8 +71,7 @@ def test_block_sizes_are_ggmls() -> None:
 ])
 def test_tensor_types_follow_llama_quantize(model_id: str, tensor: Tensor, quant: str,
                                             expected: str) -> None:
-    q = get_quant(quant, "llama.cpp")
-    assert gguf_tensor_type(get_model(model_id), tensor, q) == expected
+    assert gguf_tensor_type(get_model(model_id), tensor, quant) == expected
 
 
 def test_qwen_0_5b_q4_k_m_weight_bytes_by_hand() -> None:
@@ -80,7 +83,7 @@ def test_qwen_0_5b_q4_k_m_weight_bytes_by_hand() -> None:
     more = common + 896 * 128 * q80 + 4864 * 896 * q6k
     less = common + 896 * 128 * q50 + 4864 * 896 * q4k
     expected = 151936 * 896 * q80 + 12 * more + 12 * less + 896 * 4
-    assert catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M") == expected
+    assert LLAMA.weight_bytes(get_model("qwen2.5-0.5b-instruct"), "Q4_K_M") == expected
 
 
 @pytest.mark.parametrize(("model_id", "quant", "published_file_bytes"), [
@@ -93,24 +96,26 @@ def test_qwen_0_5b_q4_k_m_weight_bytes_by_hand() -> None:
 ])
 def test_weight_bytes_match_published_gguf_files(model_id: str, quant: str,
                                                  published_file_bytes: float) -> None:
-    assert catalog.weight_bytes(model_id, quant) == pytest.approx(published_file_bytes,
-                                                                  rel=0.02)
+    assert LLAMA.weight_bytes(get_model(model_id), quant) == pytest.approx(
+        published_file_bytes, rel=0.02)
 
 
 @pytest.mark.parametrize("spelling", ["Q4_K_M", "q4_k_m", "Q4_k_M"])
 def test_quant_names_are_accepted_in_any_case(spelling: str) -> None:
-    assert get_quant(spelling, "llama.cpp").name == "Q4_K_M"
-    assert get_quant(spelling.replace("Q4_K_M", "INT4_AWQ").replace("q4_k_m", "Int4_Awq")
-                     .replace("Q4_k_M", "int4_AWQ"), "tensorrt-llm").name == "int4_awq"
+    assert LLAMA.quant(spelling).name == "Q4_K_M"
+    assert TRT.quant(spelling.replace("Q4_K_M", "INT4_AWQ").replace("q4_k_m", "Int4_Awq")
+                     .replace("Q4_k_M", "int4_AWQ")).name == "int4_awq"
 
 
-def test_a_quant_of_the_other_engine_is_refused_with_the_choices() -> None:
-    with pytest.raises(catalog.CatalogError, match=r"'int4_awq' is not a llama.cpp "
-                       r"quantization; choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16"):
-        get_quant("int4_awq", "llama.cpp")
+def test_a_quant_of_the_other_engine_is_refused_with_the_choices(workdir, cli) -> None:
+    (workdir / "awq.yaml").write_text("extends: x86-gateway\nmodel:\n  quant: int4_awq\n")
+    r = cli("profiles", "validate", str(workdir / "awq.yaml"))
+    assert r.code == 2 and "model.quant: 'int4_awq' is not a llama.cpp quantization; " \
+        "choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16" in r.err, r.err
 
 
-def test_every_model_offers_every_quant_of_both_engines() -> None:
+def test_every_model_offers_every_quant_of_every_engine() -> None:
     for m in MODELS.values():
-        for q in catalog.QUANTS.values():
-            assert catalog.weight_bytes(m.id, q.name) > 0
+        for e in ENGINES.values():
+            for q in e.quants:
+                assert e.weight_bytes(m, q.name) > 0

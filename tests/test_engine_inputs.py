@@ -9,17 +9,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from stand_ins import build_context
+from stand_ins import build_context, device
 
 from builder import build as build_mod
-from builder import engines
 from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
 from builder.engines.llama_cpp.recipe import x86_flags
 from builder.engines.llama_cpp.server import server_args, server_settings
 from builder.fleet import release
 from builder.profiles import ProfileStore
 from builder.schema import Runtime
-from builder.targets import TARGETS
 from builder.units import MiB
 
 
@@ -30,8 +28,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def recipe_of(name: str):
-    p = ProfileStore().load(name).profile
-    return engines.get(p.engine.kind).recipe(p, TARGETS[p.target].platform(p))
+    d = device(name)
+    return d.engine.recipe(d.profile, d.platform)
 
 
 def test_x86_recipe_builds_each_cpu_level_as_a_loadable_backend() -> None:

@@ -646,7 +646,7 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
                                                                  max_size=4),
     max_leaves=20)
-FIELDS = sorted({*validate._CHAT, *validate._COMPLETION, *validate.LLAMA_FIELDS, "bogus"})
+FIELDS = sorted({*validate._CHAT, *validate._COMPLETION, *validate.EXTENSION_FIELDS, "bogus"})
 MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "x"])},
     optional={"content": st.one_of(st.text(), st.none(), JSON,

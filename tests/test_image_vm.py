@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import image, vm
+from builder import image, resolve, vm
 from builder.cache import sha256_file
 from builder.errors import BuilderError
 from builder.image import uefi_gpt
 from builder.run import run
-from builder.targets import TARGETS
 from builder.units import GiB, MiB
 
 SEED = "test-image"
@@ -30,7 +29,7 @@ LAYOUT = uefi_gpt.UefiLayout(root_type=uefi_gpt.ROOT_X86_64_TYPE,
                              efi_loader="usr/lib/systemd/boot/efi/systemd-bootx64.efi",
                              efi_name="BOOTX64.EFI", kernel_cmdline="console=ttyS0 quiet")
 def _machine(*levels: str):
-    return TARGETS["x86-gateway"].vm_machine(
+    return resolve.target_named("x86-gateway").vm_machine(
         Path("."), {"inputs": {"profile": {"x86": {"cpu_levels": list(levels)}}}})
 
 
@@ -174,7 +173,8 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path, artifact_cac
     from builder.rootfs import debian
 
     p = ProfileStore().load("x86-gateway").concrete()
-    tarball = debian.build(TARGETS["x86-gateway"].debian_spec(p), artifact_cache).tarball
+    tarball = debian.build(resolve.target_named("x86-gateway").debian_spec(
+        p, resolve.engine_named(p.engine.kind)), artifact_cache).tarball
     tree = tmp_path_factory.mktemp("rootfs") / "tree"
     tree.mkdir()
     run(["tar", "--numeric-owner", "-xpf", tarball, "-C", tree], what="unpacking the rootfs")

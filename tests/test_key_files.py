@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import sshkey, vm
+from builder import resolve, sshkey, vm
 from builder.cache import Cache
 from builder.fleet import deploy as fleet
 from builder.lab import run as lab
-from builder.lab.inventory import Device
+from builder.lab.inventory import LabDevice
 from builder.profiles import ProfileStore
-from builder.targets import TARGETS
 
 
 def _mode(p: Path) -> int:
@@ -60,7 +59,7 @@ def test_a_vms_overlay_is_0600_in_a_0700_state_directory(tmp_path: Path,
     """vm.start as `builder vm` runs it (QEMU under TCG, a blank disk: the firmware
     finds nothing to boot, which is enough), over a state directory an older builder
     left 0755."""
-    machine = TARGETS["x86-gateway"].vm_machine(
+    machine = resolve.target_named("x86-gateway").vm_machine(
         Path("."), {"inputs": {"profile": {"x86": {"cpu_levels": ["x86-64-v2"]}}}})
     missing = [str(f) for f in machine.files if not f.is_file()]
     if shutil.which(machine.qemu) is None or shutil.which("qemu-img") is None or missing:
@@ -83,8 +82,9 @@ def test_a_vms_overlay_is_0600_in_a_0700_state_directory(tmp_path: Path,
 
 def test_a_lab_devices_logs_are_in_a_0700_directory(tmp_path: Path, loose_umask) -> None:
     rp = ProfileStore().load("x86-gateway")
-    d = Device(name="gw", profile="x86-gateway", flash="deploy-only", host="127.0.0.1")
-    pl = lab.Plan(d, rp, rp.concrete(), Path("manifest.json"), {}, release=None)  # type: ignore[arg-type]
+    d = LabDevice(name="gw", profile="x86-gateway", flash="deploy-only", host="127.0.0.1")
+    pl = lab.Plan(d, resolve.resolve(rp, rp.concrete()), Path("manifest.json"), {},
+                  release=None)  # type: ignore[arg-type]
     run_dir = tmp_path / "run"
     (run_dir / "devices" / "gw").mkdir(parents=True, mode=0o755)  # an earlier attempt's
     c = lab.Ctx(pl, lab.Lab(run_dir=run_dir, key=Path("key"), ssh=fleet.Ssh()), {})

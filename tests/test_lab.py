@@ -9,6 +9,7 @@ tests/test_fleet_e2e.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -22,6 +23,7 @@ from xml.etree import ElementTree
 import pytest
 import releases
 from fakes.jetson.fake_sysfs import make_usb_sysfs
+from stand_ins import device
 
 from builder.errors import BuilderError
 from builder.fleet import deploy as fleet
@@ -30,7 +32,7 @@ from builder.lab import bench, measure
 from builder.lab import inventory as lab_inventory
 from builder.lab import report as lab_report
 from builder.lab import run as lab
-from builder.lab.inventory import Device, lanes, parse_inventory
+from builder.lab.inventory import LabDevice, lanes, parse_inventory
 from builder.profiles import ProfileStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,14 +103,15 @@ def test_an_inventory_gives_each_device_its_fields_and_steps(tmp_path: Path) -> 
      r"^lab.yml:\d+:3: devices.orin-1: no flash method: add flash: sd \(with writer: "),
     (LAB.replace("flash: deploy-only\n    ansible_host: 10.0.0.42",
                  "flash: usb\n    ansible_host: 10.0.0.42"),
-     r"^lab.yml:\d+:5: devices.gw-2.flash: 'usb' is not a flash method; use sd, "
-     "jetson-recovery, deploy-only$"),
+     r"^lab.yml:\d+:5: devices.gw-2.flash: 'usb' is not a flash method; use "
+     "jetson-recovery, sd, deploy-only$"),
     (LAB.replace("    writer: /dev/disk/by-id/usb-SD_MUX_1\n    ansible_host: 10.0.0.22\n",
                  "    ansible_host: 10.0.0.22\n"),
      r"^lab.yml:\d+:3: devices.pi5-bench-2: flash: sd needs writer: "),
     (LAB.replace("    ansible_host: 10.0.0.42\n", "    ansible_host: 10.0.0.42\n"
                  "    writer: /dev/sdb\n"),
-     r"^lab.yml:\d+:5: devices.gw-2.writer: only flash: sd writes through a writer"),
+     r"^lab.yml:\d+:5: devices.gw-2.writer: only a flash method through a writer \(sd\) "
+     "takes one"),
     (LAB.replace("    ansible_host: 10.0.0.42\n", "    ansible_host: 10.0.0.42\n"
                  "    ansible_password: hunter2\n"),
      r"^lab.yml:\d+:5: devices.gw-2.ansible_password: passwords are not allowed"),
@@ -269,7 +272,7 @@ def test_a_device_needs_a_build_of_its_profile_that_its_flash_method_can_write(
     _fake_out(tmp_path / "out", kind="flash-package")
     with pytest.raises(BuilderError, match=r"devices.gw.flash: sd writes a disk-image, and the "
                                            r"x86-gateway build delivers flash-package; use "
-                                           r"flash: jetson-recovery$"):
+                                           r"flash: deploy-only$"):
         lab.plan([d], store, tmp_path / "out")
     _fake_out(tmp_path / "out", kind="disk-image")
     [pl] = lab.plan([d], store, tmp_path / "out")
@@ -299,14 +302,14 @@ def test_devices_sharing_a_writer_or_the_recovery_usb_share_a_lane(tmp_path: Pat
 
 def _plan(name: str, flash: str = "deploy-only", writer: str | None = None,
           rid: str = "rtest0001") -> lab.Plan:
-    rp = ProfileStore().load("x86-gateway")
-    p = rp.concrete()
-    d = Device(name=name, profile="x86-gateway", flash=flash, host="127.0.0.1",
-               port=2200, writer=writer, where=f"lab.yml:1:1 ({name})")
+    resolved = device("x86-gateway")
+    p = resolved.profile
+    d = LabDevice(name=name, profile="x86-gateway", flash=flash, host="127.0.0.1",
+                  port=2200, writer=writer, where=f"lab.yml:1:1 ({name})")
     m = {"release_id": rid, "model": {"id": p.model.id, "quant": p.model.quant},
          "engine": {"kind": p.engine.kind, "built_on": "host"},
          "plan": {"total": 900 << 20, "gateway_overhead": 100 << 20}}
-    return lab.Plan(d, rp, p, Path("manifest.json"), m, release=_shared_release())
+    return lab.Plan(d, resolved, Path("manifest.json"), m, release=_shared_release())
 
 
 @functools.cache
@@ -631,8 +634,9 @@ def a_run(tmp_path: Path) -> tuple[dict, list[dict]]:
     """Two attempts over three devices: one passed at once, one passed on the re-run, one
     still failing its benchmark (too slow for its bar)."""
     plans = [_plan("fast"), _plan("flaky"), _plan("slow")]
-    plans[2].p = plans[2].p.model_copy(update={"verify": plans[2].p.verify.model_copy(
+    slow = plans[2].p.model_copy(update={"verify": plans[2].p.verify.model_copy(
         update={"min_decode_tps": 50.0})})
+    plans[2].resolved = dataclasses.replace(plans[2].resolved, profile=slow)
     lab.run_lab(plans, _lab(tmp_path, 1), FakeSteps(fail={("flaky", "ready")}).steps)
     records = lab.run_lab(plans, _lab(tmp_path, 2), FakeSteps().steps)
     meta = {"run_id": "20261127T140000", "inventory": "lab.yml",

@@ -13,13 +13,16 @@ import pytest
 from harness.llama_server import LlamaServer, free_port
 
 from builder import planner
+from builder.contracts import PlanInput
 from builder.engines.llama_cpp.memory import kv_bytes_per_token, repacked_types
 from builder.engines.llama_cpp.server import server_args
 from builder.model import catalog
-from builder.model.shape import from_catalog, from_gguf
-from builder.planner import PlanInput
+from builder.model.shape import from_catalog
+from builder.resolve import engine_named
 from builder.schema import Runtime
 from builder.units import GiB, MiB
+
+LLAMA = engine_named("llama.cpp")
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +71,10 @@ def test_synthetic_qwen_0_5b_q4_k_m_has_the_published_size(qwen05_q4, gguf_reade
     assert qwen05_q4.stat().st_size == pytest.approx(398e6, rel=0.05)
     # and the catalog predicts every tensor's type: the data bytes match exactly
     data = sum(int(t.n_bytes) for t in gguf_reader(qwen05_q4).tensors)
-    assert data == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
+    assert data == LLAMA.weight_bytes(catalog.get_model("qwen2.5-0.5b-instruct"), "Q4_K_M")
     # and the planner reads the same shape from the file itself (a replaced model)
-    shape, planned = from_gguf(qwen05_q4), from_catalog("qwen2.5-0.5b-instruct", "Q4_K_M")
+    shape = LLAMA.shape_of(qwen05_q4, "Q4_K_M")
+    planned = from_catalog("qwen2.5-0.5b-instruct", "Q4_K_M", LLAMA)
     assert shape.weights == planned.weights and shape.matrices == planned.matrices
     assert (shape.arch.n_layer, shape.arch.n_embd, shape.arch.n_head, shape.arch.n_head_kv,
             shape.arch.n_ff, shape.arch.n_vocab, shape.arch.tied_embeddings) == (
@@ -86,7 +90,7 @@ def test_planner_matches_what_llama_server_allocates(x86_engine, qwen05_q4,
                      port=port) as srv:
         report = srv.report()
     plan = planner.plan(PlanInput(
-        model=from_gguf(qwen05_q4), engine="llama.cpp",
+        model=LLAMA.shape_of(qwen05_q4, "Q4_K_M"), engine=LLAMA,
         context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
         ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
         unified_gpu=False, repack_types=repacked_types(frozenset({"avx2"}))))

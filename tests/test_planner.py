@@ -7,19 +7,22 @@ import json
 import re
 
 import pytest
+from stand_ins import device
 
-from builder import planner
+from builder import planner, resolve
+from builder.contracts import PlanInput, Verdict
 from builder.engines.llama_cpp import COMPILE_JOB_PEAK
 from builder.engines.llama_cpp.memory import CACHE_RAM_DEFAULT
 from builder.model import catalog
 from builder.model.shape import from_catalog
-from builder.planner import PlanInput, Verdict, plan
-from builder.profiles import ProfileStore
+from builder.planner import plan
 from builder.units import GiB, MiB, format_size
+
+LLAMA = resolve.engine_named("llama.cpp")
 
 
 def pin(model_id: str = "qwen2.5-0.5b-instruct", quant: str = "Q4_K_M", **kw) -> PlanInput:
-    base = dict(model=from_catalog(model_id, quant), engine="llama.cpp",
+    base = dict(model=from_catalog(model_id, quant, LLAMA), engine=LLAMA,
                 context_length=4096, parallel=1, kv_cache_type="f16", flash_attn="auto",
                 ubatch_size=512, ram=4 * GiB, reserved=320 * MiB, memory_max=None,
                 unified_gpu=False)
@@ -30,7 +33,8 @@ def applied(start: PlanInput, **change) -> PlanInput:
     """`start` with a suggestion's change: model.id/model.quant pick another catalog model."""
     model_id = change.pop("model_id", start.model_id)
     quant = change.pop("quant", start.quant)
-    return dataclasses.replace(start, model=from_catalog(model_id, quant), **change)
+    return dataclasses.replace(start, model=from_catalog(model_id, quant, start.engine),
+                               **change)
 
 
 def test_kv_cache_by_hand() -> None:
@@ -54,7 +58,8 @@ def test_total_is_the_sum_of_its_parts() -> None:
     assert p.total == (p.weights + p.repacked + p.kv_total + p.compute + p.output
                        + p.engine_overhead + p.gateway_overhead + p.prompt_cache
                        + p.checkpoints)
-    assert p.weights == catalog.weight_bytes("qwen2.5-0.5b-instruct", "Q4_K_M")
+    assert p.weights == LLAMA.weight_bytes(catalog.get_model("qwen2.5-0.5b-instruct"),
+                                           "Q4_K_M")
     assert p.output == 151936 * 4 * 2  # one f32 logits row per slot
 
 
@@ -80,9 +85,9 @@ def test_repacked_weights_are_the_matrices_the_cpu_relays_out() -> None:
 
 
 def test_pi_and_x86_profiles_plan_their_cpu_repack() -> None:
-    pi = PlanInput.from_profile(ProfileStore().load("pi5-4gb").profile)
+    pi = resolve.plan_input(device("pi5-4gb"))
     assert "Q6_K" in pi.repack_types
-    orin = PlanInput.from_profile(ProfileStore().load("orin-nano-8gb").profile)
+    orin = resolve.plan_input(device("orin-nano-8gb"))
     assert orin.repack_types == ()
 
 
@@ -210,7 +215,7 @@ def test_an_explicit_prompt_cache_is_counted_and_judged() -> None:
 
 @pytest.mark.parametrize("name", ["pi5-4gb", "pi5-8gb", "x86-gateway"])
 def test_memory_max_covers_everything_the_engine_may_hold(name: str) -> None:
-    p = plan(PlanInput.from_profile(ProfileStore().load(name).profile))
+    p = plan(resolve.plan_input(device(name)))
     assert p.prompt_cache > 0
     engine = p.total - p.gateway_overhead
     assert engine == (p.weights + p.repacked + p.kv_total + p.compute + p.output
@@ -234,15 +239,12 @@ def test_tensorrt_llm_build_of_7b_on_orin_nano_warns(cli) -> None:
 
 
 def test_tensorrt_llm_build_of_the_default_orin_nano_model_is_ok() -> None:
-    p = ProfileStore().load("orin-nano-8gb").profile
-    assert p is not None
-    check = planner.build_check(p)
+    check = device("orin-nano-8gb").plan.build
     assert check is not None and check.ok
 
 
 def test_cross_built_profiles_have_no_on_device_build() -> None:
-    p = ProfileStore().load("pi5-4gb").profile
-    assert p is not None and planner.build_check(p) is None
+    assert device("pi5-4gb").plan.build is None
 
 
 def test_llama_cpp_cuda_build_on_orin_nano_advises_fewer_jobs(workdir, cli) -> None:
@@ -298,8 +300,7 @@ def test_the_gateway_is_planned_at_the_memory_max_its_limits_need(cli) -> None:
     for more in (dict(parallel=8), dict(max_queue=64), dict(max_request_bytes=4 * MiB),
                  dict(max_tokens=8192)):
         assert plan(pin(**more)).gateway_overhead > one.gateway_overhead, more
-    p = ProfileStore().load("orin-agx-64gb").concrete()
-    orin = plan(PlanInput.from_profile(p))
+    orin = device("orin-agx-64gb").plan
     assert orin.gateway_overhead > 128 * MiB and orin.gateway_overhead % (16 * MiB) == 0
     out = cli("plan", "--profile", "orin-agx-64gb").out
     assert re.search(rf"gateway +{re.escape(format_size(orin.gateway_overhead))} +its "

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.plugins import PROFILE
 from builder.profiles import ProfileStore, builtin_dir
-from builder.targets import PROFILE
 
 CONCRETE = ["orin-agx-64gb", "orin-nano-8gb", "pi5-8gb", "pi5-4gb", "x86-gateway"]
 
@@ -132,9 +132,20 @@ def test_profiles_dir_comes_before_the_project_profiles(workdir: Path, cli) -> N
 
 
 def test_quant_spelling_is_normalised(workdir: Path) -> None:
-    write(workdir / "profiles/q.yaml", "extends: orin-nano-8gb\nmodel:\n  quant: INT4_AWQ\n")
+    write(workdir / "profiles/q.yaml", "extends: orin-nano-8gb\nmodel:\n  quant: INT4_AWQ\n"
+          "engine:\n  tensorrt_llm:\n    calibration_dir: /opt/calib\n")
     p = ProfileStore().load("q").profile
     assert p is not None and p.model.quant == "int4_awq"
+
+
+def test_int4_awq_without_a_local_calibration_set_is_refused(workdir: Path, cli) -> None:
+    """quantize.py would fall back to the Hub's cnn_dailymail, which a device cannot
+    reach: refused before anything is built."""
+    write(workdir / "profiles/q.yaml", "extends: orin-nano-8gb\nmodel:\n  quant: int4_awq\n")
+    r = cli("plan", "--profile", "q")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "engine.tensorrt_llm.calibration_dir: int4_awq needs a local calibration set" \
+        in r.err
 
 
 def test_yaml_off_means_off(workdir: Path) -> None:
@@ -169,7 +180,7 @@ ERRORS = [
                  "bad.yaml:3:15: service.memory_max: expected a size such as 4GiB, or "
                  "'auto', got 'lots'", id="bad-size-or-auto"),
     pytest.param("extends: x86-gateway\ndevice:\n  arch: x86\n",
-                 "bad.yaml:3:9: device.arch: must be one of 'amd64' or 'arm64', got 'x86'",
+                 "bad.yaml:3:9: device.arch: x86 is not a x86-gateway architecture; use amd64",
                  id="bad-choice"),
     pytest.param("extends: x86-gateway\nruntime:\n  parallel: 0\n",
                  "bad.yaml:3:13: runtime.parallel: input should be greater than or equal "

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.targets import TARGETS
+from builder.plugins import ENGINES as PLUGGED_ENGINES
+from builder.plugins import TARGETS
 
 PKG = Path(__file__).resolve().parent.parent / "builder"
 SEAMS = (PKG / "targets", PKG / "engines")
 ARCHES = {"amd64", "arm64", "armhf", "i386", "x86_64", "aarch64", "riscv64"}
-ENGINES = {"llama.cpp", "tensorrt-llm"}
+ENGINES = set(PLUGGED_ENGINES)
 NAMES = set(TARGETS) | ENGINES | ARCHES
 
 

@@ -25,9 +25,10 @@ from fakes.jetson.fake_l4t import nv_tegra_release_line
 from fakes.jetson.fake_trtllm import install_fake_trtllm
 from harness.gateway_process import GatewayProcess
 from harness.llama_server import free_port
+from stand_ins import device_of
 
 from builder.cache import sha256_file
-from builder.engines.trtllm import ENGINE
+from builder.contracts import ReleaseInputs
 from builder.fleet import release
 from builder.model.pipeline import ModelArtifact, tree_digest
 from builder.profiles import ProfileStore
@@ -72,12 +73,11 @@ class OrinDevice:
         gw = tmp / "gateway"
         gw.mkdir()
         (gw / "__init__.py").write_text("")
-        i = release.Inputs(profile_name="orin-nano-8gb", profile=p, engine_dir=None,
-                           engine_key=release.recipe_key(ENGINE, p), gateway_dir=gw,
-                           gateway_key="g", model=ModelArtifact(
-                               model, tree_digest(files), "int4_gptq", "hf", files=files),
-                           model_id="qwen2.5-0.5b-instruct", memory_max=1 << 30,
-                           gateway_memory_max=128 << 20)
+        d = device_of(p, "orin-nano-8gb")
+        i = ReleaseInputs(device=d, engine_dir=None, engine_key=release.recipe_key(d),
+                          gateway_dir=gw, gateway_key="g", model=ModelArtifact(
+                              model, tree_digest(files), "int4_gptq", "hf", files=files),
+                          model_id="qwen2.5-0.5b-instruct")
         b = release.make(i, tmp / "releases", keygen(tmp / "signing"))
         self.release = self.root / "opt/edge-llm/releases" / b.release_id
         shutil.copytree(b.tree, self.release, symlinks=True)

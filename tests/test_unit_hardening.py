@@ -24,6 +24,7 @@ from builder.device.layout import DEFAULT as LAYOUT
 from builder.engines import trtllm
 from builder.fleet import release
 from builder.planner import build_budget
+from builder.provision import roles_path
 from builder.verify.suite.test_appliance import MAX_EXPOSURE, exposures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,16 +47,23 @@ SOURCES = {
     "edge-llm-power.service": "jetson/templates/edge-llm-power.service.j2",
 }
 ROLES = ["base", "inference", "gateway", "release", "jetson"]
+# where Ansible finds them: the shared roles/, then each target's own
+ROLE_DIRS = [Path(d) for d in roles_path().split(":")]
+
+
+def role_file(rel: str) -> Path:
+    """A file of a role (role/where/name), wherever on the roles path the role is."""
+    return next((d / rel for d in ROLE_DIRS if (d / rel).exists()), ROLE_DIRS[0] / rel)
 
 
 def _play(name: str, root: Path) -> dict:
     """One play rendering every unit into ROOT with the roles' defaults and vars, and over
     them the role variables a build of profile NAME passes (as playbooks/appliance.yml
     gets them: extra vars, set here after the roles' own)."""
-    tasks: list[dict] = [{"ansible.builtin.include_vars": str(REPO / "roles" / role / where /
-                                                              "main.yml")}
+    tasks: list[dict] = [{"ansible.builtin.include_vars": str(role_file(f"{role}/{where}/"
+                                                                         "main.yml"))}
                          for role in ROLES for where in ("defaults", "vars")
-                         if (REPO / "roles" / role / where / "main.yml").is_file()]
+                         if role_file(f"{role}/{where}/main.yml").is_file()]
     given = build_mod.role_vars(build_context(name), image_build=True)
     given["jetson_power_mode"] = max(0, given.get("jetson_power_mode", 0))  # the unit's there
     tasks.append({"ansible.builtin.set_fact": given})
@@ -63,7 +71,7 @@ def _play(name: str, root: Path) -> dict:
         tasks.append({f"ansible.builtin.{action}": {"src": "{{ item.key }}",
                                                      "dest": "{{ item.value }}"},
                       "loop": "{{ units | dict2items }}",
-                      "vars": {"units": {str(REPO / "roles" / src): str(root / UNIT_DIR / u)
+                      "vars": {"units": {str(role_file(src)): str(root / UNIT_DIR / u)
                                          for u, src in SOURCES.items()
                                          if src.endswith(".j2") == (action == "template")}}})
     return {"name": name, "hosts": "localhost", "connection": "local",
@@ -132,7 +140,7 @@ def test_each_unit_stays_under_its_exposure_bar(roots: dict[str, Path], profile:
 
 
 def test_every_unit_the_roles_install_has_a_bar() -> None:
-    installed = {m.group(1) for f in (REPO / "roles").rglob("*")
+    installed = {m.group(1) for d in ROLE_DIRS for f in d.rglob("*")
                  if f.is_file() and f.suffix in (".yml", ".service", ".j2")
                  for m in re.finditer(r"\b(edge-llm-[a-z-]+\.service)\b", f.read_text())}
     assert installed <= set(MAX_EXPOSURE) == set(SOURCES)

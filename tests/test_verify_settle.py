@@ -57,7 +57,7 @@ esac
 
 
 def run(capsys) -> str:
-    verify.settle(verify.Target("edge", "device", 22), Path("/dev/null"), MANIFEST, None)
+    verify.settle(verify.SshHost("edge", "device", 22), Path("/dev/null"), MANIFEST, None)
     return capsys.readouterr().out
 
 

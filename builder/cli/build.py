@@ -12,20 +12,18 @@ import click
 from rich.table import Table
 
 from .. import doctor as doctor_mod
-from .. import engines
+from .. import plugins, resolve
 from ..cache import Cache
-from ..engines.llama_cpp import source as sources
+from ..contracts import Device
 from ..errors import BuilderError, display_path
 from ..model import pipeline as model_pipeline
 from ..model import synth
-from ..profiles import ResolvedProfile
-from ..schema import Profile
-from ..targets import TARGETS
 from ..units import format_size
 from .common import (
     app,
     cache_option,
     json_option,
+    load_device,
     model_file_option,
     model_source_option,
     out,
@@ -34,7 +32,6 @@ from .common import (
     profile_option,
     profiles_dir_option,
 )
-from .common import load_profile as _load
 
 # --- engine ---------------------------------------------------------------------------
 
@@ -52,13 +49,13 @@ def engine_app() -> None:
 def engine_build(profile: str, jobs: int | None, cache_dir: Path | None,
                  profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Build (or take from the cache) the profile's engine for its target."""
-    rp, p = _load(profile, profiles_dir)
-    target, engine = TARGETS[p.target], engines.get(p.engine.kind)
-    doctor_mod.require(*target.host_stages(p))
-    art = engine.build(p, target.platform(p), Cache(cache_dir), jobs=jobs,
-                       base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
+    d = load_device(profile, profiles_dir)
+    p = d.profile
+    doctor_mod.require(*d.target.host_stages(p))
+    art = d.engine.build(p, d.platform, Cache(cache_dir), jobs=jobs,
+                         base_dir=d.engine_base_dir)
     if art is None:
-        raise BuilderError(f"{rp.name}: {p.engine.kind} for {p.target} is built on the "
+        raise BuilderError(f"{d.name}: {p.engine.kind} for {p.target} is built on the "
                            f"device; `builder engine recipe --profile {profile}` shows the "
                            "commands")
     files = {name: meta["sha256"] for name, meta in art.entry.manifest["outputs"].items()
@@ -79,8 +76,8 @@ def engine_build(profile: str, jobs: int | None, cache_dir: Path | None,
 @json_option
 def engine_recipe(profile: str, profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Print the build commands for the profile's engine (also for on-device builds)."""
-    _, p = _load(profile, profiles_dir)
-    recipe = engines.get(p.engine.kind).recipe(p, TARGETS[p.target].platform(p))
+    d = load_device(profile, profiles_dir)
+    recipe = d.engine.recipe(d.profile, d.platform)
     if json_:
         return print_json(recipe.to_json())
     for note in recipe.notes:
@@ -103,13 +100,14 @@ lock_option = click.option("--lock", type=click.Path(path_type=Path),
                            help="Lock file pinning every model file's sha256.")
 
 
-def _fetch(rp: ResolvedProfile, p: Profile, cache: Cache, model_file: Path | None,
-           synthetic: bool, lock: Path | None) -> model_pipeline.Fetched:
+def _fetch(d: Device, cache: Cache, model_file: Path | None, synthetic: bool,
+           lock: Path | None) -> model_pipeline.Fetched:
+    p = d.profile
     if synthetic:
         entry = synth.cached(p.model.id, cache)
         model_file = entry.out
     return model_pipeline.fetch(p.model.source, cache, model_file=model_file, lock=lock,
-                           base_dir=rp.dir_of("model", "source", "path"))
+                                base_dir=d.source.dir_of("model", "source", "path"))
 
 
 @model_app.command("fetch")
@@ -126,8 +124,8 @@ def model_fetch(profile: str, model_file: Path | None, synthetic: bool, lock: Pa
                 write_lock: Path | None, cache_dir: Path | None,
                 profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Get the model files and check them against their pins."""
-    rp, p = _load(profile, profiles_dir)
-    f = _fetch(rp, p, Cache(cache_dir), model_file, synthetic, lock)
+    f = _fetch(load_device(profile, profiles_dir), Cache(cache_dir), model_file, synthetic,
+               lock)
     if write_lock:
         model_pipeline.write_lock(f, write_lock)
     if json_:
@@ -148,14 +146,13 @@ def model_fetch(profile: str, model_file: Path | None, synthetic: bool, lock: Pa
 def model_convert(profile: str, model_file: Path | None, synthetic: bool,
                   lock: Path | None, cache_dir: Path | None,
                   profiles_dir: tuple[Path, ...]) -> None:
-    """Convert the Hugging Face model to an F16 GGUF with llama.cpp's converter."""
-    rp, p = _load(profile, profiles_dir)
+    """Convert the Hugging Face model to the engine's unquantized format with its own
+    tools (llama.cpp: an F16 GGUF with convert_hf_to_gguf.py)."""
+    d = load_device(profile, profiles_dir)
     cache = Cache(cache_dir)
-    f = _fetch(rp, p, cache, model_file, synthetic, lock)
-    src = sources.llama_cpp(p.engine.llama_cpp.source, cache,
-                            base_dir=rp.dir_of("engine", "llama_cpp", "source", "path"))
-    entry = model_pipeline.convert(f, src, cache)
-    out.print(f"F16 GGUF: {model_pipeline.gguf_of(entry)}")
+    f = _fetch(d, cache, model_file, synthetic, lock)
+    path = d.engine.convert(d.profile, f, cache, source_base=d.engine_base_dir)
+    out.print(f"converted: {path}")
 
 
 @model_app.command("quantize")
@@ -172,15 +169,15 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
                    profiles_dir: tuple[Path, ...], json_: bool) -> None:
     """Fetch, convert and quantize: the model the profile's engine serves (for llama.cpp
     a GGUF file)."""
-    rp, p = _load(profile, profiles_dir)
+    d = load_device(profile, profiles_dir)
+    p = d.profile
     if quant:
         from ..profiles import with_overrides
 
-        p = with_overrides(rp, {("model", "quant"): ("--quant", quant)})
+        p = with_overrides(d.source, {("model", "quant"): ("--quant", quant)})  # type: ignore[arg-type]
     cache = Cache(cache_dir)
-    f = _fetch(rp, p, cache, model_file, synthetic, lock)
-    result = engines.get(p.engine.kind).model(
-        p, f, cache, source_base=rp.dir_of("engine", "llama_cpp", "source", "path"))
+    f = _fetch(d, cache, model_file, synthetic, lock)
+    result = d.engine.model(p, f, cache, source_base=d.engine_base_dir)
     if json_:
         return print_json({"path": str(result.path), "sha256": result.sha256,
                            "quant": result.quant, "format": result.format,
@@ -267,12 +264,12 @@ def cache_prune(older_than: float | None, everything: bool, dry_run: bool,
 
 @app.command("doctor")
 @click.option("--install", is_flag=True, help="Install what is missing with apt-get.")
-@click.option("--stage", "stages", multiple=True, type=click.Choice(doctor_mod.STAGES),
+@click.option("--stage", "stages", multiple=True, type=click.Choice(doctor_mod.stages()),
               help="Check only these stages (repeatable); default: every build stage, "
               "not `test` (the test suite's browser).")
 def doctor(install: bool, stages: tuple[str, ...]) -> None:
     """Check the host packages every stage needs."""
-    stages = stages or doctor_mod.BUILD_STAGES
+    stages = stages or doctor_mod.build_stages()
     if install:
         doctor_mod.install(doctor_mod.missing(stages))
     gone = {n.tool for n in doctor_mod.missing(stages)}
@@ -288,6 +285,17 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 
 # --- build ----------------------------------------------------------------------------
 
+def vendor_input_options(f):
+    """--<flag> PATH for every file a target's build takes from its vendor (a BSP, an
+    OS image), as the targets declare them."""
+    for t in reversed(plugins.TARGETS.values()):
+        for vi in reversed(t.vendor_inputs):
+            f = click.option(f"--{vi.flag}", vi.name,
+                             type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                             help=f"{t.name}: {vi.help}")(f)
+    return f
+
+
 @app.command("build")
 @profile_option
 @model_file_option
@@ -301,15 +309,7 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Private SSH key that signs the image's release and that its devices "
               "trust for updates (KEY.pub beside it); default: the builder's own.")
-@click.option("--base-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Pi 5, os.base raspios: the Raspberry Pi OS Lite image to customise, "
-              "instead of the profile's pi5.base_image.path.")
-@click.option("--l4t-bsp", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Jetson: NVIDIA's BSP, Jetson_Linux_R<release>_aarch64.tbz2 (instead of "
-              "jetson.bsp.path).")
-@click.option("--l4t-rootfs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Jetson: NVIDIA's sample rootfs, Tegra_Linux_Sample-Root-Filesystem_"
-              "R<release>_aarch64.tbz2 (instead of jetson.sample_rootfs.path).")
+@vendor_input_options
 @click.option("--with-vm-image", is_flag=True,
               help="Also make what QEMU needs to boot this build when the device's image "
               "cannot boot there by itself (Pi 5: Debian's cloud kernel in the rootfs and "
@@ -319,26 +319,28 @@ def doctor(install: bool, stages: tuple[str, ...]) -> None:
 def build_cmd(profile: str, model_file: Path | None, model_source: str | None,
               authorized_keys: tuple[Path, ...],
               out_root: Path, jobs: int | None, signing_key: Path | None,
-              base_image: Path | None, l4t_bsp: Path | None, l4t_rootfs: Path | None,
               with_vm_image: bool, cache_dir: Path | None,
-              profiles_dir: tuple[Path, ...]) -> None:
+              profiles_dir: tuple[Path, ...], **vendor: Path | None) -> None:
     """Build what the profile's target delivers (a disk image, a flash package) into
     OUT/<profile>/."""
     from .. import build as build_mod
+    from ..contracts import BuildContext
     from ..sshkey import builder_key
 
-    rp, p = _load(profile, profiles_dir)
-    doctor_mod.require(*TARGETS[p.target].host_stages(p))
+    d = load_device(profile, profiles_dir)
+    doctor_mod.require(*d.target.host_stages(d.profile))
+    given = {k: v for k, v in vendor.items() if v is not None}
+    own = {vi.name for vi in d.target.vendor_inputs}
+    for name in given.keys() - own:
+        takes = ", ".join(f"--{vi.flag}" for vi in d.target.vendor_inputs) or "none"
+        raise BuilderError(f"--{name.replace('_', '-')}: a {d.target.name} build does not "
+                           f"take it (its vendor inputs: {takes})")
     cache = Cache(cache_dir)
     _, pub = builder_key(cache)
     keys = [pub, *(k.read_text().strip() for k in authorized_keys)]
-    ctx = build_mod.BuildContext(rp=rp, cache=cache, out_root=out_root,
-                                 model_file=model_file, model_source=model_source,
-                                 authorized_keys=keys, jobs=jobs, signing_key=signing_key,
-                                 vendor_inputs={k: v for k, v in (
-                                     ("base_image", base_image), ("l4t_bsp", l4t_bsp),
-                                     ("l4t_rootfs", l4t_rootfs)) if v is not None},
-                                 vm_image=with_vm_image)
+    ctx = BuildContext(device=d, cache=cache, out_root=out_root, model_file=model_file,
+                       model_source=model_source, authorized_keys=keys, jobs=jobs,
+                       signing_key=signing_key, vendor_inputs=given, vm_image=with_vm_image)
     final = build_mod.build(ctx)
     m = json.loads((final / "manifest.json").read_text())
     d = m["delivery"]
@@ -381,14 +383,14 @@ def flash_cmd(profile: str, device: str | None, to_file: Path | None, force: boo
     recovery mode."""
     from ..flash import Request, ask
 
-    rp, p = _load(profile, profiles_dir)
-    mpath, m = _manifest(out_root, rp.name)
+    d = load_device(profile, profiles_dir)
+    mpath, m = _manifest(out_root, d.name)
     request = Request(device=device, to_file=to_file, force=force, yes=yes,
                       dry_run=dry_run, force_fixed=force_fixed, massflash=massflash,
                       no_package=no_package, confirm=ask, say=out.print)
-    where = TARGETS[p.target].flash(mpath.parent, m, request)
+    where = d.target.flash(mpath.parent, m, resolve.built_profile(m), request)
     if not dry_run:
-        out.print(f"[green]✓[/] {rp.name} (release {m['release_id']}) written to {where}")
+        out.print(f"[green]✓[/] {d.name} (release {m['release_id']}) written to {where}")
 
 
 # --- vm and verify ----------------------------------------------------------------------
@@ -419,18 +421,20 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
     from .. import vm
     from ..sshkey import builder_key
 
-    rp, p = _load(profile, profiles_dir)
-    state = out_root / f".vm-{rp.name}"
+    d = load_device(profile, profiles_dir)
+    rp, p = d.source, d.profile
+    state = out_root / f".vm-{d.name}"
     if stop:
         was = vm.stop(state)
         out.print(f"{rp.name}: {'stopped' if was else 'no VM was running'}")
         return
-    doctor_mod.require("vm", *TARGETS[p.target].vm_stages)
+    doctor_mod.require("vm", *d.target.vm_stages)
     mpath, m = _manifest(out_root, rp.name)
     key, _ = builder_key(Cache(cache_dir))
     user = p.os.admin_user
-    spec = vm.for_build(mpath.parent, ssh_port=ssh_port, forwards={api_port: p.service.port},
-                        memory_mb=memory_mb, cpus=min(2, os.cpu_count() or 1), state_dir=state)
+    spec = vm.for_build(mpath.parent, d.target.vm_machine, ssh_port=ssh_port,
+                        forwards={api_port: p.service.port}, memory_mb=memory_mb,
+                        cpus=min(2, os.cpu_count() or 1), state_dir=state)
 
     def ready() -> None:
         out.print(f"{rp.name} is up (release {m['release_id']}):")
@@ -475,7 +479,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     from .. import verify
     from ..sshkey import builder_key
 
-    rp, p = _load(profile, profiles_dir)
+    d = load_device(profile, profiles_dir)
+    rp, p = d.source, d.profile
     if bool(host_url) == bool(inventory):
         raise BuilderError("say where: --host ssh://user@host:port or --inventory FILE")
     if api_url and inventory:
@@ -490,7 +495,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
         report = junit or mpath.parent / f"verify-{t.host}-{t.port}.xml"
         rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report,
                               verify.api_url_of(t, p.service, api_url),
-                              thresholds=p.verify.model_dump(mode="json"), select=select)
+                              thresholds=p.verify.model_dump(mode="json"), select=select,
+                              checks=d.target.verify_checks)
         out.print(f"{t.url}: {'[green]passed[/]' if rc == 0 else '[red]failed[/]'} "
                   f"(JUnit: {display_path(report)})")
         if rc:
@@ -531,7 +537,8 @@ def bench_cmd(profile: str, host_url: str, api_url: str | None, requests: int,
     from ..run import run
     from ..sshkey import builder_key
 
-    rp, p = _load(profile, profiles_dir)
+    d = load_device(profile, profiles_dir)
+    rp, p = d.source, d.profile
     _, m = _manifest(out_root, rp.name)
     target = verify.parse_host(host_url, p.os.admin_user)
     url = verify.api_url_of(target, p.service, api_url)

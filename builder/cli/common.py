@@ -12,7 +12,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from .. import __version__
+from .. import __version__, resolve
+from ..contracts import Device
 from ..model import catalog
 from ..profiles import ProfileStore, ResolvedProfile
 from ..schema import Profile
@@ -35,6 +36,12 @@ def load_profile(profile: str, profiles_dir: tuple[Path, ...],
                  verb: str = "use") -> tuple[ResolvedProfile, Profile]:
     rp = ProfileStore(list(profiles_dir)).load(profile)
     return rp, rp.concrete(verb)
+
+
+def load_device(profile: str, profiles_dir: tuple[Path, ...], verb: str = "use") -> Device:
+    """The device a profile describes, resolved once (builder/resolve.py)."""
+    rp, p = load_profile(profile, profiles_dir, verb)
+    return resolve.resolve(rp, p)
 
 
 profiles_dir_option = click.option(

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .. import doctor
 from ..cache import Cache
+from ..contracts import BuildContext
 from ..errors import BuilderError, display_path
 from ..fleet import bundle as bundle_mod
 from ..fleet import deploy as fleet
@@ -23,6 +24,7 @@ from .common import (
     app,
     cache_option,
     json_option,
+    load_device,
     model_file_option,
     model_source_option,
     out,
@@ -30,7 +32,6 @@ from .common import (
     profile_option,
     profiles_dir_option,
 )
-from .common import load_profile as _load
 from .common import print_json as _print_json
 
 signing_key_option = click.option(
@@ -126,10 +127,9 @@ def release_cmd(profile: str, model_file: Path | None, model_source: str | None,
     OUT/releases/<id>/, ready for `builder deploy`. No root needed."""
     from .. import build as build_mod
 
-    rp, _ = _load(profile, profiles_dir)
-    ctx = build_mod.BuildContext(rp=rp, cache=Cache(cache_dir), out_root=out_root,
-                                 model_file=model_file, model_source=model_source,
-                                 signing_key=signing_key)
+    ctx = BuildContext(device=load_device(profile, profiles_dir), cache=Cache(cache_dir),
+                       out_root=out_root, model_file=model_file, model_source=model_source,
+                       signing_key=signing_key)
     bundle = build_mod.release_only(ctx)
     m = bundle.manifest
     if json_:
@@ -368,7 +368,8 @@ def vagrant_box_cmd(profile: str, out_root: Path, profiles_dir: tuple[Path, ...]
     (OUT/<profile>/vagrant-libvirt.box): `vagrant up`, then `builder verify`."""
     from ..lab import vagrant
 
-    rp, _ = _load(profile, profiles_dir)
+    d = load_device(profile, profiles_dir)
+    rp = d.source
     build_dir = out_root / rp.name
     if not (build_dir / "manifest.json").is_file():
         raise BuilderError(f"{display_path(build_dir / 'manifest.json')}: no build of "
@@ -378,7 +379,7 @@ def vagrant_box_cmd(profile: str, out_root: Path, profiles_dir: tuple[Path, ...]
     logs = out_root / ".logs" / rp.name
     logs.mkdir(parents=True, exist_ok=True)
     dest = build_dir / vagrant.BOX_FILE
-    box = vagrant.pack(build_dir, dest, log_file=logs / "vagrant-box.log")
+    box = vagrant.pack(build_dir, d.target, dest, log_file=logs / "vagrant-box.log")
     out.print(f"[green]✓[/] {display_path(dest)} ({format_size(dest.stat().st_size)}; disk "
               f"{format_size(box.virtual_size)}), {display_path(build_dir / vagrant.VARS_FILE)}")
     out.print(f"next: {vagrant.add_command(rp.name, dest)}  (first time: `vagrant up` adds it)")

@@ -83,7 +83,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
     devices = lab_inventory.parse_inventory(inventory)
     lab_inventory.require_confirmed(devices, yes)
     plans = lab.plan(devices, ProfileStore(list(profiles_dir)), out_root)
-    if any(d.flash == "deploy-only" for d in devices):
+    if any(d.flash == lab_inventory.DEPLOY_ONLY for d in devices):
         doctor.require("fleet")
     meta = lab.start_run(run_dir, inventory, resume=bool(resume))
     key, _ = builder_key(Cache(cache_dir))

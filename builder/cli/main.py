@@ -15,7 +15,8 @@ import click
 import yaml
 from rich.table import Table
 
-from .. import planner
+from .. import plugins, resolve
+from ..contracts import Plan, Verdict
 from ..errors import EXIT_ERROR, BuilderError, display_path
 from ..model import catalog
 from ..profiles import ProfileStore, with_overrides
@@ -117,10 +118,8 @@ def profiles_schema(markdown: bool) -> None:
     if markdown:
         sys.stdout.write(markdown_reference())
     else:
-        from ..targets import PROFILE
-
         _print_json({"title": "edge-llm builder device profile",
-                     **PROFILE.json_schema()})
+                     **plugins.PROFILE.json_schema()})
 
 
 # --- models ---------------------------------------------------------------------------
@@ -137,11 +136,10 @@ def models_list(json_: bool) -> None:
             "hidden": m.n_embd, "heads": m.n_head, "kv_heads": m.n_head_kv,
             "head_dim": m.head_dim, "ffn": m.n_ff, "vocab": m.n_vocab,
             "tied_embeddings": m.tied_embeddings, "max_context": m.max_context,
-            "quants": {q.name: {"engine": q.engine, "weight_bytes":
-                                catalog.weight_bytes(m.id, q.name),
-                                "bits_per_weight": round(catalog.effective_bpw(m.id,
-                                                                               q.name), 3)}
-                       for q in catalog.QUANTS.values()},
+            "quants": {q.name: {"engine": e.kind, "weight_bytes": e.weight_bytes(m, q.name),
+                                "bits_per_weight": round(e.weight_bytes(m, q.name) * 8
+                                                         / m.n_params, 3)}
+                       for e in plugins.ENGINES.values() for q in e.quants},
         })
     if json_:
         return _print_json(rows)
@@ -155,17 +153,15 @@ def models_list(json_: bool) -> None:
                        ("max context", "max_context")):
         arch.add_row(label, *[_cell(r[key]) for r in rows])
     out.print(arch)
-    sizes = Table("quant", *names, title="Weights: size, effective bits per weight",
-                  caption="GGUF quants run on llama.cpp; int4_awq, int8_wo, fp16 on "
-                  "TensorRT-LLM")
-    engine = None
-    for q in catalog.QUANTS.values():
-        if engine and q.engine != engine:
+    sizes = Table("quant", "engine", *names, title="Weights: size, effective bits per "
+                  "weight", caption="each engine offers its own quantizations")
+    for i, e in enumerate(plugins.ENGINES.values()):
+        if i:
             sizes.add_section()
-        engine = q.engine
-        sizes.add_row(q.name, *[
-            f"{format_size(r['quants'][q.name]['weight_bytes'])} "
-            f"{r['quants'][q.name]['bits_per_weight']:.2f}" for r in rows])
+        for q in e.quants:
+            sizes.add_row(q.name, e.kind, *[
+                f"{format_size(r['quants'][q.name]['weight_bytes'])} "
+                f"{r['quants'][q.name]['bits_per_weight']:.2f}" for r in rows])
     out.print(sizes)
 
 
@@ -197,9 +193,9 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
 
     Exit status: 0 fits, 1 tight, 3 does not fit, 2 bad input.
     """
-    from ..build import BuildContext, fetch
+    from ..build import fetch
     from ..cache import Cache
-    from ..model import shape as model_shape
+    from ..contracts import BuildContext
 
     rp = ProfileStore(list(profiles_dir)).load(profile)
     rp.concrete("plan")
@@ -214,13 +210,12 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
         ("runtime", "parallel"): ("--parallel", parallel),
         ("runtime", "kv_cache_type"): ("--kv-cache-type", kv_cache_type),
     })
-    shape = None
+    d = resolve.resolve(rp, p)
     if model_file or model_source:
-        bctx = BuildContext(rp=rp, cache=Cache(cache_dir), out_root=Path("out"),
+        bctx = BuildContext(device=d, cache=Cache(cache_dir), out_root=Path("out"),
                             model_file=model_file, model_source=model_source)
-        shape = model_shape.of_fetched(p, fetch(bctx))
-    result = planner.plan(planner.PlanInput.from_profile(p, shape),
-                          build=planner.build_check(p))
+        d = resolve.with_model(d, d.engine.shape_of(fetch(bctx).path, p.model.quant))
+    result = d.plan
     if json_:
         _print_json({"profile": rp.name, **result.to_json()})
     else:
@@ -231,12 +226,12 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
 _VERDICT_STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}
 
 
-def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
+def _render_plan(name: str, p: Profile, r: Plan) -> None:
     i = r.input
     bpw = r.weights * 8 / i.model.arch.n_params
     slots = "slot" if i.parallel == 1 else "slots"
     origin = "" if i.model.in_catalog else f" (from {i.model.origin})"
-    out.print(f"[bold]{name}[/]: {i.model_id} {i.quant}{origin} on {i.engine}, "
+    out.print(f"[bold]{name}[/]: {i.model_id} {i.quant}{origin} on {i.engine.kind}, "
               f"{i.context_length} ctx x {i.parallel} {slots}, KV {i.kv_cache_type}")
     t = Table("", "bytes", "", show_header=False, box=None, padding=(0, 2))
     t.add_row("weights", format_size(r.weights), f"{bpw:.2f} bits/weight")
@@ -262,13 +257,13 @@ def _render_plan(name: str, p: Profile, r: planner.Plan) -> None:
         t.add_row("on the GPU", format_size(r.gpu_share), "unified memory, shared with CPU")
     out.print(t)
     out.print(f"verdict: [{_VERDICT_STYLE[r.verdict.value]}]{r.verdict.value}[/]: {r.reason}")
-    if r.verdict is not planner.Verdict.NO_FIT:
+    if r.verdict is not Verdict.NO_FIT:
         out.print(f"engine MemoryMax: {format_size(r.memory_max)}")
     if r.suggestions:
         out.print("to make it fit, change one of:")
         for s in r.suggestions:
             out.print(f"  {s.change}  -> {format_size(s.total)}")
-    elif r.verdict is not planner.Verdict.FITS:
+    elif r.verdict is not Verdict.FITS:
         out.print("no single change makes it fit; pick a smaller model and quantization")
     b = r.build
     if b is not None:

@@ -21,7 +21,6 @@ setting that differs gives another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,50 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, engines
+from .. import __version__
 from ..cache import key_of
+from ..contracts import Device, ReleaseInputs
 from ..device.layout import DEFAULT as LAYOUT
 from ..device.layout import RELEASE_FORMAT, RELEASE_MANIFEST, RELEASE_SIGNATURE
 from ..errors import BuilderError, display_path
-from ..model.pipeline import ModelArtifact
-from ..schema import Profile
 from ..sshkey import sign
 from . import trust
 from .trust import listing
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """Everything a release is made of (all resolved artifacts)."""
-
-    profile_name: str
-    profile: Profile
-    engine_dir: Path | None  # an engine built on the build host; None: the device builds it
-    engine_key: str  # its cache key, or the hash of the recipe the device runs
-    gateway_dir: Path  # the gateway package
-    gateway_key: str
-    model: ModelArtifact
-    model_id: str  # what clients name (the engine's alias)
-    memory_max: int  # engine MemoryMax, bytes (from the plan)
-    gateway_memory_max: int  # the gateway's MemoryMax, bytes (the plan's gateway share)
-
-    @property
-    def engine(self) -> engines.Engine:
-        return engines.get(self.profile.engine.kind)
-
-    @property
-    def release_id(self) -> str:
-        blob = json.dumps({"engine": self.engine_key, "model": self.model.sha256,
-                           "gateway": self.gateway_key, "model_id": self.model_id,
-                           "profile": self.profile.model_dump(mode="json")}, sort_keys=True)
-        return "r" + hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def recipe_key(engine: engines.Engine, p: Profile) -> str:
+def recipe_key(d: Device) -> str:
     """What names an engine the device builds itself: its recipe."""
-    from ..targets import TARGETS
-
-    return key_of("device-engine", engine.recipe(p, TARGETS[p.target].platform(p)).to_json())
+    return key_of("device-engine", d.engine.recipe(d.profile, d.platform).to_json())
 
 
 @dataclass(frozen=True)
@@ -103,7 +72,7 @@ class Bundle:
                    if f.is_file() and not f.is_symlink())
 
 
-def gateway_config(i: Inputs, release_id: str) -> dict[str, Any]:
+def gateway_config(i: ReleaseInputs, release_id: str) -> dict[str, Any]:
     p = i.profile
     return {
         "model_id": i.model_id,
@@ -124,7 +93,7 @@ def gateway_config(i: Inputs, release_id: str) -> dict[str, Any]:
     }
 
 
-def engine_unit_conf(i: Inputs) -> str:
+def engine_unit_conf(i: ReleaseInputs) -> str:
     """The engine unit's per-release part, a drop-in read through current/: the command
     and readiness check of the release's engine, and its resources."""
     p, e = i.profile, i.engine
@@ -138,7 +107,7 @@ def engine_unit_conf(i: Inputs) -> str:
              f"ExecStart={e.exec_start(i, LAYOUT)}",
              f"ExecStartPost={LAYOUT.tool('edge-llm-wait-ready')} {ready} {timeout}",
              f"TimeoutStartSec={timeout}",
-             f"MemoryMax={i.memory_max}"]
+             f"MemoryMax={i.plan.memory_max}"]
     if p.service.cpu_affinity:
         lines.append("CPUAffinity=" + " ".join(map(str, p.service.cpu_affinity)))
     if p.runtime.mlock:
@@ -146,12 +115,12 @@ def engine_unit_conf(i: Inputs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gateway_unit_conf(i: Inputs) -> str:
+def gateway_unit_conf(i: ReleaseInputs) -> str:
     """The gateway unit's per-release part, a drop-in read through current/ like the
     engine's: its MemoryMax, from the limits this release's gateway.json sets (the
     plan's gateway figure), so a deploy or a rollback brings its own."""
     return ("# edge-llm release: the gateway's resources (a drop-in linked through "
-            "current/)\n[Service]\n" f"MemoryMax={i.gateway_memory_max}\n")
+            "current/)\n[Service]\n" f"MemoryMax={i.plan.gateway_overhead}\n")
 
 
 def env_file(env: dict[str, str], engine: str) -> str:
@@ -168,7 +137,7 @@ def copy_tree(src: Path, dest: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def make(i: Inputs, out_root: Path, signing_key: Path) -> Bundle:
+def make(i: ReleaseInputs, out_root: Path, signing_key: Path) -> Bundle:
     """out_root/<id>/, made once: a release id names its content, so an existing,
     complete bundle is reused (its signature stays the one it was made with)."""
     rid = i.release_id

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import api_keys
-from .validate import LLAMA_FIELDS
+from .validate import EXTENSION_FIELDS
 
 
 class ConfigError(Exception):
@@ -40,7 +40,7 @@ class Config:
     metrics_auth: bool = True  # /metrics needs the API key too
     # what the release's engine is (builder/engines: Engine.gateway_settings)
     engine_probe_path: str = "/metrics"  # answered only while the engine's loop turns
-    engine_fields: list = field(default_factory=lambda: sorted(LLAMA_FIELDS))  # its own
+    engine_fields: list = field(default_factory=lambda: sorted(EXTENSION_FIELDS))  # its own
     engine_status_file: str = ""  # where an engine built on the device says how it goes
     # each conversation back to the engine slot holding its prefix (affinity.py); only
     # for an engine that takes llama.cpp's id_slot (in engine_fields)
@@ -80,10 +80,10 @@ class Config:
             if not ok:
                 raise ConfigError(f"{path}: {key}: expected {want}, got {value!r}")
         cfg = cls(**raw)
-        unknown = [f for f in cfg.engine_fields if f not in LLAMA_FIELDS]
+        unknown = [f for f in cfg.engine_fields if f not in EXTENSION_FIELDS]
         if unknown:
             raise ConfigError(f"{path}: engine_fields: {unknown[0]!r} is not a request field "
-                              f"the gateway checks (known: {', '.join(sorted(LLAMA_FIELDS))})")
+                              f"the gateway checks (known: {', '.join(sorted(EXTENSION_FIELDS))})")
         if not cfg.engine_probe_path.startswith("/"):
             raise ConfigError(f"{path}: engine_probe_path: a path, starting with /")
         for key in ("slots", "max_request_bytes", "max_tokens", "listen_port",

@@ -13,9 +13,10 @@ field, as a 4xx. They never raise. The rules:
 - message roles are system, developer, user, assistant and tool; content is a string or
   a list of text parts (the appliance's models read text only); a tool message needs
   `tool_call_id`; an assistant message may carry `tool_calls` and null content;
-- unknown fields are refused (as OpenAI does), except llama.cpp's own sampling fields
-  in LLAMA_FIELDS, which clients of llama-server legitimately send; fields llama-server
-  sets for itself (chat_format, grammar_triggers, ...) are unknown here on purpose;
+- unknown fields are refused (as OpenAI does), except the sampling fields in
+  EXTENSION_FIELDS that the engine takes (gateway.json's engine_fields), which clients
+  of llama-server legitimately send; fields an engine sets for itself (chat_format,
+  grammar_triggers, ...) are unknown here on purpose;
 - anything the engine would fail on with a 500 rather than a 400 (a string where it
   expects a number, both `grammar` and `json_schema`, `echo`, `best_of`, `suffix`,
   integers beyond 64 bits, unpaired UTF-16 surrogates) is refused here instead;
@@ -42,7 +43,7 @@ class Limits:
     max_tokens: int  # per request, and the default when a request names none
     model_id: str = ""  # the served model; "" accepts any name
     slots: int = 1  # engine slots (bounds llama.cpp's id_slot)
-    engine_fields: frozenset[str] | None = None  # of LLAMA_FIELDS, those the engine takes
+    engine_fields: frozenset[str] | None = None  # of EXTENSION_FIELDS, those the engine takes
 
 
 @dataclass(frozen=True)
@@ -576,10 +577,12 @@ _COMPLETION: dict[str, Check] = {
     "suffix": _r_str,
 }
 
-# llama.cpp's own request fields that clients of llama-server send (tools/server/
-# server-schema.cpp in the pinned llama.cpp, and id_slot in server-context.cpp), with
-# the ranges llama-server enforces; max_tokens' alias n_predict gets the same limit.
-LLAMA_FIELDS: dict[str, Check] = {
+# Request fields beyond OpenAI's that the gateway knows how to check: the sampling and
+# caching fields clients of llama-server send (tools/server/server-schema.cpp in the
+# pinned llama.cpp, and id_slot in server-context.cpp), with the ranges llama-server
+# enforces; max_tokens' alias n_predict gets the same limit. Each engine says which of
+# them it takes (gateway.json's engine_fields).
+EXTENSION_FIELDS: dict[str, Check] = {
     "n_predict": _max_tokens,
     "top_k": _r_int(0, INT32),
     "min_p": _r_num(0, 1),
@@ -655,7 +658,7 @@ def _check(body: Any, lim: Limits, fields: dict[str, Check], required: str) -> d
     if required not in body:
         raise _fail(required, f"Missing required parameter: '{required}'.",
                     "missing_required_parameter")
-    extra = LLAMA_FIELDS if lim.engine_fields is None else lim.engine_fields
+    extra = EXTENSION_FIELDS if lim.engine_fields is None else lim.engine_fields
     for key in body:
         if key not in fields and key not in extra:
             raise _fail(key, f"Unrecognized request argument supplied: {key}",
@@ -664,7 +667,7 @@ def _check(body: Any, lim: Limits, fields: dict[str, Check], required: str) -> d
     for key, value in body.items():
         if value is None:
             continue  # null means "the default", as in OpenAI's API
-        out[key] = fields.get(key, LLAMA_FIELDS.get(key))(value, key, lim)
+        out[key] = fields.get(key, EXTENSION_FIELDS.get(key))(value, key, lim)
     model = out.get("model")
     if lim.model_id and model is not None and model != lim.model_id:
         raise _fail("model", f"The model '{model[:100]}' does not exist on this appliance; "

@@ -18,18 +18,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import names
+from .. import names, plugins
+from ..contracts import FlashMethod
 from ..errors import BuilderError, display_path
 from ..provision import PASSWORD_VARS
 from ..yamlsrc import Document, load_document
 
-# How a device is flashed -> what the build must deliver for it (None: nothing written).
-FLASH_METHODS: dict[str, str | None] = {"sd": "disk-image", "jetson-recovery": "flash-package",
-                                        "deploy-only": None}
+# How a device gets its build: a flash method a target family brings (contracts:
+# FlashMethod: what delivery it writes, whether through a writer), or a deploy over SSH
+DEPLOY_ONLY = "deploy-only"
+FLASH_METHODS: dict[str, FlashMethod] = plugins.flash_methods()
+
+
+def _methods() -> str:
+    return ", ".join([*FLASH_METHODS, DEPLOY_ONLY])
 DEVICE_FIELDS = {
     "profile": "the device's profile (name or YAML path)",
-    "flash": "how the build reaches it: sd, jetson-recovery or deploy-only",
-    "writer": "flash: sd: the SD/USB writer's block device",
+    "flash": "how the build reaches it: a flash method its target brings (sd, "
+             "jetson-recovery) or deploy-only",
+    "writer": "a flash method through a writer (sd): the writer's block device",
     "after_flash": "a command run on this machine after a flash (e.g. switch an SD mux "
                    "to the device, power it on)",
     "ansible_host": "its address (default: the device's name)",
@@ -49,7 +56,7 @@ STEPS_AFTER = ("ready", "verify", "benchmark")
 
 
 @dataclass(frozen=True)
-class Device:
+class LabDevice:
     name: str
     profile: str
     flash: str
@@ -67,30 +74,30 @@ class Device:
 
     @property
     def steps(self) -> tuple[str, ...]:
-        return ("deploy" if self.flash == "deploy-only" else "flash", *STEPS_AFTER)
+        return ("deploy" if self.flash == DEPLOY_ONLY else "flash", *STEPS_AFTER)
 
     @property
     def writer_key(self) -> str | None:
         """What it shares with other devices while it is flashed: its writer's block
         device, or this machine's USB for boards in recovery mode (a flash finds every
         board in recovery mode there); None for a deploy."""
-        if self.flash == "sd" and self.writer:
+        if self.writer:
             return f"writer {os.path.realpath(self.writer)}"
-        if FLASH_METHODS[self.flash] is not None:
+        if self.flash != DEPLOY_ONLY:
             return f"{self.flash} USB of this machine"
         return None
 
     @property
     def overwrites(self) -> str | None:
         """What a run writes over (for the question it does not ask); None: nothing."""
-        if self.flash == "sd":
+        if self.writer:
             return f"the card in {self.writer}"
-        if FLASH_METHODS[self.flash] is not None:
-            return "the board in recovery mode on this machine's USB"
+        if self.flash != DEPLOY_ONLY:
+            return f"the board {FLASH_METHODS[self.flash].description}"
         return None
 
 
-def require_confirmed(devices: list[Device], yes: bool) -> None:
+def require_confirmed(devices: list[LabDevice], yes: bool) -> None:
     """One line naming the first device a run would overwrite without its inventory
     entry saying confirm: true (a lab runs unattended: nobody answers a question)."""
     if yes:
@@ -118,7 +125,7 @@ def _where(doc: Document, *loc: str | int) -> str:
     return f"{display_path(doc.file)}:1:1"
 
 
-def parse_inventory(path: Path) -> list[Device]:
+def parse_inventory(path: Path) -> list[LabDevice]:
     """The devices of a lab inventory, checked; a mistake is one line naming the file,
     line, device and field, and what to write instead."""
     if not path.is_file():
@@ -161,7 +168,7 @@ def parse_inventory(path: Path) -> list[Device]:
     return out
 
 
-def _device(doc: Document, name: str, f: dict[str, Any]) -> Device:
+def _device(doc: Document, name: str, f: dict[str, Any]) -> LabDevice:
     at = _where(doc, "devices", name)
     dotted = f"devices.{name}"
     own = doc.data["devices"][name] or {}
@@ -244,23 +251,25 @@ def _device(doc: Document, name: str, f: dict[str, Any]) -> Device:
                            "profiles list` shows them)")
     if not flash:
         raise BuilderError(f"{at}: {dotted}: no flash method: add flash: sd (with writer: "
-                           "/dev/...), jetson-recovery or deploy-only")
-    if flash not in FLASH_METHODS:
-        raise bad("flash", f"{flash!r} is not a flash method; use {', '.join(FLASH_METHODS)}")
+                           f"/dev/...), or one of {_methods()}")
+    if flash not in FLASH_METHODS and flash != DEPLOY_ONLY:
+        raise bad("flash", f"{flash!r} is not a flash method; use {_methods()}")
+    method = FLASH_METHODS.get(flash)
     writer, after = path("writer", absolute=True), command("after_flash")
-    if flash == "sd" and not writer:
-        raise BuilderError(f"{at}: {dotted}: flash: sd needs writer: the SD/USB writer's "
+    if method and method.writer and not writer:
+        raise BuilderError(f"{at}: {dotted}: flash: {flash} needs writer: the SD/USB writer's "
                            "whole-disk block device (e.g. /dev/disk/by-id/usb-...)")
-    if writer and flash != "sd":
-        raise bad("writer", f"only flash: sd writes through a writer (this device: {flash})")
-    if after and FLASH_METHODS[flash] is None:
+    if writer and not (method and method.writer):
+        raise bad("writer", f"only a flash method through a writer (sd) takes one (this "
+                  f"device: {flash})")
+    if after and method is None:
         raise bad("after_flash", f"a {flash} device is not flashed")
     confirm = f.get("confirm", False)
     if not isinstance(confirm, bool):
         raise bad("confirm", f"expected true or false, got {confirm!r}")
-    if "confirm" in own and FLASH_METHODS[flash] is None:
+    if "confirm" in own and method is None:
         raise bad("confirm", f"a {flash} device is not written")
-    return Device(name=name, profile=profile, flash=flash, host=host("ansible_host", name),
+    return LabDevice(name=name, profile=profile, flash=flash, host=host("ansible_host", name),
                   port=number("ansible_port", 22, 1, 65535), user=user("ansible_user"),
                   key_file=path("ansible_ssh_private_key_file"), writer=writer,
                   after_flash=after, api_url=url("api_url"),
@@ -268,10 +277,10 @@ def _device(doc: Document, name: str, f: dict[str, Any]) -> Device:
                   profile_where=where("profile"))
 
 
-def lanes(devices: list[Device]) -> list[list[Device]]:
+def lanes(devices: list[LabDevice]) -> list[list[LabDevice]]:
     """Devices that share a writer in one lane, in inventory order; every other device
     a lane of its own. A lane runs one device after another; lanes run side by side."""
-    groups: dict[str, list[Device]] = {}
+    groups: dict[str, list[LabDevice]] = {}
     for d in devices:
         groups.setdefault(d.writer_key or f"device {d.name}", []).append(d)
     return list(groups.values())

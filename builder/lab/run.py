@@ -32,17 +32,19 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from .. import resolve
 from .. import verify as verify_mod
+from ..contracts import Device
 from ..errors import BuilderError, display_path
 from ..fleet import deploy as fleet
 from ..fleet import release as release_mod
 from ..fleet import trust
-from ..profiles import ProfileStore, ResolvedProfile
+from ..profiles import ProfileStore
 from ..run import run
 from ..schema import Profile
 from ..units import format_size
 from . import bench, measure
-from .inventory import FLASH_METHODS, Device, lanes
+from .inventory import DEPLOY_ONLY, FLASH_METHODS, LabDevice, lanes
 
 RECORD_FORMAT = 1
 
@@ -61,12 +63,24 @@ class StepFailed(Exception):
 
 @dataclass
 class Plan:
-    device: Device
-    rp: ResolvedProfile
-    p: Profile
+    device: LabDevice
+    resolved: Device  # what its profile describes (target, engine, plan)
     manifest_path: Path
     manifest: dict[str, Any]
     release: trust.Release  # checked against the site's signers
+
+    @property
+    def p(self) -> Profile:
+        return self.resolved.profile
+
+    @property
+    def name(self) -> str:
+        """Its profile's name."""
+        return self.resolved.name
+
+    @property
+    def ssh_host(self) -> verify_mod.SshHost:
+        return verify_mod.SshHost(self.user, self.device.host, self.device.port)
 
     @property
     def thresholds(self) -> dict[str, Any]:
@@ -77,10 +91,6 @@ class Plan:
         return self.device.user or self.p.os.admin_user
 
     @property
-    def target(self) -> verify_mod.Target:
-        return verify_mod.Target(self.user, self.device.host, self.device.port)
-
-    @property
     def model(self) -> str:
         """The model the device serves, as its release names it (a file given to the
         build is named by the file)."""
@@ -89,22 +99,23 @@ class Plan:
 
     @property
     def api_url(self) -> str:
-        return verify_mod.api_url_of(self.target, self.p.service, self.device.api_url)
+        return verify_mod.api_url_of(self.ssh_host, self.p.service, self.device.api_url)
 
 
-def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Plan]:
+def plan(devices: list[LabDevice], store: ProfileStore, out_root: Path) -> list[Plan]:
     """Each device's profile, the build of it in OUT and that build's release; one line
     naming the device when any is missing or does not fit how the device is flashed."""
     profiles = []
     for d in devices:  # every profile first: a typo is reported before a missing build
         try:
             rp = store.load(d.profile)
-            profiles.append((d, rp, rp.concrete("test in the lab")))
+            profiles.append((d, resolve.resolve(rp, rp.concrete("test in the lab"))))
         except BuilderError as e:
             raise BuilderError(f"{d.profile_where}: devices.{d.name}.profile: {e}") from None
     plans = []
     signers: trust.Signers | None = None
-    for d, rp, p in profiles:
+    for d, resolved in profiles:
+        rp = resolved.source
         mpath = out_root / rp.name / "manifest.json"
         if not mpath.is_file():
             raise BuilderError(f"{d.where}: devices.{d.name}: no build of {rp.name} "
@@ -112,13 +123,14 @@ def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Pla
                                f"--profile {d.profile}` first (or pass --out)")
         m = json.loads(mpath.read_text())
         kind = (m.get("delivery") or {}).get("kind")
-        want = FLASH_METHODS[d.flash]
-        if want and kind != want:
-            fits = next((k for k, v in FLASH_METHODS.items() if v == kind), None)
+        method = FLASH_METHODS.get(d.flash)
+        if method and (kind != method.writes or method not in resolved.target.flash_methods):
+            fits = next((f.name for f in resolved.target.flash_methods if f.writes == kind),
+                        None)
             raise BuilderError(f"{d.where}: devices.{d.name}.flash: {d.flash} writes a "
-                               f"{want}, and the {rp.name} build delivers "
+                               f"{method.writes}, and the {rp.name} build delivers "
                                f"{kind or 'nothing to write'}; use flash: "
-                               f"{fits or 'deploy-only'}")
+                               f"{fits or DEPLOY_ONLY}")
         try:
             d_release = release_mod.find(out_root / "releases", m["release_id"]).dir
         except BuilderError:
@@ -126,7 +138,7 @@ def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Pla
                                f"{m['release_id']} is not in "
                                f"{display_path(out_root / 'releases')}; build again") from None
         signers = signers or trust.signers(None, out_root)
-        plans.append(Plan(d, rp, p, mpath, m, trust.open_release(d_release, signers)))
+        plans.append(Plan(d, resolved, mpath, m, trust.open_release(d_release, signers)))
     return plans
 
 
@@ -135,7 +147,7 @@ def plan(devices: list[Device], store: ProfileStore, out_root: Path) -> list[Pla
 def identity(pl: Plan) -> dict[str, Any]:
     """What a record must match to be resumed: the same device, build and way there."""
     d = pl.device
-    return {"device": d.name, "profile": pl.rp.name, "target": pl.p.target,
+    return {"device": d.name, "profile": pl.name, "target": pl.p.target,
             "flash": d.flash, "writer": d.writer, "host": d.host, "port": d.port,
             "release_id": pl.manifest["release_id"]}
 
@@ -233,7 +245,6 @@ Step = Callable[[Ctx], str]
 
 def step_flash(c: Ctx) -> str:
     from ..flash import Request
-    from ..targets import TARGETS
 
     d, pl = c.plan.device, c.plan
     if not (d.confirm or c.lab.yes):  # nobody answers a question in a lab run
@@ -242,8 +253,8 @@ def step_flash(c: Ctx) -> str:
                          f"{d.overwrites})")
     log = c.dir / "flash.log"
     said: list[str] = []
-    where = TARGETS[pl.p.target].flash(
-        pl.manifest_path.parent, pl.manifest,
+    where = pl.resolved.target.flash(
+        pl.manifest_path.parent, pl.manifest, resolve.built_profile(pl.manifest),
         Request(device=d.writer, yes=True, say=said.append))
     if said:
         log.write_text("\n".join(said) + "\n")
@@ -252,7 +263,7 @@ def step_flash(c: Ctx) -> str:
     if d.after_flash:
         run(shlex.split(d.after_flash), what=f"after_flash ({d.after_flash})",
             log_file=c.dir / "after-flash.log", timeout=600)
-    return f"{pl.rp.name} release {pl.manifest['release_id']} written to {where}"
+    return f"{pl.name} release {pl.manifest['release_id']} written to {where}"
 
 
 def ansible_inventory(c: Ctx) -> Path:
@@ -292,7 +303,7 @@ def step_ready(c: Ctx) -> str:
     last = ""
     while True:
         try:
-            verify_mod.reachable(pl.target, cfg)
+            verify_mod.reachable(pl.ssh_host, cfg)
             break
         except BuilderError as e:
             last = str(e).split(": ", 1)[-1]
@@ -332,8 +343,9 @@ def junit_counts(path: Path) -> dict[str, Any]:
 def step_verify(c: Ctx) -> str:
     pl = c.plan
     junit, log = c.dir / "verify.xml", c.dir / "verify.log"
-    rc = verify_mod.run_suite(pl.manifest_path, pl.target, c.key, c.dir / "verify-state",
+    rc = verify_mod.run_suite(pl.manifest_path, pl.ssh_host, c.key, c.dir / "verify-state",
                               junit, pl.api_url, thresholds=pl.p.verify.model_dump(mode="json"),
+                              checks=pl.resolved.target.verify_checks,
                               select=c.lab.select, log_file=log)
     counts = junit_counts(junit)
     c.record["verify"] = {**counts, "junit": c.rel(junit), "log": c.rel(log),
@@ -352,7 +364,7 @@ def step_benchmark(c: Ctx) -> str:
     pl = c.plan
 
     def ssh(command: str, what: str) -> str:
-        return run(verify_mod.ssh_command(pl.target, c.ssh_config(), command),
+        return run(verify_mod.ssh_command(pl.ssh_host, c.ssh_config(), command),
                    what=f"{what} ({pl.device.name})", timeout=120)
 
     try:
@@ -448,7 +460,7 @@ def run_lab(plans: list[Plan], lab: Lab,
     records: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
-    def lane(devices: list[Device]) -> None:
+    def lane(devices: list[LabDevice]) -> None:
         try:
             for d in devices:
                 records[d.name] = run_device(by_name[d.name], lab, steps)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..contracts import Target
 from ..errors import BuilderError, display_path
 from ..provision import unsafe_yaml
 from ..run import run
@@ -145,12 +146,13 @@ def provision_vars(manifest: dict[str, Any]) -> dict[str, Any]:
 
 # --- the box --------------------------------------------------------------------------
 
-def plan(build_dir: Path) -> tuple[Box, dict[str, Any]]:
-    """The box of the build in `build_dir` (OUT/<profile>/), and the build's manifest."""
+def plan(build_dir: Path, target: Target) -> tuple[Box, dict[str, Any]]:
+    """The box of the build in `build_dir` (OUT/<profile>/) of `target`, and the build's
+    manifest."""
     from .. import vm
 
     build_dir = build_dir.resolve()
-    spec = vm.for_build(build_dir, ssh_port=0, state_dir=build_dir)
+    spec = vm.for_build(build_dir, target.vm_machine, ssh_port=0, state_dir=build_dir)
     m = json.loads((build_dir / "manifest.json").read_text())
     if not spec.image.is_file():
         raise BuilderError(f"{display_path(spec.image)} is missing; build again")
@@ -162,11 +164,12 @@ def plan(build_dir: Path) -> tuple[Box, dict[str, Any]]:
     return Box(spec.image, spec.image.stat().st_size, vf, files), m
 
 
-def pack(build_dir: Path, dest: Path, *, log_file: Path | None = None) -> Box:
+def pack(build_dir: Path, target: Target, dest: Path, *,
+         log_file: Path | None = None) -> Box:
     """OUT/<profile>/vagrant-libvirt.box (written beside and renamed) and
     vagrant-vars.yml."""
     build_dir = build_dir.resolve()
-    box, m = plan(build_dir)
+    box, m = plan(build_dir, target)
     dest = dest.resolve()
     work = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import Cache, sha256_file
-from ..hardware import Platform
 from ..progress import step
 from ..run import run
 from ..schema import Profile
@@ -134,14 +133,14 @@ def build(spec: DebianSpec, cache: Cache) -> Rootfs:
                                      label=f"rootfs {spec.suite} {spec.arch}"))
 
 
-def from_profile(p: Profile, platform: Platform, *, boot: tuple[str, ...] = (),
+def from_profile(p: Profile, arch: str, gnu_triplet: str, *, boot: tuple[str, ...] = (),
                  runtime: tuple[str, ...] = (), sources: tuple[AptSource, ...] = (),
                  hooks: tuple[str, ...] = ()) -> DebianSpec:
     """The rootfs of a profile: its suite and mirror, the base every appliance runs, the
     roles' packages, the target's boot packages, the engine's runtime libraries and the
     profile's os.packages."""
     return DebianSpec(
-        suite=p.os.suite, arch=platform.arch, mirror=p.os.mirror,
+        suite=p.os.suite, arch=arch, mirror=p.os.mirror,
         packages=compose(BASE_PACKAGES, role_packages(), boot, runtime,
                          extra=list(p.os.packages)),
-        qemu=platform.gnu_triplet.split("-")[0], sources=sources, hooks=hooks)
+        qemu=gnu_triplet.split("-")[0], sources=sources, hooks=hooks)

@@ -25,7 +25,7 @@ SUITE = Path(__file__).parent / "suite"
 
 
 @dataclass(frozen=True)
-class Target:
+class SshHost:
     user: str
     host: str
     port: int
@@ -36,7 +36,7 @@ class Target:
         return f"ssh://{self.user}@{host}:{self.port}"
 
 
-def parse_host(url: str, user: str = "edge") -> Target:
+def parse_host(url: str, user: str = "edge") -> SshHost:
     """ssh://user@host:port (user defaults to the profile's admin user, port to 22)."""
     u = urlparse(url if "://" in url else f"ssh://{url}")
     if u.scheme != "ssh" or not u.hostname:
@@ -48,8 +48,8 @@ def parse_host(url: str, user: str = "edge") -> Target:
     return _target(u.username or user, u.hostname, port, f"--host {url}")
 
 
-def _target(user: str, host: str, port: int, where: str) -> Target:
-    """A Target of values checked for an ssh command line: a user name, a host name or
+def _target(user: str, host: str, port: int, where: str) -> SshHost:
+    """A SshHost of values checked for an ssh command line: a user name, a host name or
     IP address, a port (never an ssh option in disguise)."""
     if not names.is_user(user):
         raise BuilderError(f"{where}: user {user!r} is not a user name")
@@ -57,7 +57,7 @@ def _target(user: str, host: str, port: int, where: str) -> Target:
         raise BuilderError(f"{where}: {host!r} is not a host name or IP address")
     if not 1 <= port <= 65535:
         raise BuilderError(f"{where}: port {port} is not from 1 to 65535")
-    return Target(user, host, port)
+    return SshHost(user, host, port)
 
 
 def _quoted(path: Path) -> str:
@@ -81,13 +81,13 @@ def write_ssh_config(path: Path, key: Path, known_hosts: Path) -> None:
         "  ServerAliveInterval 15\n")
 
 
-def ssh_command(target: Target, ssh_config: Path, *remote: str) -> list[str]:
+def ssh_command(target: SshHost, ssh_config: Path, *remote: str) -> list[str]:
     """ssh to the device with an ssh_config from write_ssh_config."""
     return ["ssh", "-F", str(ssh_config), "-p", str(target.port),
             f"{target.user}@{target.host}", *remote]
 
 
-def ssh_to(target: Target, key: Path, state: Path) -> Path:
+def ssh_to(target: SshHost, key: Path, state: Path) -> Path:
     """An ssh_config in `state` for reaching the device with `key` (its host key kept
     in state/known_hosts), once the device answers over SSH."""
     state.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def ssh_to(target: Target, key: Path, state: Path) -> Path:
     return ssh_config
 
 
-def reachable(target: Target, ssh_config: Path) -> None:
+def reachable(target: SshHost, ssh_config: Path) -> None:
     r = subprocess.run(ssh_command(target, ssh_config, "true"),
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
@@ -120,7 +120,7 @@ while busy; do sleep 2; done"""
 QUIET_SECONDS = 5  # a device already up answers within this; past it, say we wait
 
 
-def settle(target: Target, ssh_config: Path, manifest: dict, log_file: Path | None) -> None:
+def settle(target: SshHost, ssh_config: Path, manifest: dict, log_file: Path | None) -> None:
     """Wait, bounded by how long the engine may take to start, until the device has
     finished starting: checks run during a first boot or a deploy's restart would fail
     for a reason that goes away by itself. Past the bound the checks run anyway and
@@ -153,7 +153,7 @@ def settle(target: Target, ssh_config: Path, manifest: dict, log_file: Path | No
         say(f"{target.url}: started ({time.monotonic() - started:.0f}s)", flush=True)
 
 
-def api_url_of(target: Target, service: Service, given: str | None = None) -> str:
+def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:
     """Where this machine reaches the device's public port: `given` (a VM's forwarded
     port, a NAT), else the SSH host at service.port."""
     if given is None:
@@ -165,15 +165,16 @@ def api_url_of(target: Target, service: Service, given: str | None = None) -> st
     return given.rstrip("/")
 
 
-def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Path,
+def run_suite(manifest: Path, target: SshHost, key: Path, state: Path, junit: Path,
               api_url: str, extra_args: list[str] | None = None, *,
               thresholds: dict | None = None, select: str | None = None,
-              log_file: Path | None = None) -> int:
+              log_file: Path | None = None, checks: Path | None = None) -> int:
     """Run the suite; returns pytest's exit status (0 all passed). `api_url` is where
     this machine reaches the public port (api_url_of); `thresholds` the profile's
     verify.* section (default: the one it was built with); `select` a pytest -k
     expression (e.g. "performance"); `log_file` takes pytest's output instead of the
-    terminal (`builder lab run`: devices verified side by side)."""
+    terminal (`builder lab run`: devices verified side by side); `checks` the device's
+    target's own checks (a test module or directory), run after the shared ones."""
     ssh_config = ssh_to(target, key, state)
     settle(target, ssh_config, json.loads(manifest.read_text()), log_file)
     for f in (junit, log_file):  # a failed check's report shows its arguments: the API key
@@ -187,7 +188,8 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
                "port": target.port, "user": target.user, "key": str(key),
                "known_hosts": str(state / "known_hosts"), "state": str(state),
                "api_url": api_url, "verify": thresholds})}
-    cmd = [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", str(SUITE), *([str(checks)] if checks else []),
+           "-p", "builder.verify.suite.plugin", "-p", "no:cacheprovider",
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",
            f"--junitxml={junit}", "-o", "junit_family=xunit1", "--rootdir", str(SUITE),
            "-v", *(["-k", select] if select else []), *(extra_args or [])]
@@ -205,7 +207,7 @@ def run_suite(manifest: Path, target: Target, key: Path, state: Path, junit: Pat
     return rc
 
 
-def inventory_targets(inventory: Path, user: str = "edge") -> list[Target]:
+def inventory_targets(inventory: Path, user: str = "edge") -> list[SshHost]:
     """Hosts of an Ansible inventory (any format ansible-inventory reads)."""
     from ..provision import inventory_hosts
 

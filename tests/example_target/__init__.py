@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from builder.cache import sha256_file
-from builder.hardware import Platform
+from builder.contracts import Delivery, Platform, Target
 from builder.rootfs import Rootfs, debian
 from builder.run import run
 from builder.schema import Profile, TargetSettings
-from builder.targets import Delivery, Target
 
 if TYPE_CHECKING:
-    from builder.build import BuildContext
+    from builder.contracts import BuildContext
 
 
 class ExampleSettings(TargetSettings):
@@ -52,8 +51,8 @@ class ExampleBoard(Target):
         return ("linux-image-amd64", "initramfs-tools", "systemd-boot-efi")
 
     def rootfs(self, ctx: BuildContext) -> Rootfs:
-        p = ctx.p
-        return debian.build(debian.from_profile(p, self.platform(p),
+        p, pl = ctx.p, ctx.device.platform
+        return debian.build(debian.from_profile(p, pl.arch, pl.gnu_triplet,
                                                 boot=self.rootfs_packages(p),
                                                 runtime=ctx.engine.rootfs_packages(p)),
                             ctx.cache)

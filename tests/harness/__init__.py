@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from builder.cache import Cache
-    from builder.engines import EngineArtifact
+    from builder.contracts import EngineArtifact
 
 
 def engine_for(profile: str, cache: Cache) -> EngineArtifact:
     """The engine of a built-in profile, built on this machine (or from the cache)."""
-    from builder import engines
+    from builder import resolve
     from builder.profiles import ProfileStore
-    from builder.targets import TARGETS
 
-    p = ProfileStore().load(profile).concrete()
-    art = engines.get(p.engine.kind).build(p, TARGETS[p.target].platform(p), cache)
+    rp = ProfileStore().load(profile)
+    d = resolve.resolve(rp, rp.concrete())
+    art = d.engine.build(d.profile, d.platform, cache)
     assert art is not None, f"{profile}: its engine is built on the device"
     return art
 

@@ -10,14 +10,13 @@ import shutil
 from pathlib import Path
 
 from ...cache import Cache
+from ...contracts import EngineArtifact, Platform
 from ...errors import BuilderError
-from ...hardware import Platform
 from ...progress import step
 from ...run import run
-from ...schema import LlamaCppBuild, Profile
-from .. import EngineArtifact
 from . import source as sources
 from .recipe import LlamaCppRecipe, Variant, recipe
+from .settings import LlamaCppSettings
 
 RECIPE_VERSION = 1  # bump when this module changes what it puts in an artifact
 
@@ -47,16 +46,16 @@ def tool_versions(r: LlamaCppRecipe) -> dict[str, str]:
     return out
 
 
-def build(p: Profile, platform: Platform, cache: Cache, *, base_dir: Path | None = None,
-          jobs: int | None = None) -> EngineArtifact:
-    r = recipe(p, platform, host_triplet())
+def build(s: LlamaCppSettings, platform: Platform, cache: Cache, *,
+          base_dir: Path | None = None, jobs: int | None = None) -> EngineArtifact:
+    r = recipe(s, platform, host_triplet())
     if r.on_device:
         raise BuilderError(f"llama.cpp for {platform.arch} with CUDA is built on the "
                            "device; `builder engine recipe --profile ...` shows the commands")
-    src = sources.llama_cpp(p.engine.llama_cpp.source, cache, base_dir=base_dir)
+    src = sources.llama_cpp(s.source, cache, base_dir=base_dir)
     inputs = {"recipe_version": RECIPE_VERSION, "source": src.id, "recipe": r.to_json(),
               "tools": tool_versions(r)}
-    n_jobs = jobs or p.engine.build_jobs or os.cpu_count() or 2
+    n_jobs = jobs or os.cpu_count() or 2
     label = f"llama.cpp for {platform.arch}" + (
         f" ({', '.join(platform.x86_levels)})" if platform.x86_levels else
         f" ({platform.arm_arch})" if platform.arm_arch else "")
@@ -113,13 +112,11 @@ def _collect(build_bin: Path, dest: Path, r: LlamaCppRecipe, variant: Variant | 
         shutil.copy2(build_bin / "libggml-cpu.so", dest / f"libggml-cpu-{variant.name}.so")
 
 
-def host_tools(p: Profile, cache: Cache, *, base_dir: Path | None = None) -> EngineArtifact:
+def host_tools(s: LlamaCppSettings, cache: Cache, *,
+               base_dir: Path | None = None) -> EngineArtifact:
     """llama.cpp built for this build host (llama-quantize, llama-bench), from the same
     source as the profile's engine."""
     plat = HOST_PLATFORMS.get(host.machine())
     host_triplet()  # says which hosts are supported
     assert plat is not None
-    lc = LlamaCppBuild(source=p.engine.llama_cpp.source)
-    host_profile = p.model_copy(update={"engine": p.engine.model_copy(update={
-        "kind": "llama.cpp", "llama_cpp": lc})})
-    return build(host_profile, plat, cache, base_dir=base_dir)
+    return build(LlamaCppSettings(source=s.source), plat, cache, base_dir=base_dir)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ...model.catalog import GGML_TYPES, ModelArch
+from ...model.catalog import ModelArch
 from ...units import MiB
+from .ggml import GGML_TYPES
 
 if TYPE_CHECKING:
-    from ...planner import PlanInput
+    from ...contracts import PlanInput
 
 ENGINE_OVERHEAD = 96 * MiB  # llama-server's process, measured (docs/planner.md)
 # llama-server --cache-ram default (common/common.h cache_ram_mib): the most "auto" plans

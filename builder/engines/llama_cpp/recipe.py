@@ -7,8 +7,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from ...hardware import Platform
-from ...schema import Profile
+from ...contracts import Platform
+from .settings import LlamaCppSettings
 
 # Options every llama.cpp build gets: only what an appliance runs, nothing fetched from
 # the network at build time (the prebuilt web UI download is off), no OpenSSL.
@@ -75,9 +75,9 @@ class LlamaCppRecipe:
         return out
 
 
-def recipe(p: Profile, platform: Platform, host_triplet: str) -> LlamaCppRecipe:
+def recipe(s: LlamaCppSettings, platform: Platform, host_triplet: str) -> LlamaCppRecipe:
     """The build for `platform`, made on a host whose GNU triplet is `host_triplet`."""
-    extra = tuple(p.engine.llama_cpp.cmake_args)
+    extra = tuple(s.cmake_args)
     if platform.cuda_arch:  # CUDA comes with the device's JetPack: built there
         return LlamaCppRecipe(
             arch=platform.arch, on_device=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 from ...cache import Cache, sha256_file
 from ...errors import BuilderError, display_path
 from ...run import run
-from ...schema import LlamaCppSource
+from .settings import LlamaCppSource
 
 _SKIP_DIRS = {".git", "build", "__pycache__", ".venv"}
 

@@ -25,17 +25,24 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from ...cache import sha256_file
+from ...contracts import (
+    ARM64_TOOLS,
+    Delivery,
+    FlashMethod,
+    Platform,
+    Target,
+    Tool,
+    VendorInput,
+)
 from ...errors import BuilderError, display_path
-from ...hardware import Platform
 from ...progress import step
 from ...rootfs import Rootfs, l4t, role_packages
 from ...run import ToolError, run
 from ...schema import Profile, TargetSettings, _Section
 from ...units import GiB
-from ..base import Delivery, Loc, Target
 
 if TYPE_CHECKING:
-    from ...build import BuildContext
+    from ...contracts import BuildContext
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ GPU_DEVICES = (
     "char-drm",
 )
 PACKAGE = "l4t-flash.tar.zst"
+Loc = tuple[str | int, ...]
 INITRD_FLASH = "./tools/kernel_flash/l4t_initrd_flash.sh"
 
 
@@ -132,7 +140,20 @@ class JetsonOrin(Target):
     engines = ("tensorrt-llm", "llama.cpp")
     os_bases = ("l4t",)
     storage_kinds = ("emmc", "nvme")
+    accelerators = ("cuda",)
     why_not = ""
+    vendor_inputs = (
+        VendorInput("l4t_bsp", "l4t-bsp", "Jetson Linux BSP tarball "
+                    "(Jetson_Linux_R36.x_aarch64.tbz2) instead of jetson.bsp.path."),
+        VendorInput("l4t_rootfs", "l4t-rootfs", "Jetson Linux sample root filesystem "
+                    "tarball (Tegra_Linux_Sample-Root-Filesystem_*.tbz2) instead of "
+                    "jetson.sample_rootfs.path."),
+    )
+    flash_methods = (FlashMethod("jetson-recovery", writes="flash-package", writer=False,
+                                 description="NVIDIA's l4t_initrd_flash.sh over USB, the "
+                                 "board in recovery mode"),)
+    roles_dir = Path(__file__).parent / "roles"
+    roles = ("jetson",)
 
     def platform(self, p: Profile) -> Platform:
         cc = p.device.accelerator.compute_capability or "8.7"
@@ -149,8 +170,6 @@ class JetsonOrin(Target):
         if p.device.ram != m.ram:
             out.append((("device", "ram"), f"the {s.module} module has {m.ram // GiB}GiB, "
                         f"not {p.device.ram / GiB:g}GiB"))
-        if p.device.accelerator.kind != "cuda":
-            out.append((("device", "accelerator", "kind"), "an Orin has a CUDA GPU: cuda"))
         if p.device.storage.kind == "emmc" and m.qspi:
             out.append((("device", "storage", "kind"), f"the {s.module} has no eMMC: nvme"))
         if p.swap.kind != "none":
@@ -160,6 +179,10 @@ class JetsonOrin(Target):
 
     def host_stages(self, p: Profile) -> tuple[str, ...]:
         return ("image", "engine-arm64")
+
+    def host_tools(self) -> dict[str, tuple[Tool, ...]]:
+        return {"engine-arm64": ARM64_TOOLS,
+                "image": (Tool("bzip2", "bzip2", "NVIDIA's .tbz2 BSP and sample rootfs"),)}
 
     # --- the rootfs --------------------------------------------------------------------
     def _input(self, ctx: BuildContext, key: str, field: str, flag: str) -> tuple[Path,
@@ -171,7 +194,8 @@ class JetsonOrin(Target):
         if not t.path:
             raise BuilderError(f"{flag}: give NVIDIA's {field.replace('_', ' ')} tarball "
                                f"(or jetson.{field}.path in the profile); see docs/orin.md")
-        return ctx.rp.dir_of("jetson", field, "path") / Path(t.path).expanduser(), t.sha256
+        base = ctx.device.source.dir_of("jetson", field, "path")
+        return base / Path(t.path).expanduser(), t.sha256
 
     def rootfs(self, ctx: BuildContext) -> Rootfs:
         p = ctx.p
@@ -189,8 +213,7 @@ class JetsonOrin(Target):
         from ...planner import build_budget
 
         s = self.settings_of(ctx.p)
-        return {"edge_llm_target_roles": ["jetson"],
-                "jetson_power_mode": -1 if s.power_mode is None else s.power_mode,
+        return {"jetson_power_mode": -1 if s.power_mode is None else s.power_mode,
                 "base_fstrim": ctx.p.device.storage.kind == "nvme",
                 # the engine built on the board (edge-llm-engine-build.service): what it
                 # may take, in memory (the planner's build budget) and in time
@@ -269,16 +292,18 @@ class JetsonOrin(Target):
                               "l4t_release": s.l4t_release, "massflash": s.massflash})
 
     # --- flashing ------------------------------------------------------------------------
-    def flash(self, build_dir: Path, manifest: dict[str, Any], request: Any) -> str:
-        from .. import PROFILE
-
+    def flash(self, build_dir: Path, manifest: dict[str, Any], built: Profile | None,
+              request: Any) -> str:
         d = manifest.get("delivery") or {}
         if d.get("kind") != "flash-package":
             raise BuilderError(f"{display_path(build_dir)}: no flash package in this build")
         if request.device or request.to_file or request.force_fixed:
             raise BuilderError("a Jetson is flashed over USB in recovery mode: no --device, "
                                "--to-file or --force-fixed")
-        p = PROFILE.validate_python(manifest["inputs"]["profile"])  # as it was built
+        if built is None:
+            raise BuilderError(f"{display_path(build_dir / 'manifest.json')}: names no "
+                               "profile it was built from; build again")
+        p = built
         module = d["module"]
         if request.massflash and request.massflash > (d.get("massflash") or 1):
             raise BuilderError(f"--massflash {request.massflash}: the package was made for "

@@ -19,19 +19,29 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from ...contracts import (
+    ARM64_TOOLS,
+    SD_WRITER,
+    Delivery,
+    NotSupported,
+    Platform,
+    Target,
+    Tool,
+    VendorInput,
+)
 from ...errors import BuilderError
-from ...hardware import Platform
 from ...image import Usage, rpi_mbr, virt_boot
 from ...log import log
 from ...rootfs import Rootfs, debian, from_image
 from ...rootfs import role_packages as roles_need
 from ...schema import Profile, TargetSettings, _Section
 from ...units import MiB, Size
-from ..base import Delivery, Loc, Target
 
 if TYPE_CHECKING:
-    from ...build import BuildContext
+    from ...contracts import BuildContext
     from ...vm import Machine
+
+Loc = tuple[str | int, ...]
 
 A76 = "armv8.2-a+dotprod+fp16"
 RPI_ARCHIVE = "http://archive.raspberrypi.com/debian"
@@ -93,6 +103,10 @@ class RaspberryPi5(Target):
     os_bases = ("debian", "raspios")
     storage_kinds = ("sd", "nvme", "usb")
     vm_stages = ("vm-arm64",)
+    flash_methods = (SD_WRITER,)
+    vendor_inputs = (VendorInput("base_image", "base-image", "os.base raspios: the "
+                                 "Raspberry Pi OS image (.img or .img.xz) to customise "
+                                 "instead of pi5.base_image.path."),)
     why_not = "the Pi 5 has no CUDA GPU"
 
     def platform(self, p: Profile) -> Platform:
@@ -108,6 +122,11 @@ class RaspberryPi5(Target):
     def host_stages(self, p: Profile) -> tuple[str, ...]:
         return ("engine", "engine-arm64", "image")
 
+    def host_tools(self) -> dict[str, tuple[Tool, ...]]:
+        return {"engine-arm64": ARM64_TOOLS,
+                "vm-arm64": (Tool("qemu-system-aarch64", "qemu-system-arm",
+                                  "boots the image (virt)"),)}
+
     # --- the rootfs --------------------------------------------------------------------
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         # Raspberry Pi's raspi-firmware (never Debian's, which rewrites config.txt): its
@@ -121,29 +140,31 @@ class RaspberryPi5(Target):
         if p.os.base == "raspios":
             return self._from_image(ctx, [*roles_need(), *runtime, *vm, *p.os.packages])
         s = self.settings_of(p)
+        src = ctx.device.source
         if not s.apt.keyring:
             raise BuilderError(
-                f"{ctx.rp.where(('pi5', 'apt'), key=True)}: pi5.apt.keyring: the key that "
+                f"{src.where(('pi5', 'apt'), key=True)}: pi5.apt.keyring: the key that "
                 "signs Raspberry Pi's repository is needed (raspberrypi.gpg.key from "
                 f"{RPI_ARCHIVE}, or your mirror's); or start from a Raspberry Pi OS image "
                 "with os.base: raspios")
-        keyring = ctx.rp.dir_of("pi5", "apt", "keyring") / Path(s.apt.keyring).expanduser()
+        keyring = src.dir_of("pi5", "apt", "keyring") / Path(s.apt.keyring).expanduser()
         if not keyring.is_file():
             raise BuilderError(f"pi5.apt.keyring: {keyring} does not exist")
         url = s.apt.url if "://" in s.apt.url else str(
-            (ctx.rp.dir_of("pi5", "apt", "url") / s.apt.url).resolve())
+            (src.dir_of("pi5", "apt", "url") / s.apt.url).resolve())
         device_url = s.apt.device_url or (url if url.startswith("http") else RPI_ARCHIVE)
         source = debian.AptSource(name="raspi", uri=url, suite=s.apt.suite,
                                   components=tuple(s.apt.components), keyring=keyring,
                                   device_uri=device_url)
-        spec = debian.from_profile(p, self.platform(p), boot=self.rootfs_packages(p) + vm,
+        pl = ctx.device.platform
+        spec = debian.from_profile(p, pl.arch, pl.gnu_triplet, boot=self.rootfs_packages(p) + vm,
                                    runtime=runtime, sources=(source,))
         return debian.build(spec, ctx.cache)
 
     def _from_image(self, ctx: BuildContext, packages: list[str]) -> Rootfs:
         s = self.settings_of(ctx.p)
         cli = ctx.vendor_inputs.get("base_image")
-        given = cli or (ctx.rp.dir_of("pi5", "base_image", "path") / s.base_image.path
+        given = cli or (ctx.device.source.dir_of("pi5", "base_image", "path") / s.base_image.path
                         if s.base_image.path else None)
         if given is None:
             raise BuilderError("os.base raspios: name the Raspberry Pi OS image with "
@@ -212,9 +233,14 @@ class RaspberryPi5(Target):
                         info={**info, "root_partuuid": img.root_partuuid,
                               "kernel": img.kernel_version})
 
+    def flash(self, build_dir: Path, manifest: dict[str, Any], built: Profile | None,
+              request: Any) -> str:
+        from ...flash import Image, flash  # the disk image, with bmaptool (SD_WRITER)
+
+        return flash(Image.of_build(build_dir, manifest), request)
+
     def vm_machine(self, build_dir: Path, manifest: dict[str, Any]) -> Machine:
         from ...vm import Machine
-        from ..base import NotSupported
 
         files = (manifest.get("delivery") or {}).get("files", {})
         if "vm-kernel" not in files:

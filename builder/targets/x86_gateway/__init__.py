@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from ...hardware import Platform
+from ...contracts import SD_WRITER, Delivery, Platform, Target, Tool
 from ...image import Usage, uefi_gpt
 from ...rootfs import Rootfs, debian
 from ...schema import Profile, TargetSettings
 from ...units import MiB, Size
-from ..base import Delivery, Target
 
 if TYPE_CHECKING:
-    from ...build import BuildContext
+    from ...contracts import BuildContext, Engine
     from ...vm import Machine
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
@@ -52,6 +51,7 @@ class X86Gateway(Target):
     os_bases = ("debian",)
     storage_kinds = ("ssd", "nvme", "emmc", "usb")
     vm_stages = ("vm-x86",)
+    flash_methods = (SD_WRITER,)
     why_not = "x86 gateways have no NVIDIA GPU in this target"
 
     def platform(self, p: Profile) -> Platform:
@@ -63,18 +63,21 @@ class X86Gateway(Target):
     def host_stages(self, p: Profile) -> tuple[str, ...]:
         return ("engine", "image")
 
+    def host_tools(self) -> dict[str, tuple[Tool, ...]]:
+        return {"vm-x86": (Tool("qemu-system-x86_64", "qemu-system-x86", "boots the image"),
+                           Tool("/usr/share/ovmf/OVMF.fd", "ovmf", "its UEFI firmware"))}
+
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         # Debian's generic kernel (gateway NICs and storage, virtio too), systemd-boot
         return ("linux-image-amd64", "initramfs-tools", "systemd-boot-efi")
 
-    def debian_spec(self, p: Profile) -> debian.DebianSpec:
-        from ...engines import get
-
-        return debian.from_profile(p, self.platform(p), boot=self.rootfs_packages(p),
-                                   runtime=get(p.engine.kind).rootfs_packages(p))
+    def debian_spec(self, p: Profile, engine: Engine) -> debian.DebianSpec:
+        pl = self.platform(p)
+        return debian.from_profile(p, pl.arch, pl.gnu_triplet, boot=self.rootfs_packages(p),
+                                   runtime=engine.rootfs_packages(p))
 
     def rootfs(self, ctx: BuildContext) -> Rootfs:
-        return debian.build(self.debian_spec(ctx.p), ctx.cache)
+        return debian.build(self.debian_spec(ctx.p, ctx.engine), ctx.cache)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
         return {"base_fstrim": ctx.p.device.storage.kind in ("ssd", "nvme")}
@@ -103,6 +106,12 @@ class X86Gateway(Target):
                         sha256=img.sha256, size=img.size,
                         info={"layout": "uefi-gpt", "root_partuuid": img.root_partuuid,
                               "kernel": img.kernel_version})
+
+    def flash(self, build_dir: Path, manifest: dict[str, Any], built: Profile | None,
+              request: Any) -> str:
+        from ...flash import Image, flash  # the disk image, with bmaptool (SD_WRITER)
+
+        return flash(Image.of_build(build_dir, manifest), request)
 
     def vm_machine(self, build_dir: Path, manifest: dict[str, Any]) -> Machine:
         from ...vm import Machine

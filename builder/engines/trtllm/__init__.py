@@ -21,25 +21,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BuilderError
-from ..hardware import Platform
-from ..model.catalog import QUANTS
-from ..schema import Profile
-from ..units import GiB, MiB
-from . import Engine, EngineArtifact, Probe
+from ...contracts import Engine, EngineArtifact, Platform, Probe, Quantization
+from ...errors import BuilderError
+from ...schema import Profile
+from ...units import GiB, MiB
+from .settings import TensorRtLlmSettings
 
 if TYPE_CHECKING:
-    from ..cache import Cache
-    from ..device.layout import Layout
-    from ..fleet.release import Inputs
-    from ..model.pipeline import Fetched, ModelArtifact
-    from ..planner import BuildCheck, PlanInput
+    from ...cache import Cache
+    from ...contracts import BuildCheck, PlanInput, ReleaseInputs
+    from ...device.layout import Layout
+    from ...model.catalog import ModelArch, Tensor
+    from ...model.pipeline import Fetched, ModelArtifact
+    from ...model.shape import ModelShape
 
 PREQUANTIZED = {"int4_gptq"}  # the release carries the quantized checkpoint itself
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
 TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
 BUILD_TIMEOUT = 4 * 3600  # seconds the first start may take: the engine is built then
 SETTINGS = "engine/trtllm.json"
+
+# TensorRT-LLM weight-only formats (convert_checkpoint.py; AWQ via quantize.py)
+QUANTS = (
+    Quantization("int4_gptq", 4 + 32 / 128,
+                 "4-bit GPTQ weights from a GPTQ-Int4 checkpoint, fp16 scale and zero per "
+                 "128-group; no calibration data"),
+    Quantization("int4_awq", 4 + 16 / 128,
+                 "4-bit AWQ weights, fp16 scale per 128-group; embeddings fp16"),
+    Quantization("int8_wo", 8.0, "int8 weight-only, fp16 per-channel scales; embeddings fp16"),
+    Quantization("fp16", 16.0, "unquantized half precision"),
+)
 
 # quantization -> how the checkpoint is made (examples/qwen/convert_checkpoint.py, or
 # examples/quantization/quantize.py for AWQ, which needs calibration data)
@@ -64,16 +75,58 @@ class TrtLlmRecipe:
         return [shlex.join(s) for s in self.steps]
 
 
+def tensor_bytes(t: Tensor, quant: str) -> int:
+    """A weight tensor's bytes in TensorRT-LLM's weight-only layouts."""
+    if quant == "fp16" or not t.is_matrix or t.name in ("token_embd.weight",
+                                                       "output.weight"):
+        return t.n * 2  # embeddings, lm_head, norms and biases stay fp16
+    if quant == "int4_awq":
+        return t.n // 2 + (t.n // 128) * 2
+    if quant == "int4_gptq":
+        return t.n // 2 + (t.n // 128) * 4  # fp16 scale and zero per group
+    return t.n + t.ne1 * 2  # int8_wo: one fp16 scale per output channel
+
+
+def max_num_tokens(t: TensorRtLlmSettings) -> int:
+    return t.max_num_tokens or min(8192, t.max_batch_size * t.max_input_len)
+
+
 class TrtLlm(Engine):
     kind = "tensorrt-llm"
+    section = "tensorrt_llm"
+    settings = TensorRtLlmSettings
     probe = Probe(ready="/health", alive="/health")
     model_format = "hf"
+    quants = QUANTS
 
     def version(self, p: Profile) -> str:
-        return f"TensorRT-LLM {p.engine.tensorrt_llm.version}"
+        return f"TensorRT-LLM {self.settings_of(p).version}"
+
+    def problems(self, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
+        t = self.settings_of(p)
+        if p.model.quant.lower() == "int4_awq" and not t.calibration_dir:
+            # quantize.py would fall back to the Hub's cnn_dailymail, which a device
+            # cannot reach (examples/quantization/quantize.py --calib_dataset)
+            return [(("engine", "tensorrt_llm", "calibration_dir"),
+                     "int4_awq needs a local calibration set on the device (AWQ "
+                     "calibrates on it); set engine.tensorrt_llm.calibration_dir, or use "
+                     "model.quant: int4_gptq (no calibration)")]
+        return []
+
+    def tensor_types(self, model: ModelArch, quant: str) -> list[tuple[Tensor, str, int]]:
+        return [(t, quant, tensor_bytes(t, quant)) for t in model.tensors()]
+
+    def shape_of(self, path: Path, quant: str) -> ModelShape:
+        from ...errors import display_path
+        from ...model.shape import from_hf_dir
+
+        if not path.is_dir():
+            raise BuilderError(f"{display_path(path)}: TensorRT-LLM builds its engine from "
+                               "a Hugging Face checkpoint directory, not a GGUF file")
+        return from_hf_dir(path, quant, self)
 
     def recipe(self, p: Profile, platform: Platform) -> TrtLlmRecipe:
-        t = p.engine.tensorrt_llm
+        t = self.settings_of(p)
         quant = p.model.quant
         if quant == "int4_awq":
             make = ["python3", "examples/quantization/quantize.py", "--model_dir", "MODEL",
@@ -83,12 +136,11 @@ class TrtLlm(Engine):
         else:
             make = ["python3", "examples/qwen/convert_checkpoint.py", "--model_dir", "MODEL",
                     "--output_dir", "CHECKPOINT", "--dtype", "float16", *CONVERT[quant]]
-        max_num_tokens = t.max_num_tokens or min(8192, t.max_batch_size * t.max_input_len)
         build = ["trtllm-build", "--checkpoint_dir", "CHECKPOINT", "--output_dir", "ENGINE",
                  "--gemm_plugin", "float16", "--max_batch_size", str(t.max_batch_size),
                  "--max_input_len", str(t.max_input_len),
                  "--max_seq_len", str(p.runtime.context_length),
-                 "--max_num_tokens", str(max_num_tokens)]
+                 "--max_num_tokens", str(max_num_tokens(t))]
         if p.engine.build_jobs:
             build += ["--workers", str(p.engine.build_jobs)]
         return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
@@ -102,15 +154,16 @@ class TrtLlm(Engine):
         return None  # the device builds its engine
 
     def build_check(self, p: Profile, platform: Platform) -> BuildCheck | None:
-        from ..model.catalog import get_model, weight_bytes
-        from ..planner import BuildCheck, build_budget
+        from ...contracts import BuildCheck
+        from ...model.catalog import get_model
+        from ...planner import build_budget
 
         model = get_model(p.model.id)
         budget = build_budget(p)
         # Conversion (or AWQ calibration) holds its source checkpoint plus activations: the
         # GPTQ checkpoint for int4_gptq, the fp16 model otherwise; trtllm-build then holds
         # the weights twice (the network and the serialized engine).
-        engine = weight_bytes(p.model.id, p.model.quant)
+        engine = self.weight_bytes(model, p.model.quant)
         source = engine if p.model.quant in PREQUANTIZED else model.n_params * 2
         peak = max(int(source * 1.25) + TOOLING_PEAK, engine * 2 + GiB)
         ok = peak <= budget
@@ -123,7 +176,7 @@ class TrtLlm(Engine):
 
     def model(self, p: Profile, fetched: Fetched, cache: Cache, *,
               source_base: Path | None = None) -> ModelArtifact:
-        from ..model.pipeline import ModelArtifact, tree_digest
+        from ...model.pipeline import ModelArtifact, tree_digest
 
         if fetched.kind != "hf":
             raise BuilderError(f"{fetched.origin}: TensorRT-LLM builds its engine from a "
@@ -131,30 +184,27 @@ class TrtLlm(Engine):
         return ModelArtifact(fetched.path, tree_digest(fetched.files), p.model.quant, "hf",
                              files=fetched.files)
 
-    def settings(self, i: Inputs, layout: Layout) -> dict[str, Any]:
+    def device_settings(self, i: ReleaseInputs, layout: Layout) -> dict[str, Any]:
         """engine/trtllm.json: what edge-llm-trtllm builds and serves on the device."""
-        from ..targets import TARGETS
-
         p = i.profile
-        t = p.engine.tensorrt_llm
-        platform = TARGETS[p.target].platform(p)
+        t = self.settings_of(p)
+        platform = i.device.platform
         return {"version": t.version, "quant": p.model.quant, "sm": platform.cuda_arch,
                 "model": f"{layout.model_dir}/{i.model.device_name}",
                 "model_sha256": i.model.sha256, "checkout": t.checkout,
                 "python": t.python, "port": p.service.engine_port,
                 "steps": self.recipe(p, platform).steps}
 
-    def release_files(self, i: Inputs, tree: Path) -> None:
-        from ..device.layout import DEFAULT as LAYOUT
-
+    def release_files(self, i: ReleaseInputs, tree: Path) -> None:
         (tree / "engine").mkdir()
-        (tree / SETTINGS).write_text(json.dumps(self.settings(i, LAYOUT), indent=2) + "\n")
+        (tree / SETTINGS).write_text(
+            json.dumps(self.device_settings(i, i.device.layout), indent=2) + "\n")
 
-    def env(self, i: Inputs, layout: Layout) -> dict[str, str]:
+    def env(self, i: ReleaseInputs, layout: Layout) -> dict[str, str]:
         # CUDA loads kernels as they are first used: less memory on a unified-memory board
         return {"CUDA_MODULE_LOADING": "LAZY"}
 
-    def exec_start(self, i: Inputs, layout: Layout) -> str:
+    def exec_start(self, i: ReleaseInputs, layout: Layout) -> str:
         return f"{layout.tool('edge-llm-trtllm')} serve {layout.current}/{SETTINGS}"
 
     def start_timeout(self, p: Profile) -> int:
@@ -176,20 +226,19 @@ class TrtLlm(Engine):
         activations of one engine step; the runtime process. (0.12's OpenAI server has no
         option to bound its KV pool, which the LLM API sizes from free memory: the engine
         unit's MemoryMax is what holds it to this plan; docs/orin.md.)"""
-        m = pin.model.arch
+        m, t = pin.model.arch, pin.settings
         kv_slot = m.n_layer * 2 * m.n_embd_kv * 2 * pin.context_length
-        step = pin.max_num_tokens * (4 * m.n_embd + 2 * m.n_ff) * 2
+        step = max_num_tokens(t) * (4 * m.n_embd + 2 * m.n_ff) * 2
         return {
             "weights": pin.model.weights,
             "repacked": 0,
             "kv_per_slot": kv_slot,
             "kv_total": kv_slot * pin.parallel,
             "compute": step + 64 * MiB,
-            "output": pin.max_batch_size * m.n_vocab * 4,
+            "output": t.max_batch_size * m.n_vocab * 4,
             "engine_overhead": ENGINE_OVERHEAD,
         }
 
 
-assert set(CONVERT) | {"int4_awq"} >= {q.name for q in QUANTS.values()
-                                       if q.engine == TrtLlm.kind}
+assert set(CONVERT) | {"int4_awq"} >= {q.name for q in QUANTS}
 ENGINE = TrtLlm()

@@ -1,4 +1,7 @@
-"""What the appliance must be, read from the build's manifest.json."""
+"""The verify suite's fixtures and hooks, as a pytest plugin (`-p
+builder.verify.suite.plugin`, run_suite): what the appliance must be, read from the
+build's manifest.json. A plugin rather than a conftest.py so that checks a target adds
+from its own package (contracts.Target.verify_checks) get them too."""
 
 from __future__ import annotations
 
