@@ -281,10 +281,6 @@ def role_vars(ctx: BuildContext, *, image_build: bool) -> dict[str, Any]:
         "inference_devices": list(ctx.engine.device_access(ctx.device.platform)),
         "inference_device_groups": list(ctx.device.platform.gpu_groups)
         if ctx.engine.device_access(ctx.device.platform) else [],
-        "gateway_api_auth": p.service.api_auth,
-        "gateway_port": p.service.port,
-        "gateway_tls_cert": p.service.tls_cert or "",
-        "gateway_tls_key": p.service.tls_key or "",
         "release_id": ctx.release_id,
         "release_tree": str(ctx.bundle.tree.resolve()),  # Ansible: relative = role-relative
         "release_model_src": str(ctx.model.path),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from . import planner, plugins
+from . import names, planner, plugins
 from .contracts import Device, Engine, PlanInput, Target
 from .device.layout import DEFAULT as LAYOUT
 from .errors import BuilderError
@@ -146,9 +146,10 @@ def problems(p: Profile) -> list[tuple[Loc, str]]:
             out.append((("service", have), f"set service.{lack} too (HTTPS needs both)"))
     for name in ("tls_cert", "tls_key"):
         value = getattr(p.service, name)
-        if value and not value.startswith("/"):
+        if value and not (value.startswith("/") and names.is_path_text(value)):
+            # it goes into the gateway unit (LoadCredential=): no spaces, quotes or %
             out.append((("service", name), f"{value!r} must be an absolute path on the "
-                        "device"))
+                        "device, of letters, digits and _ . / + @ , : = ~ -"))
     if p.service.max_tokens > p.runtime.context_length:
         out.append((("service", "max_tokens"), f"{p.service.max_tokens} is more than a "
                     f"slot holds (runtime.context_length {p.runtime.context_length}); "

@@ -38,7 +38,6 @@ AGREE = [
     ("inference", "inference_unit_name", L.engine_unit),
     ("inference", "inference_build_unit_name", L.engine_build_unit),
     ("inference", "inference_user_home", L.state_dir),
-    ("inference", "inference_dropin_dir", L.engine_dropin_dir),
     ("gateway", "gateway_root", L.engine_root),
     ("gateway", "gateway_keys_file", L.api_keys),
     ("gateway", "gateway_unit_name", L.gateway_unit),

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stand_ins import build_context
+from stand_ins import build_context, device_of
 
 from builder import build as build_mod
 from builder.device.layout import DEFAULT as LAYOUT
@@ -97,11 +97,17 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                          "ANSIBLE_LOCALHOST_WARNING": "False"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     for name, root in out.items():
-        inputs = build_mod.release_inputs(build_context(name))
-        dropin = root / UNIT_DIR / f"{LAYOUT.engine_unit}.d/50-release.conf"
-        dropin.parent.mkdir()
-        dropin.write_text(release.engine_unit_conf(inputs))
+        _release_dropins(root, build_mod.release_inputs(build_context(name)))
     return out
+
+
+def _release_dropins(root: Path, inputs) -> None:
+    """A release's parts of the engine and gateway units, as current/systemd/ has them."""
+    for unit, conf in ((LAYOUT.engine_unit, release.engine_unit_conf),
+                       (LAYOUT.gateway_unit, release.gateway_unit_conf)):
+        dropin = root / UNIT_DIR / f"{unit}.d/50-release.conf"
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text(conf(inputs))
 
 
 def analyze(root: Path, unit: str) -> tuple[float, str]:
@@ -185,3 +191,34 @@ def test_the_engine_is_built_as_the_engine_user_writing_only_its_cache_and_statu
     assert "edge-llm-engine-build.service" in engine["Wants"]
     assert "edge-llm-engine-build.service" in " ".join(engine["After"])
     assert "ReadWritePaths" not in engine and "StateDirectory" not in engine
+
+
+def test_port_auth_and_tls_come_with_the_release(roots: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    """One road per knob: the gateway's port capability, API keys, TLS files and command
+    are the release's drop-in, so a deploy that changes them changes the unit (the role's
+    unit holds none of them); a release on port 443 without keys but with TLS still
+    stays under the gateway's exposure bar."""
+    base = unit_settings(roots["x86-gateway"], LAYOUT.gateway_unit)
+    assert (base["PrivateUsers"] == ["yes"] and "CapabilityBoundingSet" not in base) or \
+        base["CapabilityBoundingSet"] == []
+    assert "--keys-file" in base["ExecStart"][-1]
+    root = tmp_path / "root"
+    shutil.copytree(roots["x86-gateway"], root, symlinks=True)
+    ctx = build_context("x86-gateway")
+    service = ctx.p.service.model_copy(update={
+        "port": 443, "api_auth": False, "tls_cert": "/etc/edge-llm/tls/cert.pem",
+        "tls_key": "/etc/edge-llm/tls/key.pem"})
+    ctx.device = device_of(ctx.p.model_copy(update={"service": service}), "x86-gateway")
+    _release_dropins(root, build_mod.release_inputs(ctx))
+    got = unit_settings(root, LAYOUT.gateway_unit)
+    [exec_start] = got["ExecStart"]
+    assert "--keys-file" not in exec_start and "--tls-cert" in exec_start
+    assert got["LoadCredential"] == ["api-keys:/etc/edge-llm/api-keys",
+                                     "tls-cert:/etc/edge-llm/tls/cert.pem",
+                                     "tls-key:/etc/edge-llm/tls/key.pem"]
+    assert got["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert got["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    assert got["PrivateUsers"][-1] == "no"
+    exposure, report = analyze(root, LAYOUT.gateway_unit)
+    assert exposure <= MAX_EXPOSURE[LAYOUT.gateway_unit], report[-2000:]

@@ -72,10 +72,6 @@ class Layout:
         """A device tool's command, e.g. tool("edge-llm-release")."""
         return f"{self.libexec}/{name}"
 
-    @property
-    def engine_dropin_dir(self) -> str:
-        return f"/etc/systemd/system/{self.engine_unit}.d"
-
     # --- the roles' choices, on the device -------------------------------------------------
     def to_json(self) -> dict[str, str]:
         return asdict(self)

@@ -117,10 +117,28 @@ def engine_unit_conf(i: ReleaseInputs) -> str:
 
 def gateway_unit_conf(i: ReleaseInputs) -> str:
     """The gateway unit's per-release part, a drop-in read through current/ like the
-    engine's: its MemoryMax, from the limits this release's gateway.json sets (the
-    plan's gateway figure), so a deploy or a rollback brings its own."""
-    return ("# edge-llm release: the gateway's resources (a drop-in linked through "
-            "current/)\n[Service]\n" f"MemoryMax={i.plan.gateway_overhead}\n")
+    engine's: its command (with the keys and the TLS files it is handed, as the release's
+    gateway.json asks), the capability a port below 1024 needs, and its MemoryMax (the
+    plan's gateway figure). The port, auth and TLS reach the device this one way: a
+    deploy or a rollback brings them with the release."""
+    s, layout = i.profile.service, i.device.layout
+    cred = "${CREDENTIALS_DIRECTORY}"
+    args = [f"--config {layout.current}/gateway.json"]
+    lines = ["# edge-llm release: the gateway's command, credentials and resources (a "
+             "drop-in linked through current/)", "[Service]"]
+    if s.api_auth:
+        args.append(f"--keys-file {cred}/api-keys")
+        lines.append(f"LoadCredential=api-keys:{layout.api_keys}")
+    if s.tls_cert and s.tls_key:
+        args.append(f"--tls-cert {cred}/tls-cert --tls-key {cred}/tls-key")
+        lines += [f"LoadCredential=tls-cert:{s.tls_cert}",
+                  f"LoadCredential=tls-key:{s.tls_key}"]
+    if s.port < 1024:  # the base unit has no capability and its own user namespace
+        lines += ["CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                  "AmbientCapabilities=CAP_NET_BIND_SERVICE", "PrivateUsers=no"]
+    lines += ["ExecStart=", f"ExecStart=/usr/bin/python3 -m edge_llm_gateway {' '.join(args)}",
+              f"MemoryMax={i.plan.gateway_overhead}"]
+    return "\n".join(lines) + "\n"
 
 
 def env_file(env: dict[str, str], engine: str) -> str:
