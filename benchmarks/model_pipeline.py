@@ -23,27 +23,27 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(sys.argv[5]) / "tests"))  # the harnesses
 from builder.model import pipeline as model_pipeline, synth
-from builder.engines.llama_cpp import source as sources
+from builder.engines.llama_cpp import convert as gguf, source as sources
 from builder.cache import Cache
 from harness import engine_for
 from builder.profiles import ProfileStore
 step, model, quant, host_cache = sys.argv[1:5]
 cache = Cache()
-p = ProfileStore().load("x86-gateway").profile
+p = ProfileStore().load("x86-gateway").concrete()
 t = time.monotonic()
 if step == "synth":
     out = synth.cached(model, cache).out
 elif step == "convert":
     f = model_pipeline.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
-    out = model_pipeline.gguf_of(model_pipeline.convert(f, sources.llama_cpp(
+    out = gguf.gguf_of(gguf.convert(f, sources.llama_cpp(
         p.engine.llama_cpp.source, Cache(Path(host_cache))), cache))
 else:
     f = model_pipeline.fetch(p.model.source, cache, model_file=synth.cached(model, cache).out)
-    conv = model_pipeline.convert(f, sources.llama_cpp(p.engine.llama_cpp.source,
-                                                  Cache(Path(host_cache))), cache)
+    conv = gguf.convert(f, sources.llama_cpp(p.engine.llama_cpp.source,
+                                        Cache(Path(host_cache))), cache)
     tools = engine_for("x86-gateway", Cache(Path(host_cache)))
-    f16 = model_pipeline.gguf_of(conv)
-    out = model_pipeline.gguf_of(model_pipeline.quantize(
+    f16 = gguf.gguf_of(conv)
+    out = gguf.gguf_of(gguf.quantize(
         f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
         tools.tool("llama-quantize"), tools.entry.key, cache))
 secs = time.monotonic() - t

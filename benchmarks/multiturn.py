@@ -159,17 +159,17 @@ def conversations(port: int, key: str | None, systems: list[str], questions: lis
 def appliance_args(model: Path, port: int, threads: int) -> list[str]:
     """llama-server's command line as a device's settings give it (x86-gateway profile,
     2 slots, the plan's prompt cache for this model)."""
-    from builder import planner
+    from builder import resolve
+    from builder.engines.llama_cpp.ggml import from_gguf
     from builder.engines.llama_cpp.server import server_args
-    from builder.model.shape import from_gguf
     from builder.profiles import ProfileStore
 
-    p = ProfileStore().load("x86-gateway").profile
-    assert p is not None
+    rp = ProfileStore().load("x86-gateway")
+    p = rp.concrete()
     rt = p.runtime.model_copy(update={"parallel": SLOTS, "context_length": CTX,
                                       "threads": threads})
     p = p.model_copy(update={"runtime": rt})
-    plan = planner.plan(planner.PlanInput.from_profile(p, from_gguf(model)), suggest=False)
+    plan = resolve.resolve(rp, p, from_gguf(model)).plan
     return server_args(rt, str(model), port=port, threads=threads,
                        prompt_cache=plan.prompt_cache)
 

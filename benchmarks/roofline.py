@@ -15,7 +15,7 @@ Measured in the same run, on this machine:
              thread per caller) and np.add.reduce(x), best of --bw-reps; the faster
              kernel is taken (a higher bandwidth only lowers the fraction). Measured
              before and after the decode runs; the mean is used, both are printed.
-  bytes      from the GGUF's own tensor table (the gguf package, model_shape.from_gguf
+  bytes      from the GGUF's own tensor table (the gguf package, engines/llama_cpp/ggml.py from_gguf
              for the architecture): every tensor, except the embedding where a separate
              output matrix exists (then one row), plus K and V for the mean context of
              the run (depth + gen/2 tokens), at the KV type's size.
@@ -51,8 +51,8 @@ from pathlib import Path
 import _harness  # noqa: F401  (tests/harness on the path)
 import numpy as np
 
+from builder.engines.llama_cpp.ggml import from_gguf
 from builder.engines.llama_cpp.memory import KV_BYTES
-from builder.model.shape import from_gguf
 from builder.units import GiB, MiB
 
 # --- bandwidth -------------------------------------------------------------------------

@@ -38,10 +38,10 @@ from pathlib import Path
 import _harness  # noqa: F401  (tests/harness on the path)
 from harness.llama_server import LlamaServer, free_port
 
-from builder import planner
+from builder import planner, resolve
+from builder.engines.llama_cpp.ggml import from_gguf
 from builder.engines.llama_cpp.memory import repacked_types
 from builder.engines.llama_cpp.server import server_args, server_env
-from builder.model.shape import from_gguf
 from builder.model.synth import SYLLABLES
 from builder.profiles import ProfileStore
 from builder.schema import Runtime
@@ -61,12 +61,13 @@ def soak_plan(model: Path, *, ram: int, ctx: int, parallel: int,
               profile: str = "x86-gateway") -> planner.Plan:
     """The plan of `profile` serving `model` (read from the file) on a device with `ram`,
     `ctx` tokens x `parallel` slots, repacking as this machine's CPU does."""
-    p = ProfileStore().load(profile).profile
-    assert p is not None
+    rp = ProfileStore().load(profile)
+    p = rp.concrete()
     p = p.model_copy(update={
         "runtime": p.runtime.model_copy(update={"context_length": ctx, "parallel": parallel}),
         "device": p.device.model_copy(update={"ram": ram})})
-    pin = planner.PlanInput.from_profile(p, from_gguf(model))
+    shape = from_gguf(model)
+    pin = resolve.plan_input(resolve.resolve(rp, p, shape), shape)
     return planner.plan(replace(pin, repack_types=repacked_types(cpu_features())),
                         suggest=False)
 

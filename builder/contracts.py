@@ -237,6 +237,12 @@ class Engine(ABC):
         """Checks of the profile that only this engine knows (location, message)."""
         return []
 
+    def runs_on(self, platform: Platform) -> str | None:
+        """Why this engine cannot run on `platform` (what it needs that is missing), or
+        None where it can: an engine says where it runs, so a target never lists
+        engines and a new engine runs on every target that has what it needs."""
+        return None
+
     def relative_paths(self) -> tuple[Loc, ...]:
         """Fields of its section holding paths relative to the profile file that set
         them (resolved against that file's directory)."""
@@ -427,11 +433,9 @@ class Target(ABC):
     section: ClassVar[str]  # the profile section of its own settings, e.g. "x86"
     settings: ClassVar[type[TargetSettings]]
     arches: ClassVar[tuple[str, ...]]
-    engines: ClassVar[tuple[str, ...]]
     os_bases: ClassVar[tuple[str, ...]]
     storage_kinds: ClassVar[tuple[str, ...]]
     accelerators: ClassVar[tuple[str, ...]] = ("none",)
-    why_not: ClassVar[str]  # why an engine outside `engines` cannot run here
     vm_stages: ClassVar[tuple[str, ...]] = ()  # `builder doctor` stages `builder vm` needs
     vendor_inputs: ClassVar[tuple[VendorInput, ...]] = ()
     flash_methods: ClassVar[tuple[FlashMethod, ...]] = ()

@@ -113,9 +113,13 @@ def problems(p: Profile) -> list[tuple[Loc, str]]:
     if p.os.base not in target.os_bases:
         out.append((("os", "base"), f"{p.os.base!r} is not an OS base for "
                     f"{target.name}; use {' or '.join(target.os_bases)}"))
-    if p.engine.kind not in target.engines:
-        out.append((("engine", "kind"), f"{p.engine.kind} cannot run on {target.name} "
-                    f"({target.why_not}); use {' or '.join(target.engines)}"))
+    if engine is not None:
+        platform = target.platform(p)
+        why = engine.runs_on(platform)
+        if why:
+            runs = [e.kind for e in plugins.ENGINES.values() if e.runs_on(platform) is None]
+            out.append((("engine", "kind"), f"{p.engine.kind} cannot run on {target.name} "
+                        f"({why}); use {' or '.join(runs) or 'another target'}"))
     out += target.problems(p)
     model = catalog.MODELS.get(p.model.id.lower())
     if model is None:

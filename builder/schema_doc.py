@@ -89,7 +89,7 @@ def markdown_reference() -> str:
     ]
     for t in sorted(plugins.TARGETS.values(), key=lambda t: t.name):
         lines += ["", f"## `target: {t.name}`", "", f"{t.description}. Architectures: "
-                  f"{', '.join(t.arches)}; engines: {', '.join(t.engines)}; OS bases: "
+                  f"{', '.join(t.arches)}; OS bases: "
                   f"{', '.join(t.os_bases)}; accelerators: {', '.join(t.accelerators)}; "
                   f"boot media: {', '.join(t.storage_kinds)}.", ""]
         rows = _rows(t.settings, f"{t.section}.")

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -346,6 +347,44 @@ def test_a_release_carried_in_a_bundle_deploys_from_a_closed_site(
     assert host["bytes_sent"] > model.stat().st_size // 2  # and was sent from there
     assert _status(fleet, "vm1")["model_sha256"] == json.loads(
         (site / "releases" / rid / "tree/release.json").read_text())["model"]["sha256"]
+
+
+def test_an_engine_from_outside_the_builder_deploys_and_verifies(
+        fleet, appliance: Path, smollm2_gguf: Path, tmp_path: Path) -> None:
+    """tests/example_engine (loaded only where its release is made) deployed onto an
+    appliance built with llama.cpp: its unit runs the release's engine, the gateway
+    takes the release's settings - here API auth off, which reaches the device by the
+    release's drop-in alone - and `builder verify --release` checks the device as the
+    release planned it. vm1 is left serving it."""
+    from test_example_engine import PROFILE, engine_env
+
+    prof = tmp_path / "pyecho.yaml"
+    prof.write_text(PROFILE + "service:\n  api_auth: false\n")
+    r = subprocess.run([sys.executable, "-m", "builder", "release", "--profile", str(prof),
+                        "--model-file", str(smollm2_gguf), "--json", "--out", str(appliance)],
+                       capture_output=True, text=True, timeout=600, env=engine_env(),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rid = json.loads(r.stdout)["release_id"]
+    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert hosts["vm1"]["result"] == "activated" and hosts["vm1"]["healthy"], hosts
+    spec, _ = fleet["specs"]["vm1"]
+    api = f"http://127.0.0.1:{next(iter(spec.forwards))}"
+    with urllib.request.urlopen(urllib.request.Request(  # no key: the release said so
+            api + "/v1/chat/completions", data=json.dumps({
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode(),
+            headers={"Content-Type": "application/json"}), timeout=60) as resp:
+        reply = json.load(resp)
+    assert reply["model"] == smollm2_gguf.stem and reply["usage"]["completion_tokens"] == 3
+    junit = tmp_path / "verify.xml"
+    r = _builder(appliance, "verify", "--profile", "x86-gateway", "--release", rid,
+                 "--host", f"ssh://edge@127.0.0.1:{spec.ssh_port}", "--api-url", api,
+                 "--junit", str(junit))
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+    report = junit.read_text()
+    assert 'failures="0"' in report and 'errors="0"' in report
+    assert 'skipped="1"' in report  # the build's Ansible run, which would undo the deploy
 
 
 @pytest.mark.long

@@ -193,8 +193,9 @@ ERRORS = [
                  "bad.yaml:3:10: model.quant: 'Q3_K_S' is not a llama.cpp quantization; "
                  "choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16", id="unknown-quant"),
     pytest.param("extends: pi5-4gb\nengine:\n  kind: tensorrt-llm\nmodel:\n  quant: int4_awq\n",
-                 "bad.yaml:3:9: engine.kind: tensorrt-llm cannot run on raspberry-pi5 (the "
-                 "Pi 5 has no CUDA GPU); use llama.cpp", id="engine-device-cannot-run"),
+                 "bad.yaml:3:9: engine.kind: tensorrt-llm cannot run on raspberry-pi5 (it "
+                 "needs a Jetson's GPU, with JetPack's CUDA and TensorRT); use llama.cpp",
+                 id="engine-device-cannot-run"),
     pytest.param("extends: pi5-4gb\nruntime:\n  kv_cache_type: q8_0\n  flash_attn: 'off'\n",
                  "bad.yaml:3:18: runtime.kv_cache_type: a quantized V cache (q8_0) needs "
                  "flash attention; set runtime.flash_attn to auto or on, or kv_cache_type "

@@ -396,3 +396,52 @@ def test_verify_takes_no_ssh_option_from_the_host_url() -> None:
     with pytest.raises(BuilderError, match="is not a user name"):
         parse_host("ssh://-oProxyCommand=touch%20MARKER@192.0.2.1")
     assert parse_host("ssh://edge@[::1]:2222").host == "::1"
+
+
+# --- 6. verifying a device against a release it was deployed --------------------------------
+
+def _built(target: str = "x86-gateway") -> dict[str, Any]:
+    """A build's manifest, as much of it as `as_deployed` keeps or replaces."""
+    return {"profile": "x86-gateway", "target": target, "release_id": "rbuilt",
+            "engine": {"kind": "llama.cpp", "start_seconds": 600},
+            "release": {"id": "rbuilt", "model_id": "built-model"},
+            "model": {"sha256": "0" * 64, "device_path": "/var/lib/edge-llm/models/x.gguf"},
+            "plan": {"total": 1}, "layout": {"engine_unit": "edge-llm-engine.service"},
+            "inputs": {"profile": {"service": {"api_auth": True}}, "rootfs_key": "k"},
+            "provision_vars": {"release_id": "rbuilt"}}
+
+
+def test_verify_expects_what_the_deployed_release_brings(site) -> None:
+    """`builder verify --release`: the release's id, model, engine probe, profile and
+    plan (recorded when it was made) over the build's system; never the build's Ansible
+    run, which would put the build's release back."""
+    from builder import verify
+
+    b, out, _, _ = site
+    rel = trust.open_release(b.dir, trust.signers(None, out))
+    m = verify.as_deployed(_built(), rel)
+    recorded = json.loads((b.dir / "bundle.json").read_text())
+    assert m["release_id"] == m["release"]["id"] == rel.release_id
+    assert m["model"]["sha256"] == b.manifest["model"]["sha256"]
+    assert m["model"]["device_path"] == b.manifest["model"]["path"]
+    assert m["release"]["model_id"] == "test-model"
+    assert m["plan"] == recorded["plan"] and m["inputs"]["profile"] == recorded["profile"]
+    assert m["inputs"]["rootfs_key"] == "k" and m["layout"] == _built()["layout"]
+    assert m["provision_vars"] is None
+
+
+def test_verify_refuses_a_release_it_cannot_hold_a_device_to(site) -> None:
+    from builder import verify
+    from builder.errors import BuilderError
+
+    b, out, _, _ = site
+    rel = trust.open_release(b.dir, trust.signers(None, out))
+    with pytest.raises(BuilderError, match="is for x86-gateway; the x86-gateway build is a "
+                       "raspberry-pi5"):
+        verify.as_deployed(_built("raspberry-pi5"), rel)
+    record = json.loads((b.dir / "bundle.json").read_text())
+    for broken in ({k: v for k, v in record.items() if k != "plan"},  # imported, or older
+                   {**record, "plan": {**record["plan"], "total": "{{ 1 }}"}}):
+        (b.dir / "bundle.json").write_text(json.dumps(broken))
+        with pytest.raises(BuilderError, match="does not say what it was planned for"):
+            verify.as_deployed(_built(), rel)

@@ -469,14 +469,22 @@ def vm_cmd(profile: str, out_root: Path, ssh_port: int, api_port: int, memory_mb
 @click.option("--select", metavar="EXPR",
               help="Only the checks matching this pytest -k expression, e.g. performance "
               "or 'gateway and not page'.")
+@click.option("--release", "release_id", metavar="ID",
+              help="The device serves this release (deployed after the build): expect "
+              "its model, engine, settings and plan, the build's system.")
 @cache_option
 @profiles_dir_option
 def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_root: Path,
                junit: Path | None, api_url: str | None, select: str | None,
-               cache_dir: Path | None, profiles_dir: tuple[Path, ...]) -> None:
+               release_id: str | None, cache_dir: Path | None,
+               profiles_dir: tuple[Path, ...]) -> None:
     """Run the testinfra suite against a device: exit 0 when every check passes. The
-    speed checks hold the device to the profile's verify.* thresholds as given now."""
+    speed checks hold the device to the profile's verify.* thresholds as given now
+    (with --release: as the release's profile gave them)."""
     from .. import verify
+    from ..fleet import release as release_mod
+    from ..fleet import trust
+    from ..schema import Service, Verify
     from ..sshkey import builder_key
 
     d = load_device(profile, profiles_dir)
@@ -485,17 +493,29 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
         raise BuilderError("say where: --host ssh://user@host:port or --inventory FILE")
     if api_url and inventory:
         raise BuilderError("--api-url names one device: use it with --host")
-    mpath, _ = _manifest(out_root, rp.name)
+    mpath, built = _manifest(out_root, rp.name)
+    state = out_root / f".verify-{rp.name}"
+    service, thresholds = p.service, p.verify.model_dump(mode="json")
+    if release_id:
+        rel = trust.open_release(release_mod.find(out_root / "releases", release_id).dir,
+                                 trust.signers(None, out_root))
+        expected = verify.as_deployed(built, rel)
+        profile_of = expected["inputs"]["profile"]
+        service = Service.model_validate(profile_of["service"])
+        thresholds = Verify.model_validate(profile_of["verify"]).model_dump(mode="json")
+        state.mkdir(parents=True, exist_ok=True)
+        mpath = state / f"deployed-{rel.release_id}.json"
+        mpath.write_text(json.dumps(expected, indent=2) + "\n")
     user = p.os.admin_user
     targets = ([verify.parse_host(host_url, user)] if host_url
                else verify.inventory_targets(inventory, user) if inventory else [])
     key, _ = builder_key(Cache(cache_dir))
     failed = []
     for t in targets:
-        report = junit or mpath.parent / f"verify-{t.host}-{t.port}.xml"
-        rc = verify.run_suite(mpath, t, key, out_root / f".verify-{rp.name}", report,
-                              verify.api_url_of(t, p.service, api_url),
-                              thresholds=p.verify.model_dump(mode="json"), select=select,
+        report = junit or out_root / rp.name / f"verify-{t.host}-{t.port}.xml"
+        rc = verify.run_suite(mpath, t, key, state, report,
+                              verify.api_url_of(t, service, api_url),
+                              thresholds=thresholds, select=select,
                               checks=d.target.verify_checks)
         out.print(f"{t.url}: {'[green]passed[/]' if rc == 0 else '[red]failed[/]'} "
                   f"(JUnit: {display_path(report)})")

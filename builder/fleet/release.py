@@ -2,16 +2,18 @@
 
     out/releases/<id>/tree/      the engine's files (bin/ for llama.cpp),
                                  lib/edge_llm_gateway/ (gateway), engine.env,
-                                 gateway.json, systemd/engine.conf (the engine unit's
-                                 command, readiness check and resources),
+                                 gateway.json, systemd/engine.conf and gateway.conf
+                                 (each unit's part a release decides: command,
+                                 readiness check, credentials, resources),
                                  release.json (every file's and directory's sha256 or
                                  mode, the model's), release.json.sig (ssh-keygen -Y sign)
-    out/releases/<id>/bundle.json  where the model is on this machine
+    out/releases/<id>/bundle.json  where the model is on this machine; the profile and
+                                   plan the release was made from
 
 The tree is installed as <engine_root>/releases/<id>/ and the model in the device's
 content-addressed model directory (device/layout.py) by the `release` role: into an
 image's rootfs by `builder build`, onto live devices by `builder deploy`. The device
-checks the signature and every hash itself (device/release.py, edge-llm-release)
+checks the signature and every hash itself (device/release_tool.py, edge-llm-release)
 before switching `current` to it.
 
 The id is a hash of everything that changes what a device runs (engine build, model,
@@ -208,8 +210,13 @@ def make(i: ReleaseInputs, out_root: Path, signing_key: Path) -> Bundle:
         trust.Manifest.parse(data, f"release {rid} of {i.profile_name}")
         (tree / RELEASE_MANIFEST).write_bytes(data)
         sign(signing_key, tree / RELEASE_MANIFEST)
+        # what this machine knows beside the signed tree: where the model is, and the
+        # profile and plan it was made from (`builder verify --release` checks a device
+        # against them)
         (tmp / "bundle.json").write_text(json.dumps(
-            {"release_id": rid, "model_path": str(m.path)}, indent=2) + "\n")
+            {"release_id": rid, "model_path": str(m.path),
+             "profile": p.model_dump(mode="json"), "plan": i.plan.to_json()},
+            indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

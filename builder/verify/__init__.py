@@ -15,11 +15,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .. import names
 from ..errors import BuilderError, display_path
 from ..schema import Service
+
+if TYPE_CHECKING:
+    from ..fleet.trust import Release
 
 SUITE = Path(__file__).parent / "suite"
 
@@ -151,6 +155,44 @@ def settle(target: SshHost, ssh_config: Path, manifest: dict, log_file: Path | N
             "anyway", flush=True)
     else:
         say(f"{target.url}: started ({time.monotonic() - started:.0f}s)", flush=True)
+
+
+def as_deployed(built: dict[str, Any], release: Release) -> dict[str, Any]:
+    """What to expect of a device built as `built` (a build's manifest) that now serves
+    `release` (checked: signed, its tree as listed): the build's system with the
+    release's id, model, engine and what `builder release` recorded of it (its profile
+    and plan, in bundle.json). `builder verify --release`: a fleet checked after a
+    deploy. A build's Ansible run is not repeated (it would bring back the build's
+    release)."""
+    m, what = release.manifest, f"release {release.release_id}"
+    try:
+        record = json.loads((release.dir / "bundle.json").read_text())
+        plan, profile = record["plan"], record["profile"]
+        if not (isinstance(plan, dict) and isinstance(profile, dict)):
+            raise TypeError
+        for k in ("total", "gateway_overhead", "memory_max"):
+            if not isinstance(plan.get(k), int):
+                raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BuilderError(f"{what}: {display_path(release.dir / 'bundle.json')} does not "
+                           "say what it was planned for (a release imported from a bundle, "
+                           "or made by an older builder); make it here with `builder "
+                           "release`") from None
+    if m.target != built["target"]:
+        raise BuilderError(f"{what} is for {m.target}; the {built['profile']} build is a "
+                           f"{built['target']}")
+    e = m.engine
+    return {
+        **built, "release_id": m.release_id,
+        "engine": {"kind": e.kind, "probe": {"ready": e.ready, "alive": e.alive},
+                   "start_seconds": e.build_seconds or built["engine"]["start_seconds"]},
+        "release": {"id": m.release_id, "dir": str(release.dir), "model_id": m.model.id},
+        "model": {**built["model"], "id": m.model.id, "sha256": m.model.sha256,
+                  "device_path": m.model.path},
+        "plan": plan,
+        "inputs": {**built["inputs"], "profile": profile},
+        "provision_vars": None,
+    }
 
 
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:

@@ -34,10 +34,8 @@ class ExampleBoard(Target):
     section = "example"
     settings = ExampleSettings
     arches = ("amd64",)
-    engines = ("llama.cpp",)
     os_bases = ("debian",)
     storage_kinds = ("emmc",)
-    why_not = "the example board has no GPU"
 
     def platform(self, p: Profile) -> Platform:
         return Platform(arch="amd64", gnu_triplet="x86_64-linux-gnu",

@@ -29,6 +29,7 @@ def synthetic_gguf(model_id: str, cache: Cache, engine: EngineArtifact,
                    quant: str = "Q4_K_M") -> Path:
     """Random weights in a catalog model's exact shape (synth.py), converted with
     llama.cpp's converter and quantized with `engine`'s llama-quantize (all cached)."""
+    from builder.engines.llama_cpp import convert as gguf
     from builder.engines.llama_cpp import source as sources
     from builder.model import pipeline as model_pipeline
     from builder.model import synth
@@ -38,11 +39,11 @@ def synthetic_gguf(model_id: str, cache: Cache, engine: EngineArtifact,
     source = sources.llama_cpp(p.engine.llama_cpp.source, cache)
     hf = synth.cached(model_id, cache)
     fetched = model_pipeline.fetch(p.model.source, cache, model_file=hf.out)
-    conv = model_pipeline.convert(fetched, source, cache)
-    f16 = model_pipeline.gguf_of(conv)
-    q = model_pipeline.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
-                                engine.tool("llama-quantize"), engine.entry.key, cache)
-    return model_pipeline.gguf_of(q)
+    conv = gguf.convert(fetched, source, cache)
+    f16 = gguf.gguf_of(conv)
+    q = gguf.quantize(f16, conv.manifest["outputs"][f16.name]["sha256"], quant,
+                      engine.tool("llama-quantize"), engine.entry.key, cache)
+    return gguf.gguf_of(q)
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -102,6 +102,11 @@ class TrtLlm(Engine):
     def version(self, p: Profile) -> str:
         return f"TensorRT-LLM {self.settings_of(p).version}"
 
+    def runs_on(self, platform: Platform) -> str | None:
+        if not (platform.cuda_arch and platform.build_on_device):
+            return "it needs a Jetson's GPU, with JetPack's CUDA and TensorRT"
+        return None
+
     def problems(self, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
         t = self.settings_of(p)
         if p.model.quant.lower() == "int4_awq" and not t.calibration_dir:

@@ -137,11 +137,9 @@ class JetsonOrin(Target):
     section = "jetson"
     settings = JetsonSettings
     arches = ("arm64",)
-    engines = ("tensorrt-llm", "llama.cpp")
     os_bases = ("l4t",)
     storage_kinds = ("emmc", "nvme")
     accelerators = ("cuda",)
-    why_not = ""
     vendor_inputs = (
         VendorInput("l4t_bsp", "l4t-bsp", "Jetson Linux BSP tarball "
                     "(Jetson_Linux_R36.x_aarch64.tbz2) instead of jetson.bsp.path."),

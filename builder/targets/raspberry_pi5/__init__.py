@@ -99,7 +99,6 @@ class RaspberryPi5(Target):
     section = "pi5"
     settings = Pi5Settings
     arches = ("arm64",)
-    engines = ("llama.cpp",)
     os_bases = ("debian", "raspios")
     storage_kinds = ("sd", "nvme", "usb")
     vm_stages = ("vm-arm64",)
@@ -107,7 +106,6 @@ class RaspberryPi5(Target):
     vendor_inputs = (VendorInput("base_image", "base-image", "os.base raspios: the "
                                  "Raspberry Pi OS image (.img or .img.xz) to customise "
                                  "instead of pi5.base_image.path."),)
-    why_not = "the Pi 5 has no CUDA GPU"
 
     def platform(self, p: Profile) -> Platform:
         return Platform(arch="arm64", gnu_triplet="aarch64-linux-gnu", arm_arch=A76,

@@ -47,12 +47,10 @@ class X86Gateway(Target):
     section = "x86"
     settings = X86Settings
     arches = ("amd64",)
-    engines = ("llama.cpp",)
     os_bases = ("debian",)
     storage_kinds = ("ssd", "nvme", "emmc", "usb")
     vm_stages = ("vm-x86",)
     flash_methods = (SD_WRITER,)
-    why_not = "x86 gateways have no NVIDIA GPU in this target"
 
     def platform(self, p: Profile) -> Platform:
         levels = tuple(self.settings_of(p).cpu_levels)

@@ -34,6 +34,12 @@ def engine_port(manifest) -> int:
 
 
 @pytest.fixture(scope="session")
+def api_auth(manifest) -> bool:
+    """Whether the public port asks for an API key (the profile's service.api_auth)."""
+    return manifest["inputs"]["profile"]["service"]["api_auth"]
+
+
+@pytest.fixture(scope="session")
 def probe(manifest) -> dict:
     """The engine's readiness and liveness paths (its engine module's Probe)."""
     return manifest["engine"]["probe"]

@@ -192,6 +192,9 @@ def test_password_login_is_off(host) -> None:
 def test_a_second_ansible_run_changes_nothing(cfg, manifest) -> None:
     from builder import provision
 
+    if manifest["provision_vars"] is None:
+        pytest.skip("the device serves a release deployed after its build (--release): "
+                    "the build's Ansible run would bring back the build's release")
     state = Path(cfg["state"])
     inv = provision.ssh_inventory("device", cfg["host"], cfg["port"], cfg["user"],
                                   Path(cfg["key"]), Path(cfg["known_hosts"]))
