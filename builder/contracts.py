@@ -55,7 +55,10 @@ class Platform:
     # best one the CPU supports loaded at run time (portable images), or one -march
     x86_levels: tuple[str, ...] = ()
     arm_arch: str | None = None  # e.g. armv8.2-a+dotprod+fp16 (Cortex-A76)
-    cuda_arch: str | None = None  # CMAKE_CUDA_ARCHITECTURES, e.g. "87" (Orin)
+    # GPU: the interface its toolchain offers ("cuda"; an accelerator its target brings)
+    # and its architecture as that toolchain names it (CUDA compute capability "87", Orin)
+    gpu: str | None = None
+    gpu_arch: str | None = None
     gpu_devices: tuple[str, ...] = ()  # device nodes (systemd DeviceAllow=) the GPU needs
     gpu_groups: tuple[str, ...] = ()  # groups that may open them (video, render)
     # SIMD features the engine's CPU kernels use (decide e.g. llama.cpp's weight repack)

@@ -37,10 +37,12 @@ def test_every_runtime_knob_reaches_the_engine_environment() -> None:
 def test_role_defaults_match_their_argument_specs() -> None:
     import yaml
 
+    from builder import plugins
     from builder.data import data_dir
 
-    roles = sorted(p for p in data_dir("roles").iterdir() if (p / "meta").is_dir())
-    assert {r.name for r in roles} >= {"base", "inference", "gateway", "release"}
+    dirs = [data_dir("roles"), *(t.roles_dir for t in plugins.TARGETS.values() if t.roles_dir)]
+    roles = sorted(p for d in dirs for p in d.iterdir() if (p / "meta").is_dir())
+    assert {r.name for r in roles} >= {"base", "inference", "gateway", "release", "jetson"}
     for role in roles:
         defaults = yaml.safe_load((role / "defaults/main.yml").read_text()) or {}
         spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())

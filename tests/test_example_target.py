@@ -1,10 +1,13 @@
 """Adding a hardware family is adding a target package and a profile: the example
 target (tests/example_target/, loaded through EDGE_LLM_TARGETS) goes through the real
-commands - validate, plan, recipe, the schema and its docs, a signed release and a
-full build - with nothing in the builder naming it."""
+commands - validate, plan, recipe (for two architectures), the schema and its docs, its
+vendor input as a build option, its flash method in a lab inventory, its VM machine, a
+signed release and a full build with its own role, flashed its own way - with nothing in
+the builder naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -59,8 +62,11 @@ def board(tmp_path: Path):
 
 def test_nothing_in_the_builder_names_the_example_target() -> None:
     pkg = TESTS.parent / "builder"
-    for f in [*pkg.rglob("*.py"), *data_dir("roles").rglob("*.y*ml")]:
-        assert "example-board" not in f.read_text(errors="replace"), f
+    for f in [*pkg.rglob("*.py"), *data_dir("roles").rglob("*.y*ml"),
+              *data_dir("playbooks").rglob("*.y*ml")]:
+        text = f.read_text(errors="replace")
+        for word in ("example-board", "example_board", "board-firmware"):
+            assert word not in text, (f, word)
 
 
 def test_its_profile_validates_plans_and_renders_a_recipe(board) -> None:
@@ -72,6 +78,67 @@ def test_its_profile_validates_plans_and_renders_a_recipe(board) -> None:
     assert board("plan", "--profile", "example").returncode == 0
     r = board("engine", "recipe", "--profile", "example")
     assert r.returncode == 0 and "-DGGML_BACKEND_DL=ON" in r.stdout
+
+
+def test_its_second_architecture_plans_and_cross_compiles(board) -> None:
+    (board.dir / "profiles" / "example-arm.yaml").write_text(
+        PROFILE.replace("arch: amd64", "arch: arm64"))
+    r = board("plan", "--profile", "example-arm", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["input"]["repack_types"] == ["Q4_0", "Q4_K", "Q5_K", "Q6_K",
+                                                             "IQ4_NL"]  # dotprod kernels
+    r = board("engine", "recipe", "--profile", "example-arm")
+    assert r.returncode == 0, r.stderr
+    assert "aarch64-linux-gnu-g++" in r.stdout
+    assert "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod" in r.stdout
+    (board.dir / "bad.yaml").write_text(PROFILE.replace("arch: amd64", "arch: riscv64"))
+    r = board("profiles", "validate", "bad.yaml")
+    assert "device.arch: riscv64 is not a example-board architecture; use amd64 or arm64" \
+        in r.stderr, r.stderr
+
+
+def test_its_vendor_input_is_a_build_option_only_it_takes(board) -> None:
+    r = board("build", "--help")
+    assert "--board-firmware" in r.stdout and "example-board: the board vendor's" in r.stdout
+    (board.dir / "fw.bin").write_bytes(b"firmware")
+    r = board("build", "--profile", "x86-gateway", "--board-firmware", "fw.bin")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --board-firmware: a x86-gateway build does not take "
+                               "it"), r.stderr
+
+
+def test_its_flash_method_is_one_a_lab_takes(board) -> None:
+    (board.dir / "lab.yml").write_text(
+        "devices:\n  board-1:\n    profile: example\n    flash: share\n"
+        "    ansible_host: 192.0.2.5\n")
+    r = board("lab", "run", "--inventory", "lab.yml", "--output", "run")
+    assert r.returncode == 2 and r.stderr.startswith(
+        "error: lab.yml:2:3: devices.board-1: flash: share needs writer: (share is the "
+        "rootfs archive copied to the board vendor's flashing share (writer: its "
+        "directory))"), r.stderr
+    with (board.dir / "lab.yml").open("a") as f:
+        f.write("    writer: /srv/flash-share\n    confirm: true\n")
+    r = board("lab", "run", "--inventory", "lab.yml", "--output", "run")
+    assert "no build of example" in r.stderr, r.stderr  # the inventory itself passed
+
+
+def test_its_vm_machine_is_the_one_a_vm_of_its_build_gets(tmp_path: Path) -> None:
+    """`builder vm` boots a build on the machine its target names (the QEMU command line
+    from that machine); no VM is started here."""
+    sys.path.insert(0, str(TESTS))
+    try:
+        from example_target import TARGET
+    finally:
+        sys.path.remove(str(TESTS))
+    from builder import vm
+
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"delivery": {"kind": "rootfs-archive", "files": {"vm-image": "board.img"}}}))
+    spec = vm.for_build(tmp_path, TARGET.vm_machine, ssh_port=2222, state_dir=tmp_path / "s")
+    cmd = vm.qemu_command(spec, "tcg")
+    assert cmd[0] == "qemu-system-x86_64" and cmd[cmd.index("-machine") + 1] == "q35"
+    assert "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd" in cmd
+    assert spec.image == tmp_path / "board.img"
 
 
 def test_its_section_is_in_the_schema_and_checked(board) -> None:
@@ -97,7 +164,10 @@ def test_it_makes_a_signed_release_and_builds_what_it_delivers(board, tiny_q4: P
     rel = json.loads(r.stdout)
     manifest = json.loads((Path(rel["dir"]) / "tree/release.json").read_text())
     assert manifest["target"] == "example-board"
-    r = board("build", "--profile", "example", "--model-file", str(tiny_q4), timeout=1800)
+    firmware = board.dir / "vendor-fw.bin"
+    firmware.write_bytes(os.urandom(4096))
+    r = board("build", "--profile", "example", "--model-file", str(tiny_q4),
+              "--board-firmware", str(firmware), timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     built = json.loads((board.dir / "out/example/manifest.json").read_text())
     assert built["delivery"]["kind"] == "rootfs-archive"
@@ -106,3 +176,21 @@ def test_it_makes_a_signed_release_and_builds_what_it_delivers(board, tiny_q4: P
                            text=True, check=True).stdout.splitlines()
     assert "./opt/edge-llm/current" in names
     assert f"./opt/edge-llm/releases/{built['release_id']}/release.json" in names
+    # the vendor's firmware, and what the board's own role wrote
+    def member(name: str) -> bytes:
+        return subprocess.run(["tar", "--zstd", "-xOf", str(archive), name],
+                              capture_output=True, check=True).stdout
+    assert member("./boot/firmware/board.bin") == firmware.read_bytes()
+    assert built["delivery"]["firmware_sha256"] == hashlib.sha256(
+        firmware.read_bytes()).hexdigest()
+    assert member("./etc/example-board.conf") == b"archive=board.tar.zst\n"
+    # flashed its own way: into the vendor's flashing share
+    share = board.dir / "share"
+    share.mkdir()
+    r = board("flash", "--profile", "example", "--device", str(share), "--dry-run")
+    assert r.returncode == 0 and "would copy" in r.stdout and not list(share.iterdir())
+    r = board("flash", "--profile", "example", "--device", str(share))
+    assert r.returncode == 0, r.stderr
+    assert (share / "board.tar.zst").read_bytes() == archive.read_bytes()
+    r = board("flash", "--profile", "example", "--to-file", str(share / "board.tar.zst"))
+    assert r.returncode != 0 and "already there; add --force" in r.stderr

@@ -498,7 +498,7 @@ def test_a_lab_run_writes_no_device_whose_entry_does_not_confirm_it(
                     f"    writer: {card}\n")
     r = run_builder("lab", "run", "--inventory", "lab.yml", "--output", "run")
     assert (r.returncode, r.stderr) == (2, (
-        f"error: lab.yml:2:3: devices.pi: flash: sd overwrites the card in {card}; add "
+        f"error: lab.yml:2:3: devices.pi: flash: sd overwrites what {card} holds; add "
         "confirm: true to the device (or run with --yes) to let the lab write it\n"))
     assert not (workdir / "run").exists()
     assert lab_inventory.require_confirmed(parse_inventory(workdir / "lab.yml"), yes=True) \
@@ -511,8 +511,8 @@ def test_the_flash_step_itself_refuses_a_device_not_confirmed(tmp_path: Path) ->
     with pytest.raises(lab.StepFailed) as e:
         lab.step_flash(lab.Ctx(_plan("pi", "sd", "/dev/sdz"), _lab(tmp_path), {}))
     assert str(e.value) == ("not written: lab.yml:1:1 (pi): devices.pi has no confirm: true "
-                            "(add it, or run with --yes, to let the lab overwrite the card "
-                            "in /dev/sdz)")
+                            "(add it, or run with --yes, to let the lab overwrite what "
+                            "/dev/sdz holds)")
 
 
 # --- the benchmark and the bars ---------------------------------------------------------------

@@ -139,11 +139,11 @@ def test_the_image_boots_in_qemu_virt_and_passes_builder_verify(pi5: Path, start
 
 def test_a_raspios_image_gives_its_rootfs_and_boot_files(arm64_rootfs_tar: Path,
                                                         artifact_cache, tmp_path: Path) -> None:
-    from builder.rootfs import from_image
+    from builder.targets.raspberry_pi5 import raspios
 
     tarball = arm64_rootfs_tar
     img = make_raspios_image(tarball, tmp_path / "raspios", compress=True)
-    got = from_image.build(from_image.ImageSpec(
+    got = raspios.build(raspios.ImageSpec(
         image=img, sha256=sha256_file(img), arch="arm64", qemu="aarch64",
         packages=["python3", "openssh-server"]), artifact_cache)
     names = subprocess.run(["tar", "-tf", str(got.tarball)], capture_output=True,

@@ -1,11 +1,15 @@
 """The two seams hold: only builder/targets/ knows a hardware family and only
 builder/engines/ knows an inference engine. No other module branches on a target
 name, an engine kind or an architecture (a comparison, a membership test, a lookup
-table keyed by one, a match case)."""
+table keyed by one, a match case), reaches into a plug-in's own profile section
+(`p.engine.llama_cpp`, `p.jetson`), or speaks a plug-in's vocabulary in its code (an
+identifier or a token-like string: gguf, cuda, l4t, trtllm ...; prose in messages,
+docstrings and comments may name what it explains)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,95 @@ def test_the_guard_sees_each_kind_of_branch(snippet: str) -> None:
 
 def test_the_guard_leaves_data_that_does_not_branch() -> None:
     assert branches('default = "x86-gateway"\nf(kind="llama.cpp")\n') == []
+
+
+# --- sections and vocabulary ----------------------------------------------------------------
+
+SECTIONS = {t.section for t in TARGETS.values()} | {e.section for e in PLUGGED_ENGINES.values()}
+VOCABULARY = re.compile(
+    r"(?i:gguf|ggml|llama|cuda|l4t|tegra|jetpack|tensorrt|trtllm|jetson|raspberry|raspi|"
+    r"bcm27|nvidia|nvpmodel)|(?<![A-Za-z])(?:orin|rpi|pi5)(?![a-z])")
+# where a word is the shared language, not a plug-in's (module -> words, why)
+SPOKEN_HERE = {
+    # GGUF is a model file format (Engine.model_format), taken by more than one engine:
+    # the model pipeline fetches and names such files, the device stores them by it
+    "model/pipeline.py": {"gguf"},
+    "model/catalog.py": {"gguf"},
+    "device/release_tool.py": {"gguf"},
+    # the one engine-specific part of the device package: TensorRT-LLM's on-device build
+    # tool (edge-llm-trtllm), run by the inference role's build unit
+    "device/trtllm.py": {"trtllm", "l4t", "tegra"},
+    "device/__init__.py": {"trtllm"},
+}
+
+
+def spoken(source: str) -> list[tuple[int, str]]:
+    """(line, word) of each plug-in word in an identifier or a token-like string."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        texts: list[str] = []
+        if isinstance(node, ast.Name):
+            texts = [node.id]
+        elif isinstance(node, ast.Attribute):
+            texts = [node.attr]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            texts = [node.name]
+        elif isinstance(node, (ast.arg, ast.keyword)):
+            texts = [node.arg or ""]
+        elif isinstance(node, ast.alias):
+            texts = [node.name, node.asname or ""]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            texts = [node.module]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and not re.search(r"\s", node.value):
+            texts = [node.value]  # a name, a path, a flag; prose has spaces
+        found += [(node.lineno, m.group(0).lower()) for t in texts
+                  for m in VOCABULARY.finditer(t)]
+    return found
+
+
+def reaches(source: str) -> list[tuple[int, str]]:
+    """(line, section) of each attribute named after a plug-in's own section."""
+    return [(n.lineno, n.attr) for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Attribute) and n.attr in SECTIONS]
+
+
+@pytest.mark.parametrize("module", modules(), ids=lambda f: str(f.relative_to(PKG)))
+def test_no_module_outside_the_seams_reaches_into_a_plugins_section(module: Path) -> None:
+    assert reaches(module.read_text()) == [], (
+        f"{module.relative_to(PKG)} reads a plug-in's own section; let the plug-in read "
+        "it (settings_of) and hand over what is needed")
+
+
+@pytest.mark.parametrize("module", modules(), ids=lambda f: str(f.relative_to(PKG)))
+def test_no_module_outside_the_seams_speaks_a_plugins_vocabulary(module: Path) -> None:
+    rel = str(module.relative_to(PKG))
+    words = [(line, w) for line, w in spoken(module.read_text())
+             if w not in SPOKEN_HERE.get(rel, set())]
+    assert words == [], f"{rel} speaks a target's or an engine's language: move it there"
+
+
+def test_the_vocabulary_allowances_are_still_needed() -> None:
+    """An allowance nothing uses any more is taken away."""
+    for rel, allowed in SPOKEN_HERE.items():
+        words = {w for _, w in spoken((PKG / rel).read_text())}
+        assert allowed <= words, (rel, allowed - words)
+
+
+@pytest.mark.parametrize(("snippet", "word"), [
+    ("x = p.engine.llama_cpp.source\n", None),
+    ("if s.cuda_arch:\n    pass\n", "cuda"),
+    ("path = root / 'model.gguf'\n", "gguf"),
+    ("from .rootfs import l4t\n", "l4t"),
+    ("def orin_power(): pass\n", "orin"),
+])
+def test_the_vocabulary_guard_sees_each_kind(snippet: str, word: str | None) -> None:
+    if word is None:
+        assert reaches(snippet) == [(1, "llama_cpp")]
+    else:
+        assert word in {w for _, w in spoken(snippet)}, snippet
+
+
+def test_the_vocabulary_guard_leaves_prose_and_neighbours() -> None:
+    assert spoken('raise E("llama-server refused it: see docs/orin.md")\n'
+                  'class VendorInput: pass\nprint("origin", "Porinda")\n') == []

@@ -1,6 +1,6 @@
 """What every `builder` command module shares: the command group, the console, the
-common options and profile loading. The command modules (cli, cli_build, cli_fleet,
-cli_lab) import this and not each other."""
+common options and profile loading. The command modules (main, build, fleet, lab)
+import this and not each other."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def signers(given: Path | None, out_root: Path) -> Signers:
 
 def check_signature(data: bytes, sig: bytes, s: Signers, what: str) -> None:
     """`data` signed, in the release namespace, by a key of `s`: the check a device makes
-    (device/release.py), on the bytes that are then used."""
+    (device/release_tool.py), on the bytes that are then used."""
     with tempfile.TemporaryDirectory(prefix="edge-llm-sig-") as d:
         sig_file = Path(d) / RELEASE_SIGNATURE
         sig_file.write_bytes(sig)

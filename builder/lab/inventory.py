@@ -91,7 +91,7 @@ class LabDevice:
     def overwrites(self) -> str | None:
         """What a run writes over (for the question it does not ask); None: nothing."""
         if self.writer:
-            return f"the card in {self.writer}"
+            return f"what {self.writer} holds"
         if self.flash != DEPLOY_ONLY:
             return f"the board {FLASH_METHODS[self.flash].description}"
         return None
@@ -257,11 +257,12 @@ def _device(doc: Document, name: str, f: dict[str, Any]) -> LabDevice:
     method = FLASH_METHODS.get(flash)
     writer, after = path("writer", absolute=True), command("after_flash")
     if method and method.writer and not writer:
-        raise BuilderError(f"{at}: {dotted}: flash: {flash} needs writer: the SD/USB writer's "
-                           "whole-disk block device (e.g. /dev/disk/by-id/usb-...)")
+        raise BuilderError(f"{at}: {dotted}: flash: {flash} needs writer: ({flash} is "
+                           f"{method.description})")
     if writer and not (method and method.writer):
-        raise bad("writer", f"only a flash method through a writer (sd) takes one (this "
-                  f"device: {flash})")
+        raise bad("writer", f"only a flash method through a writer "
+                  f"({', '.join(m.name for m in FLASH_METHODS.values() if m.writer)}) takes "
+                  f"one (this device: {flash})")
     if after and method is None:
         raise bad("after_flash", f"a {flash} device is not flashed")
     confirm = f.get("confirm", False)

@@ -1,6 +1,6 @@
 """`builder lab run`: hardware in the loop over a lab of devices.
 
-For each device of a lab inventory (lab_inventory.py, docs/lab.md): put the build of its
+For each device of a lab inventory (lab/inventory.py, docs/lab.md): put the build of its
 profile on it - written by its SD/USB writer or over its Jetson recovery USB (the
 target's own `flash`, as `builder flash` does it), or deployed as a release with Ansible
 (fleet.deploy) - wait until it answers, run the verify suite on it (builder/verify) and a
@@ -10,7 +10,7 @@ the controller's recovery USB) run one after another, in a lane; lanes run side 
 
 Everything a run learns is in its directory: the inventory as run, one JSON record per
 device (written after every step), the verify suite's JUnit and log per device, and the
-reports (lab_report.py). Run again over the same directory, a device starts at its first
+reports (report.py). Run again over the same directory, a device starts at its first
 step that did not pass; the steps before it are kept.
 """
 

@@ -87,7 +87,7 @@ class LlamaCpp(Engine):
 
         if not platform.build_on_device:
             return None
-        per_job = COMPILE_JOB_PEAK[bool(platform.cuda_arch)]
+        per_job = COMPILE_JOB_PEAK[platform.gpu == "cuda"]
         jobs = p.engine.build_jobs or p.device.cpu_cores
         budget = build_budget(p)
         peak = jobs * per_job + 512 * MiB
@@ -130,7 +130,7 @@ class LlamaCpp(Engine):
         return f"{layout.current}/bin/llama-server --host 127.0.0.1"
 
     def device_access(self, platform: Platform) -> tuple[str, ...]:
-        return platform.gpu_devices if platform.cuda_arch else ()
+        return platform.gpu_devices if platform.gpu == "cuda" else ()
 
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         return ("libgomp1",)  # ggml's CPU backend uses OpenMP
@@ -147,7 +147,7 @@ class LlamaCpp(Engine):
         return memory_mod.memory(pin)
 
     def repacked_types(self, platform: Platform) -> tuple[str, ...]:
-        if platform.cuda_arch:  # weights live in the GPU's buffers, not repacked for CPU
+        if platform.gpu == "cuda":  # weights live in the GPU's buffers, not repacked for CPU
             return ()
         return memory_mod.repacked_types(platform.cpu_features)
 

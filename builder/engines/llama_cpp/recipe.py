@@ -78,11 +78,11 @@ class LlamaCppRecipe:
 def recipe(s: LlamaCppSettings, platform: Platform, host_triplet: str) -> LlamaCppRecipe:
     """The build for `platform`, made on a host whose GNU triplet is `host_triplet`."""
     extra = tuple(s.cmake_args)
-    if platform.cuda_arch:  # CUDA comes with the device's JetPack: built there
+    if platform.gpu == "cuda":  # CUDA comes with the device's JetPack: built there
         return LlamaCppRecipe(
             arch=platform.arch, on_device=True,
             cmake_args=(*COMMON, "-DBUILD_SHARED_LIBS=OFF", "-DGGML_CUDA=ON",
-                        f"-DCMAKE_CUDA_ARCHITECTURES={platform.cuda_arch}",
+                        f"-DCMAKE_CUDA_ARCHITECTURES={platform.gpu_arch}",
                         f"-DCMAKE_CUDA_COMPILER={CUDA_COMPILER}",
                         *_arm(platform), *extra),
             notes=["run on the device (its JetPack's CUDA in /usr/local/cuda)"])

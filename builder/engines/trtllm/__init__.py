@@ -103,7 +103,7 @@ class TrtLlm(Engine):
         return f"TensorRT-LLM {self.settings_of(p).version}"
 
     def runs_on(self, platform: Platform) -> str | None:
-        if not (platform.cuda_arch and platform.build_on_device):
+        if not (platform.gpu == "cuda" and platform.build_on_device):
             return "it needs a Jetson's GPU, with JetPack's CUDA and TensorRT"
         return None
 
@@ -149,7 +149,7 @@ class TrtLlm(Engine):
         if p.engine.build_jobs:
             build += ["--workers", str(p.engine.build_jobs)]
         return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
-            f"TensorRT-LLM {t.version} for CUDA sm_{platform.cuda_arch}, run on the device "
+            f"TensorRT-LLM {t.version} for CUDA sm_{platform.gpu_arch}, run on the device "
             "(engines are specific to the GPU and the TensorRT version), in "
             f"{t.checkout}: MODEL is the release's checkpoint, CHECKPOINT and ENGINE "
             "the device's work and cache directories"])
@@ -194,7 +194,7 @@ class TrtLlm(Engine):
         p = i.profile
         t = self.settings_of(p)
         platform = i.device.platform
-        return {"version": t.version, "quant": p.model.quant, "sm": platform.cuda_arch,
+        return {"version": t.version, "quant": p.model.quant, "sm": platform.gpu_arch,
                 "model": f"{layout.model_dir}/{i.model.device_name}",
                 "model_sha256": i.model.sha256, "checkout": t.checkout,
                 "python": t.python, "port": p.service.engine_port,

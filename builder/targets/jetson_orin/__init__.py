@@ -5,7 +5,7 @@ the GPU and the TensorRT version).
 
 A build takes NVIDIA's BSP and sample rootfs (you supply them: jetson.bsp,
 jetson.sample_rootfs, or --l4t-bsp/--l4t-rootfs), makes the rootfs the quick-start way
-(rootfs/l4t.py), applies the roles, then runs NVIDIA's `l4t_initrd_flash.sh --no-flash`
+(l4t.py), applies the roles, then runs NVIDIA's `l4t_initrd_flash.sh --no-flash`
 for the module's devkit board: the delivery is that flash package. `builder flash`
 finds boards in recovery mode (USB vendor 0955), refuses a module the profile is not
 for, and runs `l4t_initrd_flash.sh --flash-only` from the package.
@@ -36,10 +36,11 @@ from ...contracts import (
 )
 from ...errors import BuilderError, display_path
 from ...progress import step
-from ...rootfs import Rootfs, l4t, role_packages
+from ...rootfs import Rootfs, role_packages
 from ...run import ToolError, run
 from ...schema import Profile, TargetSettings, _Section
 from ...units import GiB
+from . import l4t
 
 if TYPE_CHECKING:
     from ...contracts import BuildContext
@@ -156,7 +157,7 @@ class JetsonOrin(Target):
     def platform(self, p: Profile) -> Platform:
         cc = p.device.accelerator.compute_capability or "8.7"
         return Platform(arch="arm64", gnu_triplet="aarch64-linux-gnu", arm_arch=A78AE,
-                        cuda_arch=cc.replace(".", ""), gpu_devices=GPU_DEVICES,
+                        gpu="cuda", gpu_arch=cc.replace(".", ""), gpu_devices=GPU_DEVICES,
                         gpu_groups=("video", "render"),
                         cpu_features=frozenset({"neon", "dotprod", "fp16"}),
                         build_on_device=True)

@@ -30,12 +30,13 @@ from ...contracts import (
     VendorInput,
 )
 from ...errors import BuilderError
-from ...image import Usage, rpi_mbr, virt_boot
+from ...image import Usage, virt_boot
 from ...log import log
-from ...rootfs import Rootfs, debian, from_image
+from ...rootfs import Rootfs, debian
 from ...rootfs import role_packages as roles_need
 from ...schema import Profile, TargetSettings, _Section
 from ...units import MiB, Size
+from . import disk, raspios
 
 if TYPE_CHECKING:
     from ...contracts import BuildContext
@@ -170,7 +171,7 @@ class RaspberryPi5(Target):
         if not s.base_image.sha256:
             log.warning("pi5.base_image.sha256: unpinned; the build takes %s as it is",
                         given.name)
-        return from_image.build(from_image.ImageSpec(
+        return raspios.build(raspios.ImageSpec(
             image=Path(given), sha256=None if cli else s.base_image.sha256,
             arch="arm64", qemu="aarch64", packages=packages,
             what="--base-image" if cli else "pi5.base_image.path"), ctx.cache)
@@ -179,9 +180,9 @@ class RaspberryPi5(Target):
         return {"base_fstrim": ctx.p.device.storage.kind == "nvme"}
 
     # --- the image -----------------------------------------------------------------------
-    def layout(self, p: Profile) -> rpi_mbr.RpiLayout:
+    def layout(self, p: Profile) -> disk.RpiLayout:
         s = self.settings_of(p)
-        return rpi_mbr.RpiLayout(kernel_image=KERNELS[s.kernel], config_txt=self.config_txt(p),
+        return disk.RpiLayout(kernel_image=KERNELS[s.kernel], config_txt=self.config_txt(p),
                                  cmdline=s.cmdline, boot_size=s.boot_size,
                                  compress=s.compress)
 
@@ -202,12 +203,12 @@ class RaspberryPi5(Target):
 
     def renderings(self, p: Profile, seed: str) -> dict[str, str]:
         layout = self.layout(p)
-        ids = rpi_mbr.RpiIds.from_seed(seed)
-        example = rpi_mbr.plan_disk(Usage(bytes=1 << 30, inodes=40000), layout)
+        ids = disk.RpiIds.from_seed(seed)
+        example = disk.plan_disk(Usage(bytes=1 << 30, inodes=40000), layout)
         return {"config.txt": layout.config_txt,
-                "cmdline.txt": rpi_mbr.cmdline_txt(ids, layout),
-                "fstab": rpi_mbr.fstab(ids),
-                "partitions.sfdisk": rpi_mbr.sfdisk_script(example, ids)}
+                "cmdline.txt": disk.cmdline_txt(ids, layout),
+                "fstab": disk.fstab(ids),
+                "partitions.sfdisk": disk.sfdisk_script(example, ids)}
 
     def assemble(self, ctx: BuildContext) -> Delivery:
         assert ctx.rootfs_dir and ctx.work
@@ -219,7 +220,7 @@ class RaspberryPi5(Target):
                                 log_file=ctx.logs / "image.log")
             files |= {"vm-kernel": vb.kernel, "vm-initrd": vb.initrd}
             info["vm_kernel"] = vb.version
-        img = rpi_mbr.make_image(ctx.rootfs_dir, out, self.layout(ctx.p),
+        img = disk.make_image(ctx.rootfs_dir, out, self.layout(ctx.p),
                                  name=f"{ctx.name}.img", disk_size=ctx.p.device.storage.size,
                                  seed=ctx.release_id, log_file=ctx.logs / "image.log")
         packages = out / f"{ctx.name}.packages"

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import Cache, sha256_file
-from ..errors import BuilderError, display_path
-from ..progress import step
-from ..run import run
-from . import Rootfs, parse_dpkg_status
-from .binfmt import ensure, host_arch
-from .chroot_apt import install_missing
+from ...cache import Cache, sha256_file
+from ...errors import BuilderError, display_path
+from ...progress import step
+from ...rootfs import Rootfs, parse_dpkg_status
+from ...rootfs.binfmt import ensure, host_arch
+from ...rootfs.chroot_apt import install_missing
+from ...run import run
 
 FROM_IMAGE_VERSION = 1
 SECTOR = 512

@@ -22,13 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..cache import Cache, sha256_file
-from ..errors import BuilderError, display_path
-from ..progress import step
-from ..run import ToolError, run
-from . import Rootfs, parse_dpkg_status
-from .binfmt import ensure, host_arch
-from .chroot_apt import install_missing
+from ...cache import Cache, sha256_file
+from ...errors import BuilderError, display_path
+from ...progress import step
+from ...rootfs import Rootfs, parse_dpkg_status
+from ...rootfs.binfmt import ensure, host_arch
+from ...rootfs.chroot_apt import install_missing
+from ...run import ToolError, run
 
 L4T_ROOTFS_VERSION = 2  # 2: the default user's password is random, never shown
 _RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")

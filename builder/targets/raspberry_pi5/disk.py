@@ -14,10 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BuilderError
-from ..progress import step
-from ..units import MiB, format_size
-from . import (
+from ...errors import BuilderError
+from ...image import (
     SECTOR,
     Ids,
     ImageResult,
@@ -32,6 +30,8 @@ from . import (
     source_date_epoch,
     staging,
 )
+from ...progress import step
+from ...units import MiB, format_size
 
 ALIGN = 8 * MiB  # pi-gen's alignment since 2025 (erase blocks of SD cards)
 BOOT_TYPE, ROOT_TYPE = "c", "83"  # W95 FAT32 (LBA), Linux
