@@ -47,6 +47,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def pinned_sha256(path: Path, pinned: str | None, what: str) -> str:
+    """The sha256 of a file the build takes as given, refused in one line naming `what`
+    (the setting or flag) when it is missing or differs from the one pinned."""
+    from .errors import BuilderError
+
+    if not path.is_file():
+        raise BuilderError(f"{what}: {display_path(path)} does not exist")
+    digest = sha256_file(path)
+    if pinned and digest != pinned:
+        raise BuilderError(f"{what}: {display_path(path)} has sha256 {digest}, expected "
+                           f"{pinned}")
+    return digest
+
+
 def key_of(kind: str, inputs: dict[str, Any]) -> str:
     blob = json.dumps({"kind": kind, "inputs": inputs}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

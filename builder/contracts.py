@@ -220,6 +220,34 @@ class EngineArtifact:
         return self.bin / name
 
 
+# What an engine may need of a GPU vendor's stack in the image (Engine.gpu_stack); a
+# target maps each to its vendor's packages (JetPack's on a Jetson).
+GPU_STACK = ("cuda-runtime", "cuda-toolkit", "cudnn", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A file the build takes as given: where it is, the sha256 it must have (None:
+    unpinned, taken as it is), and the setting that names it (for messages)."""
+
+    path: Path
+    sha256: str | None
+    setting: str
+
+
+@dataclass(frozen=True)
+class OfflineInstall:
+    """Software installed into a rootfs at build time without network: wheels with pip
+    from a wheelhouse of their dependencies (`pip install --no-index`), and source
+    trees unpacked (their top directory stripped) to a directory of the rootfs."""
+
+    wheels: tuple[Pinned, ...] = ()
+    wheelhouse: Path | None = None
+    wheelhouse_setting: str = ""
+    trees: tuple[tuple[Pinned, str], ...] = ()  # (a tarball, the directory it becomes)
+    how: str = ""  # how to prepare the wheelhouse where there is network (for messages)
+
+
 class Engine(ABC):
     kind: ClassVar[str]  # what `engine.kind` names it
     section: ClassVar[str]  # its own profile section, engine.<section>: (e.g. llama_cpp)
@@ -331,6 +359,16 @@ class Engine(ABC):
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         """Runtime libraries the rootfs must carry for this engine."""
         return ()
+
+    def gpu_stack(self, p: Profile, platform: Platform) -> tuple[str, ...]:
+        """What of the GPU vendor's software the image must carry for this engine, in
+        GPU_STACK's words (the target knows the vendor's packages for each)."""
+        return ()
+
+    def offline_install(self, device: Device) -> OfflineInstall | None:
+        """Software the build installs into the rootfs with no network on the device
+        (Python wheels, a source tree), or None."""
+        return None
 
     def host_tools(self) -> dict[str, tuple[Any, ...]]:
         """What the build host needs for this engine, by `builder doctor` stage."""

@@ -20,6 +20,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=False)
 
 
+# Values that reach apt's command line or its sources lines: a Debian package name (with
+# an optional =version), never an option; a repository's URL or directory, one word.
+DebPackage = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")]
+_URL_CHARS = "A-Za-z0-9._~:/?#@!$&'()*+,;=%"
+AptUrl = Annotated[str, Field(pattern=rf"^[{_URL_CHARS}][{_URL_CHARS}-]*$")]
+# A directory of the device's filesystem that the build fills: absolute, no "." or ".."
+# (no component starts with a dot).
+DevicePath = Annotated[str, Field(pattern=r"^(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)+$")]
+
+
+class PinnedFile(_Section):
+    """A file on the build host the build takes as given (a vendor's tarball, a wheel)."""
+
+    path: str | None = Field(None, description="Path on the build host, relative to the "
+                             "profile file.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="Its sha256; the build refuses other bytes.")
+
+
 # --- device -----------------------------------------------------------------------
 
 # Names a target family registers (its arches, OS bases, accelerators); each target
@@ -71,7 +90,7 @@ class OsBase(_Section):
     reserved_memory: Size = Field(
         ..., description="RAM the OS and other services keep; the planner never gives "
         "it to inference.")
-    packages: list[str] = Field(
+    packages: list[DebPackage] = Field(
         default_factory=list, description="Extra packages for the rootfs, 'name' or "
         "'name=version'.")
     admin_user: str = Field(

@@ -59,14 +59,28 @@ def out(p: subprocess.CompletedProcess[str]) -> str:
 
 # ------------------------------------------------------------------ fixtures
 
+# What the real L4T scripts need on the build host (tools/l4t_flash_prerequisites.sh installs
+# them), and so do their fakes: tools looked up on PATH, and qemu at its fixed path.
+HOST_TOOLS = ("sshpass", "abootimg", "xmllint", "exportfs", "dpkg", "lbzip2")
+HOST_FILES = ("/usr/bin/qemu-aarch64-static", "/usr/bin/xmllint")
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def missing_host_tools() -> list[str]:
+    missing = [t for t in HOST_TOOLS if not shutil.which(t, path=HOST_PATH)]
+    if shutil.which("dpkg", path=HOST_PATH) and subprocess.run(
+            ["dpkg", "-s", "qemu-user-static"], capture_output=True).returncode:
+        missing.append("qemu-user-static (dpkg -s)")
+    return missing + [f for f in HOST_FILES if not Path(f).is_file()]
+
+
 def host_env(home: Path) -> dict[str, str]:
-    """A host PATH with qemu-aarch64-static (a stub) and python3, USER=root as sudo sets."""
+    """The build host's PATH (the real sshpass, abootimg, xmllint, exportfs, dpkg, lbzip2)
+    with this python3 first, USER=root as sudo sets."""
     hostbin = home / "hostbin"
     hostbin.mkdir()
-    (hostbin / "qemu-aarch64-static").write_text("#!/bin/sh\nexit 0\n")
-    (hostbin / "qemu-aarch64-static").chmod(0o755)
     (hostbin / "python3").symlink_to(sys.executable)
-    return {"PATH": f"{hostbin}:/usr/bin:/bin", "USER": "root", "HOME": str(home),
+    return {"PATH": f"{hostbin}:{HOST_PATH}", "USER": "root", "HOME": str(home),
             "LANG": "C.UTF-8"}
 
 
@@ -100,6 +114,9 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     apply_binaries.sh, and after generating an Orin Nano NVMe flash package."""
     if os.geteuid() != 0:
         pytest.skip("the L4T tools require root, and so do their fakes")
+    if missing_host_tools():
+        pytest.skip("the L4T tools need these on the host, and so do their fakes: "
+                    + ", ".join(missing_host_tools()))
     base = tmp_path_factory.mktemp("l4t")
     env = host_env(base)
     bsp = make_bsp(base, RELEASE)
@@ -535,7 +552,7 @@ def test_initrd_flash_only_needs_a_generated_package(applied: Path, env: dict[st
                                                      tmp_path: Path) -> None:
     e = {**env, "FAKE_SYSFS": str(make_usb_sysfs(tmp_path / "sys", [("7523", "1-4")]))}
     p = run([INITRD, "--flash-only"], applied, e)
-    assert p.returncode == 1 and "initrdflashparam.txt: No such file or directory" in p.stdout
+    assert p.returncode == 1 and "initrdflashparam.txt: No such file or directory" in p.stderr
 
 
 def test_initrd_flash_massflash_package_and_parallel_flash(applied: Path, env: dict[str, str],

@@ -7,6 +7,7 @@ for. Where the boards are comes from the environment:
   EDGE_LLM_HIL_PI5    ssh://edge@pi5.lab (a Pi 5 booted from that build's image)
   EDGE_LLM_HIL_ORIN   ssh://edge@orin.lab (an Orin flashed from that build's package)
   EDGE_LLM_HIL_ORIN_RECOVERY=1  an Orin is in recovery mode on this host's USB (flash test)
+  EDGE_LLM_HIL_ORIN_POWER_MODE  the nvpmodel mode name the Orin profile sets (e.g. MAXN_SUPER)
   EDGE_LLM_HIL_PI5_PROFILE, EDGE_LLM_HIL_ORIN_PROFILE  (default pi5-8gb, orin-nano-8gb)
 """
 
@@ -60,3 +61,32 @@ def test_orin_flashes_over_usb_in_recovery_mode() -> None:
                 os.environ.get("EDGE_LLM_HIL_ORIN_PROFILE", "orin-nano-8gb"),
                 "--out", need("EDGE_LLM_HIL_OUT"), "--yes")
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+def on_board(host: str, command: str) -> str:
+    """A command on the board over SSH, with the builder's login key."""
+    from urllib.parse import urlsplit
+
+    key = Path(os.environ.get("EDGE_LLM_CACHE", Path.home() / ".cache/edge-llm-builder")) \
+        / "ssh/id_ed25519"
+    url = urlsplit(host)
+    r = subprocess.run(["ssh", "-o", "BatchMode=yes", "-i", str(key), "-p",
+                        str(url.port or 22), f"{url.username}@{url.hostname}", command],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_the_orin_image_carries_jetpack_and_tensorrt_llm_and_its_power_mode() -> None:
+    """What the stand-ins stand in for, on the board: JetPack's TensorRT and CUDA from
+    NVIDIA's repository and TensorRT-LLM from the profile's wheel import together in the
+    device's Python, the board's nvpmodel is in the profile's mode, and the boot firmware
+    is the module's (its chip SKU)."""
+    host = need("EDGE_LLM_HIL_ORIN")
+    out = on_board(host, "python3 -c 'import tensorrt, tensorrt_llm; "
+                         "print(tensorrt.__version__, tensorrt_llm.__version__)'")
+    assert out.split()[-1] == "0.12.0"
+    assert "ii" in on_board(host, "dpkg -l nvidia-cuda nvidia-cudnn nvidia-tensorrt")
+    mode = os.environ.get("EDGE_LLM_HIL_ORIN_POWER_MODE")  # e.g. MAXN_SUPER
+    if mode:
+        assert f"NV Power Mode: {mode}" in on_board(host, "nvpmodel -q")

@@ -100,6 +100,9 @@ SPOKEN_HERE = {
     # tool (edge-llm-trtllm), run by the inference role's build unit
     "device/trtllm.py": {"trtllm", "l4t", "tegra"},
     "device/__init__.py": {"trtllm"},
+    # GPU_STACK: the words an engine and a target share for a GPU vendor's software (an
+    # engine says what it needs in them, a target maps them to its vendor's packages)
+    "contracts.py": {"cuda", "tensorrt"},
 }
 
 

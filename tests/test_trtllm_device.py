@@ -65,7 +65,7 @@ class OrinDevice:
         base = ProfileStore().load("orin-nano-8gb").concrete()
         self.port = free_port()
         t = base.engine.tensorrt_llm.model_copy(update={
-            "python": sys.executable, "checkout": str(trt["root"])})
+            "python": str(trt["python"]), "checkout": str(trt["root"])})
         p = base.model_copy(update={
             "engine": base.engine.model_copy(update={"tensorrt_llm": t}),
             "service": base.service.model_copy(update={"engine_port": self.port})})
@@ -184,8 +184,9 @@ def test_without_tensorrt_llm_installed_the_build_says_what_to_install(
     orin.settings.write_text(json.dumps({**s, "checkout": "/nonexistent/TensorRT-LLM"}))
     r = orin.build()
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "TensorRT-LLM 0.12.0-jetson is not installed here" in r.stderr
-    assert "docs/orin.md" in r.stderr
+    assert "TensorRT-LLM 0.12.0-jetson cannot run here (missing /nonexistent/TensorRT-LLM/" \
+        "examples)" in r.stderr
+    assert "engine.tensorrt_llm.wheel" in r.stderr and "docs/orin.md" in r.stderr
     assert orin.status()["state"] == "failed"
 
 
@@ -200,7 +201,7 @@ def open_orin() -> Iterator[OrinDevice]:
     work = Path(tempfile.mkdtemp(prefix="orin-device-"))
     work.chmod(0o755)
     try:
-        yield OrinDevice(work, install_fake_trtllm(work / "trtllm"))
+        yield OrinDevice(work, install_fake_trtllm(work / "trtllm", python="/usr/bin/python3"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -217,8 +218,6 @@ def test_the_build_runs_as_the_engine_user_with_only_its_cache_and_status_writab
     if os.geteuid() != 0 or not python.is_file():
         pytest.skip("needs root (to switch to an unprivileged user) and /usr/bin/python3")
     orin = open_orin
-    s = json.loads(orin.settings.read_text())
-    orin.settings.write_text(json.dumps({**s, "python": str(python)}))
     launcher = orin.root.parent / "edge-llm-trtllm"  # the release role's launcher
     launcher.write_text(f"#!{python} -IB\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
                         "from builder.device.trtllm import main\nsys.exit(main())\n")
@@ -237,6 +236,21 @@ def test_the_build_runs_as_the_engine_user_with_only_its_cache_and_status_writab
     assert orin.status()["state"] == "ready"
     status = orin.root / "run/edge-llm/engine-status.json"
     assert status.stat().st_mode & 0o777 == 0o644  # the gateway (another user) reads it
+
+
+def test_a_python_without_tensorrt_llm_fails_the_build_in_one_line(orin: OrinDevice) -> None:
+    """The image was built without the wheel, or without JetPack's TensorRT (which
+    tensorrt_llm imports): the build stops before any step, naming what is missing."""
+    s = json.loads(orin.settings.read_text())
+    orin.settings.write_text(json.dumps({**s, "python": sys.executable}))
+    r = orin.build()
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cannot run here (ModuleNotFoundError: No module named 'tensorrt_llm')" in r.stderr
+    assert "jetson.jetpack" in r.stderr
+    assert orin.status() | {"at": None} == {"state": "failed", "step": "setup", "at": None,
+                                            "reason": "ModuleNotFoundError: No module named "
+                                                      "'tensorrt_llm'"}
+    assert not orin.engines.exists() or built(orin) == []
 
 
 def test_serve_without_a_built_engine_says_which_journal_to_read(orin: OrinDevice) -> None:

@@ -83,13 +83,7 @@ class Device:
             log(f"engine {engine.name} is built (cached)")
             self.status("ready", engine=engine.name)
             return engine
-        missing = [x for x in (s["python"], f"{s['checkout']}/examples") if not Path(x).exists()]
-        if missing:
-            self.status("failed", step="setup", reason=f"missing {', '.join(missing)}")
-            raise SystemExit(f"edge-llm-trtllm: TensorRT-LLM {s['version']} is not installed "
-                             f"here (no {', '.join(missing)}): install its wheel and checkout "
-                             "into the image (docs/orin.md), or set "
-                             "engine.tensorrt_llm.python/checkout to where they are")
+        self.preflight(s)
         work = self.engines / f".build-{engine.name}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoint").mkdir(parents=True)
@@ -120,6 +114,28 @@ class Device:
         log(f"engine {engine.name} built in {time.time() - started:.0f}s")
         self.status("ready", engine=engine.name, build_seconds=round(time.time() - started))
         return engine
+
+    def preflight(self, s: dict) -> None:
+        """What the build runs on is here: the checkout's examples, and a Python that
+        imports tensorrt_llm, which loads JetPack's TensorRT and CUDA (the image carries
+        both: engine.tensorrt_llm.wheel/examples, jetson.jetpack). Imported from /, not
+        the checkout, whose own tensorrt_llm/ source tree would shadow the wheel."""
+        missing = [x for x in (s["python"], f"{s['checkout']}/examples") if not Path(x).exists()]
+        reason = f"missing {', '.join(missing)}" if missing else None
+        if not missing:
+            r = subprocess.run([s["python"], "-c", "import tensorrt_llm"], cwd="/",
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if r.returncode != 0:
+                lines = [x for x in r.stderr.splitlines() if x.strip()]
+                reason = lines[-1] if lines else f"exit {r.returncode}"
+        if reason is None:
+            return
+        self.status("failed", step="setup", reason=reason)
+        raise SystemExit(f"edge-llm-trtllm: TensorRT-LLM {s['version']} cannot run here "
+                         f"({reason}): the image carries it when built with "
+                         "engine.tensorrt_llm.wheel, wheelhouse and examples, and JetPack's "
+                         "CUDA, cuDNN and TensorRT from jetson.jetpack (docs/orin.md); "
+                         "engine.tensorrt_llm.python/checkout say where they are")
 
     def step_argv(self, s: dict, cmd: list[str]) -> list[str]:
         """A build step as run: the examples with the settings' Python, trtllm-build from

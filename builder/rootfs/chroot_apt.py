@@ -1,5 +1,8 @@
 """Installing packages into a rootfs taken from a vendor (a Raspberry Pi OS image,
-NVIDIA's L4T sample rootfs) with its own apt, in a chroot.
+NVIDIA's L4T sample rootfs) with its own apt, in a chroot, from its own repositories
+and any more the caller names (NVIDIA's JetPack repository: debian.AptSource). A
+repository in a local directory is bind-mounted read-only into the chroot for the
+install; the rootfs keeps the entry a device uses (device_uri), signed by the same key.
 
 Why this step is not mount-free: dpkg's maintainer scripts need /proc, /sys and /dev,
 so it bind-mounts them into the chroot and takes them out again whatever happens. It
@@ -17,10 +20,13 @@ from pathlib import Path
 
 from ..run import run
 from . import parse_dpkg_status
+from .debian import AptSource
+
+INSIDE = "run/edge-llm-apt"  # where local repositories appear in the chroot
 
 
 @contextlib.contextmanager
-def _chroot_mounts(tree: Path) -> Iterator[None]:
+def chroot_mounts(tree: Path) -> Iterator[None]:
     mounted: list[Path] = []
     try:
         for src in ("/proc", "/sys", "/dev"):
@@ -34,7 +40,52 @@ def _chroot_mounts(tree: Path) -> Iterator[None]:
             subprocess.run(["umount", "-R", "--lazy", str(dst)], check=False)
 
 
-def install_missing(tree: Path, packages: list[str], log_file: Path | None) -> list[str]:
+def _local(src: AptSource) -> Path | None:
+    uri = src.uri.removeprefix("file://")
+    return Path(uri) if uri.startswith("/") else None
+
+
+@contextlib.contextmanager
+def _sources(tree: Path, sources: tuple[AptSource, ...]) -> Iterator[None]:
+    """Each source listed for the build (a local one bind-mounted read-only), and
+    listed as the device sees it afterwards, whatever happens."""
+    mounted: list[Path] = []
+    listed = tree / "etc/apt/sources.list.d"
+    try:
+        for src in sources:
+            keyring = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
+            (tree / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.keyring, tree / keyring.lstrip("/"))
+            (tree / keyring.lstrip("/")).chmod(0o644)
+            uri = src.uri
+            local = _local(src)
+            if local is not None:
+                dst = tree / INSIDE / src.name
+                dst.mkdir(parents=True, exist_ok=True)
+                run(["mount", "--bind", "-o", "ro", local, dst],
+                    what=f"bind-mounting {local} for apt")
+                mounted.append(dst)
+                uri = f"file:/{INSIDE}/{src.name}"
+            listed.mkdir(parents=True, exist_ok=True)
+            (listed / f"{src.name}.list").write_text(src.line(uri, keyring) + "\n")
+        yield
+    finally:
+        for dst in reversed(mounted):
+            subprocess.run(["umount", "--lazy", str(dst)], check=False)
+        if mounted:
+            shutil.rmtree(tree / INSIDE, ignore_errors=True)
+            # the indices apt fetched from the build's mount: the device never reads them,
+            # and a later install must verify the repository again, not reuse them
+            for stale in (tree / "var/lib/apt/lists").glob("*edge-llm-apt*"):
+                stale.unlink(missing_ok=True)
+        for src in sources:
+            keyring = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
+            (listed / f"{src.name}.list").write_text(src.line(src.device_uri, keyring)
+                                                      + "\n")
+
+
+def install_missing(tree: Path, packages: list[str], log_file: Path | None,
+                    sources: tuple[AptSource, ...] = ()) -> list[str]:
     have = parse_dpkg_status((tree / "var/lib/dpkg/status").read_text())
     missing = [p for p in packages if p.split("=")[0] not in have]
     if not missing:
@@ -45,7 +96,7 @@ def install_missing(tree: Path, packages: list[str], log_file: Path | None) -> l
         resolv.unlink()
     shutil.copyfile("/etc/resolv.conf", resolv)
     try:
-        with _chroot_mounts(tree):
+        with chroot_mounts(tree), _sources(tree, sources):
             env = {"DEBIAN_FRONTEND": "noninteractive"}
             run(["chroot", tree, "apt-get", "update", "-qq"], what="apt-get update (chroot)",
                 env=env, log_file=log_file)

@@ -135,6 +135,12 @@ class LlamaCpp(Engine):
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         return ("libgomp1",)  # ggml's CPU backend uses OpenMP
 
+    def gpu_stack(self, p: Profile, platform: Platform) -> tuple[str, ...]:
+        # CUDA built on the device needs the toolkit (nvcc) there, and its runtime
+        if platform.gpu == "cuda" and platform.build_on_device:
+            return ("cuda-runtime", "cuda-toolkit")
+        return ()
+
     def host_tools(self) -> dict[str, tuple[Tool, ...]]:
         return {"engine": (Tool("cmake", "cmake", "configures llama.cpp"),
                            Tool("ninja", "ninja-build", "builds it"),

@@ -21,7 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...contracts import Engine, EngineArtifact, Platform, Probe, Quantization
+from ...contracts import (
+    Engine,
+    EngineArtifact,
+    OfflineInstall,
+    Pinned,
+    Platform,
+    Probe,
+    Quantization,
+)
 from ...errors import BuilderError
 from ...schema import Profile
 from ...units import GiB, MiB
@@ -29,7 +37,7 @@ from .settings import TensorRtLlmSettings
 
 if TYPE_CHECKING:
     from ...cache import Cache
-    from ...contracts import BuildCheck, PlanInput, ReleaseInputs
+    from ...contracts import BuildCheck, Device, PlanInput, ReleaseInputs
     from ...device.layout import Layout
     from ...model.catalog import ModelArch, Tensor
     from ...model.pipeline import Fetched, ModelArtifact
@@ -107,6 +115,48 @@ class TrtLlm(Engine):
             return "it needs a Jetson's GPU, with JetPack's CUDA and TensorRT"
         return None
 
+    def relative_paths(self) -> tuple[tuple[str | int, ...], ...]:
+        return (("wheel", "path"), ("wheelhouse",), ("examples", "path"))
+
+    def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
+        return ("python3-pip",)  # installs the wheel into the image (offline_install)
+
+    def gpu_stack(self, p: Profile, platform: Platform) -> tuple[str, ...]:
+        # the wheel's own runtime needs: CUDA, cuDNN and TensorRT with its Python
+        # binding (JetPack's python3-libnvinfer; README4Jetson.md)
+        return ("cuda-runtime", "cudnn", "tensorrt")
+
+    def offline_install(self, device: Device) -> OfflineInstall:
+        """The wheel (with its dependencies from the wheelhouse) and the branch's
+        examples, from the profile's files: the device has no network to fetch them."""
+        t = self.settings_of(device.profile)
+        where = "engine.tensorrt_llm"
+
+        def at(*loc: str) -> Path:
+            return device.source.dir_of("engine", self.section, *loc)
+
+        def pinned(name: str, what: str) -> Pinned:
+            f = getattr(t, name)
+            if not f.path:
+                raise BuilderError(f"{where}.{name}.path: name {what} (and its sha256) in "
+                                   "the profile; see docs/orin.md")
+            return Pinned(at(name, "path") / Path(f.path).expanduser(), f.sha256,
+                          f"{where}.{name}")
+
+        wheel = pinned("wheel", f"the TensorRT-LLM {t.version} wheel for the device")
+        how = (f"on a machine with network: pip download --dest WHEELHOUSE "
+               "--only-binary=:all: --platform linux_aarch64 --platform "
+               "manylinux2014_aarch64 --python-version 3.10 "
+               f"{wheel.path.name} (docs/orin.md)")
+        if not t.wheelhouse:
+            raise BuilderError(f"{where}.wheelhouse: name a directory of the wheel's Python "
+                               f"dependencies; {how}")
+        return OfflineInstall(
+            wheels=(wheel,), wheelhouse=at("wheelhouse") / Path(t.wheelhouse).expanduser(),
+            wheelhouse_setting=f"{where}.wheelhouse", how=how,
+            trees=((pinned("examples", f"a tarball of the TensorRT-LLM {t.version} "
+                           "checkout"), t.checkout),))
+
     def problems(self, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
         t = self.settings_of(p)
         if p.model.quant.lower() == "int4_awq" and not t.calibration_dir:
@@ -146,8 +196,9 @@ class TrtLlm(Engine):
                  "--max_input_len", str(t.max_input_len),
                  "--max_seq_len", str(p.runtime.context_length),
                  "--max_num_tokens", str(max_num_tokens(t))]
-        if p.engine.build_jobs:
-            build += ["--workers", str(p.engine.build_jobs)]
+        # no --workers: trtllm-build caps it at the GPU count and uses it only to build
+        # ranks side by side (tensorrt_llm/commands/build.py, 0.12: 350-393, 410); an
+        # Orin has one GPU and the engine one rank
         return TrtLlmRecipe(arch=platform.arch, steps=[make, build], notes=[
             f"TensorRT-LLM {t.version} for CUDA sm_{platform.gpu_arch}, run on the device "
             "(engines are specific to the GPU and the TensorRT version), in "
@@ -218,7 +269,8 @@ class TrtLlm(Engine):
 
     def gateway_settings(self, layout: Layout) -> dict[str, Any]:
         # 0.12's OpenAI server refuses fields it does not know (pydantic extra="forbid");
-        # of llama.cpp's, it takes these (tensorrt_llm/serve/openai_protocol.py)
+        # of llama.cpp's, it takes these (tensorrt_llm/hlapi/openai_protocol.py, 0.14; the
+        # server first appears there, not in 0.12's main: docs/orin.md)
         return {**super().gateway_settings(layout),
                 "engine_fields": ["ignore_eos", "min_p", "top_k"],
                 "engine_status_file": layout.engine_status}

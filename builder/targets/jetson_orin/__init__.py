@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from ... import doctor
 from ...cache import sha256_file
 from ...contracts import (
     ARM64_TOOLS,
@@ -38,9 +39,10 @@ from ...errors import BuilderError, display_path
 from ...progress import step
 from ...rootfs import Rootfs, role_packages
 from ...run import ToolError, run
-from ...schema import Profile, TargetSettings, _Section
+from ...schema import AptUrl, DebPackage, PinnedFile, Profile, TargetSettings, _Section
 from ...units import GiB
 from . import l4t
+from .l4t import JETSON_REPO
 
 if TYPE_CHECKING:
     from ...contracts import BuildContext
@@ -49,33 +51,66 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Module:
     """A Jetson Orin module: its devkit board config, the USB product id it shows in
-    recovery mode, its RAM, CPU cores and the ids offline flash generation takes."""
+    recovery mode, its RAM, CPU cores, the ids offline flash generation takes (board id,
+    module SKUs, FAB, and the chip SKU each SKU is flashed with) and its nvpmodel power
+    modes (id, name), without and with JetPack 6.2's Super board config."""
 
     board: str  # Linux_for_Tegra/<board>.conf
     usb_product: str  # vendor 0955 in recovery mode
     ram: int
     cpu_cores: int
     board_id: str
-    board_sku: str
+    chip_skus: dict[str, str]  # module SKU (BOARDSKU) -> CHIP_SKU; the first is the default
     fab: str
     qspi: bool  # boots from QSPI (Orin NX/Nano): -p "-c .../flash_t234_qspi.xml"
+    power_modes: tuple[tuple[int, str], ...]
+    super_modes: tuple[tuple[int, str], ...] = ()  # empty: no Super board config
+
+    @property
+    def skus(self) -> tuple[str, ...]:
+        return tuple(self.chip_skus)
+
+    def modes(self, super_board: bool) -> tuple[tuple[int, str], ...]:
+        return self.super_modes if super_board else self.power_modes
 
 
-# L4T r36 (tools/kernel_flash/README_initrd_flash.txt, l4t_initrd_flash.sh fill_devpaths)
+AGX_MODES = ((0, "MAXN"), (1, "15W"), (2, "30W"), (3, "50W"))
+# L4T r36 (tools/kernel_flash/README_initrd_flash.txt, l4t_initrd_flash.sh fill_devpaths;
+# CHIP_SKU as NVIDIA's and its partners' offline flashing guides pass it: p3767.conf.common
+# takes the BPMP firmware from it, TE980M-A1 for D3/D4 (Orin NX), TE950M-A1 for D5/D6
+# (Orin Nano), and assumes D3 when it is unset; nvpmodel modes: Jetson Linux developer
+# guide, "Supported Modes and Power Efficiency", JetPack 6.2)
 MODULES: dict[str, Module] = {
-    "agx-orin-64gb": Module("jetson-agx-orin-devkit", "7023", 64 * GiB, 12, "3701", "0005",
-                            "500", qspi=False),
-    "agx-orin-32gb": Module("jetson-agx-orin-devkit", "7223", 32 * GiB, 8, "3701", "0004",
-                            "TS4", qspi=False),
-    "orin-nx-16gb": Module("jetson-orin-nano-devkit", "7323", 16 * GiB, 8, "3767", "0000",
-                           "300", qspi=True),
-    "orin-nx-8gb": Module("jetson-orin-nano-devkit", "7423", 8 * GiB, 6, "3767", "0001",
-                          "300", qspi=True),
-    "orin-nano-8gb": Module("jetson-orin-nano-devkit", "7523", 8 * GiB, 6, "3767", "0003",
-                            "300", qspi=True),
-    "orin-nano-4gb": Module("jetson-orin-nano-devkit", "7623", 4 * GiB, 6, "3767", "0004",
-                            "300", qspi=True),
+    "agx-orin-64gb": Module("jetson-agx-orin-devkit", "7023", 64 * GiB, 12, "3701",
+                            {"0005": "00:00:00:D0"}, "500", qspi=False,
+                            power_modes=AGX_MODES),
+    "agx-orin-32gb": Module("jetson-agx-orin-devkit", "7223", 32 * GiB, 8, "3701",
+                            {"0004": "00:00:00:D2"}, "500", qspi=False,
+                            power_modes=((0, "MAXN"), (1, "15W"), (2, "30W"), (3, "40W"))),
+    "orin-nx-16gb": Module("jetson-orin-nano-devkit", "7323", 16 * GiB, 8, "3767",
+                           {"0000": "00:00:00:D3"}, "300", qspi=True,
+                           power_modes=((0, "MAXN"), (1, "10W"), (2, "15W"), (3, "25W")),
+                           super_modes=((0, "MAXN_SUPER"), (1, "10W"), (2, "15W"),
+                                        (3, "25W"), (4, "40W"))),
+    "orin-nx-8gb": Module("jetson-orin-nano-devkit", "7423", 8 * GiB, 6, "3767",
+                          {"0001": "00:00:00:D4"}, "300", qspi=True,
+                          power_modes=((0, "MAXN"), (1, "10W"), (2, "15W"), (3, "20W")),
+                          super_modes=((0, "MAXN_SUPER"), (1, "10W"), (2, "15W"),
+                                       (3, "20W"), (4, "40W"))),
+    # 0005 is the developer kit's module, 0003 the production one
+    "orin-nano-8gb": Module("jetson-orin-nano-devkit", "7523", 8 * GiB, 6, "3767",
+                            {"0003": "00:00:00:D6", "0005": "00:00:00:D5"}, "300", qspi=True,
+                            power_modes=((0, "15W"), (1, "7W")),
+                            super_modes=((0, "15W"), (1, "25W"), (2, "MAXN_SUPER"),
+                                         (3, "7W"))),
+    "orin-nano-4gb": Module("jetson-orin-nano-devkit", "7623", 4 * GiB, 6, "3767",
+                            {"0004": "00:00:00:D6"}, "300", qspi=True,
+                            power_modes=((0, "10W"), (1, "7W")),
+                            super_modes=((0, "10W"), (1, "25W"), (2, "MAXN_SUPER"),
+                                         (3, "7W"))),
 }
+SUPER_BOARD = "jetson-orin-nano-devkit-super"  # JetPack 6.2 (L4T 36.4.3) and later
+SUPER_SINCE = (36, 4, 3)
 MODULE_OF_PRODUCT = {m.usb_product: name for name, m in MODULES.items()}
 NVIDIA_USB = "0955"
 RUNNING_PRODUCT = "7020"  # a Jetson booted normally (not in recovery mode)
@@ -96,40 +131,129 @@ GPU_DEVICES = (
     "char-drm",
 )
 PACKAGE = "l4t-flash.tar.zst"
+# What NVIDIA's BSP scripts need on the build (and flashing) host, checked by them before
+# anything is made, --no-flash included (R36.2 tools/kernel_flash/
+# l4t_initrd_flash_internal.sh:89-122: sshpass, abootimg but for --flash-only; exportfs
+# in every mode, the USB network being usb0 by default (739; l4t_network_flash.func:
+# 41-46); l4t_create_images_for_kernel_flash.sh:187-195 and flash.sh: xmllint;
+# apply_binaries.sh: dpkg knowing qemu-user-static, /usr/bin/qemu-aarch64-static, and
+# lbzip2 for its --target-overlay)
+L4T_HOST_TOOLS = (
+    Tool("bzip2", "bzip2", "NVIDIA's .tbz2 BSP and sample rootfs"),
+    Tool("sshpass", "sshpass", "l4t_initrd_flash.sh's prerequisite check"),
+    Tool("abootimg", "abootimg", "l4t_initrd_flash.sh (its flashing initrd)"),
+    Tool("exportfs", "nfs-kernel-server", "l4t_initrd_flash.sh (NFS over the USB network)"),
+    Tool("xmllint", "libxml2-utils", "the BSP's partition layouts"),
+    Tool("lbzip2", "lbzip2", "the BSP's image packing"),
+    Tool("/usr/bin/qemu-aarch64-static", "qemu-user-static",
+         "apply_binaries.sh and l4t_create_default_user.sh (that path)"),
+)
+# GPU_STACK's words as JetPack 6.1/6.2's apt packages (its meta packages; nvidia-jetpack
+# is all of it). TensorRT's Python binding is its own package; JetPack 6.0 (L4T 36.3)
+# has cuDNN 8, whose meta package is nvidia-cudnn8 (NVIDIA's r36.3/r36.4 indices).
+JETPACK_PACKAGES = {"cuda-runtime": ("nvidia-cuda",), "cuda-toolkit": ("nvidia-cuda-dev",),
+                    "cudnn": ("nvidia-cudnn",),
+                    "tensorrt": ("nvidia-tensorrt", "python3-libnvinfer")}
+JETPACK_60_PACKAGES = {**JETPACK_PACKAGES, "cudnn": ("nvidia-cudnn8",)}
+
+
+def jetpack_packages(release: str, stack: tuple[str, ...]) -> tuple[str, ...]:
+    table = JETPACK_60_PACKAGES if release.startswith("36.3.") else JETPACK_PACKAGES
+    return tuple(dict.fromkeys(name for need in stack for name in table[need]))
 Loc = tuple[str | int, ...]
 INITRD_FLASH = "./tools/kernel_flash/l4t_initrd_flash.sh"
 
 
-class Tarball(_Section):
-    path: str | None = Field(None, description="Path on the build host, relative to the "
-                             "profile file (or the --l4t-* flag).")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                               description="Its sha256; the build refuses other bytes.")
+def release_tuple(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in release.split("."))
+
+
+class JetPackApt(_Section):
+    url: AptUrl = Field(JETSON_REPO, description="NVIDIA's Jetson apt repository, whose "
+                     "common/ and t234/ repositories (suite r<L4T major.minor>) hold "
+                     "JetPack's CUDA, cuDNN and TensorRT: NVIDIA's, a lab mirror, or a "
+                     "local directory laid out the same (path or file://).")
+    keyring: str | None = Field(
+        None, description="The OpenPGP key that signs it (jetson-ota-public.asc), relative "
+        "to the profile file; default: the one NVIDIA's BSP puts into the rootfs "
+        "(/etc/apt/trusted.gpg.d/jetson-ota-public.asc).")
+    packages: list[DebPackage] = Field(
+        default_factory=list, description="More packages from it (e.g. nvidia-vpi, or "
+        "nvidia-jetpack for all of JetPack); what the engine needs (CUDA runtime, cuDNN, "
+        "TensorRT, the CUDA toolkit where llama.cpp is built on the device) is installed "
+        "anyway.")
+    device_url: AptUrl | None = Field(
+        None, description="The repository the device's own apt uses (updates); default: "
+        "url when it is http(s), else NVIDIA's.")
 
 
 class JetsonSettings(TargetSettings):
     module: Literal[tuple(MODULES)] = Field(  # type: ignore[valid-type]
         ..., description="The Orin module: decides the devkit board config flashed, the USB "
         "id of the board in recovery mode and the memory (device.ram must match it).")
+    module_sku: str | None = Field(
+        None, pattern=r"^[0-9]{4}$", description="The module's SKU (BOARDSKU; the "
+        "module's label, or `cat /proc/device-tree/...` on a running board): Orin Nano 8GB "
+        "is 0003, or 0005 on the developer kit; default: the module's first.")
+    chip_sku: str | None = Field(
+        None, pattern=r"^00:00:00:D[0-9A-F]$", description="CHIP_SKU for offline flash "
+        "generation (NVIDIA's offline flashing guides): it picks the boot firmware (Orin "
+        "Nano D5/D6 TE950M, Orin NX D3/D4 TE980M); default: the module SKU's.")
+    super_board: bool = Field(
+        False, description="Flash JetPack 6.2's Super board config "
+        "(jetson-orin-nano-devkit-super: higher clocks and the MAXN_SUPER power mode) on "
+        "an Orin Nano or NX developer kit; needs l4t_release 36.4.3 or later.")
     l4t_release: Literal[tuple(L4T_RELEASES)] = Field(  # type: ignore[valid-type]
         "36.4.3", description="Jetson Linux (L4T) release of the BSP and sample rootfs "
         "(36.4.0 is JetPack 6.1, 36.4.3 JetPack 6.2); the BSP you supply must be this one.")
-    bsp: Tarball = Field(default_factory=Tarball, description="NVIDIA's BSP, "
+    bsp: PinnedFile = Field(default_factory=PinnedFile, description="NVIDIA's BSP, "
                          "Jetson_Linux_R<release>_aarch64.tbz2.")
-    sample_rootfs: Tarball = Field(default_factory=Tarball, description="NVIDIA's sample "
+    sample_rootfs: PinnedFile = Field(default_factory=PinnedFile, description="NVIDIA's sample "
                                    "rootfs, Tegra_Linux_Sample-Root-Filesystem_R<release>_"
                                    "aarch64.tbz2 (Ubuntu 22.04).")
-    power_mode: int | None = Field(
-        None, ge=0, description="nvpmodel mode set at every boot, then jetson_clocks "
-        "(AGX Orin: 0 MAXN, 1 15W, 2 30W, 3 50W; Orin Nano Super: 0 15W, 1 25W, 2 "
-        "MAXN_SUPER); none: the module's default, clocks not pinned.")
+    jetpack: JetPackApt = Field(default_factory=JetPackApt, description="Where JetPack's "
+                                "runtime comes from (NVIDIA's apt repository): installed "
+                                "into the image at build time, the device needs no "
+                                "network.")
+    power_mode: int | str | None = Field(
+        None, description="nvpmodel mode set at every boot, then jetson_clocks: its id or "
+        "name as the module's nvpmodel names it (AGX Orin 64GB: 0 MAXN, 1 15W, 2 30W, 3 "
+        "50W; Orin Nano 8GB: 0 15W, 1 7W, with super_board 0 15W, 1 25W, 2 MAXN_SUPER, 3 "
+        "7W); none: the module's default, clocks not pinned.")
     massflash: int | None = Field(
         None, ge=2, le=20, description="Also make a massflash package for a bench of this "
         "many boards (`builder flash --massflash N`).")
 
     @property
-    def jetpack(self) -> str:
+    def jetpack_version(self) -> str:
         return L4T_RELEASES[self.l4t_release]
+
+    @property
+    def board(self) -> str:
+        return SUPER_BOARD if self.super_board else MODULES[self.module].board
+
+    @property
+    def sku(self) -> str:
+        return self.module_sku or MODULES[self.module].skus[0]
+
+    @property
+    def chip(self) -> str:
+        return self.chip_sku or MODULES[self.module].chip_skus.get(
+            self.sku, next(iter(MODULES[self.module].chip_skus.values())))
+
+    def power_mode_id(self) -> int | None:
+        """The power mode's nvpmodel id (a name looked up in the module's modes)."""
+        if self.power_mode is None:
+            return None
+        for mode_id, name in MODULES[self.module].modes(self.super_board):
+            if str(self.power_mode).upper() in (str(mode_id), name):
+                return mode_id
+        return None
+
+    @property
+    def apt_suite(self) -> str:
+        major, minor = self.l4t_release.split(".")[:2]
+        return f"r{major}.{minor}"
 
 
 class JetsonOrin(Target):
@@ -174,14 +298,29 @@ class JetsonOrin(Target):
         if p.swap.kind != "none":
             out.append((("swap", "kind"), "L4T's nvzramconfig already makes zram swap on a "
                         "Jetson: none"))
+        if s.module_sku and s.module_sku not in m.skus:
+            out.append((("jetson", "module_sku"), f"the {s.module} module is SKU "
+                        f"{' or '.join(m.skus)}, not {s.module_sku}"))
+        if s.super_board and not m.super_modes:
+            out.append((("jetson", "super_board"), f"the {s.module} has no Super board "
+                        "config (Orin Nano and Orin NX developer kits only): false"))
+        elif s.super_board and release_tuple(s.l4t_release) < SUPER_SINCE:
+            out.append((("jetson", "super_board"), "the Super board config came with "
+                        f"JetPack 6.2: l4t_release 36.4.3 or later, not {s.l4t_release}"))
+        if s.power_mode is not None and s.power_mode_id() is None:
+            modes = ", ".join(f"{i} {n}" for i, n in m.modes(s.super_board))
+            out.append((("jetson", "power_mode"), f"the {s.module}"
+                        f"{' (Super board config)' if s.super_board else ''} has nvpmodel "
+                        f"modes {modes}; not {s.power_mode}"))
         return out
 
     def host_stages(self, p: Profile) -> tuple[str, ...]:
-        return ("image", "engine-arm64")
+        return ("image", "engine-arm64", "jetson")
 
     def host_tools(self) -> dict[str, tuple[Tool, ...]]:
-        return {"engine-arm64": ARM64_TOOLS,
-                "image": (Tool("bzip2", "bzip2", "NVIDIA's .tbz2 BSP and sample rootfs"),)}
+        # what NVIDIA's scripts check or use before they make anything: the test suite
+        # runs their stand-ins, which check the same (tests/fakes/jetson)
+        return {"engine-arm64": ARM64_TOOLS, "jetson": L4T_HOST_TOOLS, "test": L4T_HOST_TOOLS}
 
     # --- the rootfs --------------------------------------------------------------------
     def _input(self, ctx: BuildContext, key: str, field: str, flag: str) -> tuple[Path,
@@ -201,18 +340,40 @@ class JetsonOrin(Target):
         s = self.settings_of(p)
         bsp, bsp_sha = self._input(ctx, "l4t_bsp", "bsp", "--l4t-bsp")
         sample, sample_sha = self._input(ctx, "l4t_rootfs", "sample_rootfs", "--l4t-rootfs")
+        jetpack = (*jetpack_packages(s.l4t_release,
+                                     ctx.engine.gpu_stack(p, ctx.device.platform)),
+                   *s.jetpack.packages)
         return l4t.build(l4t.L4tSpec(
             bsp=bsp, sample_rootfs=sample, release=s.l4t_release, admin_user=p.os.admin_user,
             hostname=ctx.name, bsp_sha256=bsp_sha, rootfs_sha256=sample_sha,
             arch="arm64", qemu="aarch64",
-            packages=[*role_packages(), *ctx.engine.rootfs_packages(p), *p.os.packages]),
-            ctx.cache)
+            packages=[*role_packages(), *ctx.engine.rootfs_packages(p), *p.os.packages],
+            jetpack=self._jetpack(ctx), jetpack_packages=tuple(dict.fromkeys(jetpack)),
+            software=ctx.engine.offline_install(ctx.device)), ctx.cache)
+
+    def _jetpack(self, ctx: BuildContext) -> l4t.JetPackRepo:
+        a = self.settings_of(ctx.p).jetpack
+        src = ctx.device.source
+        url = a.url.rstrip("/")
+        if "://" not in url:  # a local directory, relative to the profile file
+            url = str((src.dir_of("jetson", "jetpack", "url") / Path(url).expanduser())
+                      .resolve())
+        device_url = a.device_url or (url if url.startswith("http") else JETSON_REPO)
+        keyring = (src.dir_of("jetson", "jetpack", "keyring") / Path(a.keyring).expanduser()
+                   if a.keyring else None)
+        if keyring is not None and not keyring.is_file():
+            raise BuilderError(f"{src.where(('jetson', 'jetpack', 'keyring'))}: "
+                               f"jetson.jetpack.keyring: {display_path(keyring)} does not "
+                               "exist")
+        return l4t.JetPackRepo(url=url, device_url=device_url.rstrip("/"),
+                               suite=self.settings_of(ctx.p).apt_suite, keyring=keyring)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
         from ...planner import build_budget
 
         s = self.settings_of(ctx.p)
-        return {"jetson_power_mode": -1 if s.power_mode is None else s.power_mode,
+        mode = s.power_mode_id()
+        return {"jetson_power_mode": -1 if mode is None else mode,
                 "base_fstrim": ctx.p.device.storage.kind == "nvme",
                 # the engine built on the board (edge-llm-engine-build.service): what it
                 # may take, in memory (the planner's build budget) and in time
@@ -223,20 +384,25 @@ class JetsonOrin(Target):
     def flash_args(self, p: Profile) -> list[str]:
         """l4t_initrd_flash.sh's arguments for this module and boot medium (after
         --no-flash / before the board), as NVIDIA's quick start gives them."""
-        m = MODULES[self.settings_of(p).module]
+        s = self.settings_of(p)
+        m = MODULES[s.module]
         args: list[str] = []
         if p.device.storage.kind == "nvme":
             args += ["--external-device", "nvme0n1p1", "-c",
                      "tools/kernel_flash/flash_l4t_t234_nvme.xml"]
             if m.qspi:
                 args += ["-p", "-c bootloader/generic/cfg/flash_t234_qspi.xml"]
-        args += ["--showlogs", "--network", "usb0", m.board, "internal"]
+        args += ["--showlogs", "--network", "usb0", s.board, "internal"]
         return args
 
     def flash_env(self, p: Profile) -> dict[str, str]:
-        """What offline generation (no board attached) is told about the module."""
-        m = MODULES[self.settings_of(p).module]
-        return {"BOARDID": m.board_id, "BOARDSKU": m.board_sku, "FAB": m.fab, "USER": "root"}
+        """What offline generation (no board attached) is told about the module, as
+        NVIDIA's offline flashing guides set it: CHIP_SKU too, without which
+        p3767.conf.common assumes an Orin NX chip (D3) and packs its boot firmware."""
+        s = self.settings_of(p)
+        m = MODULES[s.module]
+        return {"BOARDID": m.board_id, "BOARDSKU": s.sku, "FAB": m.fab, "CHIP_SKU": s.chip,
+                "USER": "root"}
 
     def renderings(self, p: Profile, seed: str) -> dict[str, str]:
         s = self.settings_of(p)
@@ -268,7 +434,7 @@ class JetsonOrin(Target):
                *(["--massflash", str(s.massflash)] if s.massflash else []),
                *self.flash_args(p)]
         with step(f"generating the flash package (l4t_initrd_flash.sh --no-flash, "
-                  f"{MODULES[s.module].board})") as line:
+                  f"{s.board})") as line:
             text = run(cmd, cwd=tree, env=self.flash_env(p), log_file=log_file, on_line=line,
                        what="l4t_initrd_flash.sh --no-flash")
             if "Success" not in text:
@@ -280,13 +446,14 @@ class JetsonOrin(Target):
         files = {"package": package}
         (out / "flashcmd.txt").write_text((tree / "bootloader/flashcmd.txt").read_text())
         files["flashcmd"] = out / "flashcmd.txt"
-        mfi = tree / f"mfi_{MODULES[s.module].board}.tar.gz"
+        mfi = tree / f"mfi_{s.board}.tar.gz"
         if s.massflash and mfi.is_file():
             os.replace(mfi, out / mfi.name)
             files["massflash"] = out / mfi.name
         return Delivery("flash-package", files, sha256=sha256_file(package),
                         size=package.stat().st_size,
-                        info={"module": s.module, "board": MODULES[s.module].board,
+                        info={"module": s.module, "board": s.board, "module_sku": s.sku,
+                              "chip_sku": s.chip,
                               "usb_product": f"{NVIDIA_USB}:{MODULES[s.module].usb_product}",
                               "l4t_release": s.l4t_release, "massflash": s.massflash})
 
@@ -304,6 +471,14 @@ class JetsonOrin(Target):
                                "profile it was built from; build again")
         p = built
         module = d["module"]
+        doctor.require("jetson")  # NVIDIA's script checks them before it flashes
+        if request.no_package and (request.massflash or 1) > 1:
+            # generating and flashing in one run takes one board: the real script refuses
+            # more without --flash-only (l4t_initrd_flash.sh, R36)
+            raise BuilderError("--no-package flashes one board at a time (NVIDIA's "
+                               "l4t_initrd_flash.sh generates and flashes one); flash "
+                               f"{request.massflash} from the package: --massflash "
+                               f"{request.massflash} without --no-package")
         if request.massflash and request.massflash > (d.get("massflash") or 1):
             raise BuilderError(f"--massflash {request.massflash}: the package was made for "
                                f"{d.get('massflash') or 1} board(s); set jetson.massflash: "
@@ -327,7 +502,8 @@ class JetsonOrin(Target):
         limit = request.massflash or 1
         if len(boards) > limit:
             raise BuilderError(f"{len(boards)} boards in recovery mode; flash one at a time, "
-                               f"or all of them with --massflash {len(boards)}")
+                               f"or all of them with --massflash {len(boards)}"
+                               + (" (without --no-package)" if request.no_package else ""))
         generate = [*self.flash_args(p)] if request.no_package else None
         return flash_package(build_dir, d, request, len(boards), generate, self.flash_env(p))
 
@@ -361,6 +537,10 @@ KNOWN_FAILURES = (
      "the USB cable (a data cable, the devkit's USB-C), recovery mode and `lsusb`"),
     ("Too many devices in RCM mode", "more boards in recovery mode than the package "
      "flashes at once: use --massflash N"),
+    ("Error, too many devices in RCM mode", "generating and flashing in one run takes one "
+     "board: flash several from the package with --massflash N"),
+    ("not found! To install", "a host tool NVIDIA's script needs is missing: builder "
+     "doctor --install --stage jetson"),
     ("Could not stat device /dev/nvme", "the board has no NVMe drive the flashing initrd "
      "can see: seat the SSD, or build for storage.kind emmc"),
     ("Device ping failed", "the board did not come up in the flashing initrd over USB: keep "
@@ -402,22 +582,38 @@ def flash_package(build_dir: Path, d: dict[str, Any], request: Any, boards: int,
     work = build_dir / f".flash-{os.getpid()}"
     subprocess.run(["rm", "-rf", str(work)], check=False)
     work.mkdir()
+    # with --massflash N, N != 1, the script writes each board's output only to
+    # initrdlog/flash_<usb port>_<instance>_<time>.log and ends with exit 0, or with
+    # "Flash complete (WITH FAILURES)" and exit 1 (l4t_initrd_flash.sh, R36.2: 163-263)
+    per_board = (request.massflash or 1) != 1
     try:
         run(["tar", "--numeric-owner", "--zstd", "-xpf", package, "-C", work],
             what=f"unpacking {package.name}", log_file=log_file)
         tree = work / "Linux_for_Tegra"
+        failed: ToolError | None = None
         with step(f"flashing {boards} board(s) (l4t_initrd_flash.sh)") as line:
             try:
                 text = run(flash_cmd, cwd=tree, env=env, log_file=log_file, on_line=line,
                            what="l4t_initrd_flash.sh")
-            except ToolError:
-                raise BuilderError(
-                    f"flashing failed (l4t_initrd_flash.sh, step flash): "
-                    f"{explain(log_file.read_text(errors='replace'))} "
-                    f"(log: {display_path(log_file)})") from None
-        for board_log in (tree / "initrdlog").glob("*.log"):
-            (logs / f"{stamp}-{board_log.name}").write_text(board_log.read_text())
-        if boards == 1 and "Flash is successful" not in text:
+            except ToolError as e:
+                failed, text = e, ""
+        board_logs = {}
+        for board_log in sorted((tree / "initrdlog").glob("*.log")):
+            kept = logs / f"{stamp}-{board_log.name}"
+            kept.write_text(board_log.read_text(errors="replace"))
+            board_logs[board_log.name] = kept
+        bad = [name for name, kept in board_logs.items()
+               if "Flash is successful" not in kept.read_text()] if per_board else []
+        if failed is not None or (per_board and (bad or len(board_logs) != boards)):
+            said = "\n".join(f.read_text(errors="replace")
+                             for f in [log_file, *board_logs.values()])
+            which = (f" on {', '.join(n.split('_')[1] for n in bad)}" if bad else "")
+            raise BuilderError(
+                f"flashing failed{which} (l4t_initrd_flash.sh, step flash): "
+                f"{explain(said)} (log: {display_path(log_file)}"
+                + (f", boards' logs: {display_path(logs)}/{stamp}-flash_*.log"
+                   if board_logs else "") + ")")
+        if not per_board and "Flash is successful" not in text:
             raise BuilderError("l4t_initrd_flash.sh ended without 'Flash is successful' "
                                f"(log: {display_path(log_file)})")
     finally:

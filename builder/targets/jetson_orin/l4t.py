@@ -5,8 +5,12 @@ the sample rootfs unpacked into Linux_for_Tegra/rootfs, `apply_binaries.sh` (NVI
 drivers, CUDA userspace hooks, boot files), `tools/l4t_create_default_user.sh` (the
 admin user, the EULA accepted non-interactively: no first-boot wizard; its password
 random and never shown, and locked by the base role), and the packages the roles need
-installed with the rootfs's own apt (chroot_apt). The result is cached as a tarball
-keyed by the two tarballs' sha256 and every choice.
+installed with the rootfs's own apt (chroot_apt). Then what the engine runs on: JetPack's
+CUDA, cuDNN and TensorRT from NVIDIA's Jetson apt repository (its common/ and t234/
+repositories; the sample rootfs and apply_binaries.sh bring only the L4T BSP's own
+packages), and the engine's software installed offline (rootfs/offline.py: the
+TensorRT-LLM wheel and its checkout). The result is cached as a tarball keyed by the
+tarballs' sha256, the repository's key and every choice.
 
 The BSP's scripts run as root on the x86 build host and need qemu-user-static for
 the arm64 rootfs (binfmt.ensure sets it up). The same BSP tree later makes the flash
@@ -22,15 +26,38 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...cache import Cache, sha256_file
+from ...cache import Cache, pinned_sha256
+from ...contracts import OfflineInstall
 from ...errors import BuilderError, display_path
 from ...progress import step
-from ...rootfs import Rootfs, parse_dpkg_status
+from ...rootfs import Rootfs, offline, parse_dpkg_status
 from ...rootfs.binfmt import ensure, host_arch
 from ...rootfs.chroot_apt import install_missing
+from ...rootfs.debian import AptSource
 from ...run import ToolError, run
 
-L4T_ROOTFS_VERSION = 2  # 2: the default user's password is random, never shown
+L4T_ROOTFS_VERSION = 4  # 2: the default user's password is random, never shown; 3: JetPack;
+# 4: no apt indices of the build's repository mount
+JETSON_REPO = "https://repo.download.nvidia.com/jetson"
+JETSON_REPOS = ("common", "t234")  # the SoC-independent repository and Orin's (T234)
+# what the BSP's nvidia-l4t-apt-source package lists on a flashed board, and its key
+BSP_SOURCES = "etc/apt/sources.list.d/nvidia-l4t-apt-source.list"
+BSP_KEYRING = "etc/apt/trusted.gpg.d/jetson-ota-public.asc"
+
+
+@dataclass(frozen=True)
+class JetPackRepo:
+    """NVIDIA's Jetson apt repository for one L4T release (suite r36.4 ...)."""
+
+    url: str  # where the build reads it: http(s):// or a local directory
+    device_url: str  # what the device's apt uses
+    suite: str
+    keyring: Path | None  # None: the BSP's own, which apply_binaries.sh put in the rootfs
+
+    def sources(self, keyring: Path) -> tuple[AptSource, ...]:
+        return tuple(AptSource(name=f"nvidia-jetpack-{r}", uri=f"{self.url}/{r}",
+                               suite=self.suite, components=("main",), keyring=keyring,
+                               device_uri=f"{self.device_url}/{r}") for r in JETSON_REPOS)
 _RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 
@@ -46,6 +73,9 @@ class L4tSpec:
     qemu: str
     bsp_sha256: str | None = None
     rootfs_sha256: str | None = None
+    jetpack: JetPackRepo | None = None  # JetPack's packages come from there
+    jetpack_packages: tuple[str, ...] = ()
+    software: OfflineInstall | None = None  # the engine's, installed offline
 
 
 def bsp_release(l4t: Path) -> str | None:
@@ -56,16 +86,6 @@ def bsp_release(l4t: Path) -> str | None:
             if m:
                 return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
     return None
-
-
-def _check(path: Path, pinned: str | None, what: str) -> str:
-    if not path.is_file():
-        raise BuilderError(f"{what}: {display_path(path)} does not exist")
-    digest = sha256_file(path)
-    if pinned and digest != pinned:
-        raise BuilderError(f"{what}: {display_path(path)} has sha256 {digest}, expected "
-                           f"{pinned}")
-    return digest
 
 
 def unpack_bsp(bsp: Path, work: Path, release: str, log_file: Path | None) -> Path:
@@ -122,12 +142,33 @@ def create_default_user(l4t: Path, user: str, hostname: str, env: Mapping[str, s
             raise ToolError(f"{masked(str(e))} (log: {display_path(log_file)})") from None
 
 
+def _sources(spec: L4tSpec, rootfs: Path) -> tuple[AptSource, ...]:
+    """JetPack's repositories for apt, when the build installs from them. Without a key
+    in the profile, the BSP's (apply_binaries.sh installs nvidia-l4t-apt-source)."""
+    if not spec.jetpack or not spec.jetpack_packages:
+        return ()
+    keyring = spec.jetpack.keyring or rootfs / BSP_KEYRING
+    if not keyring.is_file():
+        raise BuilderError("jetson.jetpack.keyring: the rootfs has no "
+                           f"/{BSP_KEYRING} from NVIDIA's BSP; name the key that signs "
+                           "the Jetson apt repository (jetson-ota-public.asc from "
+                           "repo.download.nvidia.com/jetson, or your mirror's)")
+    return spec.jetpack.sources(keyring)
+
+
 def build(spec: L4tSpec, cache: Cache) -> Rootfs:
-    bsp_sha = _check(spec.bsp, spec.bsp_sha256, "--l4t-bsp")
-    rootfs_sha = _check(spec.sample_rootfs, spec.rootfs_sha256, "--l4t-rootfs")
+    bsp_sha = pinned_sha256(spec.bsp, spec.bsp_sha256, "--l4t-bsp")
+    rootfs_sha = pinned_sha256(spec.sample_rootfs, spec.rootfs_sha256, "--l4t-rootfs")
+    jp = spec.jetpack
     inputs = {"l4t_rootfs_version": L4T_ROOTFS_VERSION, "bsp": bsp_sha, "rootfs": rootfs_sha,
               **{k: v for k, v in asdict(spec).items()
-                 if k not in ("bsp", "sample_rootfs", "bsp_sha256", "rootfs_sha256")}}
+                 if k not in ("bsp", "sample_rootfs", "bsp_sha256", "rootfs_sha256",
+                              "jetpack", "software")},
+              "jetpack": jp and {"url": jp.url, "device_url": jp.device_url,
+                                 "suite": jp.suite,
+                                 "keyring": jp.keyring and pinned_sha256(jp.keyring, None,
+                                                                  "jetson.jetpack.keyring")},
+              "software": spec.software and offline.key(spec.software)}
 
     def do_build(out: Path, log_file: Path) -> dict:
         work = out.parent / "work"
@@ -151,8 +192,20 @@ def build(spec: L4tSpec, cache: Cache) -> Rootfs:
                                        f"(log: {display_path(log_file)})")
                 create_default_user(l4t, spec.admin_user, spec.hostname, env, log_file,
                                     line)
-                line("installing what the roles need")
-                added = install_missing(rootfs, spec.packages, log_file)
+                line("installing what the roles need" + (
+                    f" and JetPack's {', '.join(spec.jetpack_packages)}"
+                    if spec.jetpack_packages else ""))
+                added = install_missing(rootfs, [*spec.packages, *spec.jetpack_packages],
+                                        log_file, _sources(spec, rootfs))
+                if spec.jetpack and spec.jetpack.device_url == JETSON_REPO and \
+                        (rootfs / BSP_SOURCES).is_file():
+                    for r in JETSON_REPOS:  # the BSP's entry already names them for the
+                        # device (two entries with different keys would stop its apt)
+                        (rootfs / f"etc/apt/sources.list.d/nvidia-jetpack-{r}.list").unlink(
+                            missing_ok=True)
+                if spec.software:
+                    line("installing the engine's software (offline)")
+                    offline.apply(rootfs, spec.software, log_file)
                 run(["tar", "--numeric-owner", "-cpf", out / "rootfs.tar", "-C", rootfs, "."],
                     what="archiving the L4T rootfs", log_file=log_file)
             installed = parse_dpkg_status((rootfs / "var/lib/dpkg/status").read_text())

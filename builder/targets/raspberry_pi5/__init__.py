@@ -34,7 +34,7 @@ from ...image import Usage, virt_boot
 from ...log import log
 from ...rootfs import Rootfs, debian
 from ...rootfs import role_packages as roles_need
-from ...schema import Profile, TargetSettings, _Section
+from ...schema import AptUrl, Profile, TargetSettings, _Section
 from ...units import MiB, Size
 from . import disk, raspios
 
@@ -51,7 +51,7 @@ KERNELS = {"2712": "kernel_2712.img", "v8": "kernel8.img"}
 
 
 class RpiApt(_Section):
-    url: str = Field(RPI_ARCHIVE, description="Raspberry Pi's apt repository for the kernel "
+    url: AptUrl = Field(RPI_ARCHIVE, description="Raspberry Pi's apt repository for the kernel "
                      "and firmware packages: the archive, a lab mirror or snapshot, or a local "
                      "directory of .debs with a signed index (path or file://).")
     suite: str = Field("bookworm", description="Its suite.")
@@ -60,7 +60,7 @@ class RpiApt(_Section):
     keyring: str | None = Field(
         None, description="OpenPGP key that signs it (raspberrypi.gpg.key, binary or "
         "armored), a path relative to the profile file. Required with os.base: debian.")
-    device_url: str | None = Field(
+    device_url: AptUrl | None = Field(
         None, description="The repository the device's own apt uses (updates); default: "
         "url when it is http(s), else Raspberry Pi's archive.")
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...cache import Cache, sha256_file
+from ...cache import Cache, pinned_sha256
 from ...errors import BuilderError, display_path
 from ...progress import step
 from ...rootfs import Rootfs, parse_dpkg_status
@@ -84,12 +84,7 @@ def extract(image: Path, tree: Path, boot_dir: str, log_file: Path | None) -> No
 
 
 def build(spec: ImageSpec, cache: Cache) -> Rootfs:
-    if not spec.image.is_file():
-        raise BuilderError(f"{spec.what}: {display_path(spec.image)} does not exist")
-    digest = sha256_file(spec.image)
-    if spec.sha256 and digest != spec.sha256:
-        raise BuilderError(f"{spec.what}: {display_path(spec.image)} has sha256 {digest}, "
-                           f"expected {spec.sha256}")
+    digest = pinned_sha256(spec.image, spec.sha256, spec.what)
     inputs = {"from_image_version": FROM_IMAGE_VERSION, "image": digest, "arch": spec.arch,
               "packages": spec.packages, "boot_dir": spec.boot_dir}
 

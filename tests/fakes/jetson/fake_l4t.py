@@ -18,7 +18,23 @@ check their command lines like the real ones, fail like them and write what they
 The board configs jetson-agx-orin-devkit.conf and jetson-orin-nano-devkit.conf are
 symlinks to the r36 module configs, as in the real BSP; bootloader/generic/cfg/ and
 tools/kernel_flash/ hold partition layouts with the real names (reduced: fewer
-partitions, same structure). rootfs/ holds only README.txt, as NVIDIA ships it.
+partitions, same structure). The module configs hold, in the real files' shell syntax,
+only what the fake tools read; each value is the one of Jetson Linux R36.2.0's file
+(johnnynunez/Linux_for_Tegra, commit 9a5768c1):
+  p3767.conf.common     BPFFILE (155), DEFAULT_CHIP_SKU 00:00:00:D3 (205) and
+                        process_chip_sku_version()'s table D3/D4 -> TE980M-A1, D5/D6 ->
+                        TE950M-A1 (44-70): with no CHIP_SKU an Orin Nano gets the Orin NX
+                        firmware, as NVIDIA's does
+  p3701.conf.common     BPFFILE (171), DEFAULT_CHIP_SKU 00:00:00:D0 (224), the table 90 ->
+                        TE992M-A1, 97/9E -> TA990SA-A1, D0/D2 -> TE990M-A1 (46-73)
+bootloader/ holds the five bpmp_t234-*_prod.bin the real one ships (placeholders), so a
+BPFFILE the chip SKU rewrote to a name NVIDIA does not ship is missing here too.
+From 36.4.3 (JetPack 6.2) the tree also has jetson-orin-nano-devkit-super.conf ->
+p3768-0000-p3767-0000-super.conf. No R36.4 BSP is readable here: the link and file names
+are those a JetPack 6.2.1 (R36.4.4) Linux_for_Tegra listing shows (a public notes file,
+search id 10362578587); the contents (the base config plus the -nv-super kernel DTBs that
+several public JetPack 6.2 projects boot) are not verified against NVIDIA's file.
+rootfs/ holds only README.txt, as NVIDIA ships it.
 
 make_sample_rootfs(tree_tarball, dest, release) re-packs a Debian arm64 rootfs tarball
 (a plain tar from mmdebstrap) as Tegra_Linux_Sample-Root-Filesystem_R<release>_aarch64.tbz2.
@@ -56,7 +72,10 @@ BOARD_CONFIGS = {
     "jetson-agx-orin-devkit": "p3737-0000-p3701-0000.conf",
     "jetson-orin-nano-devkit": "p3768-0000-p3767-0000-a0.conf",
 }
-SUPER_BOARD = ("jetson-orin-nano-devkit-super", "p3768-0000-p3767-0000-a0-super.conf")
+# JetPack 6.2 (36.4.3) and later; the names, not the contents, are verified (see above)
+SUPER_BOARD = ("jetson-orin-nano-devkit-super", "p3768-0000-p3767-0000-super.conf")
+# bootloader/bpmp_t234-*_prod.bin in R36.2.0
+BPMP_FIRMWARE = ("TA990SA-A1", "TE950M-A1", "TE980M-A1", "TE990M-A1", "TE992M-A1")
 NVIDIA_LIB_DIR = "usr/lib/aarch64-linux-gnu/nvidia"
 FAKE_LIBS = ("libnvrm_gpu.so", "libnvrm_mem.so", "libnvrm_host1x.so", "libnvos.so",
              "libcuda.so.1.1")
@@ -67,6 +86,15 @@ DEBS = ("nvidia-l4t-core", "nvidia-l4t-init", "nvidia-l4t-cuda", "nvidia-l4t-fir
 LICENSE = "usr/share/doc/nvidia-tegra/Tegra_Software_License_Agreement-Tegra-Linux.txt"
 CONF_HEADER = ("# Test fake of NVIDIA's board configuration (tests/fakes/jetson): only the "
                "variables\n# the fake tools read, in the real files' shell syntax.\n")
+
+
+def _chip_sku_function(table: dict[str, str]) -> str:
+    """process_chip_sku_version()'s firmware table, as the real .conf.common declares it."""
+    rows = "".join(f"\tbpmp_fw_binary['{k}']=\"{v}\";\n" for k, v in table.items())
+    return ("process_chip_sku_version()\n{\n\tdeclare -A bpmp_fw_binary;\n" + rows
+            + '\tchip_sku="${chip_sku:-${DEFAULT_CHIP_SKU}}"\n'
+            '\tBPFFILE=`echo "${BPFFILE}" | sed "s|T.*-A1|${bpmp_fw_binary[${chip_SKU}]}|"`;\n'
+            "}\n")
 
 
 def _release(release: str) -> tuple[str, str, str, str]:
@@ -210,18 +238,26 @@ def _populate(l4t: Path, release: str) -> None:
         _script(l4t, "stub.py", rel)
     # board configs: devkit names are symlinks to the module configs
     confs = {
-        "p3767.conf.common": 'CHIPID=0x23;\nODMDATA="gbe-uphy-config-8,hsstp-lane-map-3,'
-        'hsio-uphy-config-0";\nROOTFSSIZE=55GiB;\nBPFFILE="bootloader/bpmp_t234-TE980M-A1_'
-        'prod.bin";\nOTA_BOOT_DEVICE="/dev/mtdblock0";\nOTA_GPT_DEVICE="/dev/mtdblock0";\n'
+        "p3767.conf.common": _chip_sku_function({"D3": "TE980M-A1", "D4": "TE980M-A1",
+                                                 "D5": "TE950M-A1", "D6": "TE950M-A1"})
+        + 'CHIPID=0x23;\nODMDATA="gbe-uphy-config-8,hsstp-lane-map-3,hsio-uphy-config-0";\n'
+        'ROOTFSSIZE=55GiB;\nBPFFILE="bootloader/bpmp_t234-TE980M-A1_prod.bin";\n'
+        'EMC_OPT_DISABLE_FUSE_OVERRIDE="1";\nDEFAULT_CHIP_SKU="00:00:00:D3";\n'
+        'OTA_BOOT_DEVICE="/dev/mtdblock0";\nOTA_GPT_DEVICE="/dev/mtdblock0";\n'
         'DEFAULT_FAB="A00";\n',
         "p3768-0000-p3767-0000-a0.conf": 'source "${LDK_DIR}/p3767.conf.common";\n'
+        'BPFDTB_FILE="tegra234-bpmp-3767-0000-a02-3509-a02.dtb";\n'
         'EMMC_CFG="flash_t234_qspi_sd.xml";\nDTB_FILE=tegra234-p3768-0000+p3767-0000-nv.dtb;\n'
         'TBCDTB_FILE="${DTB_FILE}";\n',
-        "p3701.conf.common": 'CHIPID=0x23;\nODMDATA="gbe-uphy-config-22,hsstp-lane-map-3,'
+        "p3701.conf.common": _chip_sku_function({"90": "TE992M-A1", "97": "TA990SA-A1",
+                                                 "9E": "TA990SA-A1", "D0": "TE990M-A1",
+                                                 "D2": "TE990M-A1"})
+        + 'CHIPID=0x23;\nODMDATA="gbe-uphy-config-22,hsstp-lane-map-3,'
         'nvhs-uphy-config-0,hsio-uphy-config-0,gbe0-enable-10g";\nROOTFSSIZE=55GiB;\n'
         'BPFFILE="bootloader/bpmp_t234-TE990M-A1_prod.bin";\n'
+        'EMC_OPT_DISABLE_FUSE_OVERRIDE="1";\nDEFAULT_CHIP_SKU="00:00:00:D0"\n'
         'OTA_BOOT_DEVICE="/dev/mtdblock0";\nOTA_GPT_DEVICE="/dev/mtdblock0";\n'
-        'DEFAULT_FAB="TS4";\n',
+        'DEFAULT_FAB="A00";\n',
         "p3737-0000-p3701-0000.conf.common": 'source "${LDK_DIR}/p3701.conf.common";\n'
         'EMMC_CFG="flash_t234_qspi_sdmmc.xml";\n',
         "p3737-0000-p3701-0000.conf": 'source "${LDK_DIR}/p3737-0000-p3701-0000.conf.common";'
@@ -229,8 +265,10 @@ def _populate(l4t: Path, release: str) -> None:
     }
     links = dict(BOARD_CONFIGS)
     if (int(minor), int(patch)) >= (4, 3):  # JetPack 6.2 adds the Super devkit config
-        confs[SUPER_BOARD[1]] = ('source "${LDK_DIR}/p3768-0000-p3767-0000-a0.conf";\n'
-                                 'BPFDTB_FILE="tegra234-bpmp-3767-0000-a02-3509-a02-maxn.dtb";\n')
+        confs[SUPER_BOARD[1]] = ('# Not NVIDIA\'s file (no R36.4 BSP is readable here): the '
+                                 'base config, whose\n# kernel DTBs the fake names '
+                                 '*-nv-super.dtb for this file\n'
+                                 'source "${LDK_DIR}/p3768-0000-p3767-0000-a0.conf";\n')
         links[SUPER_BOARD[0]] = SUPER_BOARD[1]
     for name, text in confs.items():
         _write(l4t / name, CONF_HEADER + text)
@@ -271,6 +309,10 @@ def _populate(l4t: Path, release: str) -> None:
     _write(l4t / "kernel/Image", f"FAKE kernel image: Linux version {kver}-tegra \n")
     # bootloader and partition layouts
     _write(l4t / "bootloader/extlinux.conf", EXTLINUX)
+    for fw in BPMP_FIRMWARE:
+        _write(l4t / f"bootloader/bpmp_t234-{fw}_prod.bin", f"FAKE placeholder {fw}\n")
+    # present in the real bootloader/ (else l4t_initrd_flash_internal.sh:113-116 warns)
+    _write(l4t / "bootloader/odmsign.func", "# FAKE placeholder for odmsign.func\n")
     _write(l4t / "bootloader/nv_boot_control.conf", "TEGRA_OTA_BOOT_DEVICE\t/dev/mmcblk0boot0"
            "\nTEGRA_OTA_GPT_DEVICE\t/dev/mmcblk0boot1\nTNSPEC\t\t\tP2771-0000-C04-devkit.default\n")
     cfg = l4t / "bootloader/generic/cfg"

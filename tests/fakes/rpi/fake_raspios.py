@@ -38,8 +38,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..apt_repo import run
 from . import _payloads as P
-from ._debs import run
 from ._xz import write_xz
 
 SECTOR = 512

@@ -21,18 +21,22 @@ Host tools: dpkg-deb (dpkg), apt-ftparchive (apt-utils), gpg + gpgconf (gnupg), 
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..apt_repo import (
+    DebSpec,
+    build_deb,
+    export_public,
+    generate_key,
+    gnupg_home,
+    gpg,
+    sign_release,
+    write_indices,
+)
 from . import _payloads as P
-from ._debs import DebSpec, build_deb, run
 
 SUITE = "bookworm"
 COMPONENTS = ["main"]
@@ -52,6 +56,8 @@ RELEASE_FIELDS = {
 
 KEY_UID = "Raspberry Pi Archive Signing Key (FAKE, edge-llm builder tests) <fake@example.invalid>"
 MAINTAINER = "edge-llm builder fake <fake-rpi@example.invalid>"
+# Fixed timestamp for reproducible packages (dpkg-deb clamps mtimes to it).
+SOURCE_DATE_EPOCH = "1737936000"  # 2025-01-27T00:00:00Z, the 6.6.74-1+rpt1 upload date
 
 KEYRING_VERSION = "2021.1.1+rpt1"
 FIRMWARE_VERSION = "1:1.20241126-1"
@@ -90,71 +96,13 @@ class RpiRepo:
     def refresh(self) -> None:
         """Regenerate Packages and Release and sign again, after changing pool/."""
         _write_indices(self.root)
-        with _gnupg_home() as home:
-            _gpg(home, "--import", str(self.root / ".signing-key.asc"))
-            _sign_release(home, self.root, self.fingerprint)
-
-
-# --------------------------------------------------------------------------- gpg
-
-
-@contextmanager
-def _gnupg_home() -> Iterator[Path]:
-    # A short path: gpg-agent's socket lives in the home dir and sun_path is 108 bytes.
-    home = Path(tempfile.mkdtemp(prefix="rpi-gpg-", dir="/tmp"))
-    os.chmod(home, 0o700)
-    try:
-        yield home
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"],
-                       capture_output=True, check=False)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _gpg(home: Path, *args: str) -> str:
-    return run(["gpg", "--homedir", str(home), "--batch", "--yes", "--no-tty",
-                "--pinentry-mode", "loopback", "--passphrase", "", *args]).stdout
-
-
-def _generate_key(home: Path) -> str:
-    _gpg(home, "--quick-generate-key", KEY_UID, "ed25519", "sign", "never")
-    for line in _gpg(home, "--list-secret-keys", "--with-colons").splitlines():
-        if line.startswith("fpr:"):
-            return line.split(":")[9]
-    raise RuntimeError("gpg generated no key")
-
-
-def _sign_release(home: Path, root: Path, fpr: str) -> None:
-    dist = root / "dists" / SUITE
-    common = ["--local-user", fpr, "--digest-algo", "SHA512"]
-    _gpg(home, *common, "--clearsign", "--output", str(dist / "InRelease"), str(dist / "Release"))
-    _gpg(home, *common, "--armor", "--detach-sign", "--output", str(dist / "Release.gpg"),
-         str(dist / "Release"))
-
-
-# --------------------------------------------------------------------------- indices
+        with gnupg_home("rpi-gpg-") as home:
+            gpg(home, "--import", str(self.root / ".signing-key.asc"))
+            sign_release(home, self.root / "dists" / SUITE, self.fingerprint)
 
 
 def _write_indices(root: Path) -> None:
-    dist = root / "dists" / SUITE
-    for old in ("Release", "InRelease", "Release.gpg"):
-        (dist / old).unlink(missing_ok=True)
-    for comp in COMPONENTS:
-        bindir = dist / comp / f"binary-{ARCH}"
-        bindir.mkdir(parents=True, exist_ok=True)
-        packages = run(["apt-ftparchive", "packages", f"pool/{comp}"], cwd=root).stdout
-        (bindir / "Packages").write_text(packages)
-        (bindir / "Packages.gz").write_bytes(gzip.compress(packages.encode(), 9, mtime=0))
-        run(["xz", "-6", "-k", "-f", str(bindir / "Packages")])
-        (bindir / "Release").write_text(
-            f"Archive: {RELEASE_FIELDS['Suite']}\nOrigin: {RELEASE_FIELDS['Origin']}\n"
-            f"Label: {RELEASE_FIELDS['Label']}\nComponent: {comp}\nArchitecture: {ARCH}\n"
-        )
-    opts: list[str] = []
-    for key, value in RELEASE_FIELDS.items():
-        opts += ["-o", f"APT::FTPArchive::Release::{key}={value}"]
-    release = run(["apt-ftparchive", *opts, "release", "."], cwd=dist).stdout
-    (dist / "Release").write_text(release)
+    write_indices(root, SUITE, COMPONENTS, ARCH, RELEASE_FIELDS)
 
 
 # --------------------------------------------------------------------------- packages
@@ -453,11 +401,6 @@ def _kernel_specs(flavour: str) -> list[DebSpec]:
     return [image, meta]
 
 
-def _pool_dir(spec: DebSpec) -> str:
-    source = spec.control.get("Source", spec.name).split(" ", 1)[0]
-    return f"pool/main/{source[0]}/{source}"
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -472,12 +415,10 @@ def make_repo(dest: Path) -> RpiRepo:
     work = dest / ".build"
     work.mkdir(exist_ok=True)
     try:
-        with _gnupg_home() as home:
-            fpr = _generate_key(home)
-            keyring = run(["gpg", "--homedir", str(home), "--batch", "--export", fpr],
-                          capture_output=True, text=False).stdout
-            armored = _gpg(home, "--armor", "--export", fpr)
-            secret = _gpg(home, "--armor", "--export-secret-keys", fpr)
+        with gnupg_home("rpi-gpg-") as home:
+            fpr = generate_key(home, KEY_UID)
+            keyring, armored = export_public(home, fpr)
+            secret = gpg(home, "--armor", "--export-secret-keys", fpr)
             (dest / "raspberrypi-archive-keyring.gpg").write_bytes(keyring)
             (dest / "raspberrypi.gpg.key").write_text(armored)
             (dest / ".signing-key.asc").write_text(secret)
@@ -488,10 +429,11 @@ def make_repo(dest: Path) -> RpiRepo:
                 specs += _kernel_specs(flavour)
             debs: dict[str, Path] = {}
             for spec in specs:
-                debs[spec.name] = build_deb(spec, dest / _pool_dir(spec), work)
+                debs[spec.name] = build_deb(spec, dest / spec.pool_dir(), work,
+                                            SOURCE_DATE_EPOCH)
 
             _write_indices(dest)
-            _sign_release(home, dest, fpr)
+            sign_release(home, dest / "dists" / SUITE, fpr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,14 +1,31 @@
 #!/usr/bin/env python3
-# Test fake of NVIDIA's Linux_for_Tegra/apply_binaries.sh (L4T r36), installed by
-# tests/fakes/jetson/fake_l4t.py under its real name. It checks the real command line
-# (getopt "b:dhr:t:" plus --bsp= --debug --dgpu --factory --target-overlay --root=
-# --rootless --help), fails the way the real script fails, prints its progress lines and
-# leaves in the rootfs what the real one leaves there that a builder can check. Instead of
-# installing NVIDIA's .debs in a chroot it extracts nv_tegra/nvidia_drivers.tbz2 (which
-# holds placeholder libraries) and records the packages in var/lib/dpkg/status.
-# Differences, on purpose: the qemu-user-static check looks for qemu-aarch64-static on
-# PATH instead of running `dpkg -s qemu-user-static`; nothing is run in a
-# chroot, so binfmt_misc is not needed (the real one needs it).
+# Test fake of NVIDIA's Linux_for_Tegra/apply_binaries.sh and the nv_tegra/nv-apply-debs.sh
+# it runs, installed by tests/fakes/jetson/fake_l4t.py under its real name. It mirrors
+# Jetson Linux R36.2.0 as read from the public mirror johnnynunez/Linux_for_Tegra (commit
+# 9a5768c1; no R36.3/R36.4 copy was readable). Each behaviour, with the lines it mirrors:
+#   options      getopt -o b:dhr:b:t: with --help --bsp: --debug --dgpu --factory
+#                --target-overlay --root: --rootless (apply_binaries.sh:139): getopt's own
+#                message and, `set -e`, exit 1; other words: usage, exit 1 (165-168)
+#   qemu         CheckPackage qemu-user-static: `dpkg -s qemu-user-static`, else "The
+#                required qemu-user-static is not installed. Please install it before
+#                proceeding.", exit 1 (122-127, 170), before the root check
+#   root         `id -u` must be 0 unless --rootless: "This script requires root
+#                privilege", exit 1 (172-184); nv-apply-debs.sh checks it again (105-108)
+#   rootfs       rootfs/etc/passwd owned by root:root, else the ERROR box, exit 1 (205-220)
+#   debs         nv-apply-debs.sh: the skip lists, "Start L4T BSP package installation",
+#                then qemu from a stashed copy (../qemu-aarch64-static, nv_tegra/) or the
+#                fixed host path /usr/bin/qemu-aarch64-static ("Found ..."), else "ERROR
+#                qemu not found! To install - please run:  "sudo apt-get install
+#                qemu-user-static"", exit 1 (252-270); dpkg -i in a chroot (279-286)
+#   overlay      --target-overlay: `tar -I lbzip2` for every .tbz2 (240-337): without
+#                lbzip2 on PATH, GNU tar's "Cannot exec" lines and exit 2; PrepareVirEnv
+#                copies /usr/bin/qemu-aarch64-static (98-106): `cp` fails without it
+#   end          nv_customize_rootfs.sh, "Success!" (376-384)
+# The fixed host paths are looked for under $FAKE_HOST_ROOT (default /), so a test can
+# take them away. Differences, on purpose: instead of installing NVIDIA's .debs in a
+# chroot it extracts nv_tegra/nvidia_drivers.tbz2 (which holds placeholder libraries) and
+# records the packages in var/lib/dpkg/status; nothing is run in a chroot, so binfmt_misc
+# is not needed (the real one needs it) and nothing is mounted.
 """apply_binaries.sh: install the NVIDIA userspace into the rootfs (test fake)."""
 
 from __future__ import annotations
@@ -16,12 +33,15 @@ from __future__ import annotations
 import getopt
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 SCRIPT = "apply_binaries.sh"
 LDK_DIR = Path(__file__).resolve().parent
+HOST_ROOT = Path(os.environ.get("FAKE_HOST_ROOT", "/"))
+QEMU = "/usr/bin/qemu-aarch64-static"
 
 # nv-apply-debs.sh's skip lists (default, --dgpu, --factory)
 DGPU_SKIP = ["nvidia-l4t-3d-core", "nvidia-l4t-apt-source", "nvidia-l4t-cuda",
@@ -70,13 +90,35 @@ def usage() -> None:
                    show this help""")
 
 
-def qemu_static() -> str | None:
-    """Where qemu-user-static's binary is (the real script asks dpkg for the package)."""
-    return shutil.which("qemu-aarch64-static")
+def package_installed(name: str) -> bool:
+    """`dpkg -s NAME > /dev/null 2>&1` (CheckPackage, apply_binaries.sh:122-127)."""
+    try:
+        return subprocess.run(["dpkg", "-s", name], capture_output=True).returncode == 0
+    except FileNotFoundError:  # no dpkg on PATH: the real `dpkg -s` fails too
+        return False
+
+
+def host_qemu() -> str | None:
+    """nv-apply-debs.sh:253-270: a stashed copy, else the fixed host path."""
+    for stash in (LDK_DIR.parent / "qemu-aarch64-static",
+                  LDK_DIR / "nv_tegra/qemu-aarch64-static"):
+        if stash.is_file():
+            return str(stash)
+    print("QEMU binary is not available, looking for QEMU from host system")
+    if (HOST_ROOT / QEMU.lstrip("/")).is_file():
+        print(f"Found {QEMU}")
+        return QEMU
+    return None
 
 
 def extract(tbz2: Path, root: Path) -> None:
     """tar --keep-directory-symlink -I lbzip2 -xpmf TBZ2 (run inside ROOT)."""
+    if not shutil.which("lbzip2"):  # GNU tar's messages when -I's program is missing
+        print("tar (child): lbzip2: Cannot exec: No such file or directory\n"
+              "tar (child): Error is not recoverable: exiting now\n"
+              "tar: Child returned status 2\ntar: Error is not recoverable: exiting now",
+              file=sys.stderr)
+        sys.exit(2)
     if not tbz2.is_file():
         print(f"tar: {tbz2}: Cannot open: No such file or directory", file=sys.stderr)
         print("tar: Error is not recoverable: exiting now", file=sys.stderr)
@@ -116,6 +158,9 @@ def record_packages(root: Path, debs: list[str]) -> None:
 def apply_debs(root: Path, dgpu: bool, factory: bool) -> None:
     """nv_tegra/nv-apply-debs.sh -r ROOT [--dgpu|--factory]"""
     nv_tegra = LDK_DIR / "nv_tegra"
+    if os.geteuid() != 0:  # nv-apply-debs.sh:105-108 (reached with --rootless)
+        print("This script requires root privilege")
+        sys.exit(1)
     if not (nv_tegra / "l4t_deb_packages").is_dir():
         print("Debian packages are curently not supported")
         sys.exit(1)
@@ -144,13 +189,10 @@ def apply_debs(root: Path, dgpu: bool, factory: bool) -> None:
         print("No packages to install. There might be something wrong")
         sys.exit(1)
     print("Start L4T BSP package installation")
-    print("QEMU binary is not available, looking for QEMU from host system")
-    qemu = qemu_static()
-    if qemu is None:
+    if host_qemu() is None:
         print('ERROR qemu not found! To install - please run:  '
               '"sudo apt-get install qemu-user-static"')
         sys.exit(1)
-    print(f"Found {qemu}")
     print("Installing QEMU binary in rootfs")
     print(f"{root} {Path.cwd()}")
     print(f"Installing BSP Debian packages in {root}")
@@ -197,6 +239,9 @@ def target_overlay(root: Path) -> None:
     record_packages(root, [f"nvidia-l4t-core_{deb}_arm64.deb"])
     print(f"Updating the initrd to {root}")
     print("Preparing virtual env")
+    if not (HOST_ROOT / QEMU.lstrip("/")).is_file():  # PrepareVirEnv's cp (100), set -e
+        print(f"cp: cannot stat '{QEMU}': No such file or directory", file=sys.stderr)
+        sys.exit(1)
     print("Cleaning up virtual env")
 
 
@@ -256,7 +301,7 @@ def main(argv: list[str]) -> int:
     if rest:
         usage()
         return 1
-    if qemu_static() is None:
+    if not package_installed("qemu-user-static"):
         print("The required qemu-user-static is not installed. Please install it before "
               "proceeding.")
         return 1

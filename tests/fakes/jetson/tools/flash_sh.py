@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-# Test fake of NVIDIA's Linux_for_Tegra/flash.sh (L4T r36), installed by
-# tests/fakes/jetson/fake_l4t.py under its real name. Only the start is faked: the
-# argument count, ./<board>.conf in the current directory, the BSP banner and the root
-# device check, with the real messages. It then refuses: the image generation flash.sh
-# does for tools/kernel_flash/l4t_initrd_flash.sh is faked inside that script, and
-# flashing over USB with flash.sh alone is not.
+# Test fake of NVIDIA's Linux_for_Tegra/flash.sh, installed by tests/fakes/jetson/fake_l4t.py
+# under its real name. It mirrors Jetson Linux R36.2.0 as read from the public mirror
+# johnnynunez/Linux_for_Tegra (commit 9a5768c1). Only the start is faked, with the real
+# messages: fewer than two words: usage, exit 1 (flash.sh:1708-1710, 244-258); no
+# ./<board>.conf: "Error: Invalid target board - <board>." (1712-1723); the BSP banner
+# (1776-1782); a root device it does not know: "Error: Invalid target rootdev(<dev>)."
+# (1814). It then refuses: the image generation flash.sh does for
+# tools/kernel_flash/l4t_initrd_flash.sh (process_chip_sku_version, the BPMP firmware,
+# flashcmd.txt) is faked inside that script, and flashing over USB with flash.sh alone
+# is not faked at all.
 """flash.sh: sign and flash a Jetson (test fake; refuses after its checks)."""
 
 from __future__ import annotations

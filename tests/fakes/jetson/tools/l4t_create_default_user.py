@@ -8,8 +8,10 @@
 #                 other argument, prints the usage and exits 1 (parse_args, 75-112;
 #                 usage, 35-50; "ERROR: Invalid parameter. Exiting..." 106)
 #   checks        not root: "ERROR: please run as sudo or root user" (139-143); no
-#                 rootfs/ or no rootfs/etc/passwd (145-153); qemu-aarch64-static missing
-#                 (155-158; the real one looks in /usr/bin, this one on PATH)
+#                 rootfs/ or no rootfs/etc/passwd (145-153); no file at the fixed path
+#                 /usr/bin/qemu-aarch64-static: "ERROR: please install qemu-user-static
+#                 package", usage, exit 1 (155-158; looked for under $FAKE_HOST_ROOT,
+#                 default /, so a test can take it away)
 #   defaults      user nvidia (160-162), hostname tegra-ubuntu (168-170); without -p the
 #                 password is made from the build's second, `date +%s | sha256sum |
 #                 base64 | head -c 8` (164-166, 70-73): eight characters anyone who
@@ -164,7 +166,8 @@ def check_pre_req(a: dict[str, object]) -> None:
     if not (RFS / "etc/passwd").is_file():
         print("ERROR: not a valid rootfs directory", file=sys.stderr)
         usage()
-    if not shutil.which("qemu-aarch64-static"):
+    if not (Path(os.environ.get("FAKE_HOST_ROOT", "/")) / "usr/bin/qemu-aarch64-static"
+            ).is_file():
         print("ERROR: please install qemu-user-static package", file=sys.stderr)
         usage()
     a["user"] = a["user"] or "nvidia"

@@ -1,22 +1,70 @@
 #!/usr/bin/env python3
-# Test fake of NVIDIA's Linux_for_Tegra/tools/kernel_flash/l4t_initrd_flash.sh (L4T
-# r36), installed by tests/fakes/jetson/fake_l4t.py under its real name. It folds in
-# what the real one delegates to l4t_initrd_flash_internal.sh,
-# l4t_create_images_for_kernel_flash.sh and flash.sh: the same options (bash getopts
-# "u:p:v:c:-:S:k:i:" with long options whose value is the next word), the same checks,
-# the same banners and final lines, and the same files: tools/kernel_flash/images/
-# {internal,external}/ (flash.idx, flash.cfg, system.img, system.img.sha1sum and the
-# partition images the index names), bootloader/flashcmd.txt, rootfs/etc/
-# nv_boot_control.conf, and with --massflash mfi_<board>/ and mfi_<board>.tar.gz.
+# Test fake of NVIDIA's Linux_for_Tegra/tools/kernel_flash/l4t_initrd_flash.sh, installed
+# by tests/fakes/jetson/fake_l4t.py under its real name. It mirrors Jetson Linux R36.2.0 as
+# read from the public mirror johnnynunez/Linux_for_Tegra (commit 9a5768c1); no R36.3/R36.4
+# copy was readable, so a BSP made for 36.4.x runs this R36.2 behaviour. It folds in what
+# the real one delegates to l4t_initrd_flash_internal.sh (below: internal.sh),
+# l4t_create_images_for_kernel_flash.sh (create_images.sh) and flash.sh. Each behaviour,
+# with the lines it mirrors:
+#   options      bash getopts "u:p:v:c:-:S:k:i:", long options taking the next word,
+#                --massflash [N] (l4t_initrd_flash.func:104-210); usage and exit 1 (25-101)
+#   root         install_udev_rules: `ln -s` into /etc/udev/rules.d fails for non-root
+#                (l4t_initrd_flash.sh:48-52, 147); create_images.sh checks $USER (492-495)
+#   boards       fill_devpaths: vendor 0955 and the recovery-mode products (60-122)
+#   host tools   check_prerequisite, in every mode, --no-flash included (internal.sh:89-122,
+#                755): `command -v sshpass` unless --direct, `command -v abootimg` unless
+#                --flash-only, "-c" with --external-device, then network_prerequisite
+#                (the internal script's network defaults to usb0, 739, so it always runs):
+#                `command -v exportfs` (l4t_network_flash.func:41-46) and, for eth0, the
+#                addresses (95-113; a shape check here, not `ip route get`). Each prints
+#                "ERROR <tool> not found! To install - please run:  "sudo apt-get install
+#                <package>"", then the EXIT trap's "Cleaning up..." (internal.sh:56-61),
+#                exit 1. create_images.sh needs `command -v xmllint` (187-195, 564);
+#                flash.sh tests the fixed path /usr/bin/xmllint (flash.sh:1215-1229; looked
+#                for under $FAKE_HOST_ROOT, default /). lbzip2 is not used on this path
+#                (only apply_binaries.sh --target-overlay uses it)
+#   generation   "Step 1: Generate flash packages", flash.sh --no-flash --sign per storage,
+#                package_images (flash.idx, flash.cfg, images), "Step 2: Generate rcm
+#                boot commandline", flashcmd.txt, initrdflashparam.txt, boot<N>.img for
+#                N < max_massflash, mfi_<board>/ and its .tar.gz (internal.sh:759-796)
+#   module       flash.sh with BOARDID/BOARDSKU/FAB and no board (flash.sh:2258-2297):
+#                "Board ID(...)" (process_board_version), then process_chip_sku_version
+#                with CHIP_SKU from the environment, else the config's DEFAULT_CHIP_SKU
+#                (p3767: 00:00:00:D3, the Orin NX chip; p3701: D0): "00:00:00:D5" and "D5"
+#                both select D5; the BPMP firmware is BPFFILE with T.*-A1 replaced from the
+#                config's table (D3/D4 TE980M-A1, D5/D6 TE950M-A1; 00 keeps BPFFILE); an
+#                SKU not in the table names a file the BSP lacks, and flash.sh then leaves
+#                the firmware out without an error (mkfilesoft, flash.sh:360-381, 2410,
+#                3353-3364). p3767.conf.common:44-70, p3701.conf.common:46-73. The pick
+#                shows in flashcmd.txt's --bins ("bpmp_fw bpmp_t234-TE950M-A1_prod.bin")
+#                and in the A_bpmp-fw partition's file; update_flash_args maps the module
+#                SKU to its DTBs (0005 uses 0003's BPMP DTB) and refuses others: "Error:
+#                Unrecognized module SKU N" (p3768-0000-p3767-0000-a0.conf:32-75)
+#   flashing     l4t_initrd_flash.sh: "No devices to flash" (163-167); generate-and-flash
+#                refuses more than one board: "Error, too many devices in RCM mode" /
+#                "For signing and flashing, only one device is supported" (171-177); more
+#                boards than max_massflash (--massflash N, else the config's MAX_MASSFLASH,
+#                else 10; 1 without --massflash, l4t_initrd_flash.func:212-222): "Too many
+#                devices in RCM mode" (186-189). One board at a time (max_massflash 1 or
+#                --direct): the internal script's output on stdout and in
+#                initrdlog/flash_<usb port>_<instance>_<%Y%m%d-%H%M%S>.log, then "Log is
+#                saved to Linux_for_Tegra/initrdlog/<that> " (211-214). Otherwise each
+#                board's output goes only to its log; stdout gets the command, "Start
+#                flashing device: <port>, rcm instance: <n>, PID: <pid>", "Log will be saved
+#                to ...", without --showlogs "Ongoing processes: ..." lines, and at the end
+#                "Flash complete (WITH FAILURES)" with exit 1 if any failed; on success
+#                nothing more, exit 0 (216-263: R36.2 has no "Flash complete (SUCCESS)",
+#                that is the legacy nvmflash.sh)
 # Differences, on purpose:
 #  * system.img is a tar of a few identity files of the rootfs (etc/nv_tegra_release,
 #    etc/hostname, etc/passwd, boot/extlinux/extlinux.conf, ...), not of all of it, and
-#    partition images are small placeholders whose sha1 is real;
+#    partition images are small placeholders whose sha1 is real; flashcmd.txt's other
+#    arguments are abbreviated;
 #  * boards in recovery mode are found by scanning the sysfs tree under $FAKE_SYSFS
-#    (default /sys) for vendor 0955 and the real product list, as fill_devpaths() does,
-#    without asking udevadm for the device node;
-#  * host tools (sshpass, abootimg, nfs-kernel-server) are not required, and nothing
-#    on the host is changed (no udev rules, no NFS exports);
+#    (default /sys), without asking udevadm for the device node;
+#  * nothing on the host is changed: no udev rules, no nfs-kernel-server restart, no
+#    exportfs, no /etc/exports entry; the tools are only looked up;
+#  * boards are flashed one after another, not in parallel, and the PIDs are made up;
 #  * "flashing" writes logs only. FAKE_FLASH_FAIL=boot-timeout | ssh-timeout |
 #    nvme-missing makes it fail like a board that does not come up in the flashing
 #    initrd, whose ssh never answers, or that has no NVMe drive; FAKE_FLASH_FAIL_USB
@@ -27,6 +75,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +93,8 @@ FLASH_CMD = f"{KFLASH}/l4t_initrd_flash_internal.sh"
 PARAM_FILE = KFLASH / "initrdflashparam.txt"
 IMG_MAP = KFLASH / "initrdflashimgmap.txt"
 INFODIVIDER = "#" * 79
+# where the fixed host paths the real scripts test (/usr/bin/xmllint) are looked for
+HOST_ROOT = Path(os.environ.get("FAKE_HOST_ROOT", "/"))
 # fill_devpaths(): the products the script flashes (vendor 0955, recovery mode)
 RCM_PRODUCTS = {"7018": "TX2i", "7418": "TX2 4GB", "7c18": "TX2, TX2 NX", "7019": "AGX Xavier",
                 "7819": "AGXi", "7919": "AGXi", "7023": "AGX Orin", "7223": "AGX Orin 32GB",
@@ -249,8 +300,9 @@ def parse(argv: list[str]) -> Opts:
 # ---------------------------------------------------------------- board configuration
 
 class Conf:
-    def __init__(self, values: dict[str, str], chain: list[str]) -> None:
-        self.values, self.chain = values, chain
+    def __init__(self, values: dict[str, str], chain: list[str],
+                 bpmp_fw: dict[str, str]) -> None:
+        self.values, self.chain, self.bpmp_fw = values, chain, bpmp_fw
 
     def get(self, key: str, default: str = "") -> str:
         return self.values.get(key, default)
@@ -259,19 +311,36 @@ class Conf:
     def family(self) -> str:
         return next((f for f in SKUS if any(f in c for c in self.chain)), "")
 
+    @property
+    def super_config(self) -> bool:
+        return any(c.endswith("-super.conf") for c in self.chain)
+
 
 def read_conf(base: Path, board: str) -> Conf | None:
-    """`source <board>.conf` with the few constructs the board configs use."""
+    """`source <board>.conf` with the few constructs the board configs use: top-level
+    assignments, `source`, and process_chip_sku_version()'s bpmp_fw_binary table (the
+    other lines of a function body run only when flash.sh calls it)."""
     first = base / f"{board}.conf"
     if not first.exists():
         return None
     values: dict[str, str] = {}
     chain: list[str] = []
+    bpmp_fw: dict[str, str] = {}
 
     def load(path: Path) -> None:
         chain.append(path.resolve().name)
+        depth = 0
         for raw in path.read_text().splitlines():
             line = raw.strip()
+            if line == "{":
+                depth += 1
+            elif line == "}":
+                depth -= 1
+            m = re.match(r"bpmp_fw_binary\['(\w+)'\]=\"([^\"]*)\";?$", line)
+            if m:
+                bpmp_fw[m.group(1)] = m.group(2)
+            if depth:
+                continue
             m = re.match(r'source\s+"?\$\{LDK_DIR\}/([^";]+)"?;?$', line)
             if m:
                 load(base / m.group(1))
@@ -283,16 +352,47 @@ def read_conf(base: Path, board: str) -> Conf | None:
                 values[key] = values.get(key, "") + value if plus else value
 
     load(first)
-    return Conf(values, chain)
+    return Conf(values, chain, bpmp_fw)
 
 
 def board_dtbs(conf: Conf, sku: str) -> tuple[str, str]:
+    """update_flash_args(): (kernel DTB, BPMP DTB) of a module SKU.
+    p3768-0000-p3767-0000-a0.conf:54-72 (0000 and 0002 keep the defaults of 102-104; 0005,
+    the devkit's Nano 8GB, gets 0003's BPMP DTB and its own kernel DTB);
+    p3737-0000-p3701-0000.conf.common:55-64 and p3737-0000-p3701-0000.conf:39-53. The
+    Super config's kernel DTBs (-nv-super.dtb) are not read from NVIDIA's file."""
     if conf.family == "p3767":
-        bpmp_sku = "0003" if sku == "0005" else sku
-        return (f"tegra234-p3768-0000+p3767-{sku}-nv.dtb",
-                f"tegra234-bpmp-3767-{bpmp_sku}-3509-a02.dtb")
-    return (f"tegra234-p3737-0000+p3701-{sku}-nv.dtb",
-            f"tegra234-bpmp-3701-{sku}-3737-0000.dtb")
+        kernel_sku = "0000" if sku == "0002" else sku
+        bpmp = {"0001": "tegra234-bpmp-3767-0001-3509-a02.dtb",
+                "0003": "tegra234-bpmp-3767-0003-3509-a02.dtb",
+                "0004": "tegra234-bpmp-3767-0004-3509-a02.dtb",
+                "0005": "tegra234-bpmp-3767-0003-3509-a02.dtb"}.get(
+                    sku, conf.get("BPFDTB_FILE", "tegra234-bpmp-3767-0000-a02-3509-a02.dtb"))
+        suffix = "-nv-super.dtb" if conf.super_config else "-nv.dtb"
+        return f"tegra234-p3768-0000+p3767-{kernel_sku}{suffix}", bpmp
+    kernel_sku = "0000" if sku in ("0001", "0002") else sku
+    bpmp_sku = "0000" if sku in ("0001", "0002") else sku
+    return (f"tegra234-p3737-0000+p3701-{kernel_sku}-nv.dtb",
+            f"tegra234-bpmp-3701-{bpmp_sku}-3737-0000.dtb")
+
+
+def chip_sku_bpmp_fw(conf: Conf, fab: str) -> str:
+    """process_chip_sku_version() as flash.sh:2276-2291 calls it with no board attached
+    (CHIP_SKU from the environment, nothing read over USB): the BPMP firmware file name,
+    or "" when the rewritten name is not in bootloader/ (mkfilesoft, flash.sh:360-381 and
+    2410: the firmware is then silently left out, flash.sh:3353-3364)."""
+    chip_sku_env = os.environ.get("CHIP_SKU", "")
+    chip_sku = chip_sku_env or conf.get("DEFAULT_CHIP_SKU")  # .conf.common:58/61
+    chip_SKU = chip_sku_env  # the real global chip_SKU (flash.sh:2277)
+    if ":" in chip_sku:  # awk -F ":" '{print $4}' (p3767.conf.common:60-62)
+        fields = chip_sku.split(":")
+        chip_SKU = fields[3] if len(fields) > 3 else ""
+    bpffile = conf.get("BPFFILE")
+    if chip_SKU != "00":  # sed "s|T.*-A1|${bpmp_fw_binary[$chip_SKU]}|" (64-67)
+        bpffile = re.sub(r"T.*-A1", conf.bpmp_fw.get(chip_SKU, ""), bpffile, count=1)
+    out(f"Chip SKU({chip_sku}) ramcode() fuselevel(fuselevel_production) board_FAB({fab})")
+    path = BASE / bpffile
+    return path.name if bpffile and path.is_file() else ""
 
 
 def bytes_of(size: str) -> int:
@@ -348,6 +448,7 @@ class Board:
                  rev: str) -> None:
         self.name, self.conf = name, conf
         self.board_id, self.sku, self.fab, self.rev = board_id, sku, fab, rev
+        self.bpf = ""  # the BPMP firmware process_chip_sku_version() picked ("" none)
 
 
 def resolve_board(o: Opts, name: str, devpaths: list[str]) -> Board:
@@ -377,6 +478,9 @@ def resolve_board(o: Opts, name: str, devpaths: list[str]) -> Board:
     board = Board(name, conf, env["BOARDID"], env["BOARDSKU"], env["FAB"], env["BOARDREV"])
     out(f"Board ID({board.board_id}) version({board.fab}) sku({board.sku}) "
         f"revision({board.rev})")
+    board.bpf = chip_sku_bpmp_fw(conf, board.fab)
+    if conf.family == "p3767":  # update_flash_args_common (p3768-0000-p3767-0000-a0.conf:50)
+        out("emc_opt_disable_fuse:(0)")
     if board.sku not in SKUS.get(conf.family, {board.sku}):
         out(f"Error: Unrecognized module SKU {board.sku}")
         raise Exit(1)
@@ -404,8 +508,7 @@ def file_for(part: ET.Element, board: Board, sparse: bool) -> str:
         "MB1FILE": "mb1_t234_prod_aligned_sigheader.bin.encrypt",
         "PSCBL1FILE": "psc_bl1_t234_prod_aligned_sigheader.bin.encrypt",
         "MB2BLFILE": "mb2_t234_with_mb2_cold_boot_bct_MB2_sigheader.bin.encrypt",
-        "BPFFILE": Path(board.conf.get("BPFFILE", "bpmp_t234-TE980M-A1_prod.bin")).stem
-        + "_sigheader.bin.encrypt",
+        "BPFFILE": Path(board.bpf).stem + "_sigheader.bin.encrypt" if board.bpf else "",
         "BPFDTB_FILE": bpmp.replace(".dtb", "_with_odm_sigheader.dtb.encrypt"),
         "TBCDTB-FILE": "uefi_jetson_with_dtb_sigheader.bin.encrypt",
         "TOSFILE": "tos-optee_t234_sigheader.img.encrypt",
@@ -453,7 +556,6 @@ def layout(xml: Path) -> ET.Element:
 def package(root: ET.Element, board: Board, dest: Path, o: Opts, external: bool) -> None:
     """flash.sh --no-flash --sign, then package_images(): the index, its images, flash.cfg."""
     import hashlib
-    import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -530,14 +632,30 @@ def flash_sh_no_flash(board: Board, rootdev: str, cfg: Path) -> None:
         "images... *** ")
 
 
+# flash.sh's BINSARGS for t234, in the order it appends them (flash.sh:2769-3496); the
+# bpmp_fw entry is the one the chip SKU picked (3353-3361)
+BINS_BEFORE_BPMP = ("psc_fw pscfw_t234_prod.bin", "mts_mce mce_flash_o10_cr_prod.bin",
+                    "tsec_fw tsec_t234.bin", "mb2_applet applet_t234.bin",
+                    "mb2_bootloader mb2_t234.bin", "xusb_fw xusb_t234_prod.bin",
+                    "pva_fw nvpva_020.fw", "dce_fw display-t234-dce.bin",
+                    "nvdec nvdec_t234_prod.fw")
+BINS_AFTER_BPMP = ("rce_fw camera-rtcpu-t234-rce.img", "ape_fw adsp-fw.bin",
+                   "spe_fw spe_t234.bin", "tos tos_t234.img", "eks eks_t234.img")
+
+
 def flashcmd(board: Board) -> str:
-    dtb, _ = board_dtbs(board.conf, board.sku)
+    """bootloader/flashcmd.txt of flash.sh --no-flash --rcm-boot (flash.sh:4333-4441):
+    the arguments abbreviated, the --bins list in the real order and content."""
+    dtb, bpmp_dtb = board_dtbs(board.conf, board.sku)
+    bins = [*BINS_BEFORE_BPMP, *([f"bpmp_fw {board.bpf}"] if board.bpf else []),
+            f"bpmp_fw_dtb {bpmp_dtb}", *BINS_AFTER_BPMP, "kernel boot0.img",
+            f"kernel_dtb {dtb}"]
     return (f"./tegraflash.py --bl uefi_jetson_with_dtb_sigheader.bin.encrypt --odmdata "
             f"{board.conf.get('ODMDATA', 'gbe-uphy-config-8,hsstp-lane-map-3')} "
             f"--overlay_dtb L4TConfiguration.dtbo,tegra234-carveouts.dtbo,tegra-optee.dtbo "
             f"--bldtb {dtb} --applet mb1_t234_prod.bin --cmd \"rcmboot\" --cfg rcmboot.xml "
             f"--chip 0x23 --concat_cpubl_bldtb --cpubl uefi_jetson.bin "
-            f"--bins \"kernel boot0.img; kernel_dtb {dtb}\"")
+            f"--bins \"{'; '.join(bins)}\"")
 
 
 def relocate_failed() -> None:
@@ -548,24 +666,51 @@ def relocate_failed() -> None:
     raise Exit(1)
 
 
+def prerequisite_error(o: Opts, *, flash_only: bool, external_device: str,
+                       config_file: str, network: str = "", direct: bool = False) -> list[str]:
+    """check_prerequisite() (l4t_initrd_flash_internal.sh:89-122), in its order: what it
+    prints before `exit 1`, or []. The tools are looked up as `command -v` does. The
+    network part runs for every call, --no-flash included: the internal script's network
+    defaults to usb0 (739). Unlike the real one, nothing on the host is changed: no
+    `service nfs-kernel-server restart`, no exportfs of rootfs/ and tools/kernel_flash,
+    no /etc/exports entry (l4t_network_flash.func:50-53, 73-93)."""
+    if not shutil.which("sshpass") and not (direct or o.direct):  # 92-97
+        return ['ERROR sshpass not found! To install - please run:  "sudo apt-get install '
+                'sshpass"']
+    if not shutil.which("abootimg") and not flash_only:  # 99-104
+        return ['ERROR abootimg not found! To install - please run:  "sudo apt-get install '
+                'abootimg"']
+    if external_device and not flash_only and not config_file:  # 106-111
+        return ["Flashing external device requires -c option to specify device partition "
+                "layout"]
+    if not (BOOTLOADER / "odmsign.func").is_file() and not flash_only:  # 113-116, no exit
+        out("Please install the Secureboot package to use initrd flash for fused board")
+    network = network or o.network or "usb0"
+    if not shutil.which("exportfs"):  # network_prerequisite (l4t_network_flash.func:41-46)
+        return ['ERROR nfs-kernel-server not found! To install - please run:  "sudo apt-get '
+                'install nfs-kernel-server"']
+    # validateNetworkArgs (95-113) asks `ip route get`; here: the address's shape
+    if network != "usb0" and not re.fullmatch(
+            r"eth0:\d+\.\d+\.\d+\.\d+/\d+:\d+\.\d+\.\d+\.\d+(:\d+\.\d+\.\d+\.\d+)?", network):
+        parts = network.split(":")
+        return [f"Invalid target ip {parts[1] if len(parts) > 1 else ''}"]
+    return []
+
+
 def generate(o: Opts, board_name: str, rootdev: str, devpaths: list[str]) -> None:
     """l4t_initrd_flash_internal.sh --no-flash ARGS"""
     import shlex
-    import shutil
     import subprocess
     import tarfile
 
-    if o.external_device and not o.config_file:
-        out("Flashing external device requires -c option to specify device partition layout")
+    problem = prerequisite_error(o, flash_only=False, external_device=o.external_device,
+                                 config_file=o.config_file)
+    if problem:
+        out(*problem)
         raise Exit(1)
     if o.uefi_enc and Path(o.uefi_enc).is_file() and not (o.uefi_keys and Path(
             o.uefi_keys).is_file()):
         out("Error: '--uefi-enc' option needs '--uefi-keys' option specified to work ")
-        raise Exit(1)
-    if o.network and o.network != "usb0" and not re.fullmatch(
-            r"eth0:\d+\.\d+\.\d+\.\d+/\d+:\d+\.\d+\.\d+\.\d+(:\d+\.\d+\.\d+\.\d+)?", o.network):
-        parts = o.network.split(":")
-        out(f"Invalid target ip {parts[1] if len(parts) > 1 else ''}")
         raise Exit(1)
     step = 1  # initrd_flash_step, exported by the outer script
     banner(step, "Generate flash packages")
@@ -573,6 +718,10 @@ def generate(o: Opts, board_name: str, rootdev: str, devpaths: list[str]) -> Non
     # l4t_create_images_for_kernel_flash.sh (its root check reads $USER, as sudo sets it)
     if os.environ.get("USER") != "root":
         out(f"{KFLASH}/l4t_create_images_for_kernel_flash.sh requires root privilege")
+        raise Exit(1)
+    if not shutil.which("xmllint"):  # check_prereq (l4t_create_images_for_kernel_flash.sh:187-195)
+        out('ERROR xmllint not found! To install - please run:  "sudo apt-get install '
+            'libxml2-utils"')
         raise Exit(1)
     if o.external_device and not re.match(
             r"^(nvme\d+n\d+(p\d+)?|sd[a-z]+\d*|mmcblk\d+(p\d+)?)$", o.external_device):
@@ -601,6 +750,10 @@ def generate(o: Opts, board_name: str, rootdev: str, devpaths: list[str]) -> Non
         BOOTLOADER / "generic/cfg" / board.conf.get("EMMC_CFG", "flash_t234_qspi.xml")
     if not cfg.is_file():
         out(f"Error: missing cfgfile ({cfg}).")
+        relocate_failed()
+    if not (HOST_ROOT / "usr/bin/xmllint").is_file():  # check_xmllint (flash.sh:1215-1229)
+        out('ERROR xmllint not found! To install - please run:  "sudo apt-get install '
+            'libxml2-utils"')
         relocate_failed()
     ext_cfg = Path(o.config_file).resolve() if o.config_file else None
     if ext_cfg is not None and not ext_cfg.is_file():
@@ -716,21 +869,27 @@ def flash_one(o: Opts, devpath: str, instance: int, params: list[str], emit) -> 
                      "*" + " " * (len(text) - 2) + "*", "*" * len(text)):
             emit(line)
 
-    if not IMG_MAP.is_file():
-        emit(f"{FLASH_CMD}: line 905: {IMG_MAP}: No such file or directory")
-        emit("Cleaning up...")
+    problem = prerequisite_error(o, flash_only=True, external_device=external_device,
+                                 config_file="", network=network,
+                                 direct="--direct" in params)
+    if problem:
+        emit(*problem, "Cleaning up...")  # the EXIT trap (l4t_initrd_flash_internal.sh:56-61)
         return 1
-    if not (BOOTLOADER / "flashcmd.txt").is_file():
-        emit(f"cat: {BOOTLOADER}/flashcmd.txt: No such file or directory")
-        emit("Cleaning up...")
-        return 1
-    if "--direct" in params or o.direct:
+    if "--direct" in params or o.direct:  # 803-814
         bn(1, "Start the host connected device flashing process")
         emit("[ 0]: l4t_flash_from_kernel: Starting to flash to external device",
              "[ 92]: l4t_flash_from_kernel: Successfully flash the external device",
              "[ 92]: l4t_flash_from_kernel: Flashing success", "Success")
         return 0
     bn(1, "Build the flashing environment", pad=4)
+    if not IMG_MAP.is_file():  # `source` of a missing file under set -e (825)
+        emit(f"{FLASH_CMD}: line 825: {IMG_MAP}: No such file or directory")
+        emit("Cleaning up...")
+        return 1
+    if not (BOOTLOADER / "flashcmd.txt").is_file():
+        emit(f"cat: {BOOTLOADER}/flashcmd.txt: No such file or directory")
+        emit("Cleaning up...")
+        return 1
     emit(f"Create flash environment {instance}")
     emit(f"{BOOTLOADER} {BASE}")
     emit(f"Finish creating flash environment {instance}.")
@@ -830,8 +989,8 @@ def flash_one(o: Opts, devpath: str, instance: int, params: list[str], emit) -> 
 def flash(o: Opts, devpaths: list[str]) -> int:
     import shlex
 
-    if not PARAM_FILE.is_file():
-        out(f"cat: {PARAM_FILE}: No such file or directory")
+    if not PARAM_FILE.is_file():  # cat under set -e (l4t_initrd_flash.sh:179)
+        print(f"cat: {PARAM_FILE}: No such file or directory", file=sys.stderr)
         return 1
     params = shlex.split(PARAM_FILE.read_text())
     board_name = params[-2] if len(params) >= 2 else ""

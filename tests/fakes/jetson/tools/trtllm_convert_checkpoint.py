@@ -1,12 +1,35 @@
 #!/usr/bin/env python3
-# Test fake of TensorRT-LLM v0.12.0-jetson examples/qwen/convert_checkpoint.py, installed
-# by tests/fakes/jetson/fake_trtllm.py under its real name. Same argparse options,
-# choices and defaults; the same checks of the Hugging Face directory (config.json,
-# weights, a Qwen model_type, a GPTQ checkpoint for int4_gptq and only for it); the
-# calibration of --smoothquant / --int8_kv_cache fails offline like the real one; it
-# writes a TensorRT-LLM checkpoint of the real shape: OUTPUT_DIR/config.json and
-# rank<N>.safetensors per tensor/pipeline rank, as large as the real weights would be
-# (sparse files holding one uint8 tensor, so safetensors readers accept them).
+# Test fake of TensorRT-LLM 0.12's examples/qwen/convert_checkpoint.py, shipped under its
+# real name in the stand-in checkout (tests/fakes/jetson/fake_trtllm_wheel.py
+# make_examples) and in install_fake_trtllm's direct install. The v0.12.0-jetson branch is
+# not in the stored copies; the source is NVIDIA/TensorRT-LLM main at be9cd719
+# (0.12.0.dev2024080600, 2024-08-07; mirror laipaang/TensorRT-LLM), lines of that file:
+#   imports      tensorrt_llm (7-13): without the wheel (or without JetPack's tensorrt) the
+#                script fails there, before parsing anything
+#   banner       the import prints "[TensorRT-LLM] TensorRT-LLM version: 0.12.0", then
+#                main prints the bare version (281)
+#   options      16-157: names, types, defaults, choices (--weight_only_precision
+#                int8|int4|int4_gptq, nargs="?"; --dtype float32|bfloat16|float16;
+#                --model_dir required). Not in 0.12: --dataset-cache-dir (removed on main
+#                2024-07-23, bca9a33b): argparse refuses it (exit 2)
+#   moe sizes    284-293: "moe_tp_size * moe_ep_size must equal to tp_size"
+#   output dir   created before the conversion (297-298), so it exists after a failure
+#   quantization args_to_quant_config (160-191): W8A16 / W4A16 / SmoothQuant variants /
+#                INT8 KV cache / W4A16_GPTQ (group_size, has_zero_point)
+#   calibration  --smoothquant or --int8_kv_cache calibrate on --calib_dataset (default
+#                ccdv/cnn_dailymail from the Hub, 219-234): offline that is datasets'
+#                ConnectionError (datasets/load.py, not read here: "Couldn't reach
+#                '<name>' on the Hub (<exception>)")
+#   GPTQ         int4_gptq loads the checkpoint's qweight tensors (use_hf_gptq_checkpoint,
+#                215-216): a plain checkpoint fails with the KeyError of the missing
+#                tensor, and a GPTQ one without int4_gptq with the missing fp16 weight
+#                (models/qwen/convert.py, not read)
+#   HF checks    config.json / weights / model_type: transformers' and
+#                models/qwen/config.py's errors (not read; their usual texts)
+#   output       OUTPUT_DIR/config.json and rank<N>.safetensors per tensor/pipeline rank
+#                (save_checkpoint, 254), "Total time of converting checkpoints" (305). The
+#                rank files are sparse safetensors files holding one uint8 tensor, as
+#                large as the real weights would be.
 """Convert a Qwen Hugging Face checkpoint to a TensorRT-LLM checkpoint (test fake)."""
 
 from __future__ import annotations
@@ -19,7 +42,8 @@ import sys
 import time
 from pathlib import Path
 
-VERSION = "0.12.0"
+import tensorrt_llm
+
 QWEN_TYPES = ("qwen", "qwen2", "qwen2_moe", "qwen2_vl")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -44,7 +68,6 @@ def parse_arguments() -> argparse.Namespace:
     p.add_argument("--per_group", default=False, action="store_true")
     p.add_argument("--group_size", type=int, default=128,
                    help="Group size used in GPTQ quantization.")
-    p.add_argument("--dataset-cache-dir", type=str, default=None)
     p.add_argument("--load_model_on_cpu", action="store_true")
     p.add_argument("--use_parallel_embedding", action="store_true", default=False)
     p.add_argument("--embedding_sharding_dim", type=int, default=0, choices=[0, 1])
@@ -167,8 +190,7 @@ def quant_algo(args: argparse.Namespace) -> str | None:
 
 
 def main() -> int:
-    print(f"[TensorRT-LLM] TensorRT-LLM version: {VERSION}")
-    print(VERSION)
+    print(tensorrt_llm.__version__)
     args = parse_arguments()
     if args.moe_tp_size == -1 and args.moe_ep_size == -1:
         args.moe_tp_size, args.moe_ep_size = args.tp_size, 1

@@ -1,16 +1,27 @@
 #!/usr/bin/env python3
-# Test fake of TensorRT-LLM v0.12.0-jetson examples/apps/openai_server.py, installed by
-# tests/fakes/jetson/fake_trtllm.py under its real name. The real one is a click command
-# serving a FastAPI app with uvicorn; this one parses the same command line the way click
-# does (same errors, exit 2), checks MODEL_DIR and the tokenizer like the LLM API and
-# transformers do at startup (an engine directory needs config.json and rank0.engine, and
-# a tokenizer: --tokenizer or tokenizer files in MODEL_DIR), keeps the port closed while
-# "loading" (FAKE_TRTLLM_LOAD_SECONDS, default 0), then serves the same routes with
-# http.server: GET /health, /version, /v1/models; POST /v1/completions and
-# /v1/chat/completions, streaming or not, with the 0.12 request validation (extra fields
-# rejected, no logprobs, ...) and its response and SSE chunk shapes. The model answers
-# with canned tokens ("Paris", " is", " the", " capital", " of", " France", "."),
-# FAKE_TRTLLM_TOKEN_DELAY seconds apart (default 0).
+# Test fake of TensorRT-LLM's examples/apps/openai_server.py, shipped under that name in
+# the stand-in v0.12.0-jetson checkout (tests/fakes/jetson/fake_trtllm_wheel.py
+# make_examples) and in install_fake_trtllm's direct install.
+# Source caveat: v0.12.0 does not have this file. At be9cd719 (0.12.0.dev2024080600, the
+# last 0.12 snapshot of main; mirror laipaang/TensorRT-LLM) examples/apps holds chat.py
+# and fastapi_server.py (the same click command line, but routes /stats, /health and
+# /generate, not OpenAI's); openai_server.py arrived on main on 2024-09-10 (31ac30e9,
+# 0.14.0.dev2024091000). The v0.12.0-jetson branch is not in the stored copies, so
+# whether it carries this file is not verified. This fake mirrors openai_server.py at
+# 31ac30e9, lines of that file:
+#   imports      tensorrt_llm.hlapi (18-28): without the wheel it fails there; the import
+#                prints the version banner
+#   command line click (430-437): MODEL_DIR, --tokenizer, --host, --port, --max_beam_width,
+#                --tp_size, --pp_size; click's usage errors, exit 2
+#   startup      LLM(model_dir, ...) (451): an engine directory needs config.json and
+#                rank0.engine, and a tokenizer (--tokenizer, or tokenizer files in
+#                MODEL_DIR; transformers' errors, not read); the port opens after loading
+#                (FAKE_TRTLLM_LOAD_SECONDS, default 0)
+#   routes       /health, /version, /v1/models, /v1/completions, /v1/chat/completions
+#                (94-104) with the protocol's validation (hlapi/openai_protocol.py:
+#                extra fields rejected, ...) and its response and SSE chunk shapes.
+# The model answers with canned tokens ("Paris", " is", " the", " capital", " of",
+# " France", "."), FAKE_TRTLLM_TOKEN_DELAY seconds apart (default 0).
 """openai_server.py: an OpenAI-compatible server for a TensorRT-LLM model (test fake)."""
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-VERSION = "0.12.0"
+from tensorrt_llm.version import __version__ as VERSION
+
 PROG = "openai_server.py"
 TOKENS = ["Paris", " is", " the", " capital", " of", " France", "."]
 OPTIONS = {"--tokenizer": str, "--host": str, "--port": int, "--max_beam_width": int,
@@ -470,7 +482,6 @@ def make_handler(srv: Server) -> type[BaseHTTPRequestHandler]:
 
 def main(argv: list[str]) -> int:
     opts = parse(argv)
-    print(f"[TensorRT-LLM] TensorRT-LLM version: {VERSION}", flush=True)
     model_dir = str(opts["model_dir"])
     fmt = check_model(model_dir)
     if fmt == "TLLM_ENGINE":

@@ -1,12 +1,40 @@
 #!/usr/bin/env python3
-# Test fake of TensorRT-LLM v0.12.0-jetson examples/quantization/quantize.py (NVIDIA
-# Model Optimizer), installed by tests/fakes/jetson/fake_trtllm.py under its real name.
-# The 0.12 argparse options and --qformat choices; the Hugging Face directory checks; a
-# quantization that calibrates (fp8, int8_sq, int4_awq, w4a8_awq, or any --kv_cache_dtype)
-# loads --calib_dataset, and unless that is a local directory with data it fails the way
-# it does offline (datasets cannot reach the Hub for cnn_dailymail). It writes a
-# TensorRT-LLM checkpoint: OUTPUT_DIR/config.json and rank<N>.safetensors (sparse, with
-# the size the quantized weights would have).
+# Test fake of TensorRT-LLM 0.12's examples/quantization/quantize.py (NVIDIA Model
+# Optimizer), shipped under its real name in the stand-in checkout
+# (tests/fakes/jetson/fake_trtllm_wheel.py make_examples) and in install_fake_trtllm's
+# direct install. The v0.12.0-jetson branch is not in the stored copies; the source is
+# NVIDIA/TensorRT-LLM main at be9cd719 (0.12.0.dev2024080600, 2024-08-07; mirror
+# laipaang/TensorRT-LLM): quantize.py and tensorrt_llm/quantization/quantize_by_modelopt.py
+# (qbm below), lines of those files:
+#   imports      tensorrt_llm.quantization (quantize.py:5-6): without the wheel (or
+#                JetPack's tensorrt) it fails there; the import prints the version banner
+#   options      quantize.py:11-104 (--qformat fp8|int8_sq|int4_awq|w4a8_awq|int8_wo|
+#                int4_wo|full_prec, 53-61; --dtype without choices, default float16, 52;
+#                --calib_dataset default cnn_dailymail, 30-36; --kv_cache_dtype int8|fp8)
+#   no source    neither --model_dir nor --nemo_ckpt_path: ValueError (146-149)
+#   dtype        get_model (qbm:166-175): fp16/float16, bf16/bfloat16, fp32/float32, else
+#                NotImplementedError "Unknown dtype X"
+#   flow         "Initializing model from" (qbm:167), "Initializing tokenizer from" (134);
+#                full_prec/int8_wo/int4_wo without --kv_cache_dtype export unquantized
+#                ("No quantization applied, export D model", 395-397); AWQ caps calib_size
+#                at 32 (398-405); everything else calibrates (411-417)
+#   calibration  get_calib_dataloader (qbm:211-235), "Loading calibration dataset": a
+#                name containing "cnn_dailymail" is load_dataset(name, name="3.0.0") and
+#                its "article" column, from the Hub unless NAME is a local directory; any
+#                other local directory is load_dataset(dir, split="train") and its "text"
+#                column; anything else: NotImplementedError "Unsupported dataset name or
+#                local repo directory: X.". So int4_awq without --calib_dataset goes to the
+#                Hub's cnn_dailymail, which fails offline with datasets' ConnectionError
+#                (datasets/load.py dataset_module_factory, 2.14-2.16: "Couldn't reach
+#                'cnn_dailymail' on the Hub (ConnectionError)"; with HF_DATASETS_OFFLINE=1
+#                "Couldn't reach the Hugging Face Hub for dataset 'cnn_dailymail': Offline
+#                mode is enabled."). A column the files lack: datasets' KeyError "Column C
+#                not in the dataset. Current columns in the dataset: [...]" (checked on
+#                .json/.jsonl files here).
+#   HF checks    config.json / weights: transformers' errors (not read; their usual texts)
+#   output       a TensorRT-LLM checkpoint, OUTPUT_DIR/config.json and rank<N>.safetensors
+#                (sparse, the size the quantized weights would have), then "Quantized
+#                model exported to D \nTotal time used T s." (qbm:552-554)
 """Quantize a Hugging Face model to a TensorRT-LLM checkpoint (test fake)."""
 
 from __future__ import annotations
@@ -19,7 +47,8 @@ import sys
 import time
 from pathlib import Path
 
-VERSION = "0.12.0"
+import tensorrt_llm  # noqa: F401  (the real one imports tensorrt_llm.quantization)
+
 QFORMATS = ["fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "full_prec"]
 ALGO = {"fp8": "FP8", "int8_sq": "W8A8_SQ_PER_CHANNEL", "int4_awq": "W4A16_AWQ",
         "w4a8_awq": "W4A8_AWQ", "int8_wo": "W8A16", "int4_wo": "W4A16", "full_prec": None}
@@ -36,8 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calib_dataset", type=str, default="cnn_dailymail")
     p.add_argument("--calib_tp_size", type=int, default=1)
     p.add_argument("--calib_pp_size", type=int, default=1)
-    p.add_argument("--dtype", type=str, default="auto",
-                   choices=["auto", "float16", "bfloat16", "float32"])
+    p.add_argument("--dtype", help="Model data type.", default="float16")
     p.add_argument("--qformat", help="Quantization format.", default="full_prec",
                    choices=QFORMATS)
     p.add_argument("--seed", type=int, default=1234)
@@ -98,23 +126,45 @@ def write_rank(path: Path, size: int) -> None:
         f.truncate(8 + len(header) + max(size - 8 - len(header), 0))
 
 
+def first_record(d: Path) -> dict | None:
+    for f in sorted(d.rglob("*")):
+        if f.suffix in (".json", ".jsonl") and f.is_file():
+            line = f.read_text().lstrip().splitlines()[:1]
+            if line and line[0].startswith("{"):
+                return json.loads(line[0] if f.suffix == ".jsonl" else f.read_text())
+    return None
+
+
 def load_calib(dataset: str) -> None:
+    """qbm get_calib_dataloader: where the calibration text comes from, or how it fails."""
     print("Loading calibration dataset")
     d = Path(dataset)
-    if d.is_dir():
-        if any(p.suffix in DATA_SUFFIXES for p in d.rglob("*") if p.is_file()):
-            return
+    if "cnn_dailymail" in dataset or dataset == "pileval":
+        column = "article" if dataset != "pileval" else "text"
+        if not d.is_dir() or dataset == "pileval":
+            where = "datasets/load.py"
+            if os.environ.get("HF_DATASETS_OFFLINE") == "1":
+                fail("ConnectionError", f"Couldn't reach the Hugging Face Hub for dataset "
+                     f"'{dataset}': Offline mode is enabled.", where)
+            fail("ConnectionError", f"Couldn't reach '{dataset}' on the Hub (ConnectionError)",
+                 where)
+    elif d.is_dir():
+        column = "text"
+        print(f"Recognized local dataset repo {dataset} for calibration; assuming the "
+              "calibration data are in the train split and text column.")
+    else:
+        fail("NotImplementedError", "Unsupported dataset name or local repo directory: "
+             f"{dataset}.", "tensorrt_llm/quantization/quantize_by_modelopt.py")
+    if not any(p.suffix in DATA_SUFFIXES for p in d.rglob("*") if p.is_file()):
         fail("FileNotFoundError", f"Unable to find '{dataset}' data files: no data files "
              "were found", "datasets/data_files.py")
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        fail("ConnectionError", f"Couldn't reach the Hugging Face Hub for dataset '{dataset}':"
-             " Offline mode is enabled.", "datasets/load.py")
-    fail("ConnectionError", f"Couldn't reach '{dataset}' on the Hub (ConnectionError)",
-         "datasets/load.py")
+    record = first_record(d)
+    if record is not None and column not in record:
+        fail("KeyError", f'"Column {column} not in the dataset. Current columns in the '
+             f'dataset: {list(record)}"', "datasets/arrow_dataset.py")
 
 
 def main() -> int:
-    print(f"[TensorRT-LLM] TensorRT-LLM version: {VERSION}")
     args = parser().parse_args()
     if args.model_dir is None:
         if args.nemo_ckpt_path is None:
@@ -133,11 +183,17 @@ def main() -> int:
              f" model.ckpt.index or flax_model.msgpack found in directory {args.model_dir}.",
              "transformers/modeling_utils.py")
     config = json.loads((d / "config.json").read_text())
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = {"bfloat16": "bfloat16"}.get(config.get("torch_dtype", ""), "float16")
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype,
+                                                                          args.dtype)
+    if dtype not in ("bfloat16", "float16", "float32"):
+        fail("NotImplementedError", f"Unknown dtype {args.dtype}",
+             "tensorrt_llm/quantization/quantize_by_modelopt.py")
     print(f"Initializing model from {args.model_dir}")
+    print(f"Initializing tokenizer from {args.model_dir}")
     if args.qformat in CALIBRATED or args.kv_cache_dtype:
+        if "awq" in args.qformat and args.calib_size > 32:
+            print(f"AWQ calibration could take longer with calib_size = {args.calib_size}, "
+                  "Using calib_size=32 instead")
         load_calib(args.calib_dataset)
         print("Starting quantization...")
         print(f"Quantization done. Total time used: {time.time() - tik:.2f} s.")
