@@ -23,7 +23,7 @@ class _Section(BaseModel):
 # Values that reach apt's command line or its sources lines: a Debian package name (with
 # an optional =version), never an option; a repository's URL or directory, one word.
 DebPackage = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")]
-_URL_CHARS = "A-Za-z0-9._~:/?#@!$&'()*+,;=%"
+_URL_CHARS = "A-Za-z0-9._~:/?@!$&'()*+,;=%"  # no "#": it starts a comment in a sources line
 AptUrl = Annotated[str, Field(pattern=rf"^[{_URL_CHARS}][{_URL_CHARS}-]*$")]
 # A directory of the device's filesystem that the build fills: absolute, no "." or ".."
 # (no component starts with a dot).

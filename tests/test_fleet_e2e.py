@@ -259,7 +259,7 @@ def test_a_controller_killed_mid_transfer_resumes_on_rerun(fleet, appliance: Pat
     before = _status(fleet, "vm1")["current"]
     cmd = [sys.executable, "-m", "builder", "deploy", "--release", rid, "--limit", "vm1",
            "--bwlimit", "1000", "--inventory", str(fleet["inventory"]), "--known-hosts",
-           str(fleet["known_hosts"]), "--out", str(appliance)]
+           str(fleet["known_hosts"]), "--accept-new-host-keys", "--out", str(appliance)]
     ctl = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     # rsync receives into a temporary .<name>.XXXXXX beside the model's final name
@@ -271,7 +271,8 @@ def test_a_controller_killed_mid_transfer_resumes_on_rerun(fleet, appliance: Pat
     ctl.wait()
     st = _status(fleet, "vm1")
     assert st["current"] == before and st["healthy"]  # untouched, still serving
-    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm1")
+    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm1",
+                          accept_new=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert hosts["vm1"]["result"] == "activated" and hosts["vm1"]["serving"] == rid
     assert hosts["vm1"]["bytes_sent"] < size - 5_000_000  # the first 5 MB were not re-sent
@@ -286,7 +287,7 @@ def test_a_device_reset_during_its_switch_boots_serving_a_good_release(
     rid = _release(appliance, tmp_path, "ctx2048", SETTINGS.format(ctx=2048), tiny_q4)
     cmd = [sys.executable, "-m", "builder", "deploy", "--release", rid, "--limit", "vm2",
            "--inventory", str(fleet["inventory"]), "--known-hosts", str(fleet["known_hosts"]),
-           "--out", str(appliance)]
+           "--accept-new-host-keys", "--out", str(appliance)]
     ctl = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     unit = f"edge-llm-activate-{rid}.service"
@@ -313,7 +314,8 @@ def test_a_device_reset_during_its_switch_boots_serving_a_good_release(
     assert st["current"] in (before, rid) and st["healthy"], st
     assert st["pending"] is None and st["current"] == st["last_good"]
     # and a re-run converges on the new release
-    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm2")
+    r, hosts = _fleet_cmd(fleet, appliance, "deploy", "--release", rid, "--limit", "vm2",
+                          accept_new=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert hosts["vm2"]["serving"] == rid
 

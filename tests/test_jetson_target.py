@@ -175,3 +175,125 @@ def test_profile_values_that_reach_apt_or_a_path_are_typed(workdir: Path, cli, y
     write(workdir / "profiles/j.yaml", "extends: orin-nano-8gb\n" + yaml)
     r = cli("profiles", "validate", "profiles/j.yaml")
     assert r.code != 0 and f"{field}: " in r.err and r.err.count("\n") == 1, r.err
+
+
+def _tarball(path: Path, members: list[tuple[str, str, str | None]]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as t:
+        for name, kind, extra in members:
+            ti = tarfile.TarInfo(name)
+            if kind == "dir":
+                ti.type = tarfile.DIRTYPE
+                t.addfile(ti)
+            elif kind == "file":
+                ti.size, ti.mode = 1, 0o4755
+                t.addfile(ti, io.BytesIO(b"x"))
+            elif kind == "link":
+                ti.type, ti.linkname = tarfile.SYMTYPE, extra or ""
+                t.addfile(ti)
+            else:
+                ti.type, ti.devmajor = tarfile.CHRTYPE, 8
+                t.addfile(ti)
+    return path
+
+
+@pytest.mark.parametrize(("member", "refused"), [
+    (("T/x", "link", "/etc/cron.d"), "a link to an absolute path"),
+    (("T/x", "link", "../../etc"), "outside the destination"),
+    (("T/sda", "char", None), "a special file"),
+])
+def test_a_checkout_tarball_cannot_place_links_out_or_device_nodes(
+        tmp_path: Path, member: tuple[str, str, str | None], refused: str) -> None:
+    """The examples tarball is unpacked as root into the rootfs: through the "data"
+    filter, its top directory stripped, setuid bits dropped; a link leaving the tree or a
+    device node (a readable eMMC in /opt) is refused in one line naming the setting."""
+    from builder.contracts import Pinned
+
+    good = Pinned(_tarball(tmp_path / "good.tar.gz", [
+        ("T/", "dir", None), ("T/examples/a.py", "file", None),
+        ("T/examples/b.py", "link", "a.py")]), None, "engine.tensorrt_llm.examples")
+    where = tmp_path / "ok"
+    where.mkdir()
+    offline._unpack(good, where)
+    assert sorted(str(p.relative_to(where)) for p in where.rglob("*")) == [
+        "examples", "examples/a.py", "examples/b.py"]
+    assert (where / "examples/a.py").stat().st_mode & 0o7777 == 0o755
+    bad = Pinned(_tarball(tmp_path / "bad.tar.gz", [member]), None,
+                 "engine.tensorrt_llm.examples")
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(BuilderError, match=rf"^engine.tensorrt_llm.examples: .*{refused}"):
+        offline._unpack(bad, tmp_path / "bad")
+
+
+def test_a_checkout_goes_only_where_the_devices_own_software_lives(tmp_path: Path) -> None:
+    """Unpacking replaces the directory: /usr, /etc or /tmp (where the wheels wait) would
+    lose the rootfs's own files."""
+    from builder.contracts import OfflineInstall, Pinned
+
+    tar = Pinned(_tarball(tmp_path / "t.tar.gz", [("T/a", "file", None)]), None,
+                 "engine.tensorrt_llm.examples")
+    for dest in ("/usr", "/etc/x", "/tmp"):
+        with pytest.raises(BuilderError, match=r"is not under /opt/, /srv/, /usr/local/"):
+            offline.apply(tmp_path / "root", OfflineInstall(trees=((tar, dest),)), None)
+
+
+def test_the_keyring_suffix_follows_its_content_not_its_name(tmp_path: Path) -> None:
+    """apt reads signed-by=...asc as armored and anything else as binary; a key file
+    named "k. trusted=yes" must not put `trusted=yes` into the sources line."""
+    from builder.rootfs.debian import AptSource
+
+    armored = tmp_path / "k. trusted=yes"
+    armored.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nx\n")
+    binary = tmp_path / "key.asc"
+    binary.write_bytes(b"\x99\x02\r\x04")
+    for key, suffix in ((armored, ".asc"), (binary, ".gpg")):
+        src = AptSource(name="nvidia-jetpack-common", uri="/m/common", suite="r36.4",
+                        components=("main",), keyring=key, device_uri="https://r/common")
+        assert src.keyring_inside == f"/etc/apt/keyrings/nvidia-jetpack-common{suffix}"
+        assert "trusted" not in src.line(src.device_uri, src.keyring_inside)
+
+
+def test_a_local_jetpack_mirror_without_nvidias_layout_is_one_line(workdir: Path) -> None:
+    from builder.contracts import BuildContext
+
+    (workdir / "mirror/common/dists/r36.4").mkdir(parents=True)
+    (workdir / "mirror/common/dists/r36.4/Release").write_text("Suite: r36.4\n")
+    d = resolved(workdir, "extends: orin-nano-8gb\njetson:\n  jetpack: {url: ../mirror}\n")
+    ctx = BuildContext(device=d, cache=None, out_root=workdir)  # type: ignore[arg-type]
+    with pytest.raises(BuilderError, match=r"jetson.jetpack.url: .*mirror has no "
+                       r"t234/dists/r36.4/Release: mirror NVIDIA's common and t234"):
+        d.target._jetpack(ctx)
+
+
+def test_the_bsps_own_entry_for_the_repository_is_set_aside_while_the_build_installs(
+        tmp_path: Path) -> None:
+    """NVIDIA's BSP lists repo.download.nvidia.com/jetson itself, keyed in trusted.gpg.d;
+    apt refuses one repository with two keys (Conflicting values set for option
+    Signed-By), and a build from a mirror must not reach for NVIDIA's: the entry waits
+    aside during the install and comes back after, whatever happens."""
+    from builder.rootfs.chroot_apt import _sources
+    from builder.rootfs.debian import AptSource
+
+    lists = tmp_path / "etc/apt/sources.list.d"
+    lists.mkdir(parents=True)
+    bsp = lists / "nvidia-l4t-apt-source.list"
+    bsp.write_text("deb https://repo.download.nvidia.com/jetson/common r36.4 main\n")
+    debian = lists / "debian.list"
+    debian.write_text("deb http://deb.debian.org/debian bookworm main\n")
+    key = tmp_path / "k.gpg"
+    key.write_bytes(b"\x99")
+    src = AptSource(name="nvidia-jetpack-common", uri="http://mirror.lab/jetson/common",
+                    suite="r36.4", components=("main",), keyring=key,
+                    device_uri="https://repo.download.nvidia.com/jetson/common")
+    with pytest.raises(RuntimeError), _sources(tmp_path, (src,)):
+        assert sorted(f.name for f in lists.glob("*.list")) == [
+            "debian.list", "nvidia-jetpack-common.list"]
+        assert "http://mirror.lab/jetson/common r36.4" in (
+            lists / "nvidia-jetpack-common.list").read_text()
+        raise RuntimeError("apt-get failed")
+    assert bsp.read_text().startswith("deb https://repo.download.nvidia.com/jetson/common")
+    assert (lists / "nvidia-jetpack-common.list").read_text() == (
+        "deb [signed-by=/etc/apt/keyrings/nvidia-jetpack-common.gpg] "
+        "https://repo.download.nvidia.com/jetson/common r36.4 main\n")

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes.jetson.fake_jetpack_repo import make_repo
+from fakes.jetson.fake_jetpack_repo import KEY_NAME, make_repo
 from fakes.jetson.fake_l4t import make_bsp, make_sample_rootfs
 from fakes.jetson.fake_sysfs import make_usb_sysfs
 from fakes.jetson.fake_trtllm_wheel import make_examples, make_wheel, make_wheelhouse
@@ -33,6 +33,22 @@ pytestmark = pytest.mark.slow
 PROFILE = "orin-test"
 RELEASE = "36.4.3"
 NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
+
+
+def stand_in_repo(artifact_cache) -> Path:
+    """The JetPack repository stand-in, kept in the artifact cache with its signing key
+    while the stand-in's source is the same: a new key each run would be a new rootfs
+    (the key is part of its cache key) every run."""
+    import hashlib
+
+    source = Path(__file__).parent / "fakes/jetson/fake_jetpack_repo.py"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    kept = artifact_cache.dir("stand-ins") / f"jetpack-{RELEASE}-amd64-{digest}"
+    if not (kept / KEY_NAME).is_file():
+        work = kept.with_name(kept.name + f".{os.getpid()}")
+        make_repo(work, RELEASE, arch="amd64", python="3.11")
+        os.replace(work, kept)
+    return kept
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +66,7 @@ def orin(tmp_path_factory, manifest: dict, artifact_cache, run_builder_session) 
     rootfs_tar = next(e.out / "rootfs.tar" for e in artifact_cache.entries()
                       if e.kind == "rootfs" and e.key == manifest["inputs"]["rootfs_key"])
     sample = make_sample_rootfs(rootfs_tar, nvidia, RELEASE)
-    repo = make_repo(nvidia / "jetpack", RELEASE, arch="amd64", python="3.11")
+    repo = stand_in_repo(artifact_cache)
     wheel = make_wheel(nvidia, python_tag="cp311", platform="linux_x86_64")
     examples = make_examples(nvidia)
     wheelhouse = make_wheelhouse(nvidia / "wheelhouse")
@@ -61,7 +77,7 @@ def orin(tmp_path_factory, manifest: dict, artifact_cache, run_builder_session) 
     (profiles / f"{PROFILE}.yaml").write_text(
         "extends: orin-nano-8gb\nmodel:\n  quant: int8_wo\n"
         "jetson:\n  power_mode: 25W\n  massflash: 2\n"
-        f"  jetpack: {{url: {repo.url}, keyring: {repo.key}}}\n"
+        f"  jetpack: {{url: {repo}, keyring: {repo / KEY_NAME}}}\n"
         "engine:\n  tensorrt_llm:\n"
         f"    wheel: {{path: {wheel}, sha256: {sha256_file(wheel)}}}\n"
         f"    examples: {{path: {examples}, sha256: {sha256_file(examples)}}}\n"
@@ -267,12 +283,14 @@ def test_the_image_carries_jetpack_and_tensorrt_llm(package: Path) -> None:
     assert not (root / "usr/local/cuda-12.6/bin/nvcc").exists()
     have = parse_dpkg_status((root / "var/lib/dpkg/status").read_text())
     assert {"nvidia-cuda", "nvidia-cudnn", "nvidia-tensorrt", "python3-libnvinfer"} <= set(have)
-    # the device's apt names NVIDIA's repository, signed by the key the build used; the
-    # build's own entry (a local directory) and its mount are gone
-    listed = (root / "etc/apt/sources.list.d/nvidia-jetpack-t234.list").read_text()
-    assert listed == ("deb [signed-by=/etc/apt/keyrings/nvidia-jetpack-t234.asc] "
-                      "https://repo.download.nvidia.com/jetson/t234 r36.4 main\n")
-    assert (root / "etc/apt/keyrings/nvidia-jetpack-t234.asc").is_file()
+    # the device's apt names NVIDIA's repository once: the BSP's own entry (set aside
+    # while the build installed from the mirror, apt refusing one repository with two
+    # keys); the build's entry (a local directory), its indices and its mount are gone
+    lists = root / "etc/apt/sources.list.d"
+    assert sorted(f.name for f in lists.glob("nvidia*")) == ["nvidia-l4t-apt-source.list"]
+    assert "https://repo.download.nvidia.com/jetson/t234 r36.4 main" in (
+        lists / "nvidia-l4t-apt-source.list").read_text()
+    assert not list((root / "var/lib/apt/lists").rglob("*edge-llm-apt*"))
     assert not (root / "run/edge-llm-apt").exists()
     assert not (root / "tmp/edge-llm-offline").exists()
 
@@ -394,7 +412,7 @@ def test_jetpack_from_a_repository_signed_by_another_key_is_refused(package: Pat
     theirs = make_repo(tmp_path / "theirs", RELEASE, arch="amd64", python="3.11")
     repo = l4t.JetPackRepo(url=theirs.url, device_url=l4t.JETSON_REPO, suite=ours.suite,
                            keyring=ours.key)
-    listed = root / "etc/apt/sources.list.d/nvidia-jetpack-common.list"
+    listed = root / "etc/apt/sources.list.d/nvidia-l4t-apt-source.list"
     before = listed.read_text()
     with pytest.raises(ToolError):
         install_missing(root, ["nvidia-cuda-dev"], tmp_path / "apt.log",

@@ -13,6 +13,7 @@ qemu-user (the caller sets up binfmt first).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -48,12 +49,22 @@ def _local(src: AptSource) -> Path | None:
 @contextlib.contextmanager
 def _sources(tree: Path, sources: tuple[AptSource, ...]) -> Iterator[None]:
     """Each source listed for the build (a local one bind-mounted read-only), and
-    listed as the device sees it afterwards, whatever happens."""
+    listed as the device sees it afterwards, whatever happens. An entry the rootfs
+    already has for the same repository (NVIDIA's BSP lists its own, keyed in
+    trusted.gpg.d) is set aside meanwhile: apt refuses one repository with two keys,
+    and a build from a mirror must not reach for the original."""
     mounted: list[Path] = []
     listed = tree / "etc/apt/sources.list.d"
+    ours = {f"{s.name}.list" for s in sources}
+    uris = {u.rstrip("/") for s in sources for u in (s.uri, s.device_uri)}
+    aside = [f for f in sorted(listed.glob("*.list")) if f.name not in ours and any(
+        u in f.read_text(errors="replace") for u in uris)] if listed.is_dir() else []
+    written: list[AptSource] = []
     try:
+        for f in aside:
+            os.replace(f, f.with_name(f.name + ".edge-llm-aside"))
         for src in sources:
-            keyring = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
+            keyring = src.keyring_inside
             (tree / "etc/apt/keyrings").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src.keyring, tree / keyring.lstrip("/"))
             (tree / keyring.lstrip("/")).chmod(0o644)
@@ -68,20 +79,21 @@ def _sources(tree: Path, sources: tuple[AptSource, ...]) -> Iterator[None]:
                 uri = f"file:/{INSIDE}/{src.name}"
             listed.mkdir(parents=True, exist_ok=True)
             (listed / f"{src.name}.list").write_text(src.line(uri, keyring) + "\n")
+            written.append(src)
         yield
     finally:
         for dst in reversed(mounted):
             subprocess.run(["umount", "--lazy", str(dst)], check=False)
-        if mounted:
-            shutil.rmtree(tree / INSIDE, ignore_errors=True)
-            # the indices apt fetched from the build's mount: the device never reads them,
-            # and a later install must verify the repository again, not reuse them
-            for stale in (tree / "var/lib/apt/lists").glob("*edge-llm-apt*"):
-                stale.unlink(missing_ok=True)
-        for src in sources:
-            keyring = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
-            (listed / f"{src.name}.list").write_text(src.line(src.device_uri, keyring)
-                                                      + "\n")
+        shutil.rmtree(tree / INSIDE, ignore_errors=True)
+        # the indices apt fetched from the build's mount: the device never reads them,
+        # and a later install must verify the repository again, not reuse them
+        for stale in (tree / "var/lib/apt/lists").rglob("*edge-llm-apt*"):
+            stale.unlink(missing_ok=True)
+        for src in written:
+            (listed / f"{src.name}.list").write_text(
+                src.line(src.device_uri, src.keyring_inside) + "\n")
+        for f in aside:
+            os.replace(f.with_name(f.name + ".edge-llm-aside"), f)
 
 
 def install_missing(tree: Path, packages: list[str], log_file: Path | None,

@@ -54,6 +54,15 @@ class AptSource:
             return "copy://" + self.uri
         return self.uri
 
+    @property
+    def keyring_inside(self) -> str:
+        """Where the rootfs keeps the key. apt de-armors a signed-by file only when its
+        name ends in .asc, so the suffix follows the content, never the given name
+        (which could also carry apt options: "k. trusted=yes")."""
+        with self.keyring.open("rb") as f:
+            armored = f.read(36).startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        return f"/etc/apt/keyrings/{self.name}{'.asc' if armored else '.gpg'}"
+
     def line(self, uri: str, keyring: str) -> str:
         return f"deb [signed-by={keyring}] {uri} {self.suite} {' '.join(self.components)}"
 
@@ -92,7 +101,7 @@ def build(spec: DebianSpec, cache: Cache) -> Rootfs:
                 f"--include={','.join(spec.packages)}", "--aptopt=Acquire::Retries \"3\"",
                 *(f"--dpkgopt=path-{rule}" for rule in DPKG_PATHS)]
         for src in spec.sources:
-            inside = f"/etc/apt/keyrings/{src.name}{src.keyring.suffix or '.gpg'}"
+            inside = src.keyring_inside
             listed = f"/etc/apt/sources.list.d/{src.name}.list"
             args += [  # the build-time entry out of sources.list, the device's in its place
                 "--customize-hook=mkdir -p \"$1\"/etc/apt/keyrings",

@@ -7,8 +7,10 @@ before anything is installed; key() is what a cache entry of the result is keyed
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ PIP_ENV = {
     "PIP_BREAK_SYSTEM_PACKAGES": "1",
     "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     "PIP_ROOT_USER_ACTION": "ignore", "PIP_NO_INPUT": "1",
+    # nothing of the build host's own pip or Python setup reaches the rootfs's
+    "PIP_USER": "0", "PIP_REQUIRE_VIRTUALENV": "0", "PYTHONPATH": "",
 }
 
 
@@ -47,23 +51,52 @@ def key(sw: OfflineInstall) -> dict[str, Any]:
             "trees": [[_checked(t), dest] for t, dest in sw.trees]}
 
 
+# where a source tree may go: directories of the device's own software, never a system
+# directory the rootfs needs (the tree replaces what is there)
+TREE_PLACES = ("/opt/", "/srv/", "/usr/local/")
+
+
+def _unpack(tarball: Pinned, where: Path) -> None:
+    """The tarball's members below its top directory into `where`, through Python's
+    "data" filter: regular files, directories and links that stay inside, no device
+    nodes, FIFOs or absolute or escaping links, no setuid bits, owned by root."""
+    with tarfile.open(tarball.path) as tar:
+        members = []
+        for m in tar.getmembers():
+            rest = m.name.removeprefix("./").partition("/")[2]
+            if not rest:
+                continue  # the top directory itself (GitHub's archive: <repo>-<ref>/)
+            m.name = rest
+            if m.islnk():
+                m.linkname = m.linkname.removeprefix("./").partition("/")[2]
+            members.append(m)
+        try:
+            tar.extractall(where, members=members, filter="data")
+        except (tarfile.FilterError, OSError) as e:
+            raise BuilderError(f"{tarball.setting}: {display_path(tarball.path)}: {e}; "
+                               "give the source archive as published") from None
+
+
 def apply(tree: Path, sw: OfflineInstall, log_file: Path | None) -> None:
     key(sw)  # the files are the ones pinned
-    if sw.trees:
-        for tarball, dest in sw.trees:
-            where = tree / dest.lstrip("/")
-            if not where.resolve().is_relative_to(tree.resolve()) or where == tree:
-                raise BuilderError(f"{tarball.setting}: {dest} is not a directory inside "
-                                   "the rootfs")
-            if where.exists() or where.is_symlink():
-                shutil.rmtree(where) if where.is_dir() and not where.is_symlink() \
-                    else where.unlink()
-            where.mkdir(parents=True)
-            # GNU tar refuses members with ".." and defers links that leave the tree
-            run(["tar", "-xf", tarball.path, "-C", where, "--strip-components=1",
-                 "--no-same-owner", "--no-same-permissions"],
-                what=f"unpacking {tarball.path.name} into {dest} ({tarball.setting})",
-                log_file=log_file)
+    for tarball, dest in sw.trees:
+        if not dest.startswith(TREE_PLACES):
+            raise BuilderError(f"{tarball.setting}: unpacked to {dest}, which is not under "
+                               f"{', '.join(TREE_PLACES)}: name a directory of its own there")
+    _install_wheels(tree, sw, log_file)  # before any tree: nothing unpacked is in its way
+    for tarball, dest in sw.trees:
+        where = tree / dest.lstrip("/")
+        if where.is_symlink() or (where.exists() and not where.is_dir()):
+            where.unlink()
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        _unpack(tarball, where)
+        if log_file is not None:
+            with log_file.open("a") as fh:
+                fh.write(f"unpacked {tarball.path.name} into {dest} ({tarball.setting})\n")
+
+
+def _install_wheels(tree: Path, sw: OfflineInstall, log_file: Path | None) -> None:
     if not sw.wheels:
         return
     stage = tree / STAGE
@@ -87,11 +120,11 @@ def apply(tree: Path, sw: OfflineInstall, log_file: Path | None) -> None:
                     what=f"pip install {names} (offline, in the rootfs)", env=PIP_ENV,
                     log_file=log_file)
             except ToolError as e:
-                missing = "No matching distribution found for" in str(e) or \
-                    "Could not find a version" in str(e)
+                said = str(e)
+                wanted = re.search(r"No matching distribution found for (\S+)", said)
                 raise BuilderError(
                     f"{sw.wheelhouse_setting or sw.wheels[0].setting}: installing {names} "
-                    "offline failed" + (f": the wheelhouse lacks a dependency; {sw.how}"
-                                        if missing else f" ({e})")) from None
+                    "offline failed" + (f": the wheelhouse has no {wanted.group(1)}; {sw.how}"
+                                        if wanted else f" ({said})")) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)

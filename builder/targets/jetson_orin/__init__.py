@@ -148,6 +148,8 @@ L4T_HOST_TOOLS = (
     Tool("/usr/bin/qemu-aarch64-static", "qemu-user-static",
          "apply_binaries.sh and l4t_create_default_user.sh (that path)"),
 )
+# what `l4t_initrd_flash.sh --flash-only` checks (no abootimg: _internal.sh:99)
+L4T_FLASH_TOOLS = tuple(t for t in L4T_HOST_TOOLS if t.command in ("sshpass", "exportfs"))
 # GPU_STACK's words as JetPack 6.1/6.2's apt packages (its meta packages; nvidia-jetpack
 # is all of it). TensorRT's Python binding is its own package; JetPack 6.0 (L4T 36.3)
 # has cuDNN 8, whose meta package is nvidia-cudnn8 (NVIDIA's r36.3/r36.4 indices).
@@ -320,7 +322,8 @@ class JetsonOrin(Target):
     def host_tools(self) -> dict[str, tuple[Tool, ...]]:
         # what NVIDIA's scripts check or use before they make anything: the test suite
         # runs their stand-ins, which check the same (tests/fakes/jetson)
-        return {"engine-arm64": ARM64_TOOLS, "jetson": L4T_HOST_TOOLS, "test": L4T_HOST_TOOLS}
+        return {"engine-arm64": ARM64_TOOLS, "jetson": L4T_HOST_TOOLS,
+                "jetson-flash": L4T_FLASH_TOOLS, "test": L4T_HOST_TOOLS}
 
     # --- the rootfs --------------------------------------------------------------------
     def _input(self, ctx: BuildContext, key: str, field: str, flag: str) -> tuple[Path,
@@ -352,12 +355,20 @@ class JetsonOrin(Target):
             software=ctx.engine.offline_install(ctx.device)), ctx.cache)
 
     def _jetpack(self, ctx: BuildContext) -> l4t.JetPackRepo:
-        a = self.settings_of(ctx.p).jetpack
+        a, suite = self.settings_of(ctx.p).jetpack, self.settings_of(ctx.p).apt_suite
         src = ctx.device.source
         url = a.url.rstrip("/")
         if "://" not in url:  # a local directory, relative to the profile file
             url = str((src.dir_of("jetson", "jetpack", "url") / Path(url).expanduser())
                       .resolve())
+            missing = [r for r in l4t.JETSON_REPOS
+                       if not (Path(url) / r / "dists" / suite / "Release").is_file()]
+            if missing:
+                raise BuilderError(
+                    f"{src.where(('jetson', 'jetpack', 'url'))}: jetson.jetpack.url: "
+                    f"{display_path(Path(url))} has no {', '.join(missing)}/dists/"
+                    f"{suite}/Release: mirror NVIDIA's {' and '.join(l4t.JETSON_REPOS)} "
+                    "repositories there, as repo.download.nvidia.com/jetson lays them out")
         device_url = a.device_url or (url if url.startswith("http") else JETSON_REPO)
         keyring = (src.dir_of("jetson", "jetpack", "keyring") / Path(a.keyring).expanduser()
                    if a.keyring else None)
@@ -365,8 +376,8 @@ class JetsonOrin(Target):
             raise BuilderError(f"{src.where(('jetson', 'jetpack', 'keyring'))}: "
                                f"jetson.jetpack.keyring: {display_path(keyring)} does not "
                                "exist")
-        return l4t.JetPackRepo(url=url, device_url=device_url.rstrip("/"),
-                               suite=self.settings_of(ctx.p).apt_suite, keyring=keyring)
+        return l4t.JetPackRepo(url=url, device_url=device_url.rstrip("/"), suite=suite,
+                               keyring=keyring)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
         from ...planner import build_budget
@@ -471,7 +482,8 @@ class JetsonOrin(Target):
                                "profile it was built from; build again")
         p = built
         module = d["module"]
-        doctor.require("jetson")  # NVIDIA's script checks them before it flashes
+        if not request.dry_run:  # NVIDIA's script checks them before it flashes
+            doctor.require("jetson-flash")
         if request.no_package and (request.massflash or 1) > 1:
             # generating and flashing in one run takes one board: the real script refuses
             # more without --flash-only (l4t_initrd_flash.sh, R36)

@@ -54,6 +54,14 @@ class JetPackRepo:
     suite: str
     keyring: Path | None  # None: the BSP's own, which apply_binaries.sh put in the rootfs
 
+    def local_state(self) -> dict[str, str]:
+        """What a local mirror serves now (its signed Release files): a mirror updated in
+        place is a new rootfs. A remote repository's state is its own: see docs/orin.md."""
+        if "://" in self.url:
+            return {}
+        return {r: pinned_sha256(Path(self.url) / r / "dists" / self.suite / "Release", None,
+                                 "jetson.jetpack.url") for r in JETSON_REPOS}
+
     def sources(self, keyring: Path) -> tuple[AptSource, ...]:
         return tuple(AptSource(name=f"nvidia-jetpack-{r}", uri=f"{self.url}/{r}",
                                suite=self.suite, components=("main",), keyring=keyring,
@@ -165,7 +173,7 @@ def build(spec: L4tSpec, cache: Cache) -> Rootfs:
                  if k not in ("bsp", "sample_rootfs", "bsp_sha256", "rootfs_sha256",
                               "jetpack", "software")},
               "jetpack": jp and {"url": jp.url, "device_url": jp.device_url,
-                                 "suite": jp.suite,
+                                 "suite": jp.suite, "mirror": jp.local_state(),
                                  "keyring": jp.keyring and pinned_sha256(jp.keyring, None,
                                                                   "jetson.jetpack.keyring")},
               "software": spec.software and offline.key(spec.software)}
@@ -199,10 +207,11 @@ def build(spec: L4tSpec, cache: Cache) -> Rootfs:
                                         log_file, _sources(spec, rootfs))
                 if spec.jetpack and spec.jetpack.device_url == JETSON_REPO and \
                         (rootfs / BSP_SOURCES).is_file():
-                    for r in JETSON_REPOS:  # the BSP's entry already names them for the
-                        # device (two entries with different keys would stop its apt)
-                        (rootfs / f"etc/apt/sources.list.d/nvidia-jetpack-{r}.list").unlink(
+                    for src in _sources(spec, rootfs):  # the BSP's entry already names
+                        # them for the device (two entries with different keys stop apt)
+                        (rootfs / f"etc/apt/sources.list.d/{src.name}.list").unlink(
                             missing_ok=True)
+                        (rootfs / src.keyring_inside.lstrip("/")).unlink(missing_ok=True)
                 if spec.software:
                     line("installing the engine's software (offline)")
                     offline.apply(rootfs, spec.software, log_file)

@@ -84,6 +84,8 @@ DEBS = ("nvidia-l4t-core", "nvidia-l4t-init", "nvidia-l4t-cuda", "nvidia-l4t-fir
         "nvidia-l4t-oem-config", "nvidia-l4t-dgpu-config", "nvidia-l4t-factory-service",
         "nvidia-l4t-dgpu-apt-source")
 LICENSE = "usr/share/doc/nvidia-tegra/Tegra_Software_License_Agreement-Tegra-Linux.txt"
+APT_SOURCE = "etc/apt/sources.list.d/nvidia-l4t-apt-source.list"
+JETSON_REPO = "https://repo.download.nvidia.com/jetson"
 CONF_HEADER = ("# Test fake of NVIDIA's board configuration (tests/fakes/jetson): only the "
                "variables\n# the fake tools read, in the real files' shell syntax.\n")
 
@@ -292,6 +294,12 @@ def _populate(l4t: Path, release: str) -> None:
         "etc/ld.so.conf.d/nvidia-tegra.conf": f"/{NVIDIA_LIB_DIR}\n".encode(),
         "etc/nv": None,
         LICENSE: b"FAKE placeholder for the License For Customer Use of NVIDIA Software\n",
+        # nvidia-l4t-apt-source (nv-apply-debs.sh installs it, but for --dgpu/--factory):
+        # NVIDIA's Jetson repository for this release, keyed in trusted.gpg.d
+        APT_SOURCE: "".join(f"deb {JETSON_REPO}/{r} r{major}.{minor} main\n"
+                            for r in ("common", "t234")).encode(),
+        "etc/apt/trusted.gpg.d/jetson-ota-public.asc": b"FAKE placeholder for NVIDIA's "
+        b"jetson-ota-public.asc (not a key)\n",
     }
     drivers.update({f"{NVIDIA_LIB_DIR}/{n}": _lib(n, release) for n in FAKE_LIBS})
     _tbz2(l4t / "nv_tegra/nvidia_drivers.tbz2", drivers,
