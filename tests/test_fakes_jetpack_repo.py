@@ -13,8 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,31 +27,16 @@ from fakes.jetson.fake_jetpack_repo import (
     make_repo,
     suite_of,
 )
+from host_tools import need, sh
 
-TOOLS = {"dpkg-deb": "dpkg", "dpkg": "dpkg", "apt-get": "apt", "apt-ftparchive": "apt-utils",
-         "gpg": "gnupg", "gpgv": "gpgv", "update-alternatives": "dpkg"}
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # what the builder installs: the runtime metas, the bindings, the toolkit (llama.cpp on device)
 WANTED = ("nvidia-cuda", "nvidia-cudnn", "nvidia-tensorrt", "python3-libnvinfer",
           "nvidia-cuda-dev")
 TRT = "10.3.0.30-1+cuda12.5"
 
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if not shutil.which(t, path=PATH)]
-    if missing:
-        pkgs = sorted({TOOLS.get(t, t) for t in missing})
-        pytest.skip(f"needs {', '.join(missing)}: apt-get install {' '.join(pkgs)}")
 
 
-def sh(*cmd: str | Path, env: dict[str, str] | None = None, check: bool = True,
-       **kw) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PATH": PATH, "LC_ALL": "C", **(env or {})}
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
-                          **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def stanzas(text: str) -> dict[str, dict[str, str]]:

@@ -14,7 +14,6 @@ import io
 import json
 import lzma
 import os
-import shutil
 import struct
 import subprocess
 import tarfile
@@ -30,34 +29,14 @@ from fakes.rpi import (
     make_repo,
 )
 from fakes.rpi.fake_raspios import CONFIG_TXT, IMAGE_KERNEL_ABI
+from host_tools import need, sh
 
-TOOLS = {
-    "dpkg-deb": "dpkg", "dpkg": "dpkg", "apt-get": "apt", "apt-ftparchive": "apt-utils",
-    "gpg": "gnupg", "gpgv": "gpgv", "mkfs.vfat": "dosfstools", "mcopy": "mtools",
-    "mtype": "mtools", "mdir": "mtools", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
-    "e2fsck": "e2fsprogs", "dumpe2fs": "e2fsprogs", "sfdisk": "fdisk", "xz": "xz-utils",
-    "fdtget": "device-tree-compiler", "run-parts": "debianutils",
-}
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 K2712 = kernel_version("2712")
 KV8 = kernel_version("v8")
 
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if not shutil.which(t, path=PATH)]
-    if missing:
-        pkgs = sorted({TOOLS.get(t, t) for t in missing})
-        pytest.skip(f"needs {', '.join(missing)}: apt-get install {' '.join(pkgs)}")
 
 
-def sh(*cmd: str | Path, env: dict[str, str] | None = None, check: bool = True,
-       **kw) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PATH": PATH, "MTOOLS_SKIP_CHECK": "1", **(env or {})}
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
-                          **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def stanzas(text: str) -> list[dict[str, str]]:
