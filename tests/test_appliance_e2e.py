@@ -5,6 +5,7 @@ One build and one booted VM are shared by the tests here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_a_disk_too_small_for_the_rootfs_fails_and_leaves_nothing(
 
 def test_engine_killed_mid_stream_gateway_errors_cleanly_and_systemd_brings_it_back(
         booted) -> None:
-    """Last in this file: it kills the engine of the shared VM."""
+    """It kills the engine of the shared VM (systemd brings it back)."""
     import http.client
     import time
 
@@ -204,3 +205,70 @@ def test_engine_killed_mid_stream_gateway_errors_cleanly_and_systemd_brings_it_b
     assert status == 200
     assert ssh(booted, "systemctl show -p NRestarts --value edge-llm-engine.service"
                ).strip() == "1"
+
+
+def _gpt_ids(table: dict) -> tuple[str, ...]:
+    pt = table["partitiontable"]
+    return (pt["id"].lower(), *(p["uuid"].lower() for p in pt["partitions"]))
+
+
+def test_the_medium_gets_its_own_ids_at_first_boot_and_boots_by_them(
+        booted, appliance: Path, manifest: dict) -> None:
+    """Last in this file (it reboots the shared VM): after the first boot the disk and
+    partition GUIDs differ from the image's (edge-llm-disk-ids) and the loader entry names
+    the new root PARTUUID; the second boot comes up by it and changes nothing. The
+    crash-safety of each step is tests/test_first_boot_ids.py's."""
+    import time
+
+    from builder import vm
+    from builder.errors import BuilderError
+
+    image = appliance / "x86-gateway" / manifest["delivery"]["files"]["image"]
+    built = _gpt_ids(json.loads(subprocess.run(
+        ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True,
+        timeout=60).stdout))
+    assert manifest["delivery"]["root_partuuid"] == built[2]
+    assert manifest["delivery"]["ids_change_at_first_boot"] is True
+    spec, key = booted
+    handle = vm.VmHandle(spec, vm.running(spec.state_dir) or 0, "", time.monotonic())
+
+    def on_device() -> dict:
+        out = vm.ssh(handle, "edge", key, (
+            "systemctl is-system-running --wait >/dev/null || true; "  # the unit has run
+            "set -e; "
+            "sudo sfdisk --json /dev/vda; echo @@; cat /proc/cmdline; echo @@; "
+            "sudo mount -o ro /dev/vda1 /mnt; cat /mnt/loader/entries/edge.conf; "
+            "sudo umount /mnt; echo @@; cat /etc/fstab; echo @@; "
+            "systemctl show -p ActiveState -p Result -p ConditionResult "
+            "edge-llm-disk-ids.service; echo @@; cat /proc/sys/kernel/random/boot_id; "
+            "echo @@; ls /var/lib/edge-llm"))
+        table, cmdline, entry, fstab, unit, boot_id, state = out.split("@@\n")
+        return {"ids": _gpt_ids(json.loads(table)), "cmdline": cmdline, "entry": entry,
+                "fstab": fstab, "unit": unit, "boot_id": boot_id.strip(), "state": state}
+
+    first = on_device()
+    with contextlib.suppress(BuilderError):  # the connection drops as it goes down
+        vm.ssh(handle, "edge", key, "sudo systemctl reboot", timeout=30)
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            second = on_device()
+            if second["boot_id"] != first["boot_id"]:
+                break
+        except BuilderError:
+            assert vm._is_qemu(handle.pid), "the VM stopped instead of rebooting"
+        assert time.monotonic() < deadline, "the VM did not come back after a reboot"
+        time.sleep(5)
+
+    new = first["ids"]
+    assert all(a != b for a, b in zip(new, built, strict=True)), (new, built)
+    assert f"root=PARTUUID={built[2]} " in first["cmdline"]  # the image's, this one boot
+    assert f"options root=PARTUUID={new[2]} rw " in first["entry"]
+    assert not any(old in first["fstab"].lower() for old in built)
+    assert "ActiveState=active" in first["unit"] and "Result=success" in first["unit"]
+    assert "disk-ids.pending" not in first["state"]
+    # the second boot: by the new id, and nothing changed again
+    assert second["ids"] == new
+    assert f"root=PARTUUID={new[2]} " in second["cmdline"]
+    assert second["entry"] == first["entry"] and second["fstab"] == first["fstab"]
+    assert "ConditionResult=no" in second["unit"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from fakes.rpi import (
+    CM5_DTBS,
     DISK_ID,
     KERNEL_DEB_VERSION,
     RaspiosLayout,
@@ -28,6 +29,7 @@ from fakes.rpi import (
     make_raspios_image,
     make_repo,
 )
+from fakes.rpi._eeprom import RELEASES
 from fakes.rpi.fake_raspios import CONFIG_TXT, IMAGE_KERNEL_ABI
 from host_tools import need, sh
 
@@ -105,7 +107,7 @@ def test_packages_index_has_the_raspberry_pi_packages(repo) -> None:
     assert set(pkgs) == {
         "raspberrypi-archive-keyring", "raspi-firmware",
         "linux-image-rpi-2712", f"linux-image-{K2712}",
-        "linux-image-rpi-v8", f"linux-image-{KV8}",
+        "linux-image-rpi-v8", f"linux-image-{KV8}", "rpi-eeprom",
     }
     for p in pkgs.values():
         assert p["Architecture"] in ("arm64", "all")
@@ -121,6 +123,10 @@ def test_packages_index_has_the_raspberry_pi_packages(repo) -> None:
     assert pkgs[f"linux-image-{K2712}"]["Filename"] == (
         f"pool/main/l/linux/linux-image-{K2712}_6.6.74-1+rpt1_arm64.deb")
     assert pkgs["raspi-firmware"]["Depends"] == "dosfstools, rsync"
+    eeprom = pkgs["rpi-eeprom"]
+    assert (eeprom["Version"], eeprom["Architecture"]) == ("27.0-1", "all")
+    assert eeprom["Depends"] == "raspi-utils, python3, binutils, pciutils, python3-pycryptodome"
+    assert eeprom["Filename"] == "pool/main/r/rpi-eeprom/rpi-eeprom_27.0-1_all.deb"
 
 
 def test_apt_takes_the_repo_only_with_its_key(repo, tmp_path: Path) -> None:
@@ -202,7 +208,8 @@ def test_installing_the_kernel_fills_boot_firmware(repo, target: Path) -> None:
 
     assert (fw / "kernel_2712.img").read_bytes() == (target / f"boot/vmlinuz-{K2712}").read_bytes()
     assert (fw / "kernel8.img").read_bytes() == (target / f"boot/vmlinuz-{KV8}").read_bytes()
-    for dtb in ("bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb", "bcm2711-rpi-4-b.dtb"):
+    for dtb in ("bcm2712-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb", "bcm2711-rpi-4-b.dtb",
+                *CM5_DTBS):
         assert (fw / dtb).read_bytes()[:4] == b"\xd0\x0d\xfe\xed", dtb
     assert (fw / "overlays/README").exists()
     assert (fw / "overlays/overlay_map.dtb").exists()
@@ -232,6 +239,58 @@ def test_kernel_image_and_dtbs_look_real(repo, tmp_path: Path) -> None:
     dtb = tmp_path / f"usr/lib/linux-image-{K2712}/broadcom/bcm2712-rpi-5-b.dtb"
     assert sh("fdtget", dtb, "/", "compatible").stdout.split() == [
         "raspberrypi,5-model-b", "brcm,bcm2712"]
+
+
+def test_rpi_eeprom_is_laid_out_like_the_real_package(repo, tmp_path: Path) -> None:
+    sh("dpkg-deb", "-x", repo.debs["rpi-eeprom"], tmp_path)
+    fw = tmp_path / "usr/lib/firmware/raspberrypi"
+    for chip, size in (("2712", 2 << 20), ("2711", 512 << 10)):
+        name, _, conf_at, _, bootconf = RELEASES[chip]
+        for release in ("default", "latest"):
+            image = fw / f"bootloader-{chip}/{release}/{name}"
+            assert image.stat().st_size == size
+            assert (fw / f"bootloader-{chip}/{release}/recovery.bin").is_file()
+        assert os.readlink(fw / f"bootloader-{chip}/critical") == "default"
+        assert os.readlink(fw / f"bootloader-{chip}/stable") == "latest"
+        # the package's own reader finds bootconf.txt where the real image has it
+        data = (fw / f"bootloader-{chip}/default/{name}").read_bytes()
+        assert data[conf_at:conf_at + 20] == b"\x55\xaa\xf1\x1f" + struct.pack(
+            ">I", len(bootconf) + 16) + b"bootconf.txt"
+        assert b"BUILD_TIMESTAMP=" in data and b"FAKE BOOTLOADER" in data
+        assert data[-8:] == b"\xff" * 8  # no update timestamp, as shipped
+        out = sh("python3", tmp_path / "usr/bin/rpi-eeprom-config", image).stdout
+        assert out == bootconf
+    assert "BOOT_ORDER=0xf461" in RELEASES["2712"][4]  # Pi 5 factory order: SD, NVMe, USB
+    assert (tmp_path / "etc/default/rpi-eeprom-update").read_text() == (
+        'FIRMWARE_RELEASE_STATUS="default"\n')
+    for tool in ("rpi-eeprom-config", "rpi-eeprom-digest", "rpi-eeprom-update"):
+        assert os.access(tmp_path / f"usr/bin/{tool}", os.X_OK)
+
+
+def test_rpi_eeprom_tools_fail_where_the_real_ones_do(repo, tmp_path: Path) -> None:
+    sh("dpkg-deb", "-x", repo.debs["rpi-eeprom"], tmp_path)
+    config, digest = tmp_path / "usr/bin/rpi-eeprom-config", tmp_path / "usr/bin/rpi-eeprom-digest"
+    image = tmp_path / "usr/lib/firmware/raspberrypi/bootloader-2712/default" / RELEASES[
+        "2712"][0]
+    short = tmp_path / "short.bin"
+    short.write_bytes(image.read_bytes()[:1000])
+    r = sh("python3", config, short, check=False)
+    assert (r.returncode, r.stderr) == (
+        1, f"ERROR: {short}: Expected size 1000 bytes actual size 1000 bytes\n")
+    big = tmp_path / "big.conf"
+    big.write_text("A=1\n" * 1100)
+    r = sh("python3", config, "--config", big, "--out", tmp_path / "x", image, check=False)
+    assert r.returncode == 1 and "is too large (4400 bytes). The maximum size is 4076" in r.stderr
+    r = sh("python3", config, "--config", tmp_path / "nope", "--out", tmp_path / "x", image,
+           check=False)
+    assert r.returncode == 1 and "config file" in r.stderr and "not found" in r.stderr
+    r = sh("python3", config, "--edit", check=False)
+    assert r.returncode == 1 and "must run on a Raspberry Pi 4 or Raspberry Pi 5" in r.stderr
+    r = sh("sh", digest, "-i", tmp_path / "nope", "-o", tmp_path / "x.sig", check=False)
+    assert (r.returncode, r.stderr) == (1, f'Source image "{tmp_path / "nope"}" not found\n')
+    sh("sh", digest, "-i", image, "-o", tmp_path / "x.sig", env={"SOURCE_DATE_EPOCH": "7"})
+    assert (tmp_path / "x.sig").read_text() == (
+        f"{hashlib.sha256(image.read_bytes()).hexdigest()}\nts: 7\n")
 
 
 def extract(repo, root: Path, *names: str) -> None:

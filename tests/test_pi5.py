@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fakes.rpi import make_raspios_image
+from fakes.rpi import CM5_DTBS, make_raspios_image
 
 from builder.cache import sha256_file
 from builder.run import run
@@ -79,6 +79,8 @@ def test_config_cmdline_and_fstab_agree_on_the_partuuids(pi5: Path, built: dict)
     listing = run(["mdir", "-i", fat, "-b", "-/", "::/"], what="mdir")
     assert f"::/{kernel}" in listing  # the kernel config.txt names, from raspi-firmware's hook
     assert "::/bcm2712-rpi-5-b.dtb" in listing and "::/initramfs_2712" in listing
+    assert all(f"::/{dtb}" in listing for dtb in CM5_DTBS)  # Compute Module 5 boards too
+    assert "::/pieeprom.upd" not in listing  # an sd profile leaves the EEPROM alone
     overlays = [ln.split("=", 1)[1].split(",")[0] for ln in config.splitlines()
                 if ln.startswith("dtoverlay=")]
     assert all(f"::/overlays/{o}.dtbo" in listing for o in overlays), overlays
@@ -118,11 +120,16 @@ def test_flash_to_a_file_writes_the_image_byte_for_byte(pi5: Path, built: dict,
     assert sha256_file(card) == built["delivery"]["sha256"]
 
 
-def test_the_image_boots_in_qemu_virt_and_passes_builder_verify(pi5: Path, start_vm,
+def test_the_image_boots_in_qemu_virt_and_passes_builder_verify(pi5: Path, built: dict,
+                                                                start_vm,
                                                                 run_builder_session) -> None:
+    """And the medium got its own disk id at this first boot (edge-llm-disk-ids):
+    cmdline.txt and fstab name the new PARTUUIDs. (QEMU's -append names the root
+    /dev/vda2 here, so the next boot's by-id root is the x86 double-boot test's.)"""
     from builder import vm
 
-    spec, _ = start_vm(pi5, "pi5", profile=PROFILE, memory_mb=2048, disk_size=6 << 30)
+    image_id = _table(_files(pi5, built)["image"])["id"].removeprefix("0x").lower()
+    spec, key = start_vm(pi5, "pi5", profile=PROFILE, memory_mb=2048, disk_size=6 << 30)
     try:
         api_port = next(iter(spec.forwards))
         r = run_builder_session("verify", "--profile", PROFILE, "--profiles-dir",
@@ -131,8 +138,20 @@ def test_the_image_boots_in_qemu_virt_and_passes_builder_verify(pi5: Path, start
                                 "--api-url", f"http://127.0.0.1:{api_port}",
                                 "--select", "not a_second_ansible_run")
         assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-2000:]
+        on_device = subprocess.run(vm.ssh_command(
+            spec.ssh_port, "edge", key, "sudo sfdisk --disk-id /dev/vda; echo @@; "
+            "cat /boot/firmware/cmdline.txt; echo @@; cat /etc/fstab"),
+            capture_output=True, text=True, timeout=120)
+        assert on_device.returncode == 0, on_device.stderr
     finally:
         vm.stop(spec.state_dir)
+    disk_id, cmdline, fstab = on_device.stdout.split("@@\n")
+    new_id = disk_id.strip().removeprefix("0x").lower()
+    assert len(new_id) == 8 and new_id != image_id
+    assert cmdline.startswith(f"root=PARTUUID={new_id}-02 ")
+    assert f"PARTUUID={new_id}-01  /boot/firmware" in fstab
+    assert f"PARTUUID={new_id}-02  /" in fstab
+    assert image_id not in cmdline + fstab
 
 
 # --- the raspios base: a Raspberry Pi OS image customised ----------------------------------

@@ -41,6 +41,7 @@ SOURCES = {
         "release/templates/edge-llm-engine-watchdog.service.j2",
     "edge-llm-model-scrub.service": "release/templates/edge-llm-model-scrub.service.j2",
     "edge-llm-grow-root.service": "base/files/edge-llm-grow-root.service",
+    "edge-llm-disk-ids.service": "base/templates/edge-llm-disk-ids.service.j2",
     "edge-llm-ssh-hostkeys.service": "base/files/edge-llm-ssh-hostkeys.service",
     "edge-llm-cpufreq.service": "base/templates/edge-llm-cpufreq.service.j2",
     "edge-llm-swapfile.service": "base/templates/edge-llm-swapfile.service.j2",

@@ -1,7 +1,9 @@
 """The UEFI GPT layout (x86 gateways): an EFI system partition with systemd-boot, one
 loader entry, the kernel and the initrd; a root partition of the Discoverable
 Partitions type for the architecture, found by PARTUUID. The ids (disk and partition
-GUIDs, filesystem UUID, FAT volume id, ext4 hash seed) derive from the seed."""
+GUIDs, filesystem UUID, FAT volume id, ext4 hash seed) derive from the seed: the disk and
+partition GUIDs are the image's, each medium gives itself new ones at its first boot
+(the base role's edge-llm-disk-ids, which rewrites the loader entry)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # and systemd-repart recognise them without an fstab.
 ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 ROOT_ARM64_TYPE = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
+# What a medium's first boot rewrites when it gives itself its own ids (the base role's
+# edge-llm-disk-ids): the ESP's number and the loader entry holding root=PARTUUID=.
+ESP_PARTITION = 1
+LOADER_ENTRY = "loader/entries/edge.conf"
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ def make_image(rootfs: Path, out_dir: Path, layout: UefiLayout, *, disk_size: in
                       volid=ids.esp_volid, log_file=log_file, on_line=on_line, epoch=epoch,
                       files=[(boot.efi, f"EFI/BOOT/{layout.efi_name}"),
                              (boot.kernel, "vmlinuz"), (boot.initrd, "initrd.img"),
-                             (conf, "loader/loader.conf"), (entry, "loader/entries/edge.conf")])
+                             (conf, "loader/loader.conf"), (entry, LOADER_ENTRY)])
             assemble(tmp / "image.raw", plan.disk_size, sfdisk_script(plan, ids, layout),
                      [(tmp / "esp.img", plan.esp_offset), (tmp / "root.img", plan.root_offset)],
                      log_file)

@@ -36,7 +36,7 @@ from ...rootfs import Rootfs, debian
 from ...rootfs import role_packages as roles_need
 from ...schema import AptUrl, Profile, TargetSettings, _Section
 from ...units import MiB, Size
-from . import disk, raspios
+from . import disk, eeprom, raspios
 
 if TYPE_CHECKING:
     from ...contracts import BuildContext
@@ -92,6 +92,12 @@ class Pi5Settings(TargetSettings):
     compress: Literal["xz", "zst"] = Field(
         "xz", description="The compressed copy of the image: .img.xz (what Raspberry Pi "
         "Imager and the Pi world expect) or .img.zst (much faster to make).")
+    eeprom: Literal["nvme-first", "leave"] = Field(
+        "nvme-first", description="With device.storage.kind nvme: nvme-first puts Raspberry "
+        "Pi's bootloader EEPROM update on the boot partition (made with the rpi-eeprom "
+        "package, from pi5.apt or the os.base raspios image: its default release with "
+        "BOOT_ORDER=0xf416, NVMe then SD then USB), which the Pi applies at its first boot, "
+        "then reboots; leave keeps the Pi's EEPROM as it is.")
 
 
 class RaspberryPi5(Target):
@@ -130,14 +136,25 @@ class RaspberryPi5(Target):
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
         # Raspberry Pi's raspi-firmware (never Debian's, which rewrites config.txt): its
         # kernel hook puts kernel_2712.img, the DTBs and overlays in /boot/firmware
-        return ("raspi-firmware", f"linux-image-rpi-{self.settings_of(p).kernel}")
+        return ("raspi-firmware", f"linux-image-rpi-{self.settings_of(p).kernel}",
+                *self._eeprom_packages(p))
+
+    def _eeprom_packages(self, p: Profile) -> tuple[str, ...]:
+        # rpi-eeprom's own tools make the EEPROM update (eeprom.py) from its images
+        return (eeprom.PACKAGE,) if self._eeprom_boot_order(p) else ()
+
+    def _eeprom_boot_order(self, p: Profile) -> str | None:
+        if p.device.storage.kind == "nvme" and self.settings_of(p).eeprom == "nvme-first":
+            return eeprom.NVME_FIRST
+        return None
 
     def rootfs(self, ctx: BuildContext) -> Rootfs:
         p = ctx.p
         runtime = ctx.engine.rootfs_packages(p)
         vm = ("linux-image-cloud-arm64", "busybox-static") if ctx.vm_image else ()
         if p.os.base == "raspios":
-            return self._from_image(ctx, [*roles_need(), *runtime, *vm, *p.os.packages])
+            return self._from_image(ctx, [*roles_need(), *runtime, *vm, *p.os.packages,
+                                          *self._eeprom_packages(p)])
         s = self.settings_of(p)
         src = ctx.device.source
         if not s.apt.keyring:
@@ -177,14 +194,19 @@ class RaspberryPi5(Target):
             what="--base-image" if cli else "pi5.base_image.path"), ctx.cache)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"base_fstrim": ctx.p.device.storage.kind == "nvme"}
+        return {"base_fstrim": ctx.p.device.storage.kind == "nvme",
+                # each medium gives itself a new disk id at first boot, cmdline.txt following
+                "base_renew_disk_ids": True,
+                "base_boot_partition": disk.BOOT_PARTITION,
+                "base_boot_cmdline": disk.CMDLINE_TXT}
 
     # --- the image -----------------------------------------------------------------------
     def layout(self, p: Profile) -> disk.RpiLayout:
         s = self.settings_of(p)
         return disk.RpiLayout(kernel_image=KERNELS[s.kernel], config_txt=self.config_txt(p),
                                  cmdline=s.cmdline, boot_size=s.boot_size,
-                                 compress=s.compress)
+                                 compress=s.compress,
+                                 eeprom_boot_order=self._eeprom_boot_order(p))
 
     def config_txt(self, p: Profile) -> str:
         s = self.settings_of(p)
@@ -230,6 +252,7 @@ class RaspberryPi5(Target):
                  "packages": packages, **files}
         return Delivery("disk-image", files, sha256=img.sha256, size=img.size,
                         info={**info, "root_partuuid": img.root_partuuid,
+                              "ids_change_at_first_boot": True,
                               "kernel": img.kernel_version})
 
     def flash(self, build_dir: Path, manifest: dict[str, Any], built: Profile | None,

@@ -1,7 +1,9 @@
 """The Raspberry Pi boot layout, as pi-gen makes it: an MBR; a FAT32 `bootfs` (type
 0x0c) holding config.txt, cmdline.txt, the kernel, DTBs and overlays; an ext4 `rootfs`
 (0x83, 4 KiB blocks) found by PARTUUID=<disk id>-02; partitions 8 MiB aligned. The disk
-id, filesystem UUID and FAT volume id derive from the seed, like every other id.
+id, filesystem UUID and FAT volume id derive from the seed, like every other id; the disk
+id is the image's: each medium gives itself a new one at its first boot, cmdline.txt
+and fstab following (the base role's edge-llm-disk-ids).
 
 The boot files are what Raspberry Pi's raspi-firmware hooks put in the rootfs's
 /boot/firmware when the kernel package was installed; in the image they live on the
@@ -32,9 +34,13 @@ from ...image import (
 )
 from ...progress import step
 from ...units import MiB, format_size
+from . import eeprom
 
 ALIGN = 8 * MiB  # pi-gen's alignment since 2025 (erase blocks of SD cards)
 BOOT_TYPE, ROOT_TYPE = "c", "83"  # W95 FAT32 (LBA), Linux
+# What a medium's first boot rewrites when it gives itself its own disk id (the base
+# role's edge-llm-disk-ids): the boot partition's number and the file naming the root.
+BOOT_PARTITION, CMDLINE_TXT = 1, "cmdline.txt"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class RpiLayout:
     boot_label: str = "bootfs"
     root_label: str = "rootfs"
     compress: str = "xz"  # the compressed copy: image.COMPRESSORS
+    eeprom_boot_order: str | None = None  # put an EEPROM update with it on bootfs (eeprom.py)
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,9 @@ def make_image(rootfs: Path, out_dir: Path, layout: RpiLayout, *, name: str,
     with staging(out_dir) as tmp:
         boot = tmp / "boot-files"
         shutil.copytree(fw, boot, symlinks=False)
+        if layout.eeprom_boot_order:  # first: a refusal leaves the rootfs tree untouched
+            eeprom.stage_update(rootfs, boot, boot_order=layout.eeprom_boot_order,
+                                epoch=epoch, log_file=log_file)
         for entry in fw.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

@@ -9,6 +9,7 @@ host's CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -78,7 +79,11 @@ class X86Gateway(Target):
         return debian.build(self.debian_spec(ctx.p, ctx.engine), ctx.cache)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
-        return {"base_fstrim": ctx.p.device.storage.kind in ("ssd", "nvme")}
+        return {"base_fstrim": ctx.p.device.storage.kind in ("ssd", "nvme"),
+                # each medium gives itself new GPT ids at first boot, the entry following
+                "base_renew_disk_ids": True,
+                "base_boot_partition": uefi_gpt.ESP_PARTITION,
+                "base_boot_cmdline": uefi_gpt.LOADER_ENTRY}
 
     def layout(self, p: Profile) -> uefi_gpt.UefiLayout:
         s = self.settings_of(p)
@@ -94,6 +99,12 @@ class X86Gateway(Target):
                                                          layout.kernel_cmdline),
                 "partitions.sfdisk": uefi_gpt.sfdisk_script(example, ids, layout)}
 
+    def assembly_inputs(self, ctx: BuildContext) -> dict[str, Any]:
+        # make_image reads the tree, the layout, the disk size and the seed (the release
+        # id, in the release's key) and SOURCE_DATE_EPOCH (build.image_inputs adds it)
+        return {"layout": dataclasses.asdict(self.layout(ctx.p)),
+                "disk_size": ctx.p.device.storage.size}
+
     def assemble(self, ctx: BuildContext) -> Delivery:
         assert ctx.rootfs_dir and ctx.work
         img = uefi_gpt.make_image(ctx.rootfs_dir, ctx.work / "out", self.layout(ctx.p),
@@ -103,6 +114,7 @@ class X86Gateway(Target):
                                        "compressed": img.zst},
                         sha256=img.sha256, size=img.size,
                         info={"layout": "uefi-gpt", "root_partuuid": img.root_partuuid,
+                              "ids_change_at_first_boot": True,
                               "kernel": img.kernel_version})
 
     def flash(self, build_dir: Path, manifest: dict[str, Any], built: Profile | None,

@@ -119,6 +119,7 @@ MAX_EXPOSURE = {
     "edge-llm-engine-watchdog.service": 2.0,
     "edge-llm-model-scrub.service": 1.0,
     "edge-llm-grow-root.service": 2.0,
+    "edge-llm-disk-ids.service": 2.0,
     "edge-llm-ssh-hostkeys.service": 1.0,
     "edge-llm-cpufreq.service": 1.0,
     "edge-llm-swapfile.service": 2.0,

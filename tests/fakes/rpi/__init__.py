@@ -5,11 +5,12 @@
 See fake_rpi_repo.py and fake_raspios.py. Nothing here touches the network.
 """
 
-from ._payloads import FLAVOURS, KERNEL_ABI, KERNEL_DEB_VERSION, kernel_version
+from ._payloads import CM5_DTBS, FLAVOURS, KERNEL_ABI, KERNEL_DEB_VERSION, kernel_version
 from .fake_raspios import DISK_ID, IMAGE_DATE, RaspiosLayout, make_raspios_image
 from .fake_rpi_repo import RpiRepo, make_repo
 
 __all__ = [
+    "CM5_DTBS",
     "DISK_ID",
     "FLAVOURS",
     "IMAGE_DATE",

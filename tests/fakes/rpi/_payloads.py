@@ -121,7 +121,20 @@ BOARD_DTBS: dict[str, tuple[list[str], str]] = {
     "bcm2712d0-rpi-5-b.dtb": (["raspberrypi,5-model-b", "brcm,bcm2712"],
                               "Raspberry Pi 5 Model B (D0)"),
     "bcm2712-rpi-500.dtb": (["raspberrypi,500", "brcm,bcm2712"], "Raspberry Pi 500"),
+    # Compute Module 5 (eMMC and Lite) on its own IO board and on the CM4's: the
+    # 2024-11-19 Raspberry Pi OS boot partition (kernel 6.6.51+rpt) already has all four
+    # beside the Pi 5's; the names are raspberrypi/linux rpi-6.6.y's
+    # arch/arm64/boot/dts/broadcom/bcm2712-rpi-cm5*-cm*io.dts
+    "bcm2712-rpi-cm5-cm5io.dtb": (["raspberrypi,5-compute-module", "brcm,bcm2712"],
+                                  "Raspberry Pi Compute Module 5"),
+    "bcm2712-rpi-cm5-cm4io.dtb": (["raspberrypi,5-compute-module", "brcm,bcm2712"],
+                                  "Raspberry Pi Compute Module 5 (CM4 IO board)"),
+    "bcm2712-rpi-cm5l-cm5io.dtb": (["raspberrypi,5-compute-module", "brcm,bcm2712"],
+                                   "Raspberry Pi Compute Module 5 Lite"),
+    "bcm2712-rpi-cm5l-cm4io.dtb": (["raspberrypi,5-compute-module", "brcm,bcm2712"],
+                                   "Raspberry Pi Compute Module 5 Lite (CM4 IO board)"),
 }
+CM5_DTBS = tuple(n for n in BOARD_DTBS if n.startswith("bcm2712-rpi-cm5"))
 
 OVERLAYS = (
     "vc4-kms-v3d.dtbo",

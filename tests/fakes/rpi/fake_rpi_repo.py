@@ -10,6 +10,7 @@
       pool/main/l/linux/linux-image-6.6.74+rpt-rpi-2712_6.6.74-1+rpt1_arm64.deb ...
       pool/main/r/raspi-firmware/raspi-firmware_1.20241126-1_all.deb
       pool/main/r/raspberrypi-archive-keyring/raspberrypi-archive-keyring_2021.1.1+rpt1_all.deb
+      pool/main/r/rpi-eeprom/rpi-eeprom_27.0-1_all.deb
       .signing-key.asc                       the FAKE key's secret half (for refresh())
 
 The Release is signed with a freshly generated ed25519 test key. Packages carry the real
@@ -36,6 +37,7 @@ from ..apt_repo import (
     sign_release,
     write_indices,
 )
+from . import _eeprom as E
 from . import _payloads as P
 
 SUITE = "bookworm"
@@ -61,6 +63,7 @@ SOURCE_DATE_EPOCH = "1737936000"  # 2025-01-27T00:00:00Z, the 6.6.74-1+rpt1 uplo
 
 KEYRING_VERSION = "2021.1.1+rpt1"
 FIRMWARE_VERSION = "1:1.20241126-1"
+EEPROM_VERSION = "27.0-1"  # rpi-eeprom, debian/bookworm branch, 2025-01-22
 
 KEYRING_PATH = "usr/share/keyrings/raspberrypi-archive-keyring.gpg"
 TRUSTED_PARTS_PATH = "etc/apt/trusted.gpg.d/raspberrypi-archive-stable.gpg"
@@ -241,6 +244,72 @@ def _firmware_spec() -> DebSpec:
     )
 
 
+EEPROM_SERVICE = """\
+[Unit]
+Description=Check for Raspberry Pi EEPROM updates
+After=boot-firmware.mount
+
+[Service]
+Type=oneshot
+RemainAfterExit=true
+ExecStart=/usr/bin/rpi-eeprom-update -s -a
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _eeprom_spec(chips: tuple[str, ...] = ("2711", "2712")) -> DebSpec:
+    """rpi-eeprom as rpi-eeprom 27.0-1 lays it out (debian/bookworm: debian/control,
+    debian/rpi-eeprom.install, debian/default/rpi-eeprom-update): the tools in /usr/bin,
+    each chip's release directories under /usr/lib/firmware/raspberrypi/bootloader-<chip>/
+    (default/ and latest/ hold the images and recovery.bin; critical -> default, stable
+    and beta -> latest), /etc/default/rpi-eeprom-update choosing the default release."""
+    tools = ("rpi-eeprom-config", "rpi-eeprom-digest", "rpi-eeprom-update")
+    files = {f"usr/bin/{t}": (P.FILES_DIR / t).read_bytes() for t in tools}
+    links: dict[str, str] = {}
+    for chip in chips:
+        base = f"usr/lib/firmware/raspberrypi/bootloader-{chip}"
+        name = E.RELEASES[chip][0]
+        for release in ("default", "latest"):
+            files[f"{base}/{release}/{name}"] = E.pieeprom(chip)
+            files[f"{base}/{release}/recovery.bin"] = E.recovery_bin(chip)
+        links |= {f"{base}/critical": "default", f"{base}/stable": "latest",
+                  f"{base}/beta": "latest"}
+    files |= {
+        "etc/default/rpi-eeprom-update": b'FIRMWARE_RELEASE_STATUS="default"\n',
+        # debian/rpi-eeprom.rpi-eeprom-update.service, installed by dh_installsystemd
+        "lib/systemd/system/rpi-eeprom-update.service": EEPROM_SERVICE.encode(),
+        "usr/share/doc/rpi-eeprom/copyright": _copyright("rpi-eeprom"),
+    }
+    return DebSpec(
+        name="rpi-eeprom",
+        version=EEPROM_VERSION,
+        arch="all",
+        control={
+            "Maintainer": MAINTAINER,
+            "Depends": "raspi-utils, python3, binutils, pciutils, python3-pycryptodome",
+            "Recommends": "flashrom",
+            "Breaks": "rpi-eeprom-images (<<7.2)",
+            "Replaces": "rpi-eeprom-images (<<7.2)",
+            "Provides": "rpi-eeprom-images",
+            "Section": "misc",
+            "Priority": "optional",
+            "Homepage": "https://github.com/raspberrypi/rpi-eeprom/",
+            "Description": "Raspberry Pi 4/5 boot EEPROM updater\n"
+            " Checks whether the Raspberry Pi bootloader EEPROM is up-to-date and updates\n"
+            " the EEPROM.\n"
+            " .\n"
+            " FAKE: placeholder bootloader images in the real format and re-implemented\n"
+            " rpi-eeprom-config and rpi-eeprom-digest.",
+        },
+        files=files,
+        modes={f"usr/bin/{t}": 0o755 for t in tools},
+        links=links,
+        conffiles=["/etc/default/rpi-eeprom-update"],
+    )
+
+
 KERNEL_PREINST = """\
 #!/bin/sh
 # preinst of the FAKE {pkg} (edge-llm builder tests), shaped like Debian's.
@@ -404,8 +473,10 @@ def _kernel_specs(flavour: str) -> list[DebSpec]:
 # --------------------------------------------------------------------------- entry point
 
 
-def make_repo(dest: Path) -> RpiRepo:
+def make_repo(dest: Path, eeprom_chips: tuple[str, ...] = ("2711", "2712")) -> RpiRepo:
     """Build the fake, signed Raspberry Pi apt repository in `dest` (created if missing).
+    `eeprom_chips`: the chips rpi-eeprom ships bootloader images for (a repository whose
+    package lacks one, to see the build refuse it).
 
     Takes a second or two; writes nothing outside `dest` (a throw-away GNUPGHOME in /tmp is
     removed before returning).
@@ -424,7 +495,7 @@ def make_repo(dest: Path) -> RpiRepo:
             (dest / ".signing-key.asc").write_text(secret)
             os.chmod(dest / ".signing-key.asc", 0o600)
 
-            specs = [_keyring_spec(keyring), _firmware_spec()]
+            specs = [_keyring_spec(keyring), _firmware_spec(), _eeprom_spec(eeprom_chips)]
             for flavour in P.FLAVOURS:
                 specs += _kernel_specs(flavour)
             debs: dict[str, Path] = {}
