@@ -19,8 +19,8 @@ from fakes.rpi import CM5_DTBS, make_raspios_image
 from builder.cache import sha256_file
 from builder.run import run
 
-# An hour of emulated arm64 work on 2 cores (rootfs, cross-built engine, Ansible under
-# qemu-user, a virt VM): more than CI's budget beside the x86 suite, so run with --emulated.
+# Most of half an hour of emulated arm64 work on 2 cores (rootfs, cross-built engine,
+# Ansible under qemu-user, a virt VM), built in the background while the x86 tests run.
 pytestmark = [pytest.mark.slow, pytest.mark.emulated]
 PROFILE = "pi5-test"  # conftest.pi5_appliance
 SECTOR = 512
