@@ -66,6 +66,7 @@ class Platform:
     # Where the engine is compiled: on the build host (natively or cross) or on the
     # device itself (CUDA and TensorRT come with the device's JetPack).
     build_on_device: bool = False
+    cuda: str | None = None  # the CUDA release the device's GPU stack gives ("12.6", "13.2")
 
 
 # --- the memory plan ---------------------------------------------------------------------

@@ -83,7 +83,7 @@ class OsBase(_Section):
         "'raspios' (a Raspberry Pi OS image you supply, customised) or 'l4t' (NVIDIA's "
         "Jetson Linux sample rootfs); each target takes the ones it supports.")
     suite: str = Field("bookworm", description="Distribution suite (L4T 36 is Ubuntu 22.04, "
-                       "jammy).")
+                       "jammy; L4T 39 Ubuntu 24.04, noble).")
     mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror the "
                         "rootfs is built from: a URL (http, https, file, copy) of a mirror or "
                         "a snapshot.")

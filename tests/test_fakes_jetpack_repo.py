@@ -289,3 +289,143 @@ def test_installing_the_metas_gives_nvidias_layout(repo, tmp_path) -> None:
     status = sh("dpkg-query", f"--root={target}", "-W", "-f", "${Package} ${Status}\n",
                 "nvidia-tensorrt", "python3-libnvinfer").stdout
     assert status.count("install ok installed") == 2
+
+
+# ------------------------------------------------------------------------- JetPack 7.2 (r39.2)
+
+# What NVIDIA's r39.2 indices hold (anduril/jetpack-nixos sourceinfo/r39.2-debs.json at
+# 02d22af9: debs-update.py's dump of .../jetson/{common,som}/dists/r39.2/main/
+# binary-arm64/Packages.gz): name -> (version, pool path, Source)
+TRT72 = "10.16.2.10-1+cuda13.2"
+R392_INDEX = {
+    "cuda-compiler-13-2": ("13.2.1-1", "pool/main/c/cuda-compiler-13-2", None),
+    "cuda-cudart-13-2": ("13.2.75-1", "pool/main/c/cuda-cudart", "cuda-cudart"),
+    "cuda-cudart-dev-13-2": ("13.2.75-1", "pool/main/c/cuda-cudart", "cuda-cudart"),
+    "cuda-toolkit-config-common": ("13.2.75-1", "pool/main/c/cuda-cudart", "cuda-cudart"),
+    "cuda-toolkit-13-config-common": ("13.2.75-1", "pool/main/c/cuda-cudart", "cuda-cudart"),
+    "cuda-toolkit-13-2-config-common": ("13.2.75-1", "pool/main/c/cuda-cudart",
+                                        "cuda-cudart"),
+    "cuda-nvcc-13-2": ("13.2.78-1", "pool/main/c/cuda-nvcc", "cuda-nvcc"),
+    "libcublas-13-2": ("13.4.0.1-1", "pool/main/libc/libcublas", "libcublas"),
+    "libcublas-dev-13-2": ("13.4.0.1-1", "pool/main/libc/libcublas", "libcublas"),
+    "libcudnn9-cuda-13": ("9.20.0.46-1", "pool/main/c/cudnn", "cudnn"),
+    "libcudnn9-dev-cuda-13": ("9.20.0.46-1", "pool/main/c/cudnn", "cudnn"),
+    "libnvinfer10": (TRT72, "pool/main/t/tensorrt", "tensorrt"),
+    "libnvinfer-plugin10": (TRT72, "pool/main/t/tensorrt", "tensorrt"),
+    "tensorrt-libs": (TRT72, "pool/main/t/tensorrt", "tensorrt"),
+    "python3-libnvinfer": (TRT72, "pool/main/t/tensorrt", "tensorrt"),
+}
+
+
+@pytest.fixture(scope="module")
+def repo72(tmp_path_factory: pytest.TempPathFactory) -> JetpackRepo:
+    need("dpkg-deb", "apt-ftparchive", "gpg")
+    return make_repo(tmp_path_factory.mktemp("jetson-repo-72"), release="39.2.0", arch="amd64")
+
+
+def test_jetpack_72_is_common_and_som_at_r39_2(repo72: JetpackRepo) -> None:
+    """R39.2's BSP repository is som/ (one for every module), not R36's per-SoC t234/."""
+    root = Path(repo72.url)
+    assert (repo72.suite, repo72.repos, repo72.jetpack) == ("r39.2", ("common", "som"),
+                                                            "7.2-b187")
+    assert not (root / "t234").exists()
+    for r in repo72.repos:
+        release = (root / r / "dists/r39.2/Release").read_text()
+        assert "Suite: r39.2\n" in release
+    assert repo72.sources_list("/k.gpg") == (
+        f"deb [arch=amd64 signed-by=/k.gpg] {root.as_uri()}/common r39.2 main\n"
+        f"deb [arch=amd64 signed-by=/k.gpg] {root.as_uri()}/som r39.2 main\n")
+    assert suite_of("39.2.1") == "r39.2"
+
+
+def test_jetpack_72s_index_has_nvidias_names_versions_and_pool_paths(repo72) -> None:
+    root = Path(repo72.url)
+    common = stanzas((root / "common/dists/r39.2/main/binary-amd64/Packages").read_text())
+    som = stanzas((root / "som/dists/r39.2/main/binary-amd64/Packages").read_text())
+    # nvidia-jetpack and its sub-metas: 7.2-b184 in that dump, 7.2-b187 on boards since
+    for name, (version, pool, source) in {
+            **R392_INDEX, "nvidia-cuda": ("7.2-b187", "pool/main/n/nvidia-cuda", None)}.items():
+        p = common[name]
+        assert (p["Version"], p.get("Source")) == (version, source), name
+        assert p["Filename"] == f"{pool}/{name}_{version}_{p['Architecture']}.deb", name
+    for meta in ("nvidia-jetpack", "nvidia-cuda", "nvidia-cudnn", "nvidia-tensorrt"):
+        assert common[meta]["Version"] == "7.2-b187" and "Source" not in common[meta]
+    assert common["nvidia-cudnn"]["Depends"] == "libcudnn9-cuda-13 (= 9.20.0.46-1)"
+    assert som["nvidia-l4t-core"]["Version"] == "39.2.0-20260601141651"
+    assert som["nvidia-l4t-cuda"]["Filename"] == (
+        "pool/main/n/nvidia-l4t-cuda/nvidia-l4t-cuda_39.2.0-20260601141651_amd64.deb")
+
+
+def test_apt_resolves_jetpack_72s_metas_to_cuda_13_2(repo72, tmp_path) -> None:
+    need("apt-get")
+    env = apt_env(repo72, tmp_path / "apt", repo72.keyring)
+    sh("apt-get", "update", env=env)
+    sim = sh("apt-get", "-s", "--no-install-recommends", "install", *WANTED, env=env)
+    inst = {name: version.strip("()") for name, version in
+            (line.split()[1:3] for line in sim.stdout.splitlines() if line.startswith("Inst "))}
+    assert inst == {
+        "nvidia-cuda": "7.2-b187", "nvidia-cuda-dev": "7.2-b187", "nvidia-cudnn": "7.2-b187",
+        "nvidia-tensorrt": "7.2-b187", "cuda-runtime-13-2": "13.2.1-1",
+        "cuda-libraries-13-2": "13.2.1-1", "cuda-toolkit-13-2": "13.2.1-1",
+        "cuda-libraries-dev-13-2": "13.2.1-1", "cuda-compiler-13-2": "13.2.1-1",
+        "cuda-cudart-13-2": "13.2.75-1", "cuda-cudart-dev-13-2": "13.2.75-1",
+        "cuda-nvcc-13-2": "13.2.78-1", "cuda-toolkit-config-common": "13.2.75-1",
+        "cuda-toolkit-13-config-common": "13.2.75-1",
+        "cuda-toolkit-13-2-config-common": "13.2.75-1",
+        "libcublas-13-2": "13.4.0.1-1", "libcublas-dev-13-2": "13.4.0.1-1",
+        "libcudnn9-cuda-13": "9.20.0.46-1", "tensorrt-libs": TRT72, "libnvinfer10": TRT72,
+        "libnvinfer-plugin10": TRT72, "python3-libnvinfer": TRT72,
+    }
+
+
+def test_installing_jetpack_72_gives_cuda_13s_sbsa_layout(repo72, tmp_path) -> None:
+    """CUDA 13's arm64 packages put their files under targets/sbsa-linux (sonames .so.13);
+    TensorRT's binding is Ubuntu 24.04's Python 3.12's and reports 10.16.2.10."""
+    if os.geteuid() != 0:
+        pytest.skip("dpkg --root needs root")
+    need("dpkg", "update-alternatives", "apt-get")
+    env = apt_env(repo72, tmp_path / "apt", repo72.keyring)
+    sh("apt-get", "update", env=env)
+    sh("apt-get", "install", "--download-only", "-y", *WANTED, env=env)
+    target = tmp_path / "target"
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/alternatives",
+              "var/log", "etc/alternatives"):
+        (target / d).mkdir(parents=True)
+    (target / "var/lib/dpkg/status").touch()
+    sh("dpkg", f"--root={target}", "--force-script-chrootless", "--force-unsafe-io", "-i",
+       *sorted((tmp_path / "apt/var/cache/apt/archives").glob("*.deb")))
+    files = repo72.runtime_files
+    assert files["nvidia-cuda"][0] == "usr/local/cuda-13.2/targets/sbsa-linux/lib/libcudart.so.13"
+    assert files["python3-libnvinfer"] == (
+        "usr/lib/python3.12/dist-packages/tensorrt/__init__.py",)
+    for pkg, paths in files.items():
+        for rel in paths:
+            assert (target / rel).exists(), f"{pkg}: /{rel}"
+    assert os.readlink(target / "etc/alternatives/cuda") == "/usr/local/cuda-13.2"
+    assert os.readlink(target / "usr/local/cuda-13") == "/etc/alternatives/cuda-13"
+    assert (target / "etc/ld.so.conf.d/000_cuda.conf").read_text() == (
+        "/usr/local/cuda/targets/sbsa-linux/lib\n")
+    nvcc = sh(target / "usr/local/cuda-13.2/bin/nvcc", "--version").stdout
+    assert "Cuda compilation tools, release 13.2, V13.2.78\n" in nvcc
+    probe = "import tensorrt; print(tensorrt.__version__)"
+    out = sh(sys.executable, "-c", probe,
+             env={"PYTHONPATH": str(target / "usr/lib/python3.12/dist-packages")})
+    assert out.stdout.strip() == "10.16.2.10"
+
+
+def test_jetpack_721_is_cuda_13_2_update_2(tmp_path) -> None:
+    need("dpkg-deb", "apt-ftparchive", "gpg")
+    r = make_repo(tmp_path / "j", release="39.2.1")
+    assert (r.suite, r.repos, r.arch, r.python) == ("r39.2", ("common", "som"), "arm64", "3.12")
+    assert {n: r.packages["common"][n] for n in (
+        "nvidia-jetpack", "cuda-cudart-13-2", "cuda-nvcc-13-2", "cuda-toolkit-13-2",
+        "libcublas-13-2", "libcudnn9-cuda-13", "libnvinfer10")} == {
+        "nvidia-jetpack": "7.2.1-b49", "cuda-cudart-13-2": "13.2.86-1",
+        "cuda-nvcc-13-2": "13.2.86-1", "cuda-toolkit-13-2": "13.2.2-1",
+        "libcublas-13-2": "13.4.1.3-1", "libcudnn9-cuda-13": "9.20.0.46-1",
+        "libnvinfer10": TRT72}
+    assert r.packages["som"]["nvidia-l4t-core"] == "39.2.1-20260806224157"
+    extract(r, tmp_path / "x", "cuda-nvcc-13-2")
+    out = sh(tmp_path / "x/usr/local/cuda-13.2/bin/nvcc", "-V").stdout
+    assert out.splitlines()[-2:] == ["Cuda compilation tools, release 13.2, V13.2.86",
+                                     "Build cuda_13.2.r13.2/compiler.37953736_0"]

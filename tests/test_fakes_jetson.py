@@ -27,6 +27,7 @@ from types import ModuleType
 import pytest
 from fakes.jetson.fake_l4t import (
     BOARD_CONFIGS,
+    deb_version,
     make_bsp,
     make_sample_rootfs,
     nv_tegra_release_line,
@@ -230,6 +231,46 @@ def test_sample_rootfs_is_repacked_with_numeric_owners(tmp_path: Path) -> None:
         assert tar.extractfile("./etc/hostname").read() == b"debian\n"  # type: ignore[union-attr]
     assert (members["./var/mail/x"].uid, members["./etc/hostname"].uid) == (8, 0)
     assert members["./bin"].issym() and members["./bin"].linkname == "usr/bin"
+
+
+@pytest.mark.parametrize(("release", "line"), [
+    ("39.2.0", "# R39 (release), REVISION: 2.0, GCID: 45755727, BOARD: generic, EABI: aarch64, "
+     "DATE: Mon Jun  1 09:28:48 PM UTC 2026"),
+    ("39.2.1", "# R39 (release), REVISION: 2.1, GCID: 46758480, BOARD: generic, EABI: aarch64, "
+     "DATE: Fri Aug  7 05:54:22 AM UTC 2026"),
+])
+def test_an_r39_bsp_is_jetpack_72s(tmp_path: Path, release: str, line: str) -> None:
+    """JetPack 7.2's BSP prints the line its boards print (public notes quote it), lists
+    NVIDIA's common and som repositories for r39.2, keeps the Super devkit config, and the
+    builder reads its release from it (and refuses it for another)."""
+    from builder.errors import BuilderError
+    from builder.targets.jetson_orin.l4t import bsp_release, unpack_bsp
+
+    bsp = make_bsp(tmp_path, release)
+    assert nv_tegra_release_line(release) == line
+    l4t = unpack_bsp(bsp, tmp_path, release, None)
+    assert bsp_release(l4t) == release
+    assert (l4t / "nv_tegra/nv_tegra_release").read_text().splitlines()[0] == line
+    assert "BSP_BRANCH=39\nBSP_MAJOR=2\n" in (l4t / "nv_tegra/bsp_version").read_text()
+    with tarfile.open(l4t / "nv_tegra/nvidia_drivers.tbz2") as tar:
+        sources = tar.extractfile("etc/apt/sources.list.d/nvidia-l4t-apt-source.list")
+        assert sources is not None
+        assert sources.read().decode() == (
+            "deb https://repo.download.nvidia.com/jetson/common r39.2 main\n"
+            "deb https://repo.download.nvidia.com/jetson/som r39.2 main\n")
+    debs = sorted(p.name for p in (l4t / "nv_tegra/l4t_deb_packages").glob("*.deb"))
+    assert f"nvidia-l4t-core_{deb_version(release)}_arm64.deb" in debs
+    assert "nvidia-l4t-cuda-nvgpu" in " ".join(debs)
+    assert os.readlink(l4t / "jetson-orin-nano-devkit-super.conf") == \
+        "p3768-0000-p3767-0000-super.conf"
+    (tmp_path / "again").mkdir()
+    with pytest.raises(BuilderError, match=rf"^Jetson_Linux_R{release}_aarch64.tbz2 is Jetson "
+                       rf"Linux {release}, the profile asks for 36.4.3 \(jetson.l4t_release\)$"):
+        unpack_bsp(bsp, tmp_path / "again", "36.4.3", None)
+    with tarfile.open(tmp_path / "tree.tar", "w"):
+        pass
+    assert make_sample_rootfs(tmp_path / "tree.tar", tmp_path / "r", release).name == (
+        f"Tegra_Linux_Sample-Root-Filesystem_R{release}_aarch64.tbz2")
 
 
 # ------------------------------------------------------------------ apply_binaries.sh

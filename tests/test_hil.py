@@ -9,6 +9,9 @@ for. Where the boards are comes from the environment:
   EDGE_LLM_HIL_ORIN_RECOVERY=1  an Orin is in recovery mode on this host's USB (flash test)
   EDGE_LLM_HIL_ORIN_POWER_MODE  the nvpmodel mode name the Orin profile sets (e.g. MAXN_SUPER)
   EDGE_LLM_HIL_PI5_PROFILE, EDGE_LLM_HIL_ORIN_PROFILE  (default pi5-8gb, orin-nano-8gb)
+  EDGE_LLM_HIL_EDGELLM  ssh://edge@orin2.lab (an Orin flashed from a TensorRT Edge-LLM
+                        build, JetPack 7.2); EDGE_LLM_HIL_EDGELLM_PROFILE (default
+                        orin-nano-8gb-edgellm)
 """
 
 from __future__ import annotations
@@ -90,3 +93,28 @@ def test_the_orin_image_carries_jetpack_and_tensorrt_llm_and_its_power_mode() ->
     mode = os.environ.get("EDGE_LLM_HIL_ORIN_POWER_MODE")  # e.g. MAXN_SUPER
     if mode:
         assert f"NV Power Mode: {mode}" in on_board(host, "nvpmodel -q")
+
+
+def test_an_edge_llm_orin_builds_its_engine_and_passes_builder_verify_on_the_board() -> None:
+    """JetPack 7.2 and TensorRT Edge-LLM: the first boot runs llm_build on the release's
+    ONNX (minutes), then verify holds the board to the profile's bars through the
+    adapter and the gateway."""
+    verify(os.environ.get("EDGE_LLM_HIL_EDGELLM_PROFILE", "orin-nano-8gb-edgellm"),
+           need("EDGE_LLM_HIL_EDGELLM"))
+
+
+def test_the_edge_llm_image_carries_jetpack_72_and_edge_llms_runtime() -> None:
+    """What tests/fakes/edgellm stands in for, on the board: JetPack 7.2's TensorRT 10.16
+    and CUDA 13.2 from NVIDIA's repository, Edge-LLM's llm_build and its runtime binding
+    (loaded by the board's Python with the plugin) from the profile's tarball, and the
+    engine the first boot built in the cache."""
+    host = need("EDGE_LLM_HIL_EDGELLM")
+    status = on_board(host, "dpkg-query -W -f '${Version}' libnvinfer10 cuda-cudart-13-2")
+    assert "+cuda13.2" in status, status
+    root = "/opt/tensorrt-edgellm/build"
+    on_board(host, f"test -x {root}/examples/llm/llm_build")
+    out = on_board(host, f"EDGELLM_PLUGIN_PATH={root}/libNvInfer_edgellm_plugin.so "
+                         f"python3 -c 'import sys; sys.path.insert(0, \"{root}/pybind\"); "
+                         "import _edgellm_runtime; print(_edgellm_runtime.__name__)'")
+    assert out.strip() == "_edgellm_runtime"
+    assert "llm.engine" in on_board(host, "ls /var/lib/edge-llm/engines/*/")

@@ -150,7 +150,7 @@ def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
     current = root / "opt/edge-llm/current"
     assert current.is_symlink()
     release = root / "opt/edge-llm" / os.readlink(current)
-    settings = json.loads((release / "engine/trtllm.json").read_text())
+    settings = json.loads((release / "engine/device.json").read_text())
     assert settings["sm"] == "87" and settings["quant"] == "int8_wo"
     model = root / settings["model"].lstrip("/")
     assert (model / "config.json").is_file()  # the checkpoint the device builds from
@@ -163,7 +163,7 @@ def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
     assert "Wants=edge-llm-engine-build.service" in unit
     # the engine is built before it starts, as the engine user, with the GPU
     build = (root / "etc/systemd/system/edge-llm-engine-build.service").read_text()
-    assert "\nExecStart=/usr/local/lib/edge-llm/edge-llm-trtllm build " in build
+    assert "\nExecStart=/usr/local/lib/edge-llm/edge-llm-engine-build " in build
     assert "\nUser=edge-llm\n" in build and "DeviceAllow=/dev/nvmap rw" in build
     power = (root / "etc/systemd/system/edge-llm-power.service").read_text()
     assert "nvpmodel -m 1" in power  # 25W, by its name
@@ -303,7 +303,8 @@ def in_rootfs(root: Path, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 TOOL = "/usr/local/lib/edge-llm/edge-llm-trtllm"
-SETTINGS = "/opt/edge-llm/current/engine/trtllm.json"
+BUILD = "/usr/local/lib/edge-llm/edge-llm-engine-build"  # what the build unit runs
+SETTINGS = "/opt/edge-llm/current/engine/device.json"
 
 
 def test_without_jetpacks_tensorrt_the_engine_build_stops_in_one_line(package: Path) -> None:
@@ -314,7 +315,7 @@ def test_without_jetpacks_tensorrt_the_engine_build_stops_in_one_line(package: P
     hidden = lib.with_name("libnvinfer.so.10.hidden")
     os.replace(lib, hidden)
     try:
-        r = in_rootfs(root, TOOL, "build", SETTINGS, timeout=300)
+        r = in_rootfs(root, BUILD, SETTINGS, timeout=300)
     finally:
         os.replace(hidden, lib)
     assert r.returncode != 0 and "Traceback" not in r.stderr
@@ -332,7 +333,7 @@ def test_the_first_boots_build_and_serve_run_in_the_built_rootfs(package: Path) 
     import urllib.request
 
     root = package / "rootfs"
-    r = in_rootfs(root, TOOL, "build", SETTINGS, timeout=600)
+    r = in_rootfs(root, BUILD, SETTINGS, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     [engine] = [d for d in (root / "var/lib/edge-llm/engines").iterdir()
                 if not d.name.startswith(".")]

@@ -10,7 +10,8 @@ import pytest
 from builder.plugins import PROFILE
 from builder.profiles import ProfileStore, builtin_dir
 
-CONCRETE = ["orin-agx-64gb", "orin-nano-8gb", "pi5-8gb", "pi5-4gb", "x86-gateway"]
+CONCRETE = ["orin-agx-64gb", "orin-agx-64gb-edgellm", "orin-nano-8gb",
+            "orin-nano-8gb-edgellm", "pi5-8gb", "pi5-4gb", "x86-gateway"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -30,7 +31,7 @@ def test_builtin_profile_resolves_and_validates(name: str, cli) -> None:
     assert r.out.startswith(f"ok {rp.path.name}") or "ok " in r.out
 
 
-def test_profiles_list_names_exactly_the_five_devices(cli) -> None:
+def test_profiles_list_names_exactly_the_shipped_devices(cli) -> None:
     r = cli("profiles", "list", "--json")
     assert r.code == 0
     assert sorted(row["name"] for row in json.loads(r.out)) == sorted(CONCRETE)

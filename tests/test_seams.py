@@ -98,8 +98,13 @@ SPOKEN_HERE = {
     "device/release_tool.py": {"gguf"},
     # the one engine-specific part of the device package: TensorRT-LLM's on-device build
     # tool (edge-llm-trtllm), run by the inference role's build unit
-    "device/trtllm.py": {"trtllm", "l4t", "tegra"},
+    "device/trtllm.py": {"trtllm", "l4t"},
     "device/__init__.py": {"trtllm"},
+    # and TensorRT Edge-LLM's (edge-llm-edgellm, its adapter edgellm_serve); the engine
+    # cache both build into (it reads the L4T release an engine is tied to)
+    "device/edgellm.py": {"tensorrt", "l4t"},
+    "device/edgellm_serve.py": {"cuda"},
+    "device/engine_cache.py": {"l4t", "tegra"},
     # GPU_STACK: the words an engine and a target share for a GPU vendor's software (an
     # engine says what it needs in them, a target maps them to its vendor's packages)
     "contracts.py": {"cuda", "tensorrt"},

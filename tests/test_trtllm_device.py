@@ -82,7 +82,7 @@ class OrinDevice:
         self.release = self.root / "opt/edge-llm/releases" / b.release_id
         shutil.copytree(b.tree, self.release, symlinks=True)
         shutil.copytree(model, self.root / "var/lib/edge-llm/models" / i.model.device_name)
-        self.settings = self.release / "engine/trtllm.json"
+        self.settings = self.release / "engine/device.json"
 
     def set_l4t(self, rel: str) -> None:
         (self.root / "etc/nv_tegra_release").write_text(nv_tegra_release_line(rel) + "\n")
@@ -360,3 +360,16 @@ def test_while_the_engine_is_built_the_gateway_says_so(orin: OrinDevice,
         code, _, body = post(gw.url + "/v1/chat/completions", CHAT, gw.key)
         assert code == 503 and body["error"]["code"] == "engine_build_failed"
         assert "journalctl -u edge-llm-engine-build" in body["error"]["message"]
+
+
+def test_a_device_imaged_before_the_shared_build_command_still_builds_new_releases(
+        orin: OrinDevice) -> None:
+    """Its build unit runs `edge-llm-trtllm build current/engine/trtllm.json` (a fleet
+    rollout updates the device tools, not the inference role's units)."""
+    from builder.engines.trtllm import LEGACY_SETTINGS
+
+    legacy = orin.release / LEGACY_SETTINGS
+    assert legacy.read_text() == orin.settings.read_text()
+    r = orin.tool("build", str(legacy))
+    assert r.returncode == 0, r.stderr
+    assert len(built(orin)) == 1 and orin.status()["state"] == "ready"

@@ -172,7 +172,7 @@ def test_the_engine_is_built_as_the_engine_user_writing_only_its_cache_and_statu
     build = unit_settings(root, "edge-llm-engine-build.service")
     settings = f"{LAYOUT.current}/{trtllm.SETTINGS}"
     assert build["User"] == [LAYOUT.engine_user] and build["Type"] == ["oneshot"]
-    assert build["ExecStart"] == [f"{LAYOUT.tool('edge-llm-trtllm')} build {settings}"]
+    assert build["ExecStart"] == [f"{LAYOUT.tool('edge-llm-engine-build')} {settings}"]
     assert build["ConditionPathExists"] == [settings]  # a release without one skips it
     # writable: the engine cache and the status file's directory, nothing else
     assert build["ProtectSystem"] == ["strict"] and "ReadWritePaths" not in build

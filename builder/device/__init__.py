@@ -11,4 +11,6 @@ DEVICE_TOOLS = {
     "edge-llm-wait-ready": "wait_ready",
     "edge-llm-engine-watchdog": "watchdog",
     "edge-llm-trtllm": "trtllm",
+    "edge-llm-edgellm": "edgellm",
+    "edge-llm-engine-build": "engine_cache",
 }

@@ -27,10 +27,13 @@ def unavailable(why: str, retry_after: int = 2) -> web.Response:
 
 
 def engine_message(data: bytes) -> tuple[str, str | None]:
-    """(message, llama-server error type) from an engine's error reply."""
+    """(message, what kind of refusal) from an engine's error reply: llama-server's error
+    type, or an OpenAI code the gateway passes on (the Edge-LLM adapter's)."""
     try:
         err = json.loads(data)["error"]
-        return str(err.get("message") or "no message")[:1000], err.get("type")
+        code = err.get("code")
+        kind = code if code in _ENGINE_CODES.values() else err.get("type")
+        return str(err.get("message") or "no message")[:1000], kind
     except (ValueError, TypeError, KeyError, AttributeError):
         return data.decode("utf-8", "replace").strip()[:300] or "no message", None
 
@@ -41,7 +44,8 @@ def engine_refused(status: int, data: bytes, param: str) -> web.Response:
     engine 5xx here is about this request (say, a JSON schema its grammar converter
     cannot handle), not an outage."""
     message, kind = engine_message(data)
-    code = _ENGINE_CODES.get(kind or "", "rejected_by_engine")
+    code = kind if kind in _ENGINE_CODES.values() else \
+        _ENGINE_CODES.get(kind or "", "rejected_by_engine")
     return error(status if 400 <= status < 500 else 400,
                  f"the engine refused this request: {message}", code=code,
                  param=param if code == "context_length_exceeded" else None)

@@ -24,6 +24,9 @@ from ..run import run
 from ..schema import ModelSource
 
 HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
+# an ONNX directory (what TensorRT Edge-LLM's exporter writes: model.onnx, its external
+# data, the runtime config, the embedding table and tokenizer, external weight files)
+ONNX_PATTERNS = ["*.onnx", "*.onnx.data", "*.json", "*.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Fetched:
     """Model files on disk: a GGUF file or a Hugging Face directory, with their sha256."""
 
     path: Path
-    kind: str  # "gguf" or "hf"
+    kind: str  # "gguf", "hf" or "onnx"
     files: dict[str, str]  # relative name -> sha256
     origin: str
 
@@ -125,11 +128,13 @@ def _local(p: Path, pinned: str | None, lock: Path | None, where: str) -> Fetche
         if not (p / "config.json").is_file():
             raise BuilderError(f"{where}: {display_path(p)} has no config.json; point it at "
                                f"a Hugging Face model directory or a .gguf file")
+        kind, patterns = ("onnx", ONNX_PATTERNS) if (p / "model.onnx").is_file() \
+            else ("hf", HF_PATTERNS)
         names = [str(f.relative_to(p)) for f in sorted(p.rglob("*"))
-                 if f.is_file() and any(f.match(pat) for pat in HF_PATTERNS)]
+                 if f.is_file() and any(f.match(pat) for pat in patterns)]
         files = _hash_files(p, names)
         _check_pins(files, pinned, lock, where)
-        return Fetched(p.resolve(), "hf", files, display_path(p))
+        return Fetched(p.resolve(), kind, files, display_path(p))
     raise BuilderError(f"{where}: {display_path(p)} does not exist")
 
 

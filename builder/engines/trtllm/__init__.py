@@ -3,10 +3,11 @@ builds them itself from a checkpoint the release carries, and serves them with t
 branch's OpenAI server on loopback behind the gateway.
 
 The release carries the model (a Hugging Face checkpoint directory, content-addressed)
-and engine/trtllm.json: the build recipe (the checkpoint made with convert_checkpoint.py
+and engine/device.json: the build recipe (the checkpoint made with convert_checkpoint.py
 or, for AWQ, quantize.py; then trtllm-build with limits from the profile and the
 planner) and where TensorRT-LLM is on the device. Before the engine unit starts, the
 inference role's edge-llm-engine-build.service runs `edge-llm-trtllm build`
+(through `edge-llm-engine-build`)
 (builder/device/trtllm.py: the engine from the device's cache or built now, keyed by
 model, quantization, TensorRT-LLM version, L4T release, GPU and flags) as the engine
 user, in the engine's sandbox, with only the cache writable; the engine unit's ExecStart
@@ -47,7 +48,9 @@ PREQUANTIZED = {"int4_gptq"}  # the release carries the quantized checkpoint its
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
 TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
 BUILD_TIMEOUT = 4 * 3600  # seconds the first start may take: the engine is built then
-SETTINGS = "engine/trtllm.json"
+SETTINGS = "engine/device.json"  # builder/device/engine_cache.py SETTINGS
+TOOL = "edge-llm-trtllm"  # the device tool that builds and serves it (device/trtllm.py)
+LEGACY_SETTINGS = "engine/trtllm.json"  # SETTINGS' name in releases before 2026-12
 
 # TensorRT-LLM weight-only formats (convert_checkpoint.py; AWQ via quantize.py)
 QUANTS = (
@@ -113,6 +116,10 @@ class TrtLlm(Engine):
     def runs_on(self, platform: Platform) -> str | None:
         if not (platform.gpu == "cuda" and platform.build_on_device):
             return "it needs a Jetson's GPU, with JetPack's CUDA and TensorRT"
+        if platform.cuda is not None and platform.cuda.split(".")[0] != "12":
+            # the v0.12.0-jetson wheel links JetPack 6's CUDA 12 (and TensorRT 10.3)
+            return (f"TensorRT-LLM 0.12.0-jetson is built for JetPack 6's CUDA 12, not CUDA "
+                    f"{platform.cuda}: set jetson.l4t_release 36.4.3 (JetPack 6.2) for it")
         return None
 
     def relative_paths(self) -> tuple[tuple[str | int, ...], ...]:
@@ -241,11 +248,12 @@ class TrtLlm(Engine):
                              files=fetched.files)
 
     def device_settings(self, i: ReleaseInputs, layout: Layout) -> dict[str, Any]:
-        """engine/trtllm.json: what edge-llm-trtllm builds and serves on the device."""
+        """engine/device.json: what edge-llm-trtllm builds and serves on the device."""
         p = i.profile
         t = self.settings_of(p)
         platform = i.device.platform
-        return {"version": t.version, "quant": p.model.quant, "sm": platform.gpu_arch,
+        return {"tool": TOOL, "version": t.version, "quant": p.model.quant,
+                "sm": platform.gpu_arch,
                 "model": f"{layout.model_dir}/{i.model.device_name}",
                 "model_sha256": i.model.sha256, "checkout": t.checkout,
                 "python": t.python, "port": p.service.engine_port,
@@ -253,15 +261,19 @@ class TrtLlm(Engine):
 
     def release_files(self, i: ReleaseInputs, tree: Path) -> None:
         (tree / "engine").mkdir()
-        (tree / SETTINGS).write_text(
-            json.dumps(self.device_settings(i, i.device.layout), indent=2) + "\n")
+        text = json.dumps(self.device_settings(i, i.device.layout), indent=2) + "\n"
+        (tree / SETTINGS).write_text(text)
+        # the same settings where a device imaged before engine/device.json looks: its
+        # build unit runs `edge-llm-trtllm build current/engine/trtllm.json`, and a fleet
+        # rollout updates the device tools, not that unit
+        (tree / LEGACY_SETTINGS).write_text(text)
 
     def env(self, i: ReleaseInputs, layout: Layout) -> dict[str, str]:
         # CUDA loads kernels as they are first used: less memory on a unified-memory board
         return {"CUDA_MODULE_LOADING": "LAZY"}
 
     def exec_start(self, i: ReleaseInputs, layout: Layout) -> str:
-        return f"{layout.tool('edge-llm-trtllm')} serve {layout.current}/{SETTINGS}"
+        return f"{layout.tool(TOOL)} serve {layout.current}/{SETTINGS}"
 
     def start_timeout(self, p: Profile) -> int:
         # the first start waits for the build (edge-llm-engine-build.service gets this too)

@@ -9,6 +9,10 @@ jetson.sample_rootfs, or --l4t-bsp/--l4t-rootfs), makes the rootfs the quick-sta
 for the module's devkit board: the delivery is that flash package. `builder flash`
 finds boards in recovery mode (USB vendor 0955), refuses a module the profile is not
 for, and runs `l4t_initrd_flash.sh --flash-only` from the package.
+
+Two Jetson Linux lines: R36 (JetPack 6, Ubuntu 22.04, CUDA 12) and R39.2 (JetPack 7.2
+for Orin, Ubuntu 24.04, CUDA 13.2), chosen by jetson.l4t_release; what differs between
+them is data (l4t.L4T_RELEASES).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from ...run import ToolError, run
 from ...schema import AptUrl, DebPackage, PinnedFile, Profile, TargetSettings, _Section
 from ...units import GiB
 from . import l4t
-from .l4t import JETSON_REPO
+from .l4t import JETSON_REPO, L4T_RELEASES
 
 if TYPE_CHECKING:
     from ...contracts import BuildContext
@@ -53,7 +57,8 @@ class Module:
     """A Jetson Orin module: its devkit board config, the USB product id it shows in
     recovery mode, its RAM, CPU cores, the ids offline flash generation takes (board id,
     module SKUs, FAB, and the chip SKU each SKU is flashed with) and its nvpmodel power
-    modes (id, name), without and with JetPack 6.2's Super board config."""
+    modes (id, name), without and with JetPack 6.2's Super board config (and R39.2's
+    Super modes where they differ from R36's)."""
 
     board: str  # Linux_for_Tegra/<board>.conf
     usb_product: str  # vendor 0955 in recovery mode
@@ -65,13 +70,18 @@ class Module:
     qspi: bool  # boots from QSPI (Orin NX/Nano): -p "-c .../flash_t234_qspi.xml"
     power_modes: tuple[tuple[int, str], ...]
     super_modes: tuple[tuple[int, str], ...] = ()  # empty: no Super board config
+    r39_super_modes: tuple[tuple[int, str], ...] | None = None  # None: R36's
 
     @property
     def skus(self) -> tuple[str, ...]:
         return tuple(self.chip_skus)
 
-    def modes(self, super_board: bool) -> tuple[tuple[int, str], ...]:
-        return self.super_modes if super_board else self.power_modes
+    def modes(self, super_board: bool, release: str) -> tuple[tuple[int, str], ...]:
+        if not super_board:
+            return self.power_modes
+        if self.r39_super_modes is not None and L4T_RELEASES[release].line.major >= 39:
+            return self.r39_super_modes
+        return self.super_modes
 
 
 AGX_MODES = ((0, "MAXN"), (1, "15W"), (2, "30W"), (3, "50W"))
@@ -97,29 +107,36 @@ MODULES: dict[str, Module] = {
                           power_modes=((0, "MAXN"), (1, "10W"), (2, "15W"), (3, "20W")),
                           super_modes=((0, "MAXN_SUPER"), (1, "10W"), (2, "15W"),
                                        (3, "20W"), (4, "40W"))),
-    # 0005 is the developer kit's module, 0003 the production one
+    # 0005 is the developer kit's module, 0003 the production one. R39.2's Super config
+    # has no 7W mode: its power and performance page lists 15W, 25W and MAXN SUPER (ids
+    # 0-2), as does a JetPack 7.2.1 devkit's nvpmodel (public notes, index ids
+    # 71089108149, 68579880183); the other modules' R39.2 tables were not found, so they
+    # keep R36's
     "orin-nano-8gb": Module("jetson-orin-nano-devkit", "7523", 8 * GiB, 6, "3767",
                             {"0003": "00:00:00:D6", "0005": "00:00:00:D5"}, "300", qspi=True,
                             power_modes=((0, "15W"), (1, "7W")),
                             super_modes=((0, "15W"), (1, "25W"), (2, "MAXN_SUPER"),
-                                         (3, "7W"))),
+                                         (3, "7W")),
+                            r39_super_modes=((0, "15W"), (1, "25W"), (2, "MAXN_SUPER"))),
     "orin-nano-4gb": Module("jetson-orin-nano-devkit", "7623", 4 * GiB, 6, "3767",
                             {"0004": "00:00:00:D6"}, "300", qspi=True,
                             power_modes=((0, "10W"), (1, "7W")),
                             super_modes=((0, "10W"), (1, "25W"), (2, "MAXN_SUPER"),
                                          (3, "7W"))),
 }
-SUPER_BOARD = "jetson-orin-nano-devkit-super"  # JetPack 6.2 (L4T 36.4.3) and later
+# JetPack 6.2 (L4T 36.4.3) and later: R39.2 keeps it (a Seeed JetPack 7.2 guide flashes
+# it with l4t_initrd_flash.sh; public notes, index id 62653419769)
+SUPER_BOARD = "jetson-orin-nano-devkit-super"
 SUPER_SINCE = (36, 4, 3)
 MODULE_OF_PRODUCT = {m.usb_product: name for name, m in MODULES.items()}
 NVIDIA_USB = "0955"
 RUNNING_PRODUCT = "7020"  # a Jetson booted normally (not in recovery mode)
-# Jetson Linux releases this builder knows, and the JetPack each belongs to.
-L4T_RELEASES = {"36.3.0": "6.0", "36.4.0": "6.1", "36.4.3": "6.2"}
 A78AE = "armv8.2-a+dotprod+fp16"
 # What a CUDA process opens on L4T r36 (nvgpu, nvmap, host1x syncpoints, the render
 # node): OE4T meta-tegra's devices.csv for the container runtime, plus /dev/nvhost-ctrl
 # and the DRM render node JetPack 6 needs. systemd skips a listed node that is absent.
+# R39.2 keeps nvgpu on Orin: meta-tegra's devices.csv for it (d5d93dc6) lists the same
+# nvgpu nodes, and /dev/nvidia* for Thor's OpenRM driver, which Orin does not use.
 GPU_DEVICES = (
     "/dev/nvmap", "/dev/host1x-fence", "/dev/nvhost-ctrl",
     *(f"/dev/nvhost-{n}-gpu" for n in ("ctrl", "as", "tsg", "sched", "nvsched", "ctxsw",
@@ -150,18 +167,13 @@ L4T_HOST_TOOLS = (
 )
 # what `l4t_initrd_flash.sh --flash-only` checks (no abootimg: _internal.sh:99)
 L4T_FLASH_TOOLS = tuple(t for t in L4T_HOST_TOOLS if t.command in ("sshpass", "exportfs"))
-# GPU_STACK's words as JetPack 6.1/6.2's apt packages (its meta packages; nvidia-jetpack
-# is all of it). TensorRT's Python binding is its own package; JetPack 6.0 (L4T 36.3)
-# has cuDNN 8, whose meta package is nvidia-cudnn8 (NVIDIA's r36.3/r36.4 indices).
-JETPACK_PACKAGES = {"cuda-runtime": ("nvidia-cuda",), "cuda-toolkit": ("nvidia-cuda-dev",),
-                    "cudnn": ("nvidia-cudnn",),
-                    "tensorrt": ("nvidia-tensorrt", "python3-libnvinfer")}
-JETPACK_60_PACKAGES = {**JETPACK_PACKAGES, "cudnn": ("nvidia-cudnn8",)}
 
 
 def jetpack_packages(release: str, stack: tuple[str, ...]) -> tuple[str, ...]:
-    table = JETPACK_60_PACKAGES if release.startswith("36.3.") else JETPACK_PACKAGES
+    table = L4T_RELEASES[release].packages
     return tuple(dict.fromkeys(name for need in stack for name in table[need]))
+
+
 Loc = tuple[str | int, ...]
 INITRD_FLASH = "./tools/kernel_flash/l4t_initrd_flash.sh"
 
@@ -172,9 +184,10 @@ def release_tuple(release: str) -> tuple[int, ...]:
 
 class JetPackApt(_Section):
     url: AptUrl = Field(JETSON_REPO, description="NVIDIA's Jetson apt repository, whose "
-                     "common/ and t234/ repositories (suite r<L4T major.minor>) hold "
-                     "JetPack's CUDA, cuDNN and TensorRT: NVIDIA's, a lab mirror, or a "
-                     "local directory laid out the same (path or file://).")
+                     "common/ repository and the BSP's (t234/ for L4T 36, som/ for 39; "
+                     "suite r<L4T major.minor>) hold JetPack's CUDA, cuDNN and TensorRT: "
+                     "NVIDIA's, a lab mirror, or a local directory laid out the same (path "
+                     "or file://).")
     keyring: str | None = Field(
         None, description="The OpenPGP key that signs it (jetson-ota-public.asc), relative "
         "to the profile file; default: the one NVIDIA's BSP puts into the rootfs "
@@ -207,12 +220,14 @@ class JetsonSettings(TargetSettings):
         "an Orin Nano or NX developer kit; needs l4t_release 36.4.3 or later.")
     l4t_release: Literal[tuple(L4T_RELEASES)] = Field(  # type: ignore[valid-type]
         "36.4.3", description="Jetson Linux (L4T) release of the BSP and sample rootfs "
-        "(36.4.0 is JetPack 6.1, 36.4.3 JetPack 6.2); the BSP you supply must be this one.")
+        "(36.4.0 is JetPack 6.1, 36.4.3 JetPack 6.2: Ubuntu 22.04, CUDA 12.6; 39.2.0 is "
+        "JetPack 7.2, 39.2.1 JetPack 7.2.1: Ubuntu 24.04, CUDA 13.2); the BSP you supply "
+        "must be this one, and os.suite its Ubuntu's (jammy, noble).")
     bsp: PinnedFile = Field(default_factory=PinnedFile, description="NVIDIA's BSP, "
                          "Jetson_Linux_R<release>_aarch64.tbz2.")
     sample_rootfs: PinnedFile = Field(default_factory=PinnedFile, description="NVIDIA's sample "
                                    "rootfs, Tegra_Linux_Sample-Root-Filesystem_R<release>_"
-                                   "aarch64.tbz2 (Ubuntu 22.04).")
+                                   "aarch64.tbz2 (Ubuntu 22.04 for L4T 36, 24.04 for 39).")
     jetpack: JetPackApt = Field(default_factory=JetPackApt, description="Where JetPack's "
                                 "runtime comes from (NVIDIA's apt repository): installed "
                                 "into the image at build time, the device needs no "
@@ -228,6 +243,10 @@ class JetsonSettings(TargetSettings):
 
     @property
     def jetpack_version(self) -> str:
+        return L4T_RELEASES[self.l4t_release].jetpack
+
+    @property
+    def release(self) -> l4t.L4tRelease:
         return L4T_RELEASES[self.l4t_release]
 
     @property
@@ -247,7 +266,7 @@ class JetsonSettings(TargetSettings):
         """The power mode's nvpmodel id (a name looked up in the module's modes)."""
         if self.power_mode is None:
             return None
-        for mode_id, name in MODULES[self.module].modes(self.super_board):
+        for mode_id, name in MODULES[self.module].modes(self.super_board, self.l4t_release):
             if str(self.power_mode).upper() in (str(mode_id), name):
                 return mode_id
         return None
@@ -269,7 +288,7 @@ class JetsonOrin(Target):
     accelerators = ("cuda",)
     vendor_inputs = (
         VendorInput("l4t_bsp", "l4t-bsp", "Jetson Linux BSP tarball "
-                    "(Jetson_Linux_R36.x_aarch64.tbz2) instead of jetson.bsp.path."),
+                    "(Jetson_Linux_R<release>_aarch64.tbz2) instead of jetson.bsp.path."),
         VendorInput("l4t_rootfs", "l4t-rootfs", "Jetson Linux sample root filesystem "
                     "tarball (Tegra_Linux_Sample-Root-Filesystem_*.tbz2) instead of "
                     "jetson.sample_rootfs.path."),
@@ -286,12 +305,16 @@ class JetsonOrin(Target):
                         gpu="cuda", gpu_arch=cc.replace(".", ""), gpu_devices=GPU_DEVICES,
                         gpu_groups=("video", "render"),
                         cpu_features=frozenset({"neon", "dotprod", "fp16"}),
-                        build_on_device=True)
+                        build_on_device=True, cuda=self.settings_of(p).release.cuda)
 
     def problems(self, p: Profile) -> list[tuple[Loc, str]]:
         s = self.settings_of(p)
         m = MODULES[s.module]
         out: list[tuple[Loc, str]] = []
+        line = s.release.line
+        if p.os.suite != line.suite:  # the sample rootfs decides it; the profile says it
+            out.append((("os", "suite"), f"L4T {s.l4t_release}'s sample rootfs is Ubuntu "
+                        f"{line.ubuntu}: {line.suite}, not {p.os.suite}"))
         if p.device.ram != m.ram:
             out.append((("device", "ram"), f"the {s.module} module has {m.ram // GiB}GiB, "
                         f"not {p.device.ram / GiB:g}GiB"))
@@ -310,7 +333,7 @@ class JetsonOrin(Target):
             out.append((("jetson", "super_board"), "the Super board config came with "
                         f"JetPack 6.2: l4t_release 36.4.3 or later, not {s.l4t_release}"))
         if s.power_mode is not None and s.power_mode_id() is None:
-            modes = ", ".join(f"{i} {n}" for i, n in m.modes(s.super_board))
+            modes = ", ".join(f"{i} {n}" for i, n in m.modes(s.super_board, s.l4t_release))
             out.append((("jetson", "power_mode"), f"the {s.module}"
                         f"{' (Super board config)' if s.super_board else ''} has nvpmodel "
                         f"modes {modes}; not {s.power_mode}"))
@@ -355,19 +378,20 @@ class JetsonOrin(Target):
             software=ctx.engine.offline_install(ctx.device)), ctx.cache)
 
     def _jetpack(self, ctx: BuildContext) -> l4t.JetPackRepo:
-        a, suite = self.settings_of(ctx.p).jetpack, self.settings_of(ctx.p).apt_suite
+        s = self.settings_of(ctx.p)
+        a, suite, repos = s.jetpack, s.apt_suite, s.release.line.repos
         src = ctx.device.source
         url = a.url.rstrip("/")
         if "://" not in url:  # a local directory, relative to the profile file
             url = str((src.dir_of("jetson", "jetpack", "url") / Path(url).expanduser())
                       .resolve())
-            missing = [r for r in l4t.JETSON_REPOS
+            missing = [r for r in repos
                        if not (Path(url) / r / "dists" / suite / "Release").is_file()]
             if missing:
                 raise BuilderError(
                     f"{src.where(('jetson', 'jetpack', 'url'))}: jetson.jetpack.url: "
                     f"{display_path(Path(url))} has no {', '.join(missing)}/dists/"
-                    f"{suite}/Release: mirror NVIDIA's {' and '.join(l4t.JETSON_REPOS)} "
+                    f"{suite}/Release: mirror NVIDIA's {' and '.join(repos)} "
                     "repositories there, as repo.download.nvidia.com/jetson lays them out")
         device_url = a.device_url or (url if url.startswith("http") else JETSON_REPO)
         keyring = (src.dir_of("jetson", "jetpack", "keyring") / Path(a.keyring).expanduser()
@@ -377,7 +401,7 @@ class JetsonOrin(Target):
                                f"jetson.jetpack.keyring: {display_path(keyring)} does not "
                                "exist")
         return l4t.JetPackRepo(url=url, device_url=device_url.rstrip("/"), suite=suite,
-                               keyring=keyring)
+                               keyring=keyring, repos=repos)
 
     def role_vars(self, ctx: BuildContext) -> dict[str, Any]:
         from ...planner import build_budget
@@ -394,7 +418,10 @@ class JetsonOrin(Target):
     # --- the flash package ---------------------------------------------------------------
     def flash_args(self, p: Profile) -> list[str]:
         """l4t_initrd_flash.sh's arguments for this module and boot medium (after
-        --no-flash / before the board), as NVIDIA's quick start gives them."""
+        --no-flash / before the board), as NVIDIA's quick start gives them. R39.2 gets
+        R36's: no R39.2 Linux_for_Tegra tree was readable to check them against (its
+        board config names are the R36 ones, as a JetPack 7.2 flashing guide shows;
+        docs/orin.md)."""
         s = self.settings_of(p)
         m = MODULES[s.module]
         args: list[str] = []

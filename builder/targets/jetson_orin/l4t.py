@@ -6,11 +6,11 @@ drivers, CUDA userspace hooks, boot files), `tools/l4t_create_default_user.sh` (
 admin user, the EULA accepted non-interactively: no first-boot wizard; its password
 random and never shown, and locked by the base role), and the packages the roles need
 installed with the rootfs's own apt (chroot_apt). Then what the engine runs on: JetPack's
-CUDA, cuDNN and TensorRT from NVIDIA's Jetson apt repository (its common/ and t234/
-repositories; the sample rootfs and apply_binaries.sh bring only the L4T BSP's own
-packages), and the engine's software installed offline (rootfs/offline.py: the
-TensorRT-LLM wheel and its checkout). The result is cached as a tarball keyed by the
-tarballs' sha256, the repository's key and every choice.
+CUDA, cuDNN and TensorRT from NVIDIA's Jetson apt repository (its common/ repository and
+the BSP's, t234/ for L4T 36 and som/ for 39; the sample rootfs and apply_binaries.sh
+bring only the L4T BSP's own packages), and the engine's software installed offline
+(rootfs/offline.py: the TensorRT-LLM wheel and its checkout). The result is cached as a
+tarball keyed by the tarballs' sha256, the repository's key and every choice.
 
 The BSP's scripts run as root on the x86 build host and need qemu-user-static for
 the arm64 rootfs (binfmt.ensure sets it up). The same BSP tree later makes the flash
@@ -23,8 +23,9 @@ import re
 import secrets
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from ...cache import Cache, pinned_sha256
 from ...contracts import OfflineInstall
@@ -39,20 +40,76 @@ from ...run import ToolError, run
 L4T_ROOTFS_VERSION = 4  # 2: the default user's password is random, never shown; 3: JetPack;
 # 4: no apt indices of the build's repository mount
 JETSON_REPO = "https://repo.download.nvidia.com/jetson"
-JETSON_REPOS = ("common", "t234")  # the SoC-independent repository and Orin's (T234)
 # what the BSP's nvidia-l4t-apt-source package lists on a flashed board, and its key
 BSP_SOURCES = "etc/apt/sources.list.d/nvidia-l4t-apt-source.list"
 BSP_KEYRING = "etc/apt/trusted.gpg.d/jetson-ota-public.asc"
 
 
 @dataclass(frozen=True)
+class L4tLine:
+    """What the releases of one Jetson Linux line share: the Ubuntu of NVIDIA's sample
+    rootfs, and NVIDIA's apt repositories for it (common/, and the BSP's own: per SoC,
+    t234/, up to L4T 36; one for every module, som/, from 38)."""
+
+    major: int
+    suite: str  # Ubuntu's suite of the sample rootfs (a profile's os.suite must say it)
+    ubuntu: str
+    repos: tuple[str, ...]
+
+
+R36 = L4tLine(36, "jammy", "22.04", ("common", "t234"))
+# R39.2 (JetPack 7.2 for Orin): Ubuntu 24.04; `deb .../jetson/common r39.2 main` and
+# `.../jetson/som r39.2 main` (the nvidia-l4t-apt-source_39.2.1 package's list, public
+# notes, index id 69085488930; anduril/jetpack-nixos sourceinfo/debs-update.py:55-58
+# reads common + som for r38/r39; OE4T meta-tegra d5d93dc6 conf/machine/include/
+# tegra234.inc:25: L4T_DEB_SOCNAME = "som")
+R39 = L4tLine(39, "noble", "24.04", ("common", "som"))
+
+# GPU_STACK's words as JetPack's apt packages (its meta packages; nvidia-jetpack is all
+# of it). TensorRT's Python binding is its own package. JetPack 6.0 (L4T 36.3) has
+# cuDNN 8, whose meta package is nvidia-cudnn8 (NVIDIA's r36.3/r36.4 indices); JetPack
+# 7.2 keeps JetPack 6's names (r39.2's index: nvidia-cuda, nvidia-cuda-dev, nvidia-cudnn,
+# nvidia-tensorrt at 7.2-b184 and python3-libnvinfer 10.16.2.10-1+cuda13.2; anduril/
+# jetpack-nixos sourceinfo/r39.2-debs.json, 02d22af9).
+JETPACK_PACKAGES = MappingProxyType({
+    "cuda-runtime": ("nvidia-cuda",), "cuda-toolkit": ("nvidia-cuda-dev",),
+    "cudnn": ("nvidia-cudnn",), "tensorrt": ("nvidia-tensorrt", "python3-libnvinfer")})
+JETPACK_60_PACKAGES = MappingProxyType({**JETPACK_PACKAGES, "cudnn": ("nvidia-cudnn8",)})
+
+
+@dataclass(frozen=True)
+class L4tRelease:
+    """One Jetson Linux release this builder knows: its line, the JetPack it belongs to,
+    the CUDA release JetPack's repository gives it, and JetPack's package names."""
+
+    line: L4tLine
+    jetpack: str
+    cuda: str  # the Platform's (engines decide from it what they can run on)
+    packages: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: JETPACK_PACKAGES)
+
+
+# CUDA: cuda-cudart-12-2 12.2.140-1 in r36.3, -12-6 12.6.68-1 in r36.4, -13-2 13.2.75-1
+# in r39.2 (jetpack-nixos sourceinfo r36.3/r36.4/r39.2-debs.json); 39.2.1 (JetPack 7.2.1)
+# is CUDA 13.2 Update 2 (13.2.86: a board's nvcc, public notes, index id 68579880183).
+L4T_RELEASES: dict[str, L4tRelease] = {
+    "36.3.0": L4tRelease(R36, "6.0", "12.2", JETPACK_60_PACKAGES),
+    "36.4.0": L4tRelease(R36, "6.1", "12.6"),
+    "36.4.3": L4tRelease(R36, "6.2", "12.6"),
+    "39.2.0": L4tRelease(R39, "7.2", "13.2"),
+    "39.2.1": L4tRelease(R39, "7.2.1", "13.2"),
+}
+
+
+@dataclass(frozen=True)
 class JetPackRepo:
-    """NVIDIA's Jetson apt repository for one L4T release (suite r36.4 ...)."""
+    """NVIDIA's Jetson apt repository for one L4T release (suite r36.4, r39.2 ...): its
+    common/ repository and the BSP's (repos)."""
 
     url: str  # where the build reads it: http(s):// or a local directory
     device_url: str  # what the device's apt uses
     suite: str
     keyring: Path | None  # None: the BSP's own, which apply_binaries.sh put in the rootfs
+    repos: tuple[str, ...] = R36.repos
 
     def local_state(self) -> dict[str, str]:
         """What a local mirror serves now (its signed Release files): a mirror updated in
@@ -60,12 +117,12 @@ class JetPackRepo:
         if "://" in self.url:
             return {}
         return {r: pinned_sha256(Path(self.url) / r / "dists" / self.suite / "Release", None,
-                                 "jetson.jetpack.url") for r in JETSON_REPOS}
+                                 "jetson.jetpack.url") for r in self.repos}
 
     def sources(self, keyring: Path) -> tuple[AptSource, ...]:
         return tuple(AptSource(name=f"nvidia-jetpack-{r}", uri=f"{self.url}/{r}",
                                suite=self.suite, components=("main",), keyring=keyring,
-                               device_uri=f"{self.device_url}/{r}") for r in JETSON_REPOS)
+                               device_uri=f"{self.device_url}/{r}") for r in self.repos)
 _RELEASE = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 

@@ -1,4 +1,5 @@
-"""A faithful stand-in for NVIDIA's Jetson Linux (L4T r36) BSP and sample rootfs tarballs.
+"""A faithful stand-in for NVIDIA's Jetson Linux (L4T r36, r39.2) BSP and sample rootfs
+tarballs.
 
     from fakes.jetson.fake_l4t import make_bsp, make_sample_rootfs
 
@@ -36,11 +37,27 @@ search id 10362578587); the contents (the base config plus the -nv-super kernel 
 several public JetPack 6.2 projects boot) are not verified against NVIDIA's file.
 rootfs/ holds only README.txt, as NVIDIA ships it.
 
+R39.2 (39.2.0 is JetPack 7.2, 39.2.1 JetPack 7.2.1, both Ubuntu 24.04): no R39.2 (or
+R38) Linux_for_Tegra tree is readable here, so its BSP is the R36 layout with R39.2's
+identity, and its tools are the R36.2 fakes, not checked against R39.2's scripts. What is
+R39.2's: the nv_tegra_release lines as boards print them (39.2.0: GCID 45755727,
+nvidia-l4t-core 39.2.0-20260601141651, public notes, index ids 68618966171, 58103012036;
+39.2.1: GCID 46758480, 39.2.1-20260806224157, index id 68579880183), the kernel
+(6.8.12-1021-tegra, same notes), the apt source list (common and som, suite r39.2: the
+nvidia-l4t-apt-source_39.2.1 package's, index id 69085488930; jetson/ffmpeg left out as
+for r36), and the BSP package names, from r39.2's som index (anduril/jetpack-nixos
+sourceinfo/r39.2-debs.json, 02d22af9: -nvgpu variants, nvidia-l4t-oobe for R36's
+oem-config); which of them the BSP's nv_tegra/l4t_deb_packages holds is unverified. The
+board config names, jetson-orin-nano-devkit-super.conf included, are R36's: a Seeed
+JetPack 7.2 guide flashes jetson-orin-nano-devkit-super with l4t_initrd_flash.sh (index
+id 62653419769), and OE4T meta-tegra's R39.2 machine configs (d5d93dc6) keep R36's
+CHIP_SKUs and BPMP firmware names (orin-nano.inc: D5, bpmp_t234-TE950M-A1_prod.bin).
+
 make_sample_rootfs(tree_tarball, dest, release) re-packs a Debian arm64 rootfs tarball
 (a plain tar from mmdebstrap) as Tegra_Linux_Sample-Root-Filesystem_R<release>_aarch64.tbz2.
-It stands in for NVIDIA's Ubuntu 22.04 sample rootfs, which cannot be made here (no
-Ubuntu mirror): the layout and the way the builder unpacks it are the same, the
-distribution is not. Owners stay numeric, as in the source tarball.
+It stands in for NVIDIA's Ubuntu sample rootfs (22.04 for R36, 24.04 for R39), which
+cannot be made here (no Ubuntu mirror): the layout and the way the builder unpacks it
+are the same, the distribution is not. Owners stay numeric, as in the source tarball.
 
 Nothing here needs the network or NVIDIA software; building a BSP takes well under a
 second.
@@ -58,14 +75,33 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent / "tools"
 
 # release -> (GCID, DATE of the nv_tegra_release line, build stamp of the .deb versions,
-# kernel version). Lines as devices print them (JetPack 6.0-6.2.1); the 36.3.0 and 36.4.0
-# deb stamps are not verified (only the .deb names use them).
+# kernel version). Lines as devices print them (JetPack 6.0-6.2.1, 7.2, 7.2.1: R39 prints
+# its date with AM/PM); the 36.3.0 and 36.4.0 deb stamps are not verified (only the .deb
+# names use them).
 RELEASES: dict[str, tuple[str, str, str, str]] = {
     "36.2.0": ("34956989", "Thu Nov 30 18:58:15 UTC 2023", "20231130105725", "5.15.122"),
     "36.3.0": ("36191598", "Mon May  6 17:34:21 UTC 2024", "20240506102215", "5.15.136"),
     "36.4.0": ("37537400", "Fri Sep 13 04:36:44 UTC 2024", "20240912212859", "5.15.148"),
     "36.4.3": ("38968081", "Wed Jan  8 01:49:37 UTC 2025", "20250107174145", "5.15.148"),
     "36.4.4": ("41062509", "Mon Jun 16 16:07:13 UTC 2025", "20250616085344", "5.15.148"),
+    "39.2.0": ("45755727", "Mon Jun  1 09:28:48 PM UTC 2026", "20260601141651",
+               "6.8.12-1021"),
+    "39.2.1": ("46758480", "Fri Aug  7 05:54:22 AM UTC 2026", "20260806224157",
+               "6.8.12-1021"),
+}
+# L4T major -> (NVIDIA's apt repositories its nvidia-l4t-apt-source lists, the Ubuntu of
+# its sample rootfs, the BSP packages in nv_tegra/l4t_deb_packages)
+LINES: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+    "36": (("common", "t234"), "22.04", (
+        "nvidia-l4t-core", "nvidia-l4t-init", "nvidia-l4t-cuda", "nvidia-l4t-firmware",
+        "nvidia-l4t-3d-core", "nvidia-l4t-nvpmodel", "nvidia-l4t-tools",
+        "nvidia-l4t-oem-config", "nvidia-l4t-dgpu-config", "nvidia-l4t-factory-service",
+        "nvidia-l4t-dgpu-apt-source")),
+    "39": (("common", "som"), "24.04", (
+        "nvidia-l4t-core", "nvidia-l4t-init", "nvidia-l4t-init-nvgpu", "nvidia-l4t-cuda",
+        "nvidia-l4t-cuda-nvgpu", "nvidia-l4t-firmware", "nvidia-l4t-3d-core",
+        "nvidia-l4t-nvpmodel", "nvidia-l4t-tools", "nvidia-l4t-oobe",
+        "nvidia-l4t-factory-service", "nvidia-l4t-dgpu-tools")),
 }
 # devkit board config -> the module config it links to (r36 names)
 BOARD_CONFIGS = {
@@ -79,10 +115,6 @@ BPMP_FIRMWARE = ("TA990SA-A1", "TE950M-A1", "TE980M-A1", "TE990M-A1", "TE992M-A1
 NVIDIA_LIB_DIR = "usr/lib/aarch64-linux-gnu/nvidia"
 FAKE_LIBS = ("libnvrm_gpu.so", "libnvrm_mem.so", "libnvrm_host1x.so", "libnvos.so",
              "libcuda.so.1.1")
-DEBS = ("nvidia-l4t-core", "nvidia-l4t-init", "nvidia-l4t-cuda", "nvidia-l4t-firmware",
-        "nvidia-l4t-3d-core", "nvidia-l4t-nvpmodel", "nvidia-l4t-tools",
-        "nvidia-l4t-oem-config", "nvidia-l4t-dgpu-config", "nvidia-l4t-factory-service",
-        "nvidia-l4t-dgpu-apt-source")
 LICENSE = "usr/share/doc/nvidia-tegra/Tegra_Software_License_Agreement-Tegra-Linux.txt"
 APT_SOURCE = "etc/apt/sources.list.d/nvidia-l4t-apt-source.list"
 JETSON_REPO = "https://repo.download.nvidia.com/jetson"
@@ -103,6 +135,10 @@ def _release(release: str) -> tuple[str, str, str, str]:
     if release not in RELEASES:
         raise ValueError(f"unknown L4T release {release!r}; known: {', '.join(RELEASES)}")
     return RELEASES[release]
+
+
+def _line(release: str) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    return LINES[release.split(".")[0]]
 
 
 def nv_tegra_release_line(release: str) -> str:
@@ -226,6 +262,7 @@ def _script(tree: Path, source: str, rel: str) -> None:
 
 def _populate(l4t: Path, release: str) -> None:
     kver = _release(release)[3]
+    repos, ubuntu, debs = _line(release)
     major, minor, patch = release.split(".")
     debver = deb_version(release)
     # tools, under their real names
@@ -266,7 +303,8 @@ def _populate(l4t: Path, release: str) -> None:
         '\nDTB_FILE=tegra234-p3737-0000+p3701-0000-nv.dtb;\nTBCDTB_FILE="${DTB_FILE}";\n',
     }
     links = dict(BOARD_CONFIGS)
-    if (int(minor), int(patch)) >= (4, 3):  # JetPack 6.2 adds the Super devkit config
+    if (int(major), int(minor), int(patch)) >= (36, 4, 3):  # JetPack 6.2 adds the Super
+        # devkit config
         confs[SUPER_BOARD[1]] = ('# Not NVIDIA\'s file (no R36.4 BSP is readable here): the '
                                  'base config, whose\n# kernel DTBs the fake names '
                                  '*-nv-super.dtb for this file\n'
@@ -283,7 +321,7 @@ def _populate(l4t: Path, release: str) -> None:
     _write(l4t / "nv_tegra/user_version", "USER_MAJOR_NUM=0\nUSER_MINOR_NUM=0\n"
            'USER_VERSION="${USER_MAJOR_NUM}.${USER_MINOR_NUM}"\n')
     # what apply_binaries.sh installs (the .debs and the -t tarballs hold the same files)
-    for deb in DEBS:
+    for deb in debs:
         _write(l4t / f"nv_tegra/l4t_deb_packages/{deb}_{debver}_arm64.deb",
                f"test placeholder for {deb}_{debver}_arm64.deb\n")
     _write(l4t / f"kernel/nvidia-l4t-kernel_{kver}-tegra-{debver}_arm64.deb", "placeholder\n")
@@ -297,7 +335,7 @@ def _populate(l4t: Path, release: str) -> None:
         # nvidia-l4t-apt-source (nv-apply-debs.sh installs it, but for --dgpu/--factory):
         # NVIDIA's Jetson repository for this release, keyed in trusted.gpg.d
         APT_SOURCE: "".join(f"deb {JETSON_REPO}/{r} r{major}.{minor} main\n"
-                            for r in ("common", "t234")).encode(),
+                            for r in repos).encode(),
         "etc/apt/trusted.gpg.d/jetson-ota-public.asc": b"FAKE placeholder for NVIDIA's "
         b"jetson-ota-public.asc (not a key)\n",
     }
@@ -313,7 +351,7 @@ def _populate(l4t: Path, release: str) -> None:
     _tbz2(l4t / "kernel/kernel_oot_modules.tbz2",
           {f"{modules}/updates/nvgpu.ko": b"FAKE placeholder kernel module\n"})
     _tbz2(l4t / "kernel/kernel_headers.tbz2",
-          {f"linux-headers-{kver}-tegra-ubuntu22.04_aarch64": None})
+          {f"linux-headers-{kver}-tegra-ubuntu{ubuntu}_aarch64": None})
     _write(l4t / "kernel/Image", f"FAKE kernel image: Linux version {kver}-tegra \n")
     # bootloader and partition layouts
     _write(l4t / "bootloader/extlinux.conf", EXTLINUX)

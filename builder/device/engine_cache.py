@@ -1,0 +1,144 @@
+"""The device's cache of engines it built itself, shared by the engines that build on the
+device (trtllm.py, edgellm.py), and `edge-llm-engine-build`, the command the inference
+role's build unit runs.
+
+An engine is built in a work directory and renamed into the cache only when whole (a
+`.complete` stamp in it), so a cut build leaves nothing that looks built. How the build
+goes is written to a status file the gateway reads (503 "engine building" meanwhile).
+
+  edge-llm-engine-build SETTINGS   the release's engine, from the cache or built now, by
+                                   the device tool SETTINGS's "tool" names (one of this
+                                   package's DEVICE_TOOLS that builds engines: the settings
+                                   come from a verified release, yet nothing in them picks
+                                   code beyond that table)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .layout import Layout
+
+STATUS = "engine-status.json"  # Layout.engine_status, world-readable: the gateway reads it
+BUILD_UNIT = "edge-llm-engine-build.service"  # the inference role's unit that builds
+SETTINGS = "engine/device.json"  # in a release: what the device builds and serves
+_RELEASE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
+
+
+class EngineCache:
+    def __init__(self, layout: Layout, root: str = "/", tool: str = "edge-llm-engine") -> None:
+        self.layout = layout
+        self.root = Path(root)
+        self.tool = tool
+        self.engines = Path(layout.state_dir) / "engines"  # layout: already under root
+        self.status_file = Path(layout.engine_status)
+
+    # what an engine's tool does (trtllm.py, edgellm.py)
+    def build(self, s: dict) -> Path:
+        """The release's engine (settings `s`), from the cache or built now."""
+        raise NotImplementedError
+
+    def serve_argv(self, s: dict) -> list[str]:
+        """The command that serves the release's engine on loopback."""
+        raise NotImplementedError
+
+    def log(self, msg: str) -> None:
+        print(f"{self.tool}: {msg}", file=sys.stderr, flush=True)
+
+    def status(self, state: str, **fields: object) -> None:
+        data = {"state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **fields}
+        tmp = self.status_file.with_name(STATUS + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data) + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, self.status_file)
+
+    def l4t_release(self) -> str:
+        try:
+            m = _RELEASE.search((self.root / "etc/nv_tegra_release").read_text())
+        except OSError:
+            return "unknown"
+        return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else "unknown"
+
+    def on_device(self, path: str) -> Path:
+        """A path the settings name, under this device's root."""
+        return self.root / path.lstrip("/")
+
+    def work_dir(self, key: str) -> Path:
+        work = self.engines / f".build-{key}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        return work
+
+    def built(self, key: str, marker: str = "config.json") -> Path | None:
+        """The engine `key` when the cache holds it whole, else None."""
+        engine = self.engines / key
+        whole = (engine / marker).is_file() and (engine / ".complete").is_file()
+        return engine if whole else None
+
+    def commit(self, built: Path, key: str, started: float) -> Path:
+        """`built` (a finished engine directory) into the cache as `key`."""
+        engine = self.engines / key
+        (built / ".complete").write_text(f"{time.time() - started:.0f}s\n")
+        shutil.rmtree(engine, ignore_errors=True)
+        os.replace(built, engine)
+        self.log(f"engine {key} built in {time.time() - started:.0f}s")
+        self.status("ready", engine=key, build_seconds=round(time.time() - started))
+        return engine
+
+    def failed(self, step: str, message: str, **fields: object) -> SystemExit:
+        self.status("failed", step=step, **fields)
+        return SystemExit(f"{self.tool}: {message}")
+
+
+def tool_main(device: type[EngineCache], name: str, argv: list[str]) -> int:
+    """`NAME build|serve SETTINGS`, an engine's device tool: build the release's engine
+    (or take it from the cache), or exec what serves it (Device.serve_argv)."""
+    if len(argv) != 2 or argv[0] not in ("build", "serve"):
+        print(f"usage: {name} build|serve SETTINGS", file=sys.stderr)
+        return 2
+    root = os.environ.get("EDGE_LLM_ROOT", "/")
+    d = device(Layout.load(root), root)
+    s = json.loads(Path(argv[1]).read_text())
+    if argv[0] == "build":
+        d.build(s)
+        return 0
+    cmd = d.serve_argv(s)
+    os.execv(cmd[0] if "/" in cmd[0] else shutil.which(cmd[0]) or cmd[0], cmd)
+    return 1  # not reached
+
+
+def builder_of(path: str):
+    """The module of the device tool SETTINGS names, if it builds engines."""
+    from . import DEVICE_TOOLS
+
+    s = json.loads(Path(path).read_text())
+    tool = s.get("tool") if isinstance(s, dict) else None
+    name = DEVICE_TOOLS.get(tool) if isinstance(tool, str) else None
+    module = importlib.import_module(f"{__package__}.{name}") if name else None
+    # this module's class as the tools import it (run with -m, this one is __main__)
+    base = importlib.import_module(f"{__package__}.engine_cache").EngineCache
+    if module is None or not issubclass(getattr(module, "Device", object), base):
+        raise SystemExit(f"edge-llm-engine-build: {path}: \"tool\" is not a device tool "
+                         f"that builds engines: {tool!r}")
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: edge-llm-engine-build SETTINGS", file=sys.stderr)
+        return 2
+    return builder_of(args[0]).main(["build", args[0]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
