@@ -1,7 +1,9 @@
 """Shared test helpers. Real-hardware tests carry @pytest.mark.hil and run with --hil; the
 whole-arm64-system tests (the Pi 5 appliance built and booted under emulation) carry
-@pytest.mark.emulated and the tests that drive Ansible and rollouts inside VMs at length
-carry @pytest.mark.long: both run by default (CI included), -m selects or leaves them."""
+@pytest.mark.emulated and runs by default (CI included: its build starts in the background
+while the x86 tests run); the tests that drive Ansible and rollouts inside VMs at length
+carry @pytest.mark.long and run where QEMU has KVM, or with --long (CI's QEMU has TCG,
+where they cost more than its time budget leaves). -m selects or leaves either."""
 
 from __future__ import annotations
 
@@ -23,14 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hil", action="store_true",
                      help="run tests that need real hardware (Orin, Pi 5)")
-    # The Pi 5 tier (emulated) and the long VM tier run by default, CI included; leave
-    # them out with -m "not emulated and not long". The flags stay for older command lines.
+    # The Pi 5 tier (emulated) runs by default; the flag stays for older command lines
     parser.addoption("--emulated", action="store_true",
                      help="no-op: the emulated tier (the Pi 5 appliance) runs by default; "
                           "select it alone with -m emulated")
     parser.addoption("--long", action="store_true",
-                     help="no-op: the long VM tier runs by default; select it alone with "
-                          "-m long")
+                     help="run the long VM tests even where QEMU has no KVM (TCG: most of "
+                          "an hour on 2 cores; with KVM they run anyway)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,12 +62,29 @@ def _signal_handlers_survive_each_test():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--hil"):
-        return
-    for item in items:
-        if "hil" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="needs real hardware; run with --hil "
-                                                    "in the lab"))
+    tiers = {"hil": (config.getoption("--hil"),
+                     "needs real hardware; run with --hil in the lab")}
+    if any("long" in item.keywords for item in items):
+        tiers["long"] = (config.getoption("--long") or _kvm(),
+                         "drives Ansible or a rollout inside VMs at length, most of an hour "
+                         "where QEMU has no KVM (TCG, as here); run with --long")
+    for name, (wanted, reason) in tiers.items():
+        if wanted:
+            continue
+        for item in items:
+            if name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _kvm() -> bool:
+    """Does QEMU get KVM here (the probe `builder vm` uses)?"""
+    from builder import resolve, vm
+    from builder.errors import BuilderError
+
+    try:
+        return vm.detect_accel(resolve.target_named("x86-gateway").vm_machine(REPO, {})) == "kvm"
+    except BuilderError:  # no QEMU or firmware: the VM tests will say so themselves
+        return False
 
 
 @dataclass

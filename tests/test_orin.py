@@ -35,7 +35,7 @@ RELEASE = "36.4.3"
 NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
 
 
-def stand_in_repo(artifact_cache) -> Path:
+def stand_in_repo(artifact_cache, release: str = RELEASE) -> Path:
     """The JetPack repository stand-in, kept in the artifact cache with its signing key
     while the stand-in's source is the same: a new key each run would be a new rootfs
     (the key is part of its cache key) every run."""
@@ -43,10 +43,10 @@ def stand_in_repo(artifact_cache) -> Path:
 
     source = Path(__file__).parent / "fakes/jetson/fake_jetpack_repo.py"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    kept = artifact_cache.dir("stand-ins") / f"jetpack-{RELEASE}-amd64-{digest}"
+    kept = artifact_cache.dir("stand-ins") / f"jetpack-{release}-amd64-{digest}"
     if not (kept / KEY_NAME).is_file():
         work = kept.with_name(kept.name + f".{os.getpid()}")
-        make_repo(work, RELEASE, arch="amd64", python="3.11")
+        make_repo(work, release, arch="amd64", python="3.11")
         os.replace(work, kept)
     return kept
 
