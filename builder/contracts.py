@@ -254,7 +254,7 @@ class Engine(ABC):
     section: ClassVar[str]  # its own profile section, engine.<section>: (e.g. llama_cpp)
     settings: ClassVar[type[EngineSettings]]  # that section's model
     probe: ClassVar[Probe]
-    model_format: ClassVar[str]  # what the release ships: "gguf" (one file) or "hf" (a dir)
+    model_format: ClassVar[str]  # what the release ships: "gguf" (one file), "hf" or "onnx" (a dir)
     quants: ClassVar[tuple[Quantization, ...]]
 
     def settings_of(self, p: Profile) -> Any:

@@ -85,7 +85,6 @@ def test_an_awq_checkpoint_exports_to_the_onnx_directory_the_release_carries(
     assert m.format == "onnx" and m.quant == "int4_awq"
     assert {"model.onnx", "model.onnx.data", "config.json", "embedding.safetensors",
             "tokenizer.json", "processed_chat_template.json"} <= set(m.files or {})
-    assert "quantized" not in {p.name for p in m.path.parent.parent.iterdir()}
     again = export(dist, "awq")  # cached by every input: the same directory, not redone
     assert again.path == m.path and again.sha256 == m.sha256
 
@@ -101,6 +100,8 @@ def test_int4_awq_from_fp16_calibrates_on_a_gpu_and_says_how_to_run_it_elsewhere
     monkeypatch.setenv("FAKE_EDGELLM_GPUS", "1")  # a host with a GPU: quantize, then export
     m = export(dist, "fp16")
     assert (m.path / "model.onnx").is_file()
+    # the quantized checkpoint was a step, not a product: the cache keeps the ONNX only
+    assert [p.name for p in m.path.parent.parent.iterdir()] == ["onnx"]
     # and it calibrates on the profile's local set, never on the Hub's
     with pytest.raises(BuilderError, match=r"^engine.tensorrt_edge_llm.calibration: "):
         export(dist, "fp16", calibration=False)
@@ -128,6 +129,19 @@ def test_an_onnx_directory_exported_elsewhere_is_checked_before_it_is_taken(
     (onnx / "config.json").write_text(json.dumps(cfg))
     fetched = fetch(ModelSource(), Cache(dist["cache"]), model_file=onnx)
     with pytest.raises(BuilderError, match="is not a file name inside the directory"):
+        ENGINE.model(profile(dist), fetched, Cache(dist["cache"]))
+    # a file inside that the release would not carry (it takes the ONNX file types only)
+    (onnx / "weights.bin").write_bytes(b"\0" * 16)
+    cfg["external_weight_files"] = [{"file": "weights.bin"}]
+    (onnx / "config.json").write_text(json.dumps(cfg))
+    fetched = fetch(ModelSource(), Cache(dist["cache"]), model_file=onnx)
+    with pytest.raises(BuilderError, match=r"weights\.bin is not a \.safetensors"):
+        ENGINE.model(profile(dist), fetched, Cache(dist["cache"]))
+    # another release's export: its engine would be built by this release's llm_build
+    cfg["external_weight_files"], cfg["edgellm_version"] = [], "0.8.0"
+    (onnx / "config.json").write_text(json.dumps(cfg))
+    fetched = fetch(ModelSource(), Cache(dist["cache"]), model_file=onnx)
+    with pytest.raises(BuilderError, match=r"exported by Edge-LLM 0\.8\.0"):
         ENGINE.model(profile(dist), fetched, Cache(dist["cache"]))
 
 
@@ -166,7 +180,7 @@ class EdgeDevice:
         shutil.copytree(b.tree, self.release, symlinks=True)
         self.model = self.root / "var/lib/edge-llm/models" / model.device_name
         shutil.copytree(model.path, self.model)
-        self.settings = self.release / "engine/device.json"
+        self.settings = self.release / "engine/build.json"
 
     def set_tensorrt(self, version: str) -> None:
         (self.root / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
@@ -241,8 +255,35 @@ def test_an_onnx_naming_a_file_outside_it_is_refused_before_llm_build_runs(
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "is not a file name inside the directory" in r.stderr
     assert orin.status()["state"] == "failed" and orin.status()["step"] == "setup"
-    assert "llm_build" not in r.stderr.split("edge-llm-edgellm:", 1)[0]  # never started
+    assert "step 1/1" not in r.stderr  # llm_build never started
     assert not [p for p in orin.root.rglob("engine-secret") if p != secret]
+
+
+def test_a_rebuilt_runtime_of_the_same_version_builds_another_engine(
+        orin: EdgeDevice) -> None:
+    """An engine is serialized against the plugin it was built with."""
+    assert orin.build().returncode == 0
+    plugin = orin.root / "opt/tensorrt-edgellm/build/libNvInfer_edgellm_plugin.so"
+    real = plugin.resolve()
+    real.write_bytes(real.read_bytes() + b"\n# rebuilt\n")
+    assert orin.build().returncode == 0
+    assert len(orin.built()) == 2
+
+
+@pytest.mark.parametrize("steps", [
+    [["sh", "-c", "touch /tmp/owned"]],
+    [["llm_build", "--onnxDir", "ONNX", "--engineDir", "/etc"]],
+    [["llm_build", "--onnxDir", "ONNX", "--engineDir", "ENGINE", "--maxInputLen", "1;id"]],
+    [["llm_build", "--onnxDir", "ONNX", "--engineDir", "ENGINE"], ["sh"]],
+])
+def test_the_build_runs_llm_build_and_nothing_else_the_release_names(
+        orin: EdgeDevice, steps: list) -> None:
+    s = json.loads(orin.settings.read_text())
+    orin.settings.write_text(json.dumps({**s, "steps": steps}))
+    r = orin.build()
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "not an llm_build line this tool runs" in r.stderr and "step 1/" not in r.stderr
+    assert not orin.engines.exists() or not orin.built()
 
 
 def test_a_failed_llm_build_leaves_no_engine_and_says_so(orin: EdgeDevice) -> None:
@@ -277,11 +318,10 @@ def test_the_release_streams_through_the_gateway_from_the_engine_built_on_the_de
     """The engine unit's command (`edge-llm-edgellm serve`, the release's drop-in) and
     the gateway with the release's own engine settings (gateway.json)."""
     assert orin.build().returncode == 0
-    plugin = orin.root / "opt/tensorrt-edgellm/build/libNvInfer_edgellm_plugin.so"
+    # no EDGELLM_PLUGIN_PATH from outside: serve gives the adapter the build's plugin
     engine = subprocess.Popen(
         [sys.executable, "-m", "builder.device.edgellm", "serve", str(orin.settings)],
-        env=orin.env(EDGELLM_PLUGIN_PATH=str(plugin)), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        env=orin.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     gw_settings = json.loads((orin.release / "gateway.json").read_text())
     try:
         with GatewayProcess(tmp_path / "gw", f"http://127.0.0.1:{orin.port}",

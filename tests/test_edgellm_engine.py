@@ -61,8 +61,9 @@ def test_weights_follow_edge_llms_layouts() -> None:
     ("runtime: {parallel: 2}\n", "runtime.parallel", "one request at a time"),
     ("engine: {tensorrt_edge_llm: {max_input_len: 4096}}\n",
      "engine.tensorrt_edge_llm.max_input_len", "no room for an answer"),
-    ("engine: {tensorrt_edge_llm: {max_kv_cache_capacity: 8192}}\n",
-     "engine.tensorrt_edge_llm.max_kv_cache_capacity", "runtime.context_length"),
+    # the exporter only warns when there are no INT4 FFN weights to move out
+    ("model: {quant: fp16}\n", "engine.tensorrt_edge_llm.externalize_weights",
+     "model.quant fp16 has none"),
     # FP8 and FP4 are Edge-LLM precisions Orin cannot run (installation.md:184-185)
     ("model: {quant: fp8}\n", "model.quant", "int4_awq, int4_gptq, int8_sq, fp16"),
     ("engine: {tensorrt_edge_llm: {externalize_weights: [nvfp4]}}\n",
@@ -87,7 +88,7 @@ def test_the_release_tells_the_device_what_to_build_and_serve(tmp_path: Path) ->
                       gateway_dir=tmp_path, gateway_key="g", model=ctx.model,
                       model_id="qwen2.5-1.5b-instruct")
     ENGINE.release_files(i, tmp_path)
-    s = json.loads((tmp_path / "engine/device.json").read_text())
+    s = json.loads((tmp_path / "engine/build.json").read_text())
     assert s["tool"] == "edge-llm-edgellm" and s["version"] == "0.9.1"
     [build] = s["steps"]
     assert build[:5] == ["llm_build", "--onnxDir", "ONNX", "--engineDir", "ENGINE"]
@@ -95,7 +96,22 @@ def test_the_release_tells_the_device_what_to_build_and_serve(tmp_path: Path) ->
     assert flags == {"--maxInputLen": "2048", "--maxKVCacheCapacity": "4096",
                      "--maxBatchSize": "1"}
     assert ENGINE.exec_start(i, LAYOUT) == \
-        f"{LAYOUT.tool('edge-llm-edgellm')} serve {LAYOUT.current}/engine/device.json"
-    env = ENGINE.env(i, LAYOUT)
-    assert env["EDGELLM_PLUGIN_PATH"].startswith("/")  # never the runtime's CWD fallback
+        f"{LAYOUT.tool('edge-llm-edgellm')} serve {LAYOUT.current}/engine/build.json"
+    # the plugin the device's build and serve set (never the runtime's CWD fallback)
+    from builder.device.edgellm import PLUGIN
+
+    assert ENGINE.env(i, LAYOUT)["EDGELLM_PLUGIN_PATH"] == f"{s['checkout']}/{PLUGIN}"
     assert ENGINE.gateway_settings(LAYOUT)["engine_fields"] == ["top_k"]
+
+
+def test_the_build_check_counts_only_the_weights_that_leave_the_engine() -> None:
+    """int4_ffn takes the INT4 FFN matrices out of llm_build's engine: its peak drops by
+    them, not by all the weights."""
+    from builder.engines.tensorrt_edge_llm import externalized
+
+    m = get_model("qwen2.5-1.5b-instruct")
+    ffn = externalized(m, "int4_awq", ["int4_ffn"])
+    assert 0 < ffn < ENGINE.weight_bytes(m, "int4_awq") / 2
+    assert externalized(m, "int8_sq", ["int4_ffn"]) == 0
+    d = device("orin-nano-8gb-edgellm")
+    assert d.plan.build.peak == 2 * ENGINE.weight_bytes(m, "int4_awq") - ffn + 2**30

@@ -150,7 +150,7 @@ def test_the_rootfs_has_nvidias_userspace_and_the_appliance(package: Path,
     current = root / "opt/edge-llm/current"
     assert current.is_symlink()
     release = root / "opt/edge-llm" / os.readlink(current)
-    settings = json.loads((release / "engine/device.json").read_text())
+    settings = json.loads((release / "engine/build.json").read_text())
     assert settings["sm"] == "87" and settings["quant"] == "int8_wo"
     model = root / settings["model"].lstrip("/")
     assert (model / "config.json").is_file()  # the checkpoint the device builds from
@@ -304,7 +304,7 @@ def in_rootfs(root: Path, *args: str, **kw) -> subprocess.CompletedProcess:
 
 TOOL = "/usr/local/lib/edge-llm/edge-llm-trtllm"
 BUILD = "/usr/local/lib/edge-llm/edge-llm-engine-build"  # what the build unit runs
-SETTINGS = "/opt/edge-llm/current/engine/device.json"
+SETTINGS = "/opt/edge-llm/current/engine/build.json"
 
 
 def test_without_jetpacks_tensorrt_the_engine_build_stops_in_one_line(package: Path) -> None:

@@ -34,7 +34,7 @@ PROFILE = "orin-edgellm-test"
 RELEASE = "39.2.0"
 BUILD = "/usr/local/lib/edge-llm/edge-llm-engine-build"
 TOOL = "/usr/local/lib/edge-llm/edge-llm-edgellm"
-SETTINGS = "/opt/edge-llm/current/engine/device.json"
+SETTINGS = "/opt/edge-llm/current/engine/build.json"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -101,10 +101,11 @@ SPOKEN_HERE = {
     "device/trtllm.py": {"trtllm", "l4t"},
     "device/__init__.py": {"trtllm"},
     # and TensorRT Edge-LLM's (edge-llm-edgellm, its adapter edgellm_serve); the engine
-    # cache both build into (it reads the L4T release an engine is tied to)
+    # cache both build into (it reads the L4T release an engine is tied to, and finds a
+    # TensorRT-LLM release made before engine/build.json by its old file)
     "device/edgellm.py": {"tensorrt", "l4t"},
     "device/edgellm_serve.py": {"cuda"},
-    "device/engine_cache.py": {"l4t", "tegra"},
+    "device/engine_cache.py": {"l4t", "tegra", "trtllm"},
     # GPU_STACK: the words an engine and a target share for a GPU vendor's software (an
     # engine says what it needs in them, a target maps them to its vendor's packages)
     "contracts.py": {"cuda", "tensorrt"},

@@ -82,7 +82,7 @@ class OrinDevice:
         self.release = self.root / "opt/edge-llm/releases" / b.release_id
         shutil.copytree(b.tree, self.release, symlinks=True)
         shutil.copytree(model, self.root / "var/lib/edge-llm/models" / i.model.device_name)
-        self.settings = self.release / "engine/device.json"
+        self.settings = self.release / "engine/build.json"
 
     def set_l4t(self, rel: str) -> None:
         (self.root / "etc/nv_tegra_release").write_text(nv_tegra_release_line(rel) + "\n")
@@ -371,5 +371,23 @@ def test_a_device_imaged_before_the_shared_build_command_still_builds_new_releas
     legacy = orin.release / LEGACY_SETTINGS
     assert legacy.read_text() == orin.settings.read_text()
     r = orin.tool("build", str(legacy))
+    assert r.returncode == 0, r.stderr
+    assert len(built(orin)) == 1 and orin.status()["state"] == "ready"
+
+
+def test_a_release_made_before_the_shared_build_command_still_builds(
+        orin: OrinDevice) -> None:
+    """A rollback to a release with only engine/trtllm.json (and no "tool"): the build
+    unit's command, given engine/build.json, takes it."""
+    from builder.engines.trtllm import LEGACY_SETTINGS
+
+    legacy = orin.release / LEGACY_SETTINGS
+    s = json.loads(legacy.read_text())
+    del s["tool"]
+    legacy.write_text(json.dumps(s))
+    orin.settings.unlink()
+    r = subprocess.run([sys.executable, "-m", "builder.device.engine_cache",
+                        str(orin.settings)], env=orin.env(), capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(built(orin)) == 1 and orin.status()["state"] == "ready"

@@ -173,7 +173,9 @@ def test_the_engine_is_built_as_the_engine_user_writing_only_its_cache_and_statu
     settings = f"{LAYOUT.current}/{trtllm.SETTINGS}"
     assert build["User"] == [LAYOUT.engine_user] and build["Type"] == ["oneshot"]
     assert build["ExecStart"] == [f"{LAYOUT.tool('edge-llm-engine-build')} {settings}"]
-    assert build["ConditionPathExists"] == [settings]  # a release without one skips it
+    # a release without either skips it; one made before engine/build.json has trtllm.json
+    assert build["ConditionPathExists"] == [
+        f"|{settings}", f"|{LAYOUT.current}/{trtllm.LEGACY_SETTINGS}"]
     # writable: the engine cache and the status file's directory, nothing else
     assert build["ProtectSystem"] == ["strict"] and "ReadWritePaths" not in build
     assert [f"/var/lib/{d}" for d in build["StateDirectory"]] == \

@@ -1,7 +1,7 @@
 """edge-llm-edgellm: TensorRT Edge-LLM engines built and served on the device itself.
 
 A release for an Edge-LLM device carries the model as an ONNX directory (exported on
-the build host by tensorrt-edgellm-export) and the build settings (engine/device.json);
+the build host by tensorrt-edgellm-export) and the build settings (engine/build.json);
 Edge-LLM's build directory is in the image (engine.tensorrt_edge_llm.checkout):
 
   build SETTINGS   the engine for this release, from the cache or built now with
@@ -40,6 +40,8 @@ ENGINE_FILE = "llm.engine"  # cpp/builder/llmBuilder.cpp:252-266
 DPKG_STATUS = "var/lib/dpkg/status"
 TENSORRT_PACKAGE = "libnvinfer10"  # JetPack 6.x and 7.x: TensorRT 10's runtime library
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+# llm_build's limits a release may set (examples/llm/llm_build.cpp:103-117)
+LIMITS = ("--maxInputLen", "--maxKVCacheCapacity", "--maxBatchSize")
 
 
 def onnx_problems(onnx: Path) -> list[str]:
@@ -87,16 +89,29 @@ class Device(EngineCache):
         return "unknown"
 
     def key(self, s: dict) -> str:
-        """What names an engine: everything that changes its bytes."""
+        """What names an engine: everything that changes its bytes, the builder and the
+        plugin it was built with included (a runtime rebuilt at the same version builds
+        anew)."""
         blob = json.dumps({"model": s["model_sha256"], "version": s["version"],
                            "l4t": self.l4t_release(), "tensorrt": self.tensorrt_version(),
+                           "runtime": [self.file_sha256(self.checkout(s) / f)
+                                       for f in (LLM_BUILD, PLUGIN)],
                            "sm": s["sm"], "steps": s["steps"]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    @staticmethod
+    def file_sha256(path: Path) -> str | None:
+        try:
+            with path.open("rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return None
 
     def checkout(self, s: dict) -> Path:
         return self.on_device(s["checkout"])
 
     def build(self, s: dict) -> Path:
+        self.check_steps(s)
         key = self.key(s)
         cached = self.built(key)
         if cached:
@@ -132,6 +147,21 @@ class Device(EngineCache):
         shutil.rmtree(work, ignore_errors=True)
         return engine
 
+    def check_steps(self, s: dict) -> None:
+        """The release's recipe runs llm_build and nothing else: its own input and output
+        directories, and the limits as whole numbers (a verified release made it, but
+        nothing in it names another program)."""
+        steps = s.get("steps")
+        ok = isinstance(steps, list) and len(steps) == 1 and isinstance(steps[0], list)
+        argv = steps[0] if ok else []
+        ok = ok and argv[:5] == ["llm_build", "--onnxDir", "ONNX", "--engineDir", "ENGINE"] \
+            and len(argv) % 2 == 1 and all(
+                flag in LIMITS and isinstance(v, str) and v.isdigit()
+                for flag, v in zip(argv[5::2], argv[6::2], strict=True))
+        if not ok:
+            raise self.failed("setup", "the release's build steps are not an llm_build line "
+                              "this tool runs", reason="unexpected build steps")
+
     def plugin(self, s: dict) -> str:
         return str(self.checkout(s) / PLUGIN)
 
@@ -156,7 +186,10 @@ class Device(EngineCache):
             raise SystemExit(f"edge-llm-edgellm: no engine {key} is built for this "
                              f"release; its build says why: journalctl -u {BUILD_UNIT}")
         adapter = Path(__file__).with_name("edgellm_serve.py")
-        return [s["python"], "-I", str(adapter), "--engine-dir", str(engine),
+        # env(1) sets the plugin the engine was built with (the runtime's fallback is
+        # relative to its working directory): the same path the build gave llm_build
+        return ["/usr/bin/env", f"EDGELLM_PLUGIN_PATH={self.plugin(s)}",
+                s["python"], "-I", str(adapter), "--engine-dir", str(engine),
                 "--runtime-dir", str(self.checkout(s) / BINDING_DIR),
                 "--host", "127.0.0.1", "--port", str(s["port"]),
                 "--model-id", s["model_id"], "--max-input-len", str(s["max_input_len"]),

@@ -7,10 +7,12 @@ An engine is built in a work directory and renamed into the cache only when whol
 goes is written to a status file the gateway reads (503 "engine building" meanwhile).
 
   edge-llm-engine-build SETTINGS   the release's engine, from the cache or built now, by
-                                   the device tool SETTINGS's "tool" names (one of this
-                                   package's DEVICE_TOOLS that builds engines: the settings
-                                   come from a verified release, yet nothing in them picks
-                                   code beyond that table)
+                                   the device tool SETTINGS's "tool" names: one of this
+                                   package's DEVICE_TOOLS that builds engines, never another
+                                   program (the settings come from a verified release; the
+                                   tool then runs the release's recipe). A release made
+                                   before SETTINGS existed has engine/trtllm.json instead,
+                                   built by edge-llm-trtllm.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .layout import Layout
 
 STATUS = "engine-status.json"  # Layout.engine_status, world-readable: the gateway reads it
 BUILD_UNIT = "edge-llm-engine-build.service"  # the inference role's unit that builds
-SETTINGS = "engine/device.json"  # in a release: what the device builds and serves
+SETTINGS = "engine/build.json"  # in a release: what the device builds and serves
+LEGACY = ("engine/trtllm.json", "edge-llm-trtllm")  # SETTINGS before 2026-12, its tool
 _RELEASE = re.compile(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)")
 
 
@@ -116,12 +119,21 @@ def tool_main(device: type[EngineCache], name: str, argv: list[str]) -> int:
     return 1  # not reached
 
 
-def builder_of(path: str):
+def settings_path(path: str) -> tuple[Path, str | None]:
+    """SETTINGS, or the legacy file of a release made before it (and its tool)."""
+    p = Path(path)
+    legacy = p.parent.parent / LEGACY[0]
+    if not p.exists() and p.name == Path(SETTINGS).name and legacy.is_file():
+        return legacy, LEGACY[1]
+    return p, None
+
+
+def builder_of(path: Path, default_tool: str | None = None):
     """The module of the device tool SETTINGS names, if it builds engines."""
     from . import DEVICE_TOOLS
 
-    s = json.loads(Path(path).read_text())
-    tool = s.get("tool") if isinstance(s, dict) else None
+    s = json.loads(path.read_text())
+    tool = s.get("tool", default_tool) if isinstance(s, dict) else None
     name = DEVICE_TOOLS.get(tool) if isinstance(tool, str) else None
     module = importlib.import_module(f"{__package__}.{name}") if name else None
     # this module's class as the tools import it (run with -m, this one is __main__)
@@ -137,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: edge-llm-engine-build SETTINGS", file=sys.stderr)
         return 2
-    return builder_of(args[0]).main(["build", args[0]])
+    path, default_tool = settings_path(args[0])
+    return builder_of(path, default_tool).main(["build", str(path)])
 
 
 if __name__ == "__main__":

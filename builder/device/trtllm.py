@@ -2,7 +2,7 @@
 
 TensorRT engines are specific to the GPU and the TensorRT version, so a release for a
 TensorRT-LLM device carries the model (a Hugging Face checkpoint) and the build
-settings (engine/device.json), and the device builds the engine it lacks:
+settings (engine/build.json), and the device builds the engine it lacks:
 
   build SETTINGS   the engine for this release, from the cache or built now: the
                    checkpoint made (convert_checkpoint.py, or quantize.py for AWQ) and

@@ -31,7 +31,8 @@ ONNX_PATTERNS = ["*.onnx", "*.onnx.data", "*.json", "*.safetensors"]
 
 @dataclass(frozen=True)
 class Fetched:
-    """Model files on disk: a GGUF file or a Hugging Face directory, with their sha256."""
+    """Model files on disk: a GGUF file, a Hugging Face directory or an ONNX directory
+    (TensorRT Edge-LLM's export), with their sha256."""
 
     path: Path
     kind: str  # "gguf", "hf" or "onnx"
@@ -246,7 +247,7 @@ class ModelArtifact:
     path: Path
     sha256: str
     quant: str
-    format: str  # "gguf" or "hf"
+    format: str  # "gguf", "hf" or "onnx"
     files: dict[str, str] | None = None  # a directory's files and their sha256
 
     @property

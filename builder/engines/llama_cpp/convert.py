@@ -31,6 +31,9 @@ def convert(fetched: Fetched, source: SourceTree, cache: Cache) -> Entry:
     """HF safetensors -> F16 GGUF with the pinned llama.cpp's convert_hf_to_gguf.py."""
     if fetched.kind == "gguf":
         raise BuilderError(f"{fetched.origin}: already a GGUF file; nothing to convert")
+    if fetched.kind != "hf":
+        raise BuilderError(f"{fetched.origin}: an {fetched.kind.upper()} directory; llama.cpp "
+                           "takes a GGUF file or a Hugging Face checkpoint directory")
     missing = [m for m in CONVERT_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise BuilderError(f"converting needs {', '.join(missing)}: run "

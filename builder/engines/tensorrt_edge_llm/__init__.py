@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ...model.pipeline import Fetched, ModelArtifact
     from ...model.shape import ModelShape
 
-SETTINGS = "engine/device.json"  # builder/device/engine_cache.py SETTINGS
+SETTINGS = "engine/build.json"  # builder/device/engine_cache.py SETTINGS
 TOOL = "edge-llm-edgellm"  # the device tool that builds and serves it (device/edgellm.py)
 BUILD_TIMEOUT = 2 * 3600  # the first start waits for llm_build
 # CUDA context, TensorRT's runtime and activation workspace, the decoding CUDA graphs and
@@ -120,8 +120,23 @@ class EdgeLlmRecipe:
 
 
 def kv_capacity(p: Profile) -> int:
-    """Tokens of one sequence the engine's KV cache holds (llm_build --maxKVCacheCapacity)."""
-    return p.engine.tensorrt_edge_llm.max_kv_cache_capacity or p.runtime.context_length
+    """Tokens of one sequence the engine's KV cache holds (llm_build
+    --maxKVCacheCapacity): the context the gateway and the plan use."""
+    return p.runtime.context_length
+
+
+def externalized(model: ModelArch, quant: str, kinds: list[str]) -> int:
+    """Bytes of weights `tensorrt-edgellm-export --externalize-weights` keeps outside the
+    engine: the FFN matrices of an INT4 model (int4_ffn; an fp16 or int8 one keeps them,
+    tensorrt_edgellm/external_weights.py:437-443), lm_head (fp16 only)."""
+    out = 0
+    every = "all" in kinds
+    if quant.startswith("int4") and (every or "int4_ffn" in kinds):
+        out += sum(tensor_bytes(t, quant) for t in model.tensors()
+                   if t.is_matrix and ".ffn_" in t.name)
+    if every or "lm_head" in kinds:
+        out += model.n_vocab * model.n_embd * 2
+    return out
 
 
 class TensorRtEdgeLlm(Engine):
@@ -138,9 +153,9 @@ class TensorRtEdgeLlm(Engine):
     def runs_on(self, platform: Platform) -> str | None:
         if not (platform.gpu == "cuda" and platform.build_on_device):
             return "it needs a Jetson's GPU, with JetPack's CUDA and TensorRT"
-        known = sorted({c for cudas in RELEASES.values() for c in cudas})
+        known = {c for cudas in RELEASES.values() for c in cudas}
         if platform.cuda is not None and platform.cuda not in known:
-            return (f"its releases are built for CUDA {' or '.join(known)} (JetPack 7.2 or "
+            return ("its releases are built for CUDA 13.2 (JetPack 7.2) or 12.6 (JetPack "
                     f"6.2), not {platform.cuda}")
         return None
 
@@ -154,23 +169,18 @@ class TensorRtEdgeLlm(Engine):
         if t.max_input_len >= kv:
             out.append((("engine", "tensorrt_edge_llm", "max_input_len"),
                         f"{t.max_input_len} leaves no room for an answer in a KV cache of "
-                        f"{kv} tokens (max_kv_cache_capacity, default runtime."
-                        "context_length); llm_build's guidance is capacity = input + "
-                        "expected output"))
-        if t.max_kv_cache_capacity is not None and \
-                t.max_kv_cache_capacity != p.runtime.context_length:
-            out.append((("engine", "tensorrt_edge_llm", "max_kv_cache_capacity"),
-                        f"{t.max_kv_cache_capacity} differs from runtime.context_length "
-                        f"({p.runtime.context_length}), which the gateway and the plan use; "
-                        "leave it out or set both alike"))
+                        f"runtime.context_length ({kv}) tokens; llm_build's guidance is "
+                        "capacity = input + expected output"))
         if p.runtime.parallel != 1:
             out.append((("runtime", "parallel"),
                         f"{p.runtime.parallel}: the Edge-LLM adapter serves one request at "
                         "a time (its runtime is not safe for concurrent requests); set "
                         "runtime.parallel: 1"))
-        if p.runtime.parallel > t.max_batch_size:
-            out.append((("engine", "tensorrt_edge_llm", "max_batch_size"),
-                        f"{t.max_batch_size} is below runtime.parallel"))
+        kinds = t.externalize_weights
+        if ("int4_ffn" in kinds) and not p.model.quant.startswith("int4"):
+            out.append((("engine", "tensorrt_edge_llm", "externalize_weights"),
+                        f"int4_ffn moves INT4 FFN weights out of the engine; model.quant "
+                        f"{p.model.quant} has none (the exporter only warns)"))
         return out
 
     # --- weights ---------------------------------------------------------------------------
@@ -209,7 +219,8 @@ class TensorRtEdgeLlm(Engine):
             f"TensorRT Edge-LLM {t.version} for CUDA sm_{platform.gpu_arch}: the export "
             "runs on the build host (quantization on a CUDA GPU), llm_build on the device "
             "(engines are specific to the GPU and the TensorRT version), from "
-            f"{t.checkout}/build"])
+            f"{t.checkout}/build; a pre-quantized checkpoint (Qwen's -AWQ, -GPTQ-Int4) skips "
+            "the quantization and exports MODEL"])
 
     def build(self, p: Profile, platform: Platform, cache: Cache, *,
               base_dir: Path | None = None, jobs: int | None = None) -> EngineArtifact | None:
@@ -224,8 +235,9 @@ class TensorRtEdgeLlm(Engine):
         weights = self.weight_bytes(model, p.model.quant)
         # TensorRT's builder holds the ONNX's weights and the engine it serializes; weights
         # kept outside the engine (--externalize-weights) are held once
-        external = bool(self.settings_of(p).externalize_weights)
-        peak = weights * (1 if external else 2) + BUILD_OVERHEAD
+        outside = externalized(model, p.model.quant, self.settings_of(p).externalize_weights)
+        external = outside > 0
+        peak = weights * 2 - outside + BUILD_OVERHEAD
         budget = build_budget(p)
         ok = peak <= budget
         advice = "" if ok else ", ".join([
@@ -241,6 +253,10 @@ class TensorRtEdgeLlm(Engine):
         from .export import onnx_model
 
         return onnx_model(self, p, fetched, cache, source_base=source_base)
+
+    def convert(self, p: Profile, fetched: Fetched, cache: Cache, *,
+                source_base: Path | None = None) -> Path:
+        return self.model(p, fetched, cache, source_base=source_base).path
 
     # --- on the device -----------------------------------------------------------------
     def rootfs_packages(self, p: Profile) -> tuple[str, ...]:
@@ -266,7 +282,7 @@ class TensorRtEdgeLlm(Engine):
         return OfflineInstall(trees=((Pinned(path, t.runtime.sha256, where), t.checkout),))
 
     def device_settings(self, i: ReleaseInputs, layout: Layout) -> dict[str, Any]:
-        """engine/device.json: what edge-llm-edgellm builds and serves on the device."""
+        """engine/build.json: what edge-llm-edgellm builds and serves on the device."""
         p = i.profile
         t = self.settings_of(p)
         return {"tool": TOOL, "version": t.version, "quant": p.model.quant,
@@ -306,12 +322,11 @@ class TensorRtEdgeLlm(Engine):
 
     def memory(self, pin: PlanInput) -> dict[str, int]:
         """Weights (the engine's and the embedding table the runtime holds), an fp16 KV
-        cache of exactly max_kv_cache_capacity tokens per sequence for max_batch_size
+        cache of exactly context_length tokens per sequence for max_batch_size
         sequences (llm_build sizes it: it never grows), activations of a prefill of
         max_input_len tokens, fp32 logits of the batch, the runtime process."""
         m, t = pin.model.arch, pin.settings
-        capacity = t.max_kv_cache_capacity or pin.context_length
-        kv_slot = m.n_layer * 2 * m.n_embd_kv * 2 * capacity
+        kv_slot = m.n_layer * 2 * m.n_embd_kv * 2 * pin.context_length
         prefill = t.max_input_len * (4 * m.n_embd + 2 * m.n_ff) * 2
         return {
             "weights": pin.model.weights,

@@ -138,6 +138,19 @@ def onnx_model(engine: TensorRtEdgeLlm, p: Profile, fetched: Fetched, cache: Cac
         problems = onnx_problems(fetched.path)
         if problems:
             raise BuilderError(f"{fetched.origin}: {problems[0].split(': ', 1)[-1]}")
+        cfg = json.loads((fetched.path / "config.json").read_text())
+        # the release carries only the files the fetch hashed (pipeline.ONNX_PATTERNS)
+        outside = [e["file"] for e in cfg.get("external_weight_files", [])
+                   if e["file"] not in fetched.files]
+        if outside:
+            raise BuilderError(f"{fetched.origin}: external weight file {outside[0]} is not "
+                               "a .safetensors or .onnx.data file the release carries")
+        version = p.engine.tensorrt_edge_llm.version
+        if cfg.get("edgellm_version") != version:
+            raise BuilderError(f"{fetched.origin}: exported by Edge-LLM "
+                               f"{cfg.get('edgellm_version') or 'of an unknown version'} "
+                               f"(config.json edgellm_version), the profile runs {version}; "
+                               "export it with that release's tensorrt-edgellm-export")
         return ModelArtifact(fetched.path, tree_digest(fetched.files), quant, "onnx",
                              files=fetched.files)
     if fetched.kind != "hf":

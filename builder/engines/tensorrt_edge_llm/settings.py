@@ -35,11 +35,9 @@ class TensorRtEdgeLlmSettings(EngineSettings):
         "device (build/examples/llm/llm_build, build/libNvInfer_edgellm_plugin.so, "
         "build/pybind/).")
     max_input_len: int = Field(
-        2048, ge=1, description="llm_build --maxInputLen: the longest prompt in tokens; "
-        "the gateway refuses longer ones.")
-    max_kv_cache_capacity: int | None = Field(
-        None, ge=1, description="llm_build --maxKVCacheCapacity: tokens of one sequence the "
-        "KV cache holds, prompt and answer (default: runtime.context_length).")
+        2048, ge=1, description="llm_build --maxInputLen: the longest prompt in tokens "
+        "(the adapter refuses longer ones, 400 context_length_exceeded); its KV cache holds "
+        "runtime.context_length tokens of prompt and answer (--maxKVCacheCapacity).")
     max_batch_size: int = Field(
         1, ge=1, description="llm_build --maxBatchSize: sequences the engine can hold; "
         "the appliance serves one request at a time (Orin Nano and NX are benchmarked at "

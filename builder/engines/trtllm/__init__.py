@@ -3,7 +3,7 @@ builds them itself from a checkpoint the release carries, and serves them with t
 branch's OpenAI server on loopback behind the gateway.
 
 The release carries the model (a Hugging Face checkpoint directory, content-addressed)
-and engine/device.json: the build recipe (the checkpoint made with convert_checkpoint.py
+and engine/build.json: the build recipe (the checkpoint made with convert_checkpoint.py
 or, for AWQ, quantize.py; then trtllm-build with limits from the profile and the
 planner) and where TensorRT-LLM is on the device. Before the engine unit starts, the
 inference role's edge-llm-engine-build.service runs `edge-llm-trtllm build`
@@ -48,7 +48,7 @@ PREQUANTIZED = {"int4_gptq"}  # the release carries the quantized checkpoint its
 ENGINE_OVERHEAD = 1 * GiB  # CUDA context, TensorRT runtime, the Python server
 TOOLING_PEAK = 3 * GiB // 2  # python, torch and a CUDA context during convert/quantize
 BUILD_TIMEOUT = 4 * 3600  # seconds the first start may take: the engine is built then
-SETTINGS = "engine/device.json"  # builder/device/engine_cache.py SETTINGS
+SETTINGS = "engine/build.json"  # builder/device/engine_cache.py SETTINGS
 TOOL = "edge-llm-trtllm"  # the device tool that builds and serves it (device/trtllm.py)
 LEGACY_SETTINGS = "engine/trtllm.json"  # SETTINGS' name in releases before 2026-12
 
@@ -243,12 +243,13 @@ class TrtLlm(Engine):
 
         if fetched.kind != "hf":
             raise BuilderError(f"{fetched.origin}: TensorRT-LLM builds its engine from a "
-                               "Hugging Face checkpoint directory, not a GGUF file")
+                               "Hugging Face checkpoint directory, not a "
+                               f"{'GGUF file' if fetched.kind == 'gguf' else 'ONNX directory'}")
         return ModelArtifact(fetched.path, tree_digest(fetched.files), p.model.quant, "hf",
                              files=fetched.files)
 
     def device_settings(self, i: ReleaseInputs, layout: Layout) -> dict[str, Any]:
-        """engine/device.json: what edge-llm-trtllm builds and serves on the device."""
+        """engine/build.json: what edge-llm-trtllm builds and serves on the device."""
         p = i.profile
         t = self.settings_of(p)
         platform = i.device.platform
@@ -263,7 +264,7 @@ class TrtLlm(Engine):
         (tree / "engine").mkdir()
         text = json.dumps(self.device_settings(i, i.device.layout), indent=2) + "\n"
         (tree / SETTINGS).write_text(text)
-        # the same settings where a device imaged before engine/device.json looks: its
+        # the same settings where a device imaged before engine/build.json looks: its
         # build unit runs `edge-llm-trtllm build current/engine/trtllm.json`, and a fleet
         # rollout updates the device tools, not that unit
         (tree / LEGACY_SETTINGS).write_text(text)
