@@ -88,8 +88,14 @@ def test_models_list_json_carries_sizes_for_every_quant(cli) -> None:
     rows = json.loads(cli("models", "list", "--json").out)
     assert [r["id"] for r in rows] == ["qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
                                        "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
-    assert set(rows[0]["quants"]) == {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16", "int4_awq",
-                                      "int4_gptq", "int8_wo", "fp16"}
+    quants = rows[0]["quants"]
+    assert {e: set(q) for e, q in quants.items()} == {
+        "llama.cpp": {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16"},
+        "tensorrt-llm": {"int4_awq", "int4_gptq", "int8_wo", "fp16"},
+        "tensorrt-edge-llm": {"int4_awq", "int4_gptq", "int8_sq", "fp16"}}
+    # the same name, each engine's own layout: Edge-LLM keeps a tied model's lm_head apart
+    assert quants["tensorrt-edge-llm"]["int4_awq"]["weight_bytes"] > \
+        quants["tensorrt-llm"]["int4_awq"]["weight_bytes"]
 
 
 def test_plan_text_shows_every_line_item(cli) -> None:

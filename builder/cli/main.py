@@ -136,10 +136,12 @@ def models_list(json_: bool) -> None:
             "hidden": m.n_embd, "heads": m.n_head, "kv_heads": m.n_head_kv,
             "head_dim": m.head_dim, "ffn": m.n_ff, "vocab": m.n_vocab,
             "tied_embeddings": m.tied_embeddings, "max_context": m.max_context,
-            "quants": {q.name: {"engine": e.kind, "weight_bytes": e.weight_bytes(m, q.name),
-                                "bits_per_weight": round(e.weight_bytes(m, q.name) * 8
-                                                         / m.n_params, 3)}
-                       for e in plugins.ENGINES.values() for q in e.quants},
+            # by engine: engines share names (int4_awq) for layouts of different sizes
+            "quants": {e.kind: {q.name: {"weight_bytes": e.weight_bytes(m, q.name),
+                                         "bits_per_weight": round(e.weight_bytes(m, q.name)
+                                                                  * 8 / m.n_params, 3)}
+                                for q in e.quants}
+                       for e in plugins.ENGINES.values()},
         })
     if json_:
         return _print_json(rows)
@@ -160,8 +162,8 @@ def models_list(json_: bool) -> None:
             sizes.add_section()
         for q in e.quants:
             sizes.add_row(q.name, e.kind, *[
-                f"{format_size(r['quants'][q.name]['weight_bytes'])} "
-                f"{r['quants'][q.name]['bits_per_weight']:.2f}" for r in rows])
+                f"{format_size(r['quants'][e.kind][q.name]['weight_bytes'])} "
+                f"{r['quants'][e.kind][q.name]['bits_per_weight']:.2f}" for r in rows])
     out.print(sizes)
 
 
