@@ -24,10 +24,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .engine_cache import BUILD_UNIT, EngineCache, tool_main
@@ -110,42 +108,18 @@ class Device(EngineCache):
     def checkout(self, s: dict) -> Path:
         return self.on_device(s["checkout"])
 
-    def build(self, s: dict) -> Path:
-        self.check_steps(s)
-        key = self.key(s)
-        cached = self.built(key)
-        if cached:
-            self.log(f"engine {key} is built (cached)")
-            self.status("ready", engine=key)
-            return cached
-        onnx = self.on_device(s["model"])
-        self.preflight(s, onnx)
-        work = self.work_dir(key)
-        places = {"ONNX": str(onnx), "ENGINE": str(work / "engine"),
-                  "llm_build": str(self.checkout(s) / LLM_BUILD)}
-        started = time.time()
-        for i, argv in enumerate(s["steps"], start=1):
-            cmd = [places.get(a, a) for a in argv]
-            what = Path(argv[0]).name
-            self.log(f"step {i}/{len(s['steps'])}: {' '.join(cmd)}")
-            self.status("building", step=what, steps=f"{i}/{len(s['steps'])}",
-                        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
-            # in the work directory: were the plugin path lost, llm_build's fallback
-            # (build/libNvInfer_edgellm_plugin.so relative to it) finds nothing
-            r = subprocess.run(cmd, cwd=work, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "EDGELLM_PLUGIN_PATH": self.plugin(s)})
-            if r.returncode != 0:
-                shutil.rmtree(work, ignore_errors=True)
-                raise self.failed(what, f"{what} failed (exit {r.returncode}); the journal "
-                                  "of this unit has its output", exit=r.returncode)
-        built = work / "engine"
-        if not (built / ENGINE_FILE).is_file() or not (built / "config.json").is_file():
-            shutil.rmtree(work, ignore_errors=True)
-            raise self.failed("llm_build", f"llm_build wrote no {ENGINE_FILE} and "
-                              "config.json", reason="no engine written")
-        engine = self.commit(built, key, started)
-        shutil.rmtree(work, ignore_errors=True)
-        return engine
+    OUTPUTS = (ENGINE_FILE, "config.json")
+    LAST_STEP = "llm_build"
+
+    def places(self, s: dict, work: Path) -> dict[str, str]:
+        return {"ONNX": str(self.on_device(s["model"])), "ENGINE": str(work / "engine"),
+                "llm_build": str(self.checkout(s) / LLM_BUILD)}
+
+    def run_step(self, s: dict, cmd: list[str], work: Path) -> subprocess.CompletedProcess:
+        # in the work directory: were the plugin path lost, llm_build's fallback
+        # (build/libNvInfer_edgellm_plugin.so relative to it) finds nothing
+        return subprocess.run(cmd, cwd=work, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "EDGELLM_PLUGIN_PATH": self.plugin(s)})
 
     def check_steps(self, s: dict) -> None:
         """The release's recipe runs llm_build and nothing else: its own input and output
@@ -165,9 +139,12 @@ class Device(EngineCache):
     def plugin(self, s: dict) -> str:
         return str(self.checkout(s) / PLUGIN)
 
-    def preflight(self, s: dict, onnx: Path) -> None:
-        """What llm_build runs on is here (the image carries Edge-LLM's build directory:
-        engine.tensorrt_edge_llm.runtime), and the release's ONNX is fit for it."""
+    def preflight(self, s: dict) -> None:
+        """The release's recipe is an llm_build line, what llm_build runs on is here (the
+        image carries Edge-LLM's build directory: engine.tensorrt_edge_llm.runtime), and
+        the release's ONNX is fit for it."""
+        self.check_steps(s)
+        onnx = self.on_device(s["model"])
         missing = [str(p) for p in (self.checkout(s) / LLM_BUILD, Path(self.plugin(s)))
                    if not p.is_file()]
         if missing:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,14 +44,61 @@ class EngineCache:
         self.engines = Path(layout.state_dir) / "engines"  # layout: already under root
         self.status_file = Path(layout.engine_status)
 
-    # what an engine's tool does (trtllm.py, edgellm.py)
-    def build(self, s: dict) -> Path:
-        """The release's engine (settings `s`), from the cache or built now."""
+    # what an engine's tool supplies (trtllm.py, edgellm.py)
+    OUTPUTS: tuple[str, ...] = ()  # files of a whole engine directory
+    LAST_STEP = ""  # the builder that writes them, for messages
+
+    def key(self, s: dict) -> str:
+        """What names the release's engine: everything that changes its bytes."""
+        raise NotImplementedError
+
+    def preflight(self, s: dict) -> None:
+        """Stop in one line (self.failed) when the build cannot run here."""
+
+    def places(self, s: dict, work: Path) -> dict[str, str]:
+        """The recipe's placeholders (MODEL, ENGINE ...) -> paths; ENGINE is work/engine."""
+        raise NotImplementedError
+
+    def run_step(self, s: dict, cmd: list[str], work: Path) -> subprocess.CompletedProcess:
         raise NotImplementedError
 
     def serve_argv(self, s: dict) -> list[str]:
         """The command that serves the release's engine on loopback."""
         raise NotImplementedError
+
+    def build(self, s: dict) -> Path:
+        """The release's engine (settings `s`): from the cache, or built now step by step
+        in a work directory renamed into the cache when whole."""
+        key = self.key(s)
+        cached = self.built(key)
+        if cached:
+            self.log(f"engine {key} is built (cached)")
+            self.status("ready", engine=key)
+            return cached
+        self.preflight(s)
+        work = self.work_dir(key)
+        places = self.places(s, work)
+        started = time.time()
+        steps = s["steps"]
+        for i, argv in enumerate(steps, start=1):
+            cmd = [places.get(a, a) for a in argv]
+            what = Path(cmd[1]).name if cmd[0].endswith("python3") else Path(cmd[0]).name
+            self.log(f"step {i}/{len(steps)}: {' '.join(cmd)}")
+            self.status("building", step=what, steps=f"{i}/{len(steps)}",
+                        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
+            r = self.run_step(s, cmd, work)
+            if r.returncode != 0:
+                shutil.rmtree(work, ignore_errors=True)
+                raise self.failed(what, f"{what} failed (exit {r.returncode}); the journal "
+                                  "of this unit has its output", exit=r.returncode)
+        built = work / "engine"
+        if not all((built / f).is_file() or list(built.glob(f)) for f in self.OUTPUTS):
+            shutil.rmtree(work, ignore_errors=True)
+            raise self.failed(self.LAST_STEP, f"{self.LAST_STEP} wrote no "
+                              f"{' and '.join(self.OUTPUTS)}", reason="no engine written")
+        engine = self.commit(built, key, started)
+        shutil.rmtree(work, ignore_errors=True)
+        return engine
 
     def log(self, msg: str) -> None:
         print(f"{self.tool}: {msg}", file=sys.stderr, flush=True)

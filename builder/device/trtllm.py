@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .engine_cache import BUILD_UNIT, EngineCache, tool_main
@@ -47,41 +45,17 @@ class Device(EngineCache):
                            "sm": s["sm"], "steps": s["steps"]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def engine_dir(self, s: dict) -> Path:
-        return self.engines / self.key(s)
+    OUTPUTS = ("config.json", "rank*.engine")
+    LAST_STEP = "trtllm-build"
 
-    def build(self, s: dict) -> Path:
-        key = self.key(s)
-        cached = self.built(key)
-        if cached:
-            self.log(f"engine {key} is built (cached)")
-            self.status("ready", engine=key)
-            return cached
-        self.preflight(s)
-        work = self.work_dir(key)
+    def places(self, s: dict, work: Path) -> dict[str, str]:
         (work / "checkpoint").mkdir()
-        places = {"MODEL": str(self.on_device(s["model"])),
-                  "CHECKPOINT": str(work / "checkpoint"), "ENGINE": str(work / "engine")}
-        started = time.time()
-        for i, argv in enumerate(s["steps"], start=1):
-            cmd = [places.get(a, a) for a in argv]
-            what = Path(cmd[1]).name if cmd[0].endswith("python3") else Path(cmd[0]).name
-            self.log(f"step {i}/{len(s['steps'])}: {' '.join(cmd)}")
-            self.status("building", step=what, steps=f"{i}/{len(s['steps'])}",
-                        since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
-            r = subprocess.run(self.step_argv(s, cmd), cwd=s["checkout"],
-                               stdin=subprocess.DEVNULL)
-            if r.returncode != 0:
-                shutil.rmtree(work, ignore_errors=True)
-                raise self.failed(what, f"{what} failed (exit {r.returncode}); the journal "
-                                  "of this unit has its output", exit=r.returncode)
-        built = work / "engine"
-        if not (built / "config.json").is_file() or not list(built.glob("rank*.engine")):
-            raise self.failed("trtllm-build", "trtllm-build wrote no config.json and "
-                              "rank0.engine", reason="no engine written")
-        engine = self.commit(built, key, started)
-        shutil.rmtree(work, ignore_errors=True)
-        return engine
+        return {"MODEL": str(self.on_device(s["model"])),
+                "CHECKPOINT": str(work / "checkpoint"), "ENGINE": str(work / "engine")}
+
+    def run_step(self, s: dict, cmd: list[str], work: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(self.step_argv(s, cmd), cwd=s["checkout"],
+                              stdin=subprocess.DEVNULL)
 
     def preflight(self, s: dict) -> None:
         """What the build runs on is here: the checkout's examples, and a Python that
