@@ -66,11 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # while it builds instead of waiting behind the first of them
     items.sort(key=lambda item: "pi5_appliance" in getattr(item, "fixturenames", ()))
     tiers = {"hil": (config.getoption("--hil"),
-                     "needs real hardware; run with --hil in the lab"),
-             "emulated": (config.getoption("--emulated"),
-                          "builds and boots an arm64 system under emulation, about half an "
-                          "hour more on 2 cores; run with --emulated "
-                          "(scripts/test --emulated -m emulated)")}
+                     "needs real hardware; run with --hil in the lab")}
     if any("long" in item.keywords for item in items):
         tiers["long"] = (config.getoption("--long") or _kvm(),
                          "drives Ansible or a rollout inside VMs at length, most of an hour "
