@@ -1,9 +1,10 @@
 """Shared test helpers. Real-hardware tests carry @pytest.mark.hil and run with --hil; the
 whole-arm64-system tests (the Pi 5 appliance built and booted under emulation) carry
-@pytest.mark.emulated and run with --emulated (its build starts in the background and the
-tests that wait for it run last); the tests that drive Ansible and rollouts inside VMs at
-length carry @pytest.mark.long and run where QEMU has KVM, or with --long. Both cost more
-than CI's time budget leaves beside the x86 suite under TCG (docs: README)."""
+@pytest.mark.emulated and run by default (its build starts in the background and the
+tests that wait for it run last; `-m "not emulated"` leaves them out); the tests that
+drive Ansible and rollouts inside VMs at length carry @pytest.mark.long and run where
+QEMU has KVM, or with --long: under TCG they cost more than CI's time budget leaves
+beside the rest (docs: README)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hil", action="store_true",
                      help="run tests that need real hardware (Orin, Pi 5)")
     parser.addoption("--emulated", action="store_true",
-                     help="run the tests that build and boot a whole arm64 system under "
-                          "emulation (the Pi 5 appliance: about half an hour more on 2 "
-                          "cores, its build in the background while the x86 tests run)")
+                     help="(the default now: the tests that build and boot the Pi 5 "
+                          "appliance under emulation run unless -m \"not emulated\"; "
+                          "kept so older commands work)")
     parser.addoption("--long", action="store_true",
                      help="run the long VM tests even where QEMU has no KVM (TCG: most of "
                           "an hour on 2 cores; with KVM they run anyway)")
