@@ -10,8 +10,12 @@ src/llama-quant.cpp; see `gguf_tensor_type`.
 
 from __future__ import annotations
 
+import math
+import mmap
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...contracts import Quantization
 from ...errors import BuilderError, display_path
@@ -108,45 +112,134 @@ def tensor_types(model: ModelArch, quant: str) -> list[tuple[Tensor, str, int]]:
     return out
 
 
-def from_gguf(path: Path) -> ModelShape:
-    """Architecture and tensor sizes from a GGUF file's header (nothing else is read),
-    with ggml-org's gguf package."""
-    import gguf
+# --- a GGUF file's header ------------------------------------------------------------
+# Read here rather than with gguf's GGUFReader (ggml-org's gguf package, whose constants
+# this uses): the reader makes a numpy view of every element of every array, and a
+# Qwen2.5 tokenizer has 151k tokens and as many merges, which took 6-13 s per file on a
+# 2-core machine, paid by every build and plan of a model file. Only the counts of those
+# arrays are needed. The layout (little-endian GGUF v2/v3): magic, version, tensor count,
+# key/value count, the key/value pairs, then per tensor its name, dimensions, type and
+# offset (ggml/src/gguf.cpp `gguf_init_from_file_impl`; gguf-py gguf_reader.py).
 
+@dataclass(frozen=True)
+class Array:
+    """A GGUF array value, not read: its count, and its first element if it is a number."""
+
+    count: int
+    first: int | float | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]
+    type_name: str
+    n_bytes: int
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """The key/value pairs (arrays as Array) and the tensor table of a GGUF file."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:4] != b"GGUF":
+            raise ValueError("no GGUF magic")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} (a big-endian file, or too new)")
+        pos = 24
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", m, pos)
+            pos += 8 + n
+            if pos > len(m):
+                raise ValueError("a string runs past the end of the file")
+            return m[pos - n:pos].decode("utf-8", "replace")
+
+        def value(vtype: int) -> Any:
+            nonlocal pos
+            if vtype == _STRING:
+                return string()
+            if vtype == _ARRAY:
+                etype, count = struct.unpack_from("<IQ", m, pos)
+                pos += 12
+                if etype == _STRING:
+                    for _ in range(count):  # lengths only
+                        (n,) = struct.unpack_from("<Q", m, pos)
+                        pos += 8 + n
+                    return Array(count, None)
+                if etype not in _SCALARS:
+                    raise ValueError(f"array of value type {etype}")
+                size = struct.calcsize(_SCALARS[etype])
+                first = struct.unpack_from(_SCALARS[etype], m, pos)[0] if count else None
+                pos += size * count
+                return Array(count, first)
+            fmt = _SCALARS[vtype]
+            (v,) = struct.unpack_from(fmt, m, pos)
+            pos += struct.calcsize(fmt)
+            return v
+
+        kv: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", m, pos)
+            pos += 4
+            kv[key] = value(vtype)
+        tensors = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", m, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", m, pos + 4)
+            ttype, _offset = struct.unpack_from("<IQ", m, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            qtype = GGMLQuantizationType(ttype)
+            block, size = GGML_QUANT_SIZES[qtype]
+            elements = math.prod(dims)
+            tensors.append(TensorInfo(name, tuple(dims), qtype.name,
+                                      elements // block * size))
+    return kv, tensors
+
+
+def from_gguf(path: Path) -> ModelShape:
+    """Architecture and tensor sizes from a GGUF file's header (nothing else is read)."""
     try:
-        r = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError) as e:
+        kv, tensors = read_header(path)
+    except (ValueError, OSError, IndexError, KeyError, struct.error) as e:
         raise BuilderError(f"{display_path(path)}: not a readable GGUF file ({e})") from None
 
-    def field_(key: str, default: object = None) -> object:
-        f = r.get_field(key)
-        return default if f is None else f.contents()
-
-    arch_name = str(field_("general.architecture", ""))
-    if not arch_name:
+    arch_name = kv.get("general.architecture")
+    if not isinstance(arch_name, str) or not arch_name:
         raise BuilderError(f"{display_path(path)}: GGUF without general.architecture")
 
     def num(key: str, default: int | None = None) -> int:
-        value = field_(f"{arch_name}.{key}", default)
-        if value is None:
+        value = kv.get(f"{arch_name}.{key}", default)
+        if isinstance(value, Array):  # a per-layer value: the first layer's
+            value = value.first
+        if not isinstance(value, int) or isinstance(value, bool):
             raise BuilderError(f"{display_path(path)}: GGUF has no {arch_name}.{key}; "
                                "the planner cannot size this model")
-        return int(value[0] if isinstance(value, list) else value)
+        return value
 
-    tensors = {t.name: t for t in r.tensors}
+    by_name = {t.name: t for t in tensors}
     n_embd = num("embedding_length")
     n_head = num("attention.head_count")
-    tokens = field_("tokenizer.ggml.tokens")
-    embd = tensors.get("token_embd.weight")
-    n_vocab = (len(tokens) if isinstance(tokens, list) else
-               int(embd.shape[1]) if embd is not None else 0)
+    tokens = kv.get("tokenizer.ggml.tokens")
+    embd = by_name.get("token_embd.weight")
+    n_vocab = (tokens.count if isinstance(tokens, Array) else
+               embd.dims[1] if embd is not None and len(embd.dims) > 1 else 0)
     arch = ModelArch(
         id=path.stem, hf_repo="", n_layer=num("block_count"), n_embd=n_embd, n_head=n_head,
         n_head_kv=num("attention.head_count_kv", n_head), n_ff=num("feed_forward_length"),
-        n_vocab=n_vocab, tied_embeddings="output.weight" not in tensors,
+        n_vocab=n_vocab, tied_embeddings="output.weight" not in by_name,
         max_context=num("context_length"), published_params=arch_name)
-    rows = [(t.name, len(t.shape) >= 2 and int(t.shape[1]) > 1, t.tensor_type.name,
-             int(t.n_bytes)) for t in r.tensors]
+    rows = [(t.name, len(t.dims) >= 2 and t.dims[1] > 1, t.type_name, t.n_bytes)
+            for t in tensors]
     types = sorted({typ for name, m, typ, _ in rows if m and name != "token_embd.weight"})
     return ModelShape(id=path.stem, arch=arch, quant="+".join(types) or "F32",
                       weights=sum(b for *_, b in rows), matrices=matrices(rows),
