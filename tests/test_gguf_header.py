@@ -92,3 +92,15 @@ def test_a_damaged_file_is_one_line(tmp_path: Path, damage: str) -> None:
                       "bad type": data[:24] + data[24:40] + b"\xff" + data[41:]}[damage])
     with pytest.raises(BuilderError, match=r"m\.gguf: (not a readable GGUF file|GGUF)"):
         ggml.from_gguf(path)
+
+
+def test_a_tensor_with_more_dimensions_than_ggml_has_is_refused(tmp_path: Path) -> None:
+    """A hostile file claiming four billion dimensions is one line, read no further."""
+    import struct
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + struct.pack("<Q", 1) + b"t"
+                     + struct.pack("<I", 0xFFFFFFFF) + bytes(64))
+    with pytest.raises(BuilderError, match=r"m\.gguf: not a readable GGUF file \(tensor 't' "
+                       r"has 4294967295 dimensions\)"):
+        ggml.from_gguf(path)

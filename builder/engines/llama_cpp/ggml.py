@@ -140,6 +140,7 @@ class TensorInfo:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+GGML_MAX_DIMS = 4  # ggml/include/ggml.h
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
@@ -195,6 +196,8 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
         for _ in range(n_tensors):
             name = string()
             (n_dims,) = struct.unpack_from("<I", m, pos)
+            if not 1 <= n_dims <= GGML_MAX_DIMS:  # as gguf.cpp refuses it
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
             dims = struct.unpack_from(f"<{n_dims}Q", m, pos + 4)
             ttype, _offset = struct.unpack_from("<IQ", m, pos + 4 + 8 * n_dims)
             pos += 4 + 8 * n_dims + 12
