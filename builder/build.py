@@ -5,9 +5,11 @@ The recipe is a flat list of steps over one context; each step reads what earlie
 left in the context and decides for itself what applies. What differs per hardware
 family is asked of the profile's target (ctx.target), what differs per inference
 engine of its engine (ctx.engine); no step names either. Expensive products (engine,
-model, rootfs) come from the artifact cache; the output directory is written beside its
-final place and renamed into it, so a failed build leaves the previous one intact and
-nothing half-written.
+model, rootfs, the rootfs as the roles left it, a disk image) come from the artifact
+cache, each keyed by what changes it, so a rebuild redoes only what changed: a change
+that reaches only the signed release runs no Ansible. The output directory is written
+beside its final place and renamed into it, so a failed build leaves the previous one
+intact and nothing half-written.
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, provision, resolve
-from .cache import sha256_file
-from .contracts import BuildContext, ReleaseInputs, Verdict
+from .cache import content_of, sha256_file
+from .contracts import BuildContext, Delivery, ReleaseInputs, Verdict
 from .data import data_dir
+from .device.layout import RELEASE_MANIFEST, RELEASE_SIGNATURE
 from .errors import BuilderError, display_path
 from .fleet import release as release_mod
 from .fleet import trust
 from .log import console
 from .model import catalog
 from .model import pipeline as model_pipeline
+from .progress import step
+from .rootfs import Rootfs, pack, unpack
+from .rootfs.binfmt import ensure, host_arch
 from .run import run
 from .schema import ModelSource
 from .sshkey import allowed_signers_line, signing_key
@@ -81,6 +87,9 @@ def plan_model(ctx: BuildContext) -> None:
     """The plan of the model as built (its own sizes, read from it): what the release's
     limits (MemoryMax, the engine's caches) are made from."""
     assert ctx.model
+    if ctx.fetched and ctx.replaced and ctx.model.path == ctx.fetched.path:
+        return  # the file given, as it was: check_plan planned it already (reading a
+        # GGUF's header takes seconds: the tokenizer's strings)
     if ctx.model.path.exists():  # (a stand-in in tests may not be there)
         shape = ctx.engine.shape_of(ctx.model.path, ctx.p.model.quant)
         ctx.device = resolve.with_model(ctx.device, shape)
@@ -120,12 +129,35 @@ def build_rootfs(ctx: BuildContext) -> None:
     ctx.rootfs = ctx.target.rootfs(ctx)
 
 
-def unpack_rootfs(ctx: BuildContext) -> None:
+def provision_tree(ctx: BuildContext) -> None:
+    """The rootfs with the overlays laid and the roles applied, as a cache entry keyed by
+    everything that reaches the tree (tree_inputs): a rebuild that changes none of it runs
+    no Ansible. The release is not in it (lay_release puts it in afterwards)."""
     assert ctx.rootfs and ctx.work
-    ctx.rootfs_dir = ctx.work / "rootfs"
-    ctx.rootfs_dir.mkdir()
-    run(["tar", "--numeric-owner", "-xpf", ctx.rootfs.tarball, "-C", ctx.rootfs_dir],
-        what="unpacking the rootfs")
+    ctx.provision_vars = role_vars(ctx, image_build=True)  # all of them: the manifest's
+    given = tree_vars(ctx.provision_vars)
+    stale = ctx.logs / "ansible.log"  # an earlier build's: the entry keeps its own log
+    stale.unlink(missing_ok=True)
+
+    def build(out: Path, log_file: Path) -> dict[str, Any]:
+        assert ctx.rootfs and ctx.work
+        ctx.rootfs_dir = ctx.work / "rootfs"
+        ctx.rootfs_dir.mkdir()
+        unpack(ctx.rootfs.tarball, ctx.rootfs_dir)
+        lay_overlays(ctx)
+        provision_rootfs(ctx, given, log_file)
+        pack(ctx.rootfs_dir, out / "rootfs.tar")
+        return {"packages": ctx.rootfs.packages}
+
+    entry = ctx.cache.get_or_build("provisioned", tree_inputs(ctx, given), build,
+                                   label=f"provisioned rootfs {ctx.name}")
+    ctx.provisioned = Rootfs(entry)
+    if entry.hit:
+        console.print(f"provisioned rootfs: reused (cache {entry.key[:12]}); Ansible: "
+                      "skipped, nothing that reaches the tree changed", markup=False)
+    else:
+        console.print(f"provisioned rootfs: built (cache {entry.key[:12]}; Ansible's log: "
+                      f"{display_path(entry.path / 'build.log')})", markup=False)
 
 
 def lay_overlays(ctx: BuildContext) -> None:
@@ -201,20 +233,126 @@ def _inside(root: Path, rel: Path) -> Path:
     return cur
 
 
-def provision_rootfs(ctx: BuildContext) -> None:
+def provision_rootfs(ctx: BuildContext, given: dict[str, Any], log_file: Path) -> None:
     assert ctx.rootfs_dir and ctx.work
-    ctx.provision_vars = role_vars(ctx, image_build=True)
+    _runs_here(ctx)
     recap = provision.run_playbook(
-        provision.chroot_inventory(ctx.rootfs_dir), ctx.provision_vars, ctx.work / "ansible",
-        what="applying roles to the rootfs (ansible, chroot)",
-        log_file=ctx.logs / "ansible.log")
+        provision.chroot_inventory(ctx.rootfs_dir), given, ctx.work / "ansible",
+        what="applying roles to the rootfs (ansible, chroot)", log_file=log_file)
     bad = {h: r for h, r in recap.items() if r.failed or r.unreachable}
     if bad:
-        raise BuilderError(f"provisioning failed: {bad} (log: {ctx.logs / 'ansible.log'})")
+        raise BuilderError(f"provisioning failed: {bad} (log: {display_path(log_file)})")
+
+
+def lay_release(ctx: BuildContext) -> None:
+    """The release into the provisioned tree as a device takes one in: its tree under
+    releases/<id>/ (modes kept, directories 0755, root's), its model in the
+    content-addressed model directory (0644), then the device's own tool in the chroot
+    (`edge-llm-release install`) checks the signature and every hash and makes it current.
+    What the release role did in an image build, without Ansible."""
+    assert ctx.rootfs_dir and ctx.bundle and ctx.model
+    layout, root = ctx.device.layout, ctx.rootfs_dir
+    with step(f"laying release {ctx.release_id} into the tree (no Ansible)"):
+        dest = _inside(root, Path(layout.releases).relative_to("/")) / ctx.release_id
+        if dest.exists() or dest.is_symlink():
+            _remove(dest)
+        shutil.copytree(ctx.bundle.tree, dest, symlinks=True)
+        _modes(dest, dirs=0o755, files=None)
+        model = _inside(root, Path(layout.model_dir).relative_to("/")) / ctx.model.device_name
+        if model.exists() or model.is_symlink():
+            _remove(model)
+        if ctx.model.path.is_dir():
+            shutil.copytree(ctx.model.path, model, symlinks=False)
+            _modes(model, dirs=0o755, files=0o644)
+        else:
+            shutil.copyfile(ctx.model.path, model)
+            os.chmod(model, 0o644)
+        _runs_here(ctx)
+        run(["chroot", root, layout.tool("edge-llm-release"), "install", ctx.release_id],
+            what=f"installing release {ctx.release_id} in the tree (edge-llm-release, chroot)",
+            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+            log_file=ctx.logs / "release.log")
+
+
+def _modes(top: Path, *, dirs: int, files: int | None) -> None:
+    os.chmod(top, dirs)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for d in dirnames:
+            if not os.path.islink(os.path.join(dirpath, d)):
+                os.chmod(os.path.join(dirpath, d), dirs)
+        if files is not None:
+            for f in filenames:
+                if not os.path.islink(os.path.join(dirpath, f)):
+                    os.chmod(os.path.join(dirpath, f), files)
+
+
+def _runs_here(ctx: BuildContext) -> None:
+    """A foreign tree's binaries (Ansible's python, the release tool) run under qemu-user:
+    registered now, whether or not the base rootfs was built in this run."""
+    pl = ctx.device.platform
+    if pl.arch != host_arch():
+        ensure(pl.gnu_triplet.split("-")[0], f"device.arch: {pl.arch}")
+
+
+def tree_with_release(ctx: BuildContext) -> Path:
+    """The provisioned tree (as Ansible left it in this build, or from the cache) with
+    the release laid in: what the target assembles."""
+    assert ctx.provisioned and ctx.work
+    if ctx.rootfs_dir is None:
+        ctx.rootfs_dir = ctx.work / "rootfs"
+        ctx.rootfs_dir.mkdir()
+        unpack(ctx.provisioned.tarball, ctx.rootfs_dir)
+    lay_release(ctx)
+    return ctx.rootfs_dir
 
 
 def assemble(ctx: BuildContext) -> None:
-    ctx.delivery = ctx.target.assemble(ctx)
+    """What the target delivers. A target whose assembly reads only the tree and inputs
+    it names (assembly_inputs) gets the delivery made from the same tree, release and
+    inputs from the cache; the tree is then not even unpacked."""
+    given = ctx.target.assembly_inputs(ctx)
+    if given is None:
+        tree_with_release(ctx)
+        ctx.delivery = ctx.target.assemble(ctx)
+        return
+    made: list[Delivery | None] = []
+
+    def build(out: Path, _log: Path) -> dict[str, Any]:
+        tree_with_release(ctx)
+        d = ctx.target.assemble(ctx)
+        made.append(d)
+        if d is None:
+            return {"delivery": None}
+        for f in d.files.values():
+            _copy_file(f, out / f.name)
+        # files as pairs: the manifest's keys are sorted, and the first file is the main one
+        return {"delivery": {"kind": d.kind, "files": [[k, v.name] for k, v in d.files.items()],
+                             "sha256": d.sha256, "size": d.size, "info": d.info}}
+
+    entry = ctx.cache.get_or_build("delivery", delivery_inputs(ctx, given), build,
+                                   label=f"{ctx.name} delivery")
+    if not entry.hit:
+        ctx.delivery = made[0]
+        return
+    d = entry.manifest["delivery"]
+    console.print(f"{d['kind'] if d else 'delivery'}: reused (cache {entry.key[:12]}): the "
+                  "same tree, release and layout", markup=False)
+    if d is None:
+        ctx.delivery = None
+        return
+    assert ctx.work
+    out = ctx.work / "out"
+    out.mkdir(exist_ok=True)
+    for _, name in d["files"]:
+        _copy_file(entry.out / name, out / name)
+    ctx.delivery = Delivery(d["kind"], {k: out / v for k, v in d["files"]},
+                            sha256=d["sha256"], size=d["size"], info=d["info"])
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    """A copy that shares blocks where the filesystem can and keeps a disk image sparse."""
+    run(["cp", "--reflink=auto", "--sparse=always", "--", src, dest],
+        what=f"copying {src.name}")
 
 
 def write_manifest(ctx: BuildContext) -> None:
@@ -226,8 +364,7 @@ def write_manifest(ctx: BuildContext) -> None:
 
 RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, plan_model,
                  stage_gateway, make_release)
-STEPS = (*RELEASE_STEPS, build_rootfs, unpack_rootfs, lay_overlays, provision_rootfs,
-         assemble, write_manifest)
+STEPS = (*RELEASE_STEPS, build_rootfs, provision_tree, assemble, write_manifest)
 
 
 # --- pure: what the steps write ---------------------------------------------------------
@@ -244,10 +381,58 @@ def fetch(ctx: BuildContext) -> model_pipeline.Fetched:
 
 
 def overlay_layers(chain: list[Path]) -> list[Path]:
-    """overlays/common, then one per profile of the extends chain (bases first)."""
+    """overlays/common, then one per profile of the extends chain (bases first), each
+    once, where it comes last (a profile shadowing a built-in one of its name)."""
     root = data_dir("overlays")
-    names = ["common", *(p.stem for p in chain)]
+    names = list(reversed(dict.fromkeys(reversed(["common", *(p.stem for p in chain)]))))
     return [root / n for n in names if (root / n).is_dir()]
+
+
+# Role variables that reach only the release: the image build's Ansible run is not given
+# them (the release role then sets up its tooling only), so they cannot change the
+# provisioned tree and are not in its key. Everything else the roles get is. The
+# profile's name is the release's too (release.json) and no role reads it: a profile
+# that extends another and changes only runtime knobs shares its tree.
+RELEASE_ONLY_VARS = frozenset({
+    "edge_llm_release_id", "edge_llm_profile", "release_id", "release_tree",
+    "release_model_src", "release_model_sha256", "release_model_name",
+    "release_model_bytes"})
+# How a provisioned tree is made from its inputs (the steps of provision_tree): bump it
+# when they change in a way the inputs below do not show.
+TREE_VERSION = 1
+
+
+def tree_vars(all_vars: dict[str, Any]) -> dict[str, Any]:
+    """What the image build's Ansible run is given: the role variables less the
+    release's."""
+    return {k: v for k, v in all_vars.items() if k not in RELEASE_ONLY_VARS}
+
+
+def tree_inputs(ctx: BuildContext, given: dict[str, Any]) -> dict[str, Any]:
+    """The provisioned tree's cache inputs: everything that changes it. The base rootfs
+    (its own key: suite, packages, mirror, sources, hooks), the overlays as lay_overlay
+    lays them (content, the modes it keeps, links), the playbook, every file on the roles
+    path and the Ansible that applies them, the variables the run is given, and the
+    builder."""
+    assert ctx.rootfs
+    return {"tree_version": TREE_VERSION, "builder_version": __version__,
+            "base_rootfs": ctx.rootfs.entry.key,
+            "overlays": [content_of(layer, follow_links=False, mode_mask=0o755)
+                         for layer in overlay_layers(ctx.device.source.chain)],
+            **provision.playbook_inputs(), "vars": given}
+
+
+def delivery_inputs(ctx: BuildContext, given: dict[str, Any]) -> dict[str, Any]:
+    """A reusable delivery's cache inputs: the provisioned tree, the release as signed
+    (release.json names every file's sha256, the model's and the release id, the seed of
+    the image's ids; the signature, the key), what the target's assembly reads besides
+    (`given`), SOURCE_DATE_EPOCH and the builder."""
+    assert ctx.provisioned and ctx.bundle and ctx.model
+    return {"builder_version": __version__, "tree": ctx.provisioned.entry.key,
+            "release": {n: sha256_file(ctx.bundle.tree / n)
+                        for n in (RELEASE_MANIFEST, RELEASE_SIGNATURE)},
+            "model": ctx.model.sha256, "target": ctx.p.target, "assembly": given,
+            "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")}
 
 
 def release_inputs(ctx: BuildContext) -> ReleaseInputs:
@@ -333,6 +518,7 @@ def manifest(ctx: BuildContext) -> dict[str, Any]:
                    "engine": art.entry.manifest["inputs"] if art else
                    ctx.engine.recipe(ctx.p, ctx.device.platform).to_json(),
                    "rootfs_key": ctx.rootfs.entry.key,
+                   "provisioned_key": ctx.provisioned.entry.key if ctx.provisioned else None,
                    "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH")},
         "provision_vars": ctx.provision_vars,
     }

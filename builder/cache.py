@@ -66,6 +66,27 @@ def key_of(kind: str, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def content_of(root: Path, *, follow_links: bool, mode_mask: int = 0o7777
+               ) -> dict[str, dict[str, Any]]:
+    """What a directory of inputs holds, for a key: each file's sha256 and mode, each
+    directory's mode, each link's target, by path. With `follow_links` a link counts as
+    what it points at (Ansible copies a role's files through links). Bytecode
+    (__pycache__) is left out: the host makes it when it imports, nothing copies it."""
+    out: dict[str, dict[str, Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted([*dirnames, *filenames]):
+            p = Path(dirpath, name)
+            rel = str(p.relative_to(root))
+            if p.is_symlink() and (not follow_links or not p.exists()):
+                out[rel] = {"link": os.readlink(p)}
+            elif p.is_dir():
+                out[rel] = {"dir": p.stat().st_mode & mode_mask}
+            elif p.suffix != ".pyc":
+                out[rel] = {"sha256": sha256_file(p), "mode": p.stat().st_mode & mode_mask}
+    return out
+
+
 def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for p in sorted(root.rglob("*")):

@@ -390,6 +390,11 @@ class Engine(ABC):
         """A cheaper KV cache the planner may suggest: (what to set, the plan with it)."""
         return None
 
+    def tuner(self) -> Any:
+        """How `builder tune` measures this engine on a device (builder/tune.py: TOOL,
+        knobs, commands, read), or None when it cannot be tuned."""
+        return None
+
 
 # --- targets -----------------------------------------------------------------------------
 # The target contract: what one hardware family supplies to the build.
@@ -525,6 +530,12 @@ class Target(ABC):
         """Turn the provisioned rootfs into what is delivered (None: nothing more)."""
         return None
 
+    def assembly_inputs(self, ctx: BuildContext) -> dict[str, Any] | None:
+        """Everything `assemble` reads besides the tree (layout, sizes), when that is all
+        it reads: the build then reuses a delivery made from the same tree and inputs.
+        None (the default): it reads more (a vendor's files), it is made every build."""
+        return None
+
     def renderings(self, p: Profile, seed: str) -> dict[str, str]:
         """What this target writes into a build that is a pure function of the profile
         (boot configuration, partition tables), by file name: golden-tested."""
@@ -605,6 +616,7 @@ class BuildContext:
     engine_artifact: EngineArtifact | None = None
     model: ModelArtifact | None = None
     rootfs: Rootfs | None = None
+    provisioned: Rootfs | None = None  # the rootfs after overlays and roles, cached
     rootfs_dir: Path | None = None
     release_id: str = ""
     gateway: Entry | None = None  # the gateway package, a cache entry

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import names, plugins, resolve
+from . import tuned as tuned_mod
 from .data import data_dir
 from .errors import ProfileError, display_path
 from .schema import Profile
@@ -154,7 +155,11 @@ class ProfileStore:
         doc_abstract = bool(load_document(path).data.get("abstract", False))
         rp = ResolvedProfile(name=path.stem, path=path, chain=chain, data=data,
                              positions=positions, profile=None, abstract=doc_abstract)
+        untuned = copy.deepcopy(data)
+        overlay = _with_tuned(rp)
         rp.profile = validate(rp)
+        if overlay is not None and rp.profile is not None:
+            _check_tuned(rp, overlay, untuned)
         return rp
 
     def _merged(self, path: Path, stack: list[Path]
@@ -184,6 +189,62 @@ class ProfileStore:
         _merge(data, positions, doc.data, doc.positions, ())
         chain.append(path)
         return data, positions, chain
+
+
+def _with_tuned(rp: ResolvedProfile) -> tuned_mod.Overlay | None:
+    """The tuned overlay `tuned:` names merged into rp's runtime (its positions kept, so
+    an error names the overlay's line); None when there is none."""
+    ref = rp.data.get("tuned")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref:
+        raise rp.error(("tuned",), f"expected the path of a tuned overlay, got {ref!r}")
+    path = rp.dir_of("tuned") / ref
+    if not path.is_file():
+        raise rp.error(("tuned",), f"{display_path(path)}: no such file (`builder tune "
+                       f"--profile {rp.name}` writes one)")
+    overlay = tuned_mod.load(path)
+    rp.notes.append(f"runtime tuned by {display_path(overlay.path)}"
+                    + ("" if overlay.complete else " (partial: the tune was interrupted)"))
+    runtime_pos = {k: v for k, v in overlay.positions.items()
+                   if k[:1] == ("runtime",) and len(k) > 1}
+    _merge(rp.data, rp.positions, {"runtime": overlay.runtime}, runtime_pos, ())
+    return overlay
+
+
+def _check_tuned(rp: ResolvedProfile, overlay: tuned_mod.Overlay,
+                 untuned: dict[str, Any]) -> None:
+    """An overlay applies to the model it was tuned for, and stays inside the memory
+    plan: a setting that grows memory (a wider KV type, a larger ubatch, flash attention
+    off) is re-planned, and refused when the plan no longer fits though it did without
+    the overlay (a profile that never fitted is the plan's to report)."""
+    from .contracts import Verdict
+
+    p = rp.profile
+    assert p is not None
+    where = display_path(overlay.path)
+    if (overlay.model_id, overlay.quant.upper()) != (p.model.id, p.model.quant.upper()):
+        raise ProfileError(f"{where}: tuned for {overlay.model_id} {overlay.quant}, but "
+                           f"the profile runs {p.model.id} {p.model.quant}; run `builder "
+                           f"tune --profile {rp.name}` again or remove `tuned:` "
+                           f"({rp.where(('tuned',))})")
+    plan = resolve.resolve(rp, p).plan
+    if plan.verdict is not Verdict.NO_FIT:
+        return
+    base = canonical(_validate(untuned))
+    if resolve.resolve(rp, base).plan.verdict is not Verdict.NO_FIT:
+        cores = p.device.cpu_cores
+        settings = ", ".join(
+            f"{k} {_word(getattr(p.runtime, k))}" for k in overlay.runtime
+            if getattr(p.runtime, k) != getattr(base.runtime, k)
+            and not (k == "threads" and p.runtime.threads == (base.runtime.threads or cores)))
+        raise ProfileError(f"{where}: its runtime settings ({settings}) leave the memory "
+                           f"plan: {plan.reason}; run `builder tune --profile {rp.name}` "
+                           f"again or remove `tuned:` ({rp.where(('tuned',))})")
+
+
+def _word(v: Any) -> str:
+    return {True: "true", False: "false"}.get(v, str(v)) if isinstance(v, bool) else str(v)
 
 
 def _is_abstract_file(path: Path) -> bool:

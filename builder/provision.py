@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from . import names, plugins
+from .cache import content_of, sha256_file
 from .data import data_dir
 from .errors import BuilderError, display_path
 from .progress import step
@@ -60,11 +61,32 @@ def ssh_inventory(name: str, host: str, port: int, user: str, key: Path,
             f"ansible_ssh_common_args='{ssh_args}'\n")
 
 
-def roles_path() -> str:
+def roles_dirs() -> list[Path]:
     """The shared roles, then each target's own (a target package's roles/)."""
-    dirs = [data_dir("roles"), *(t.roles_dir for t in plugins.TARGETS.values()
+    return [data_dir("roles"), *(t.roles_dir for t in plugins.TARGETS.values()
                                  if t.roles_dir is not None)]
-    return ":".join(str(d) for d in dirs)
+
+
+def roles_path() -> str:
+    return ":".join(str(d) for d in roles_dirs())
+
+
+def playbook_inputs(playbook: str = "appliance.yml") -> dict[str, Any]:
+    """Everything a run of `playbook` reads on the controller, for a cache key: the
+    playbook, every file of every directory on the roles path (a target's roles too;
+    links followed, as Ansible follows them), and the Ansible that runs them."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    book = data_dir("playbooks") / playbook
+    return {"playbook": {playbook: sha256_file(book)},
+            "roles": [content_of(d, follow_links=True) for d in roles_dirs()],
+            "ansible": {d: version(d) for d in ("ansible-core", "ansible")}}
 
 
 def ansible_env(work: Path) -> dict[str, str]:

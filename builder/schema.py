@@ -243,6 +243,11 @@ class Profile(_Section):
         None, description="Profile(s) this one builds on, merged left to right.")
     abstract: bool = Field(False, description="A base for others; not buildable itself.")
     description: str = Field("", description="One line for `builder profiles list`.")
+    tuned: str | None = Field(
+        None, description="A tuned runtime overlay written by `builder tune` (a YAML file, "
+        "relative to the profile file that names it): its runtime settings, measured on "
+        "the device, are merged over this profile's; refused if they leave the memory "
+        "plan or were tuned for another model. See docs/tune.md.")
     target: str = Field(..., description="Target family: what differs per hardware "
                         "(CPU and GPU, rootfs, boot layout, image, flashing, VM). See "
                         "`builder profiles list`.")

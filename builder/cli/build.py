@@ -591,5 +591,15 @@ def bench_cmd(profile: str, host_url: str, api_url: str | None, requests: int,
         for c in checks:
             out.print(f"  {'[green]ok[/]' if c.ok else '[red]under the bar[/]'}  "
                       f"{bench.describe(c)}")
+        if p.tuned:  # what `builder tune` measured on the device: defaults vs tuned
+            from ..tuned import load as load_tuned
+
+            title, rows = bench.tuned_side_by_side(
+                load_tuned(rp.dir_of("tuned") / p.tuned).data)
+            tt = Table("measured by builder tune", "defaults", "tuned", "tuned / defaults",
+                       title=title)
+            for row in rows:
+                tt.add_row(*row)
+            out.print(tt)
     if not all(c.ok for c in checks):
         raise SystemExit(1)

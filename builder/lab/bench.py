@@ -111,3 +111,33 @@ ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("peak_rss_bytes", "engine peak RSS", lambda v: format_size(int(v))),
     ("engine_build_seconds", "engine built on the device in (s)", lambda v: f"{v:g}"),
 )
+
+
+# What `builder tune` measured, default against tuned (its overlay's measurements):
+# (key, label, format).
+TUNED_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("decode_tps", "decode tok/s at depth {depth}", "{:.2f}"),
+    ("decode_tps_depth0", "decode tok/s at depth 0", "{:.2f}"),
+    ("prefill_tps", "prefill tok/s ({prompt}-token prompt)", "{:.1f}"),
+    ("ttft_ms", "time to first token, ms ({prompt}-token prompt)", "{:.0f}"),
+)
+
+
+def tuned_side_by_side(overlay: dict[str, Any]) -> tuple[str, list[tuple[str, str, str, str]]]:
+    """The tuned overlay's default and tuned measurements as rows (label, default, tuned,
+    tuned / default) and a title naming where and when they were taken; no rows when
+    the overlay holds none."""
+    dev = overlay.get("device") or {}
+    meas = overlay.get("measurements") or {}
+    test, default, tuned = (meas.get(k) or {} for k in ("test", "default", "tuned"))
+    rows = []
+    for key, label, fmt in TUNED_ROWS:
+        a, b = default.get(key), tuned.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0:
+            rows.append((label.format(depth=test.get("depth"),
+                                      prompt=test.get("prompt_tokens")),
+                         fmt.format(a), fmt.format(b), f"{b / a:.3f}"))
+    partial = "" if overlay.get("complete") else ", partial"
+    title = (f"builder tune on {dev.get('host')} ({dev.get('cpu')}, {dev.get('cores')} "
+             f"CPUs, {dev.get('date')}{partial}): defaults vs tuned")
+    return title, rows

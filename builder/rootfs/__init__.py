@@ -16,6 +16,7 @@ import yaml
 
 from ..cache import Entry
 from ..data import data_dir
+from ..run import run
 
 # What every appliance runs: systemd, SSH for provisioning and fleet updates, python3
 # for Ansible and the device tools, networking basics. The roles add what they
@@ -36,6 +37,21 @@ class Rootfs:
     @property
     def packages(self) -> dict[str, str]:
         return self.entry.manifest["packages"]
+
+
+# GNU tar keeps what a tree holds as root: owners by number, modes, device nodes, hard
+# links, and every extended attribute (file capabilities are security.capability).
+_TAR_KEEP = ("--numeric-owner", "--xattrs", "--xattrs-include=*")
+
+
+def pack(tree: Path, tarball: Path) -> None:
+    """A rootfs tree into a tarball of the format the rootfs cache holds."""
+    run(["tar", *_TAR_KEEP, "--sort=name", "-cf", tarball, "-C", tree, "."],
+        what="packing the rootfs")
+
+
+def unpack(tarball: Path, tree: Path) -> None:
+    run(["tar", *_TAR_KEEP, "-xpf", tarball, "-C", tree], what="unpacking the rootfs")
 
 
 def role_packages() -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...contracts import Engine, EngineArtifact, Platform, Probe, Tool
 from ...schema import Profile
@@ -156,6 +156,11 @@ class LlamaCpp(Engine):
         if platform.gpu == "cuda":  # weights live in the GPU's buffers, not repacked for CPU
             return ()
         return memory_mod.repacked_types(platform.cpu_features)
+
+    def tuner(self) -> Any:
+        from . import tune
+
+        return tune
 
     def cheaper_kv(self, pin: PlanInput) -> tuple[str, PlanInput] | None:
         """A q8_0 KV cache (a quantized V cache needs flash attention)."""
