@@ -150,7 +150,8 @@ def provision_tree(ctx: BuildContext) -> None:
         return {"packages": ctx.rootfs.packages}
 
     entry = ctx.cache.get_or_build("provisioned", tree_inputs(ctx, given), build,
-                                   label=f"provisioned rootfs {ctx.name}")
+                                   label=f"provisioned rootfs {ctx.name}", keep=_kept(ctx))
+    ctx.held.append(entry)
     ctx.provisioned = Rootfs(entry)
     if entry.hit:
         console.print(f"provisioned rootfs: reused (cache {entry.key[:12]}); Ansible: "
@@ -158,6 +159,16 @@ def provision_tree(ctx: BuildContext) -> None:
     else:
         console.print(f"provisioned rootfs: built (cache {entry.key[:12]}; Ansible's log: "
                       f"{display_path(entry.path / 'build.log')})", markup=False)
+
+
+# A profile's provisioned trees and deliveries kept in the cache: the one just built and
+# the one before it (a change tried and taken back rebuilds nothing). Each is the size
+# of a root filesystem or a disk image, and every change to a profile makes a new one.
+KEPT_PER_PROFILE = 2
+
+
+def _kept(ctx: BuildContext) -> tuple[str, int]:
+    return f"{ctx.p.target}/{ctx.name}", KEPT_PER_PROFILE
 
 
 def lay_overlays(ctx: BuildContext) -> None:
@@ -330,7 +341,8 @@ def assemble(ctx: BuildContext) -> None:
                              "sha256": d.sha256, "size": d.size, "info": d.info}}
 
     entry = ctx.cache.get_or_build("delivery", delivery_inputs(ctx, given), build,
-                                   label=f"{ctx.name} delivery")
+                                   label=f"{ctx.name} delivery", keep=_kept(ctx))
+    ctx.held.append(entry)
     if not entry.hit:
         ctx.delivery = made[0]
         return
@@ -398,8 +410,10 @@ RELEASE_ONLY_VARS = frozenset({
     "release_model_src", "release_model_sha256", "release_model_name",
     "release_model_bytes"})
 # How a provisioned tree is made from its inputs (the steps of provision_tree): bump it
-# when they change in a way the inputs below do not show.
+# when they change in a way the inputs below do not show. The builder's modules that
+# shape the tree (laying overlays, running Ansible, packing) are in the key by content.
 TREE_VERSION = 1
+TREE_CODE = ("build.py", "provision.py", "rootfs/__init__.py")
 
 
 def tree_vars(all_vars: dict[str, Any]) -> dict[str, Any]:
@@ -416,6 +430,7 @@ def tree_inputs(ctx: BuildContext, given: dict[str, Any]) -> dict[str, Any]:
     builder."""
     assert ctx.rootfs
     return {"tree_version": TREE_VERSION, "builder_version": __version__,
+            "builder_code": {m: sha256_file(Path(__file__).parent / m) for m in TREE_CODE},
             "base_rootfs": ctx.rootfs.entry.key,
             "overlays": [content_of(layer, follow_links=False, mode_mask=0o755)
                          for layer in overlay_layers(ctx.device.source.chain)],
@@ -553,6 +568,8 @@ def build(ctx: BuildContext) -> Path:
         os.replace(ctx.work / "out", final)
         shutil.rmtree(old, ignore_errors=True)
     finally:
+        for entry in ctx.held:
+            entry.release()
         _cleanup(ctx.work)
     console.print(f"[green]✓[/] {ctx.name}: {display_path(final)} (release {ctx.release_id})")
     return final

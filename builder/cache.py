@@ -18,9 +18,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import display_path
 from .log import log
@@ -102,6 +102,14 @@ class Entry:
     path: Path
     manifest: dict[str, Any]
     hit: bool = False  # True when it came from the cache rather than a build just now
+    # an entry that may be evicted (get_or_build's keep=) is held while it is used: a
+    # shared lock, taken before the entry's own lock is let go; release() lets it go
+    held: IO[str] | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     @property
     def kind(self) -> str:
@@ -167,16 +175,22 @@ class Cache:
 
     def get_or_build(self, kind: str, inputs: dict[str, Any],
                      build: Callable[[Path, Path], dict[str, Any] | None],
-                     *, label: str) -> Entry:
+                     *, label: str, keep: tuple[str, int] | None = None) -> Entry:
         """The entry for `inputs`, building it with `build(out_dir, log_file)` on a miss.
 
-        `build` may return extra metadata to record in the manifest."""
+        `build` may return extra metadata to record in the manifest. `keep=(slot, n)`:
+        the entry belongs to `slot` (one profile's provisioned trees, say), and a new one
+        evicts all but the `n` last used of its kind and slot; for entries as big as a
+        disk image that every change of a profile makes anew. Such an entry comes held
+        (Entry.release() when done with it): no eviction takes it while it is read."""
         key = key_of(kind, inputs)
         final = self.root / kind / key
         with self._lock(kind, key):
             entry = self._load(final, verify=True)
             if entry is not None:
                 log.info("%s: cache hit (%s)", label, key[:12])
+                if keep:
+                    entry.held = self._hold(kind, key)
                 return entry
             tmp = final.with_name(f".tmp-{key[:16]}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -198,12 +212,45 @@ class Cache:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - started, 1),
                 "outputs": _hash_tree(tmp / OUT), "log": "build.log", **extra,
+                **({"slot": keep[0]} if keep else {}),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             if final.exists():  # a corrupted entry we could not move aside
                 self._discard(final)
             os.replace(tmp, final)
-            return Entry(final, manifest, hit=False)
+            made = Entry(final, manifest, hit=False,
+                         held=self._hold(kind, key) if keep else None)
+        if keep:
+            self._evict(kind, *keep)
+        return made
+
+    def _hold(self, kind: str, key: str) -> IO[str]:
+        fh = (self.dir(kind) / f".use-{key[:16]}").open("w")
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        return fh
+
+    def _evict(self, kind: str, slot: str, keep: int) -> None:
+        """All but the `keep` last used entries of `kind` in `slot` (the newest is the
+        one just made). One that a build holds (or is rebuilding) is left."""
+        mine = []
+        for d in (self.root / kind).iterdir():
+            if d.name.startswith(".") or not d.is_dir():
+                continue
+            e = self._load(d, verify=False)
+            if e is not None and e.manifest.get("slot") == slot:
+                with contextlib.suppress(OSError):
+                    mine.append(((d / MANIFEST).stat().st_mtime, e))
+        mine.sort(key=lambda t: t[0], reverse=True)
+        for _, e in mine[keep:]:
+            with contextlib.ExitStack() as locks:
+                try:
+                    for name in (f".lock-{e.key[:16]}", f".use-{e.key[:16]}"):
+                        fh = locks.enter_context((self.dir(kind) / name).open("w"))
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                log.info("%s: evicted %s (%s: %d kept)", kind, e.key[:12], slot, keep)
+                self._discard(e.path)
 
     def _discard(self, path: Path) -> None:
         trash = path.with_name(f".trash-{path.name[:16]}-{os.getpid()}-{time.time_ns()}")

@@ -617,6 +617,7 @@ class BuildContext:
     model: ModelArtifact | None = None
     rootfs: Rootfs | None = None
     provisioned: Rootfs | None = None  # the rootfs after overlays and roles, cached
+    held: list[Entry] = field(default_factory=list)  # cache entries held until the end
     rootfs_dir: Path | None = None
     release_id: str = ""
     gateway: Entry | None = None  # the gateway package, a cache entry

@@ -12,6 +12,7 @@ switched by `edge_llm_image_build`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -84,9 +85,25 @@ def playbook_inputs(playbook: str = "appliance.yml") -> dict[str, Any]:
             return None
 
     book = data_dir("playbooks") / playbook
+    ours = ansible_env(Path("."))
     return {"playbook": {playbook: sha256_file(book)},
             "roles": [content_of(d, follow_links=True) for d in roles_dirs()],
-            "ansible": {d: version(d) for d in ("ansible-core", "ansible")}}
+            "ansible": {d: version(d) for d in ("ansible-core", "ansible", "Jinja2")},
+            # what else steers ansible-playbook here: the user's ANSIBLE_* settings and
+            # the config file it would read (ANSIBLE_CONFIG, ./ansible.cfg, ~/.ansible.cfg,
+            # /etc/ansible/ansible.cfg: the first that exists)
+            "env": {k: v for k, v in sorted(os.environ.items())
+                    if k.startswith("ANSIBLE_") and k not in ours},
+            "config": _config_file()}
+
+
+def _config_file() -> str | None:
+    """The sha256 of the config file ansible-playbook reads, if any."""
+    for c in (os.environ.get("ANSIBLE_CONFIG"), "ansible.cfg", "~/.ansible.cfg",
+              "/etc/ansible/ansible.cfg"):
+        if c and (path := Path(c).expanduser()).is_file():
+            return sha256_file(path)
+    return None
 
 
 def ansible_env(work: Path) -> dict[str, str]:

@@ -70,6 +70,20 @@ class Bench:
     model: str  # the model file's path on the device
     model_sha256: str
     engine: str  # the engine build: its cache key (or the release that carries it)
+    # the model measured, (id, quant), when it is not the profile's (another model the
+    # device serves, a file of another shape): the overlay is then that model's, and a
+    # profile of the catalog model refuses it
+    other_model: tuple[str, str] | None = None
+
+
+def same_shape(shape: ModelShape, model_id: str) -> bool:
+    """Whether a model file has the catalog model's architecture (what its speed
+    depends on, with the quantization): random weights in its shape count as it."""
+    from .model.catalog import get_model
+
+    a, b = shape.arch, get_model(model_id)
+    return all(getattr(a, k) == getattr(b, k) for k in ("n_layer", "n_embd", "n_head",
+                                                          "n_head_kv", "n_ff", "n_vocab"))
 
 
 @dataclass(frozen=True)
@@ -220,7 +234,8 @@ class Tune:
         return {
             "format": FORMAT, "profile": self.d.name, "complete": complete,
             "objective": objective(self.test.depth, self.tolerance),
-            "model": {"id": p.model.id, "quant": p.model.quant,
+            "model": {"id": (self.bench.other_model or (p.model.id,))[0],
+                      "quant": (self.bench.other_model or (None, p.model.quant))[1],
                       "sha256": self.bench.model_sha256},
             "device": self.measured_on(),
             "runtime": dict(settings),
@@ -246,9 +261,12 @@ class Tune:
             return  # not ours to read: it is replaced at the end
         dev, meas = old.data.get("device") or {}, old.data.get("measurements") or {}
         mine = self.measured_on()
+        # (the CPU's name when lscpu gave one here: without lscpu it comes from
+        # llama-bench's output, read after this)
+        keys = ("host", "cores", "engine_build", "model_sha256", *(("cpu",) if mine["cpu"]
+                                                                   else ()))
         same = (not old.complete and meas.get("test") == self.test.to_json()
-                and all(dev.get(k) == mine[k] for k in ("host", "cpu", "cores",
-                                                        "engine_build", "model_sha256")))
+                and all(dev.get(k) == mine[k] for k in keys))
         if not same:
             return
         for t in meas.get("trials") or []:
@@ -385,6 +403,35 @@ class Tune:
 
     def _elapsed(self) -> str:
         return f"{time.monotonic() - self.started:.0f}s"
+
+
+def on_device(d: Device, runner: Runner, say: Callable[[str], None]) -> tuple[Bench, str]:
+    """What the device's current release carries to measure (its engine's benchmark tool
+    and its model, named by its release.json, parsed as untrusted), and its engine unit."""
+    from .fleet import trust
+
+    layout = d.layout
+    manifest_path = f"{layout.current}/release.json"
+    what = f"{runner.where}: {manifest_path}"
+    data = runner.run(["cat", manifest_path], f"reading {manifest_path}")
+    try:
+        m = trust.Manifest.parse(data.encode(), what)
+    except trust.Refused as e:
+        raise BuilderError(f"{e} (is a release of {d.name} deployed there?)") from None
+    tool = d.engine.tuner().TOOL
+    if f"bin/{tool}" not in m.files:
+        raise BuilderError(f"{what}: release {m.release_id} ships no bin/{tool}; deploy a "
+                           "release made by this builder")
+    other = None
+    if (m.model.id, m.model.quant) != (d.profile.model.id, d.profile.model.quant):
+        # a model given to its build (--model-file, --model-source): its own is measured
+        other = (m.model.id, m.model.quant)
+        say(f"note: the device serves {m.model.id} ({m.model.quant}), not the profile's "
+            f"{d.profile.model.id} {d.profile.model.quant}; measuring it (the overlay is "
+            "that model's)")
+    return (Bench(runner, f"{layout.current}/bin/{tool}", m.model.path, m.model.sha256,
+                  f"{m.engine.cache_key} (release {m.release_id})", other),
+            layout.engine_unit)
 
 
 @contextmanager

@@ -100,6 +100,49 @@ def test_prune_removes_old_entries_and_interrupted_builds(cache: Cache) -> None:
     assert new.path.exists()
 
 
+def test_a_slot_keeps_its_last_used_entries_and_leaves_other_slots(cache: Cache) -> None:
+    def made(src: str, slot: str):
+        e = cache.get_or_build("delivery", {"src": src}, Builder(), label=src,
+                               keep=(slot, 2))
+        e.release()
+        return e
+
+    a, b = made("a", "x86/gw"), made("b", "x86/gw")
+    other = made("o", "x86/other")
+    unslotted = cache.get_or_build("delivery", {"src": "u"}, Builder(), label="u")
+    os.utime(a.path / "manifest.json", (1, 1))
+    os.utime(b.path / "manifest.json", (2, 2))
+    assert made("a", "x86/gw").hit  # a use: now b is the oldest
+    c = made("c", "x86/gw")
+    assert a.path.exists() and c.path.exists() and not b.path.exists()
+    assert other.path.exists() and unslotted.path.exists()
+    assert c.manifest["slot"] == "x86/gw"
+
+
+def test_an_entry_held_by_a_build_is_not_evicted_until_it_is_released(cache: Cache) -> None:
+    """A build holds the entries it reads (a tarball it unpacks later); another build of
+    the profile that would evict them leaves them, and the next one after the release
+    does not."""
+    a = cache.get_or_build("delivery", {"src": "a"}, Builder(), label="a", keep=("s", 1))
+    os.utime(a.path / "manifest.json", (1, 1))
+    b = cache.get_or_build("delivery", {"src": "b"}, Builder(), label="b", keep=("s", 1))
+    b.release()
+    assert a.path.exists() and (a.out / "bin/tool").read_text() == "build 1\n"
+    a.release()
+    os.utime(a.path / "manifest.json", (1, 1))
+    cache.get_or_build("delivery", {"src": "c"}, Builder(), label="c", keep=("s", 1)).release()
+    assert not a.path.exists() and not b.path.exists()
+
+
+def test_a_hit_is_held_too(cache: Cache) -> None:
+    cache.get_or_build("delivery", {"src": "a"}, Builder(), label="a", keep=("s", 1)).release()
+    hit = cache.get_or_build("delivery", {"src": "a"}, Builder(), label="a", keep=("s", 1))
+    assert hit.hit and hit.held is not None
+    os.utime(hit.path / "manifest.json", (1, 1))
+    cache.get_or_build("delivery", {"src": "b"}, Builder(), label="b", keep=("s", 1)).release()
+    assert hit.path.exists()
+
+
 def test_cache_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     monkeypatch.setenv("EDGE_LLM_CACHE", str(tmp_path / "elsewhere"))

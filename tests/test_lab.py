@@ -356,7 +356,8 @@ class FakeSteps:
 
     @property
     def steps(self) -> dict:
-        return {n: self.step(n) for n in ("flash", "deploy", "ready", "verify", "benchmark")}
+        return {n: self.step(n)
+                for n in ("flash", "deploy", "ready", "verify", "benchmark", "tune")}
 
     def ran(self, device: str) -> list[str]:
         return [s for d, s, _, _ in self.calls if d == device]
@@ -625,6 +626,55 @@ def test_the_benchmark_is_held_to_the_profile_bars() -> None:
     assert [c.ok for c in unmeasured] == [False, True, False]
     assert bench.describe(unmeasured[0]) == "decode tok/s not measured (bar >= 5)"
     assert bench.describe(bad[2]) == "engine peak RSS 1.0GiB (bar <= 1GiB)"
+
+
+def test_tune_adds_a_step_where_the_engine_has_a_benchmark_to_tune(tmp_path: Path) -> None:
+    gw, orin = _plan("gw"), _plan("orin")
+    orin.resolved = device("orin-nano-8gb")
+    orin.device = dataclasses.replace(orin.device, profile="orin-nano-8gb")
+    tuning = dataclasses.replace(_lab(tmp_path), tune=lab.TuneOptions())
+    assert tuning.steps_of(gw) == ("deploy", "ready", "verify", "benchmark", "tune")
+    assert tuning.steps_of(orin) == ("deploy", "ready", "verify", "benchmark")  # TensorRT-LLM
+    assert _lab(tmp_path).steps_of(gw) == ("deploy", "ready", "verify", "benchmark")
+
+
+def test_a_rerun_with_tune_runs_only_the_tune_and_keeps_the_rest(tmp_path: Path) -> None:
+    plans = [_plan("gw")]
+    lab.run_lab(plans, _lab(tmp_path, 1), FakeSteps().steps)
+    second = FakeSteps(fail={("gw", "tune")})
+    tuning = dataclasses.replace(_lab(tmp_path, 2), tune=lab.TuneOptions())
+    [r] = lab.run_lab(plans, tuning, second.steps)
+    assert second.ran("gw") == ["tune"] and not r["passed"]
+    assert [(s["name"], s["attempt"], s["status"]) for s in r["steps"]][-2:] == [
+        ("benchmark", 1, "passed"), ("tune", 2, "failed")]
+    assert r["benchmark"]["decode_tps"] == 20.0
+
+
+TUNE_RECORD = {"overlay": "devices/gw/tuned.yaml",
+               "runtime": {"threads": 2, "flash_attn": "off", "kv_cache_type": "f16",
+                           "load_mode": "mmap", "ubatch_size": 256, "batch_size": 2048},
+               "device": {"host": "ssh://edge@10.0.0.5:22", "cpu": "Cortex-A76", "cores": 4},
+               "test": {"depth": 2048, "prompt_tokens": 512, "gen_tokens": 32,
+                        "repetitions": 2},
+               "default": {"decode_tps": 10.0, "prefill_tps": 40.0},
+               "tuned": {"decode_tps": 12.0, "prefill_tps": 44.0}, "seconds": 300.0}
+
+
+def test_the_reports_show_the_tuned_settings_per_profile(a_run) -> None:
+    meta, records = a_run
+    tuned = {**records[0], "steps": [*records[0]["steps"], {
+        "name": "tune", "status": "passed", "attempt": 2, "seconds": 300.0,
+        "detail": "threads 2, flash_attn off"}], "tune": TUNE_RECORD}
+    md = lab_report.markdown(meta, [tuned, *records[1:]])
+    assert "| ready | verify | benchmark | tune |" in md
+    assert "## Tuned runtime settings (builder tune)" in md
+    [row] = [line for line in md.splitlines() if "`devices/gw/tuned.yaml`" in line]
+    assert "| x86-gateway | fast | Cortex-A76, 4 CPUs |" in row and "| 2048 |" in row
+    assert "10 → 12 (1.20x)" in row and "40 → 44 (1.10x)" in row
+    page = lab_report.html_page(meta, [tuned, *records[1:]])
+    assert "<th>tune</th>" in page and "10 → 12 (1.20x)" in page
+    # a run without --tune: no tune column, no section (the sample report stays as it is)
+    assert "tune" not in lab_report.markdown(meta, records).lower()
 
 
 # --- the reports ------------------------------------------------------------------------------

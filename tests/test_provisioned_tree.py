@@ -107,6 +107,25 @@ def test_each_input_that_reaches_the_tree_changes_its_key(inputs: Path) -> None:
         changes
 
 
+def test_what_steers_ansible_beside_the_roles_changes_the_key(
+        inputs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The user's ANSIBLE_* settings and the config file ansible-playbook would read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if Path("/etc/ansible/ansible.cfg").is_file():
+        pytest.skip("this host has /etc/ansible/ansible.cfg")
+    before = tree_key(_ctx())
+    monkeypatch.setenv("ANSIBLE_JINJA2_NATIVE", "1")
+    native = tree_key(_ctx())
+    monkeypatch.delenv("ANSIBLE_JINJA2_NATIVE")
+    (tmp_path / "ansible.cfg").write_text("[defaults]\njinja2_native = true\n")
+    config = tree_key(_ctx())
+    monkeypatch.setenv("ANSIBLE_PIPELINING", "0")  # ours: the builder sets it, whatever
+    assert tree_key(_ctx()) == config
+    assert len({before, native, config}) == 3
+
+
 def test_a_tree_reaching_profile_setting_changes_the_key() -> None:
     ctx = _ctx()
     p = ctx.p.model_copy(update={"swap": ctx.p.swap.model_copy(update={"size": 1 << 30})})
@@ -372,7 +391,10 @@ def test_the_same_tree_release_and_layout_reuse_the_image(image_ctx, capsys) -> 
 
 def test_a_new_release_or_layout_makes_the_image_again(image_ctx) -> None:
     make, made, bundle = image_ctx
+    assert X86.assembly_inputs(make()) is not None  # the x86 image is one that is reused
     build_mod.assemble(make())
+    build_mod.assemble(make())
+    assert len(made) == 1
     (bundle / "tree/release.json.sig").write_text("another key's signature")
     build_mod.assemble(make())
     assert len(made) == 2

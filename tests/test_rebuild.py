@@ -63,7 +63,6 @@ def test_a_runtime_only_change_lays_a_new_release_without_ansible(
     assert f"provisioned rootfs: reused (cache {key[:12]}); Ansible: skipped, nothing that " \
            "reaches the tree changed" in r.stderr
     assert "applying roles to the rootfs" not in r.stderr
-    assert not (out / ".logs/x86-gateway/ansible.log").exists()
     old_id, new_id = first["release_id"], second["release_id"]
     assert new_id != old_id
 

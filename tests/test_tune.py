@@ -6,8 +6,10 @@ the real llama-bench (tests marked slow) with the tiny model."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -244,8 +246,9 @@ def test_the_search_on_the_real_llama_bench(cli, workdir, x86_engine, tiny_q4) -
             *SMALL_TEST)
     assert r.code == 0, r.err
     assert "[1/" in r.out and "defaults" in r.out  # progress per measurement
+    assert f"note: {tiny_q4.name} is not qwen2.5-1.5b-instruct in shape" in r.out
     o = tuned.load(out)
-    assert o.complete and o.model_id == "qwen2.5-1.5b-instruct"
+    assert o.complete and o.model_id == tiny_q4.name.lower()  # what was measured
     dev = o.data["device"]
     assert dev["host"] == "local" and dev["cores"] == len(os.sched_getaffinity(0)) and dev["cpu"]
     assert dev["engine_build"] == x86_engine.entry.key
@@ -261,12 +264,18 @@ def test_the_search_on_the_real_llama_bench(cli, workdir, x86_engine, tiny_q4) -
     default, best = meas["default"], meas["tuned"]
     assert best["decode_tps"] >= default["decode_tps"]  # the objective, as measured
     assert best["prefill_tps"] >= default["prefill_tps"] * 0.98
-    # the winner is what the overlay sets, and a profile that includes it runs it
+    # settings measured on the tiny model are not the catalog model's: a profile of it
+    # refuses them, naming the model they were tuned for
     (workdir / "gw-tuned.yaml").write_text("extends: gw\ntuned: tuned/gw.yaml\n")
     r = cli("profiles", "show", "gw-tuned", "-P", str(workdir), "--json")
+    assert r.code != 0 and f"tuned for {tiny_q4.name.lower()}" in one_line(r.err)
+    # the same settings labelled for the catalog model (as a tune of it writes them)
+    # are what a profile that includes them runs
+    data = yaml.safe_load(out.read_text())
+    data["model"].update(id="qwen2.5-1.5b-instruct", quant="Q4_K_M")
+    out.write_text(yaml.safe_dump(data))
+    r = cli("profiles", "show", "gw-tuned", "-P", str(workdir), "--json")
     assert r.code == 0, r.err
-    import json
-
     rt = json.loads(r.out)["profile"]["runtime"]
     assert {k: rt[k] for k in o.runtime} == o.runtime
 
@@ -359,3 +368,71 @@ def test_bench_prints_what_tune_measured_side_by_side() -> None:
     assert "partial" in title and "local" in title
     assert rows == [("decode tok/s at depth 2048", "10.00", "12.50", "1.250"),
                     ("prefill tok/s (512-token prompt)", "50.0", "50.0", "1.000")]
+
+
+@pytest.mark.slow
+def test_lab_run_tune_measures_the_devices_release_and_reports_it(appliance: Path,
+                                                                  manifest: dict,
+                                                                  tmp_path: Path) -> None:
+    """The lab's tune step on a device whose filesystem is a directory here: the x86
+    appliance build's release (its real llama-bench) as current/, its model where its
+    release.json says. The one boundary replaced is SSH: the commands run here with the
+    device's paths under the directory, and systemctl is recorded."""
+    import dataclasses
+
+    from stand_ins import device as resolved_device
+
+    from builder.fleet import deploy as fleet
+    from builder.lab import report as lab_report
+    from builder.lab import run as lab
+    from builder.lab.inventory import LabDevice
+
+    d = resolved_device("x86-gateway")
+    root = tmp_path / "dev"
+    current = root / d.layout.current.lstrip("/")
+    current.parent.mkdir(parents=True)
+    current.symlink_to(Path(manifest["release"]["dir"]) / "tree")
+    model = root / manifest["model"]["device_path"].lstrip("/")
+    model.parent.mkdir(parents=True)
+    model.symlink_to(manifest["model"]["path"])
+    systemctl: list[list[str]] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Here:
+        where: str = "ssh://edge@lab-gw:22"
+
+        def run(self, argv: list[str], what: str) -> str:
+            if argv[:3] == ["sudo", "-n", "systemctl"]:
+                systemctl.append(argv[3:])
+                return ""
+            device_paths = (d.layout.engine_root, d.layout.model_dir)
+            return subprocess.run(
+                [str(root) + a if a.startswith(device_paths) else a for a in argv],
+                capture_output=True, text=True, check=True, timeout=600).stdout
+
+    gw = LabDevice(name="gw", profile="x86-gateway", flash="deploy-only", host="lab-gw")
+    m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
+    pl = lab.Plan(gw, d, appliance / "x86-gateway" / "manifest.json", m, release=None)
+    state = lab.Lab(run_dir=tmp_path / "run", key=Path("key"), ssh=fleet.Ssh(),
+                    say=lambda s: None,
+                    tune=lab.TuneOptions(depth=32, prompt=16, gen=4, reps=1,
+                                         reach=lambda c: Here()))
+    record = {"steps": []}
+    detail = lab.step_tune(lab.Ctx(pl, state, record))
+    # the engine stopped for the measurement and started again
+    assert systemctl == [["stop", d.layout.engine_unit], ["start", d.layout.engine_unit]]
+    o = tuned.load(tmp_path / "run" / "devices" / "gw" / "tuned.yaml")
+    assert o.complete and o.data["device"]["host"] == "ssh://edge@lab-gw:22"
+    assert o.data["device"]["model_sha256"] == manifest["model"]["sha256"]
+    assert manifest["release_id"] in o.data["device"]["engine_build"]
+    t = record["tune"]
+    assert t["overlay"] == "devices/gw/tuned.yaml" and t["runtime"] == o.runtime
+    assert t["default"]["decode_tps"] > 0 and t["tuned"]["decode_tps"] >= t["default"][
+        "decode_tps"]
+    assert "overlay devices/gw/tuned.yaml" in detail
+    assert (tmp_path / "run" / "devices" / "gw" / "tune.log").read_text().startswith(
+        "stopping ")
+    md = lab_report.markdown({}, [{**m, "device": "gw", "profile": "x86-gateway",
+                                   "flash": "deploy-only", "host": "lab-gw", "port": 22,
+                                   "steps": [], "tune": t}])
+    assert "`devices/gw/tuned.yaml`" in md

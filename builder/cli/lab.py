@@ -48,6 +48,10 @@ def lab_group() -> None:
               help="known_hosts for deploys (default: ~/.ssh/known_hosts).")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Deploys record the host key of a device seen for the first time.")
+@click.option("--tune", is_flag=True,
+              help="After the benchmark, `builder tune` each device through its release "
+              "(its engine stopped meanwhile): the tuned overlay per device in the run "
+              "directory and in the report.")
 @click.option("--yes", is_flag=True,
               help="Write every sd and jetson-recovery device, also those whose inventory "
               "entry does not say confirm: true.")
@@ -56,8 +60,8 @@ def lab_group() -> None:
 @profiles_dir_option
 def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None,
                 select: str | None, requests: int, max_tokens: int, gate_timeout: int,
-                known_hosts: Path | None, accept_new_host_keys: bool, yes: bool,
-                out_root: Path, cache_dir: Path | None,
+                known_hosts: Path | None, accept_new_host_keys: bool, tune: bool,
+                yes: bool, out_root: Path, cache_dir: Path | None,
                 profiles_dir: tuple[Path, ...]) -> None:
     """For each device of a lab inventory: flash it (SD/USB writer, Jetson recovery USB)
     or deploy the release of its profile's build, wait until it answers, run `builder
@@ -92,7 +96,13 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
                                   key=key),
                     attempt=len(meta["attempts"]), select=select, requests=requests,
                     max_tokens=max_tokens, gate_timeout=gate_timeout, yes=yes,
+                    tune=lab.TuneOptions() if tune else None,
                     say=lambda line: console.print(line, markup=False, highlight=False))
+    if tune:
+        for pl in plans:
+            if "tune" not in state.steps_of(pl):
+                console.print(f"note: {pl.device.name}: not tuned: {pl.p.engine.kind} has no "
+                              "benchmark `builder tune` runs", markup=False)
     lanes = lab_inventory.lanes(devices)
     console.print(f"lab run {display_path(run_dir)}{' (resumed)' if resuming else ''}: "
                   f"{len(devices)} device(s) in {len(lanes)} lane(s)"
@@ -105,7 +115,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
         done = lab.load_records(run_dir, [d.name for d in devices])
         paths = lab_report.write(run_dir, meta, done)
     t = Table("device", "profile", "reached by", "flash / deploy", "ready", "verify",
-              "benchmark")
+              "benchmark", *(("tune",) if tune else ()))
     attempt = len(meta["attempts"])
     for r in records:
         cells = []

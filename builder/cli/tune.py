@@ -57,7 +57,7 @@ def tune_cmd(profile: str, local: bool, host_url: str | None, output: Path | Non
     tuned overlay the profile includes (`tuned: FILE`).
 
     A coordinate search from the profile's settings, one knob at a time: threads, flash
-    attention, KV cache type, load mode (mmap, no mmap, mlock), physical batch. Every
+    attention, KV cache type, load mode (mmap or not), physical batch. Every
     candidate is re-planned first; one that the profile's checks refuse or that leaves
     the memory plan is refused and not run. Objective: decode tok/s at the typical depth
     first (a win is more than 2% faster); at equal decode the faster prefill; never a
@@ -127,7 +127,7 @@ def _local(d, cache: Cache, synthetic: bool, model_file: Path | None):
     from .. import doctor as doctor_mod
     from ..model import pipeline as model_pipeline
     from ..model import synth
-    from ..tune import Bench, Local
+    from ..tune import Bench, Local, same_shape
 
     if synthetic and model_file:
         raise BuilderError("give --synthetic or --model-file, not both")
@@ -147,44 +147,27 @@ def _local(d, cache: Cache, synthetic: bool, model_file: Path | None):
                                    base_dir=d.source.dir_of("model", "source", "path"))
     model = d.engine.model(p, fetched, cache, source_base=d.engine_base_dir)
     shape = d.engine.shape_of(model.path, model.quant)
-    return Bench(Local(), str(tool), str(model.path), model.sha256, art.entry.key), shape
+    other = None
+    if not same_shape(shape, p.model.id):
+        other = (model.path.name if model_file is None else model_file.name, model.quant)
+        out.print(f"note: {other[0]} is not {p.model.id} in shape; measuring it (the "
+                  "overlay is that file's, which a profile of the catalog model refuses)")
+    return Bench(Local(), str(tool), str(model.path), model.sha256, art.entry.key,
+                 other), shape
 
 
 def _remote(d, cache: Cache, host_url: str, out_root: Path):
-    """The engine and model the device's current release carries, reached over SSH as
-    `builder bench` reaches it; and its engine unit."""
+    """The device reached over SSH as `builder bench` reaches it: what its current
+    release carries, and its engine unit."""
     from .. import verify
-    from ..fleet import trust
-    from ..run import run
     from ..sshkey import builder_key
-    from ..tune import Bench, Ssh
+    from ..tune import Ssh, on_device
 
     target = verify.parse_host(host_url, d.profile.os.admin_user)
     key, _ = builder_key(cache)
     ssh_config = verify.ssh_to(target, key, out_root / f".verify-{d.name}")
-    layout = d.layout
-
-    def command(remote: str) -> list[str]:
-        return verify.ssh_command(target, ssh_config, remote)
-
-    manifest_path = f"{layout.current}/release.json"
-    what = f"{target.url}: {manifest_path}"
-    data = run(command(f"cat {manifest_path}"), what=f"reading {what}", timeout=120)
-    try:
-        m = trust.Manifest.parse(data.encode(), what)
-    except trust.Refused as e:
-        raise BuilderError(f"{e} (is a release of {d.name} deployed there?)") from None
-    tool = d.engine.tuner().TOOL
-    if f"bin/{tool}" not in m.files:
-        raise BuilderError(f"{what}: release {m.release_id} ships no bin/{tool}; deploy a "
-                           "release made by this builder")
-    if (m.model.id, m.model.quant) != (d.profile.model.id, d.profile.model.quant):
-        # a model given to its build (--model-file, --model-source): its own is measured
-        out.print(f"note: the device serves {m.model.id} ({m.model.quant}), not the "
-                  f"profile's {d.profile.model.id} {d.profile.model.quant}; measuring it")
-    runner = Ssh(target.url, command)
-    return (Bench(runner, f"{layout.current}/bin/{tool}", m.model.path, m.model.sha256,
-                  f"{m.engine.cache_key} (release {m.release_id})"), layout.engine_unit)
+    runner = Ssh(target.url, lambda remote: verify.ssh_command(target, ssh_config, remote))
+    return on_device(d, runner, out.print)
 
 
 def _report(record: dict, output: Path, name: str) -> None:

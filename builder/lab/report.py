@@ -77,6 +77,38 @@ def engine_build(r: dict[str, Any]) -> str:
     return "on the build host" if b else "-"
 
 
+def tuned(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """What `lab run --tune` found, a row per device grouped by profile (a profile is a
+    device model): the settings chosen, decode at the typical depth and prefill, defaults
+    against tuned, and the overlay."""
+    from ..tune import describe
+
+    rows = []
+    for r in sorted((r for r in records if r.get("tune")), key=lambda r: r["profile"]):
+        t = r["tune"]
+        dev, d, b = t.get("device") or {}, t.get("default") or {}, t.get("tuned") or {}
+
+        def pair(key: str, d: dict = d, b: dict = b) -> str:
+            x, y = d.get(key), b.get(key)
+            if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and x > 0):
+                return "-"
+            return f"{x:g} → {y:g} ({y / x:.2f}x)"
+
+        rows.append({"profile": r["profile"], "device": r["device"],
+                     "cpu": f"{dev.get('cpu', '?')}, {dev.get('cores', '?')} CPUs",
+                     "settings": describe(t.get("runtime") or {}, {}),
+                     "depth": str((t.get("test") or {}).get("depth", "?")),
+                     "decode": pair("decode_tps"), "prefill": pair("prefill_tps"),
+                     "overlay": t.get("overlay", "")})
+    return rows
+
+
+def step_names(records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The columns after the first step: a tune column when any device was tuned."""
+    tuning = any(s["name"] == "tune" for r in records for s in r["steps"])
+    return ("ready", "verify", "benchmark", *(("tune",) if tuning else ()))
+
+
 # --- JUnit ----------------------------------------------------------------------------------
 
 def junit(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
@@ -127,15 +159,15 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
              f"Inventory `{meta.get('inventory', '?')}`, {len(records)} device(s), attempt "
              f"{attempt} ({a.get('started', '?')} to {a.get('finished', '?')}).", "",
              f"**Result: {summary(meta, records)}.**", "",
-             "| device | profile | reached by | release | flash / deploy | ready | verify "
-             "| benchmark |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| device | profile | reached by | release | flash / deploy | "
+             + " | ".join(step_names(records)) + " |",
+             "|---|---|---|---|---|" + "---|" * len(step_names(records))]
     for r in records:
         steps = {s["name"]: s for s in r["steps"]}
         first = r["steps"][0] if r["steps"] else {"status": "not run"}
         cells = [step_cell(first, attempt)] + [
             step_cell(steps[n], attempt) if n in steps else "-"
-            for n in ("ready", "verify", "benchmark")]
+            for n in step_names(records)]
         v = r.get("verify")
         if v and steps.get("verify", {}).get("status") in ("passed", "failed"):
             cells[2] += f", {v['tests'] - len(v['failed'])}/{v['tests']} checks"
@@ -170,6 +202,17 @@ def markdown(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
                       "requests (tokens after the first, per second); the bar is the "
                       "profile's `verify.min_decode_tps`, `verify.max_ttft_ms` (held to the "
                       "p50) and `verify.max_rss` (auto: the plan's engine share)."]
+    rows = tuned(records)
+    if rows:
+        lines += ["", "## Tuned runtime settings (builder tune)", "",
+                  "| profile | device | CPU | tuned settings | depth | decode tok/s at depth "
+                  "| prefill tok/s | overlay |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {row['profile']} | {row['device']} | {_md(row['cpu'])} | "
+                  f"{_md(row['settings'])} | {row['depth']} | {row['decode']} | "
+                  f"{row['prefill']} | `{row['overlay']}` |" for row in rows]
+        lines += ["", "Defaults → tuned, measured on the device with its release's "
+                  "llama-bench (its engine stopped meanwhile). A profile takes an overlay "
+                  "with `tuned: FILE` (docs/tune.md)."]
     lines += ["", "## Steps"]
     for r in records:
         lines += ["", f"### {r['device']}", "",
@@ -293,8 +336,8 @@ def html_page(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
            f"{e(a.get('finished', '?'))}).</p>",
            f'<div class="banner {"ok" if ok else "bad"}">{e(summary(meta, records))}</div>',
            "<h2>Devices</h2>", "<table><tr><th>device</th><th>profile</th><th>reached by</th>"
-           "<th>release</th><th>flash / deploy</th><th>ready</th><th>verify</th>"
-           "<th>benchmark</th></tr>"]
+           "<th>release</th><th>flash / deploy</th>"
+           + "".join(f"<th>{n}</th>" for n in step_names(records)) + "</tr>"]
     for r in records:
         cells = []
         for s in r["steps"]:
@@ -329,7 +372,20 @@ def html_page(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
                    f"{cell('decode_tps')}{cell('ttft_ms_p50', ttft)}"
                    f'<td class="num">{e(prefill(b))}</td>{cell("peak_rss_bytes")}'
                    f"<td>{e(engine_build(r))}</td></tr>")
-    out += ["</table>", "<h2>Steps</h2>"]
+    out.append("</table>")
+    rows = tuned(records)
+    if rows:
+        out += ["<h2>Tuned runtime settings (builder tune)</h2>",
+                "<table><tr><th>profile</th><th>device</th><th>CPU</th><th>tuned settings</th>"
+                "<th>depth</th><th>decode tok/s at depth</th><th>prefill tok/s</th>"
+                "<th>overlay</th></tr>"]
+        out += [f"<tr><td>{e(row['profile'])}</td><td><b>{e(row['device'])}</b></td>"
+                f"<td>{e(row['cpu'])}</td><td>{e(row['settings'])}</td>"
+                f'<td class="num">{e(row["depth"])}</td><td class="num">{e(row["decode"])}</td>'
+                f'<td class="num">{e(row["prefill"])}</td><td><code>{e(row["overlay"])}</code>'
+                "</td></tr>" for row in rows]
+        out.append("</table>")
+    out += ["<h2>Steps</h2>"]
     for r in records:
         out += [f"<h3>{e(r['device'])}</h3>",
                 f'<p class="meta">{e(r["profile"])} ({e(r.get("engine", "?"))}, '

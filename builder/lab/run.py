@@ -204,6 +204,27 @@ class Lab:
     gate_timeout: int = 300
     yes: bool = False  # --yes: write every device, whatever its confirm: says
     say: Callable[[str], None] = print
+    tune: TuneOptions | None = None  # --tune: a tune step after the benchmark
+
+    def steps_of(self, pl: Plan) -> tuple[str, ...]:
+        """The device's steps; with --tune, a tune after the benchmark where its engine
+        has a benchmark `builder tune` runs (llama.cpp's llama-bench)."""
+        tunable = self.tune and pl.resolved.engine.tuner() is not None
+        return (*pl.device.steps, "tune") if tunable else pl.device.steps
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How `builder lab run --tune` measures each device (`builder tune`'s test); the
+    depth by default the profile's typical one."""
+
+    depth: int | None = None
+    prompt: int = 512
+    gen: int = 32
+    reps: int = 2
+    tolerance: float = 0.02
+    # how the tune reaches the device (a tune.Runner); default: SSH as verify reaches it
+    reach: Callable[[Ctx], Any] | None = None
 
 
 @dataclass
@@ -388,8 +409,52 @@ def step_benchmark(c: Ctx) -> str:
     return line
 
 
+def ssh_runner(c: Ctx) -> Any:
+    """The device over SSH, as the verify suite and the benchmark reach it."""
+    from ..tune import Ssh
+
+    pl = c.plan
+    return Ssh(f"ssh://{pl.user}@{pl.device.host}:{pl.device.port}",
+               lambda remote: verify_mod.ssh_command(pl.ssh_host, c.ssh_config(), remote))
+
+
+def step_tune(c: Ctx) -> str:
+    """`builder tune --host` on the device: its release's engine and model measured (the
+    engine stopped meanwhile, started again), the tuned overlay written in the device's
+    directory and summed up in its record."""
+    from .. import tune
+
+    pl, opts = c.plan, c.lab.tune
+    assert opts is not None
+    runner = (opts.reach or ssh_runner)(c)
+    said: list[str] = []
+    bench_on, unit = tune.on_device(pl.resolved, runner, said.append)
+    test = tune.Test(depth=opts.depth or tune.typical_depth(pl.resolved),
+                     prompt=opts.prompt, gen=opts.gen, reps=opts.reps)
+    out = c.dir / "tuned.yaml"
+    t = tune.Tune(pl.resolved, bench_on, test, out, tolerance=opts.tolerance,
+                  say=said.append)
+    try:
+        with tune.engine_stopped(runner, unit, said.append):
+            overlay = t.run()
+    finally:
+        (c.dir / "tune.log").write_text("\n".join(said) + "\n")
+    meas = overlay["measurements"]
+    default, best = meas["default"], meas["tuned"]
+    c.record["tune"] = {"overlay": c.rel(out), "runtime": overlay["runtime"],
+                        "device": overlay["device"], "test": meas["test"],
+                        "default": default, "tuned": best, "seconds": meas["seconds"]}
+    won = any(tr["outcome"].startswith("kept") for tr in meas["trials"])
+    return (f"{tune.describe(overlay['runtime'], {})}"
+            + ("" if won else " (the profile's defaults won)")
+            + f"; decode at depth {test.depth} {default['decode_tps']:g} -> "
+            f"{best['decode_tps']:g} tok/s, prefill {default['prefill_tps']:g} -> "
+            f"{best['prefill_tps']:g} tok/s; overlay {c.rel(out)}")
+
+
 STEPS: dict[str, Step] = {"flash": step_flash, "deploy": step_deploy, "ready": step_ready,
-                          "verify": step_verify, "benchmark": step_benchmark}
+                          "verify": step_verify, "benchmark": step_benchmark,
+                          "tune": step_tune}
 
 
 def _now() -> str:
@@ -403,7 +468,8 @@ def run_device(pl: Plan, lab: Lab, steps: dict[str, Step] = STEPS) -> dict[str, 
     path = record_path(lab.run_dir, d.name)
     old = read_json(path)
     ident = identity(pl)
-    first = resume_from(old, ident, d.steps)
+    order = lab.steps_of(pl)
+    first = resume_from(old, ident, order)
     kept = {s["name"]: s for s in (old or {}).get("steps", [])} if first else {}
     record: dict[str, Any] = {
         "format": RECORD_FORMAT, **ident, "user": pl.user, "api_url": pl.api_url,
@@ -411,14 +477,14 @@ def run_device(pl: Plan, lab: Lab, steps: dict[str, Step] = STEPS) -> dict[str, 
         "engine": pl.manifest["engine"]["kind"], "thresholds": pl.thresholds,
         "attempts": [*(old.get("attempts", []) if same_device(old, ident) else []),
                      lab.attempt],
-        "steps": [kept[n] for n in d.steps[:first]],
-        **{k: (old or {}).get(k) for k in ("verify", "benchmark", "checks")
-           if first and k in (old or {}) and _kept_for(k, d.steps[:first])},
+        "steps": [kept[n] for n in order[:first]],
+        **{k: (old or {}).get(k) for k in ("verify", "benchmark", "checks", "tune")
+           if first and k in (old or {}) and _kept_for(k, order[:first])},
     }
-    for name in d.steps[:first]:
+    for name in order[:first]:
         lab.say(f"{d.name}: {name}: passed in attempt {kept[name]['attempt']}, kept")
     failed = None
-    for name in d.steps[first:]:
+    for name in order[first:]:
         if failed:
             record["steps"].append({"name": name, "status": "not run", "attempt": lab.attempt,
                                     "detail": f"not run: {failed} did not pass"})
@@ -449,8 +515,8 @@ def run_device(pl: Plan, lab: Lab, steps: dict[str, Step] = STEPS) -> dict[str, 
 def _kept_for(key: str, kept_steps: tuple[str, ...]) -> bool:
     """A step's results stay with it: verify's counts with verify, the numbers with the
     benchmark."""
-    return {"verify": "verify", "benchmark": "benchmark", "checks": "benchmark"}[key] \
-        in kept_steps
+    return {"verify": "verify", "benchmark": "benchmark", "checks": "benchmark",
+            "tune": "tune"}[key] in kept_steps
 
 
 def run_lab(plans: list[Plan], lab: Lab,

@@ -9,6 +9,7 @@ host's CPU.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -97,6 +98,12 @@ class X86Gateway(Target):
         return {"loader-entry.conf": uefi_gpt.boot_entry(ids.root_partuuid,
                                                          layout.kernel_cmdline),
                 "partitions.sfdisk": uefi_gpt.sfdisk_script(example, ids, layout)}
+
+    def assembly_inputs(self, ctx: BuildContext) -> dict[str, Any]:
+        # make_image reads the tree, the layout, the disk size and the seed (the release
+        # id, in the release's key) and SOURCE_DATE_EPOCH (build.image_inputs adds it)
+        return {"layout": dataclasses.asdict(self.layout(ctx.p)),
+                "disk_size": ctx.p.device.storage.size}
 
     def assemble(self, ctx: BuildContext) -> Delivery:
         assert ctx.rootfs_dir and ctx.work
