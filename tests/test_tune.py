@@ -382,6 +382,7 @@ def test_lab_run_tune_measures_the_devices_release_and_reports_it(appliance: Pat
 
     from stand_ins import device as resolved_device
 
+    from builder.errors import BuilderError
     from builder.fleet import deploy as fleet
     from builder.lab import report as lab_report
     from builder.lab import run as lab
@@ -406,9 +407,12 @@ def test_lab_run_tune_measures_the_devices_release_and_reports_it(appliance: Pat
                 systemctl.append(argv[3:])
                 return ""
             device_paths = (d.layout.engine_root, d.layout.model_dir)
-            return subprocess.run(
+            r = subprocess.run(
                 [str(root) + a if a.startswith(device_paths) else a for a in argv],
-                capture_output=True, text=True, check=True, timeout=600).stdout
+                capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:  # as the SSH runner says it (tune.Runner)
+                raise BuilderError(f"{what}: exit {r.returncode}: {r.stderr[-300:]}")
+            return r.stdout
 
     gw = LabDevice(name="gw", profile="x86-gateway", flash="deploy-only", host="lab-gw")
     m = json.loads((appliance / "x86-gateway" / "manifest.json").read_text())
@@ -430,8 +434,10 @@ def test_lab_run_tune_measures_the_devices_release_and_reports_it(appliance: Pat
     assert t["default"]["decode_tps"] > 0 and t["tuned"]["decode_tps"] >= t["default"][
         "decode_tps"]
     assert "overlay devices/gw/tuned.yaml" in detail
-    assert (tmp_path / "run" / "devices" / "gw" / "tune.log").read_text().startswith(
-        "stopping ")
+    log = (tmp_path / "run" / "devices" / "gw" / "tune.log").read_text()
+    assert f"stopping {d.layout.engine_unit}" in log
+    # the release serves the tiny model given to its build: the overlay is that model's
+    assert "note: the device serves" in log and o.model_id == m["release"]["model_id"].lower()
     md = lab_report.markdown({}, [{**m, "device": "gw", "profile": "x86-gateway",
                                    "flash": "deploy-only", "host": "lab-gw", "port": 22,
                                    "steps": [], "tune": t}])
