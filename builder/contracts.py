@@ -392,7 +392,8 @@ class Engine(ABC):
 
     def tuner(self) -> Any:
         """How `builder tune` measures this engine on a device (builder/tune.py: TOOL,
-        knobs, commands, read), or None when it cannot be tuned."""
+        knobs, commands, read; with a `weights` knob also QUANTIZE and requantize), or
+        None when it cannot be tuned."""
         return None
 
 

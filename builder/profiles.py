@@ -209,6 +209,9 @@ def _with_tuned(rp: ResolvedProfile) -> tuned_mod.Overlay | None:
     runtime_pos = {k: v for k, v in overlay.positions.items()
                    if k[:1] == ("runtime",) and len(k) > 1}
     _merge(rp.data, rp.positions, {"runtime": overlay.runtime}, runtime_pos, ())
+    if overlay.weights is not None:  # the weight format it chose: the release's model.quant
+        _merge(rp.data, rp.positions, {"model": {"quant": overlay.weights}},
+               {("model", "quant"): overlay.positions[("weights",)]}, ())
     return overlay
 
 
@@ -223,10 +226,13 @@ def _check_tuned(rp: ResolvedProfile, overlay: tuned_mod.Overlay,
     p = rp.profile
     assert p is not None
     where = display_path(overlay.path)
-    if (overlay.model_id, overlay.quant.upper()) != (p.model.id, p.model.quant.upper()):
+    # the model it was measured on is the profile's own (before a weight format it chose)
+    base = canonical(_validate(untuned)) if overlay.weights is not None else p
+    if (overlay.model_id, overlay.quant.upper()) != (base.model.id,
+                                                    base.model.quant.upper()):
         raise ProfileError(f"{where}: tuned for {overlay.model_id} {overlay.quant}, but "
-                           f"the profile runs {p.model.id} {p.model.quant}; run `builder "
-                           f"tune --profile {rp.name}` again or remove `tuned:` "
+                           f"the profile runs {base.model.id} {base.model.quant}; run "
+                           f"`builder tune --profile {rp.name}` again or remove `tuned:` "
                            f"({rp.where(('tuned',))})")
     plan = resolve.resolve(rp, p).plan
     if plan.verdict is not Verdict.NO_FIT:
@@ -235,9 +241,10 @@ def _check_tuned(rp: ResolvedProfile, overlay: tuned_mod.Overlay,
     if resolve.resolve(rp, base).plan.verdict is not Verdict.NO_FIT:
         cores = p.device.cpu_cores
         settings = ", ".join(
-            f"{k} {_word(getattr(p.runtime, k))}" for k in overlay.runtime
-            if getattr(p.runtime, k) != getattr(base.runtime, k)
-            and not (k == "threads" and p.runtime.threads == (base.runtime.threads or cores)))
+            [f"{k} {_word(getattr(p.runtime, k))}" for k in overlay.runtime
+             if getattr(p.runtime, k) != getattr(base.runtime, k)
+             and not (k == "threads" and p.runtime.threads == (base.runtime.threads or cores))]
+            + ([f"weights {p.model.quant}"] if p.model.quant != base.model.quant else []))
         raise ProfileError(f"{where}: its runtime settings ({settings}) leave the memory "
                            f"plan: {plan.reason}; run `builder tune --profile {rp.name}` "
                            f"again or remove `tuned:` ({rp.where(('tuned',))})")

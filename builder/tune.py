@@ -21,6 +21,7 @@ the measurements a partial file holds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -36,7 +37,7 @@ from pydantic import ValidationError
 from . import resolve
 from .contracts import Device, Verdict
 from .errors import BuilderError, display_path
-from .model.shape import ModelShape
+from .model.shape import ModelShape, of_arch
 from .run import run as run_tool
 from .schema import Runtime
 from .tuned import FORMAT, TUNED_KEYS
@@ -74,6 +75,9 @@ class Bench:
     # device serves, a file of another shape): the overlay is then that model's, and a
     # profile of the catalog model refuses it
     other_model: tuple[str, str] | None = None
+    # the engine's quantize tool on the device, which makes the model at another weight
+    # format for a tuner that tries one (None: the release ships none)
+    quantize: str | None = None
 
 
 def same_shape(shape: ModelShape, model_id: str) -> bool:
@@ -104,6 +108,11 @@ def typical_depth(d: Device) -> int:
     return max(256, min(2048, d.profile.runtime.context_length // 4))
 
 
+# A setting's key for the model's weight format (model.quant), which a tuner may try
+# besides the runtime keys
+WEIGHTS = "weights"
+
+
 def settings_of(rt: Runtime, cores: int) -> dict[str, Any]:
     """The tuned keys of `rt`, threads made explicit (all cores when unset)."""
     s = {k: getattr(rt, k) for k in TUNED_KEYS}
@@ -116,10 +125,18 @@ def _key(settings: dict[str, Any], prefill_only: bool) -> str:
 
 
 def with_settings(d: Device, settings: dict[str, Any], shape: ModelShape | None) -> Device:
-    """`d` with these runtime settings, re-planned (for the model file's shape)."""
+    """`d` with these runtime settings (and weight format), re-planned (for the model
+    file's shape, at that format)."""
     p = d.profile
-    rt = Runtime.model_validate({**p.runtime.model_dump(), **settings})
-    return resolve.with_model(replace(d, profile=p.model_copy(update={"runtime": rt})), shape)
+    runtime = {k: v for k, v in settings.items() if k != WEIGHTS}
+    update: dict[str, Any] = {"runtime": Runtime.model_validate({**p.runtime.model_dump(),
+                                                                  **runtime})}
+    quant = settings.get(WEIGHTS)
+    if quant:
+        update["model"] = p.model.model_copy(update={"quant": quant})
+        if shape is not None:
+            shape = of_arch(shape.arch, quant, d.engine, origin=shape.origin)
+    return resolve.with_model(replace(d, profile=p.model_copy(update=update)), shape)
 
 
 def refusal(d: Device, settings: dict[str, Any], shape: ModelShape | None,
@@ -127,6 +144,9 @@ def refusal(d: Device, settings: dict[str, Any], shape: ModelShape | None,
     """Why these settings may not run on the device (one line), or None: the profile's
     own checks, then the memory plan, which they must not leave (nor make tight when
     the defaults fit)."""
+    quant = settings.get(WEIGHTS)
+    if quant and d.engine.quant(quant) is None:
+        return f"model.quant: {quant!r} is not a {d.profile.engine.kind} quantization"
     try:
         cand = with_settings(d, settings, shape)
     except ValidationError as e:
@@ -156,6 +176,13 @@ def judge(m: dict[str, float], best: dict[str, float], default: dict[str, float]
             and m["prefill_tps"] > best["prefill_tps"] * (1 + GAIN)):
         return True, "decodes as fast, prefills faster"
     return False, "not faster"
+
+
+def chosen(overlay: dict[str, Any]) -> dict[str, Any]:
+    """What an overlay (or a lab record of one) sets: its weight format, if it chose one,
+    and its runtime settings."""
+    weights = overlay.get(WEIGHTS)
+    return {**({WEIGHTS: weights} if weights else {}), **(overlay.get("runtime") or {})}
 
 
 def describe(settings: dict[str, Any], base: dict[str, Any]) -> str:
@@ -217,6 +244,8 @@ class Tune:
         self.previous: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, BuilderError] = {}
         self.facts: dict[str, Any] = {}
+        self.copies: dict[str, str] = {}  # weight format -> the model made at it, on the device
+        self.workdir: str | None = None  # where those are, on the device
         self.started = time.monotonic()
 
     # --- the record ---------------------------------------------------------------
@@ -238,7 +267,8 @@ class Tune:
                       "quant": (self.bench.other_model or (None, p.model.quant))[1],
                       "sha256": self.bench.model_sha256},
             "device": self.measured_on(),
-            "runtime": dict(settings),
+            "runtime": {k: v for k, v in settings.items() if k != WEIGHTS},
+            **({WEIGHTS: settings[WEIGHTS]} if settings.get(WEIGHTS) else {}),
             "measurements": {
                 "test": self.test.to_json(),
                 "default": base and base["measured"], "tuned": best and best["measured"],
@@ -280,13 +310,53 @@ class Tune:
                      f"{display_path(self.out)}")
 
     # --- measuring ----------------------------------------------------------------
+    def _model(self, quant: str | None) -> str:
+        """The model file measured at weight format `quant`: the bench's own, or a copy
+        the engine's quantize tool makes from it on the device (once per tune, removed
+        at its end by `_clean`)."""
+        if not quant:
+            return self.bench.model
+        if quant in self.copies:
+            return self.copies[quant]
+        runner, tool = self.bench.runner, self.tuner.QUANTIZE
+        if self.bench.quantize is None:
+            raise BuilderError(f"{runner.where}: the release ships no {tool} to make the "
+                               f"model at {quant}; deploy a release made by this builder")
+        if self.workdir is None:
+            made = runner.run(["mktemp", "-d", "/var/tmp/builder-tune.XXXXXXXX"],
+                              "making a work directory").strip()
+            if not re.fullmatch(r"/var/tmp/builder-tune\.[A-Za-z0-9]{8}", made):
+                raise BuilderError(f"{runner.where}: mktemp printed {made[:80]!r}, not a "
+                                   "directory under /var/tmp")
+            self.workdir = made
+        out = f"{self.workdir}/model-{quant}.gguf"
+        self.say(f"      making the model at {quant} from {self.bench.model} ({tool}; its "
+                 "speed is measured, its quality is the next build's, made from the source)")
+        runner.run(self.tuner.requantize(self.bench.quantize, self.bench.model, out, quant,
+                                         self.d.profile.device.cpu_cores),
+                   f"{tool} {quant}")
+        self.copies[quant] = out
+        return out
+
+    def _clean(self) -> None:
+        if self.workdir is None:
+            return
+        try:
+            self.bench.runner.run(["rm", "-rf", "--", self.workdir],
+                                  f"removing {self.workdir}")
+        except BuilderError as e:  # not to hide what ended the tune
+            self.say(f"note: {self.workdir} is left on {self.bench.runner.where}: {e}")
+        self.workdir = None
+        self.copies.clear()
+
     def _run_bench(self, group: list[dict[str, Any]], prefill_only: bool
                    ) -> list[dict[str, Any]]:
         t = self.test
         rts = [with_settings(self.d, s, self.shape).profile.runtime for s in group]
         what = f"{self.tuner.TOOL} ({'; '.join(describe(s, {}) for s in group)})"
+        model = self._model(group[0].get(WEIGHTS))
         outputs = [self.bench.runner.run(argv, what) for argv in self.tuner.commands(
-            self.bench.tool, self.bench.model, rts, threads=self.d.profile.device.cpu_cores,
+            self.bench.tool, model, rts, threads=self.d.profile.device.cpu_cores,
             prompt=t.prompt, gen=t.gen, depth=t.depth, reps=t.reps,
             prefill_only=prefill_only)]
         found = self.tuner.read(outputs, depth=t.depth, count=len(group))
@@ -308,18 +378,11 @@ class Tune:
         keys = [_key(s, prefill_only) for s in group]
         todo = [s for s, k in zip(group, keys, strict=True) if k not in self.previous]
         if todo:
-            try:
-                results: list[Any] = self._run_bench(todo, prefill_only)
-            except BuilderError as e:
-                if len(todo) == 1:
-                    results = [e]
-                else:
-                    results = []
-                    for s in todo:
-                        try:
-                            results += self._run_bench([s], prefill_only)
-                        except BuilderError as e1:
-                            results.append(e1)
+            # settings of one model file share a run; another weight format is another file
+            todo.sort(key=lambda s: str(s.get(WEIGHTS) or ""))
+            results: list[Any] = []
+            for _, same in itertools.groupby(todo, key=lambda s: s.get(WEIGHTS)):
+                results += self._measure_each(list(same), prefill_only)
             for s, r in zip(todo, results, strict=True):
                 if not isinstance(r, BuilderError):
                     self.previous[_key(s, prefill_only)] = r
@@ -328,8 +391,30 @@ class Tune:
                     self.failed[_key(s, prefill_only)] = r
         return [self.previous.get(k) or self.failed[k] for k in keys]
 
+    def _measure_each(self, todo: list[dict[str, Any]], prefill_only: bool
+                      ) -> list[dict[str, Any] | BuilderError]:
+        try:
+            return list(self._run_bench(todo, prefill_only))
+        except BuilderError as e:
+            if len(todo) == 1:
+                return [e]
+        results: list[dict[str, Any] | BuilderError] = []
+        for s in todo:
+            try:
+                results += self._run_bench([s], prefill_only)
+            except BuilderError as e1:
+                results.append(e1)
+        return results
+
     def run(self) -> dict[str, Any]:
-        """The search; returns the overlay written (complete)."""
+        """The search; returns the overlay written (complete). A model made at another
+        weight format is removed from the device at the end, whatever happens."""
+        try:
+            return self._search()
+        finally:
+            self._clean()
+
+    def _search(self) -> dict[str, Any]:
         p, t = self.d.profile, self.test
         self.facts = device_facts(self.bench.runner)
         cores = p.device.cpu_cores
@@ -429,8 +514,11 @@ def on_device(d: Device, runner: Runner, say: Callable[[str], None]) -> tuple[Be
         say(f"note: the device serves {m.model.id} ({m.model.quant}), not the profile's "
             f"{d.profile.model.id} {d.profile.model.quant}; measuring it (the overlay is "
             "that model's)")
+    quantize = getattr(d.engine.tuner(), "QUANTIZE", None)
     return (Bench(runner, f"{layout.current}/bin/{tool}", m.model.path, m.model.sha256,
-                  f"{m.engine.cache_key} (release {m.release_id})", other),
+                  f"{m.engine.cache_key} (release {m.release_id})", other,
+                  f"{layout.current}/bin/{quantize}" if f"bin/{quantize}" in m.files
+                  else None),
             layout.engine_unit)
 
 

@@ -28,7 +28,7 @@ FORMAT = 1
 TUNED_KEYS = ("threads", "flash_attn", "kv_cache_type", "batch_size", "ubatch_size",
               "mmap", "mlock")
 _TOP = ("format", "profile", "complete", "objective", "model", "device", "runtime",
-        "measurements")
+        "weights", "measurements")
 HEADER = ("# Written by `builder tune`: runtime settings measured on the device below.\n"
           "# A profile includes them with `tuned: <this file>` (docs/tune.md).\n")
 
@@ -48,10 +48,13 @@ class Overlay:
     path: Path
     runtime: dict[str, Any]  # TUNED_KEYS only, as written (validated by the schema)
     model_id: str
-    quant: str
+    quant: str  # the weight format it was measured at (the profile's)
     complete: bool
     data: dict[str, Any]
     positions: dict[Loc, Pos] = field(default_factory=dict)
+    # the weight format it chose (model.quant of the next release), when not the one it
+    # was measured at; checked by the profile schema as model.quant is
+    weights: str | None = None
 
     def where(self, *loc: str | int) -> str:
         pos = self.positions.get(tuple(loc))
@@ -96,8 +99,12 @@ def load(path: Path) -> Overlay:
                            "tuned for")
     if not isinstance(d.get("complete"), bool):
         raise ProfileError(f"{at(('complete',))}: complete: expected true or false")
+    weights = d.get("weights")
+    if weights is not None and not (isinstance(weights, str) and weights):
+        raise ProfileError(f"{at(('weights',))}: weights: expected the weight format it "
+                           f"chose (a model.quant), got {weights!r}")
     return Overlay(path, dict(runtime), model["id"].lower(), model["quant"],
-                   d["complete"], d, doc.positions)
+                   d["complete"], d, doc.positions, weights)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -66,6 +66,12 @@ def test_block_sizes_are_ggmls() -> None:
     ("qwen2.5-7b-instruct", Tensor("token_embd.weight", 3584, 152064), "Q4_K_M", "Q4_K"),
     ("qwen2.5-7b-instruct", Tensor("blk.4.attn_v.weight", 3584, 512, 4), "Q4_K_M", "Q4_K"),
     ("qwen2.5-7b-instruct", Tensor("blk.5.attn_v.weight", 3584, 512, 5), "Q5_K_M", "Q6_K"),
+    # Q4_0: every matrix Q4_0 but the output (or the tied embedding serving as it)
+    ("qwen2.5-0.5b-instruct", Tensor("blk.5.attn_v.weight", 896, 128, 5), "Q4_0", "Q4_0"),
+    ("qwen2.5-0.5b-instruct", Tensor("token_embd.weight", 896, 151936), "Q4_0", "Q8_0"),
+    ("qwen2.5-1.5b-instruct", Tensor("token_embd.weight", 1536, 151936), "Q4_0", "Q6_K"),
+    ("qwen2.5-7b-instruct", Tensor("token_embd.weight", 3584, 152064), "Q4_0", "Q4_0"),
+    ("qwen2.5-7b-instruct", Tensor("output.weight", 3584, 152064), "Q4_0", "Q6_K"),
     ("qwen2.5-7b-instruct", Tensor("blk.5.attn_norm.weight", 3584), "Q4_K_M", "F32"),
     ("qwen2.5-7b-instruct", Tensor("output.weight", 3584, 152064), "F16", "F16"),
 ])
@@ -111,7 +117,7 @@ def test_a_quant_of_the_other_engine_is_refused_with_the_choices(workdir, cli) -
     (workdir / "awq.yaml").write_text("extends: x86-gateway\nmodel:\n  quant: int4_awq\n")
     r = cli("profiles", "validate", str(workdir / "awq.yaml"))
     assert r.code == 2 and "model.quant: 'int4_awq' is not a llama.cpp quantization; " \
-        "choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16" in r.err, r.err
+        "choose one of Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16" in r.err, r.err
 
 
 def test_every_model_offers_every_quant_of_every_engine() -> None:

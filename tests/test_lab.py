@@ -675,6 +675,11 @@ def test_the_reports_show_the_tuned_settings_per_profile(a_run) -> None:
     assert "<th>tune</th>" in page and "10 → 12 (1.20x)" in page
     # a run without --tune: no tune column, no section (the sample report stays as it is)
     assert "tune" not in lab_report.markdown(meta, records).lower()
+    # an ARM device whose tune chose another weight format: the row says which
+    arm = {**tuned, "tune": {**TUNE_RECORD, "weights": "Q4_0"}}
+    [row] = [line for line in lab_report.markdown(meta, [arm]).splitlines()
+             if "`devices/gw/tuned.yaml`" in line]
+    assert "weights Q4_0, threads 2" in row
 
 
 # --- the reports ------------------------------------------------------------------------------

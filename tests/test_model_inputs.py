@@ -174,7 +174,7 @@ def test_pypi_model_source_needs_its_file_and_pin(tmp_path: Path) -> None:
 def test_cli_unknown_quant_for_the_model_pipeline(cli) -> None:
     r = cli("model", "quantize", "--profile", "pi5-4gb", "--quant", "Q9")
     assert (r.code, r.err) == (2, "error: --quant: 'Q9' is not a llama.cpp quantization; "
-                                  "choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16\n")
+                                  "choose one of Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16\n")
 
 
 def test_cli_model_fetch_writes_a_lock(cli, hf_dir: Path, tmp_path: Path) -> None:

@@ -261,7 +261,7 @@ def test_llama_cpp_cuda_build_on_orin_nano_advises_fewer_jobs(workdir, cli) -> N
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--quant", "Q9"], "error: --quant: 'Q9' is not a llama.cpp quantization; choose one "
-     "of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16\n"),
+     "of Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16\n"),
     (["--model", "llama-3"], "error: --model: unknown model 'llama-3'; known: "
      "qwen2.5-0.5b-instruct, qwen2.5-1.5b-instruct, qwen2.5-3b-instruct, "
      "qwen2.5-7b-instruct\n"),

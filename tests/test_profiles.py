@@ -192,7 +192,7 @@ ERRORS = [
                  "qwen2.5-7b-instruct", id="unknown-model"),
     pytest.param("extends: x86-gateway\nmodel:\n  quant: Q3_K_S\n",
                  "bad.yaml:3:10: model.quant: 'Q3_K_S' is not a llama.cpp quantization; "
-                 "choose one of Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16", id="unknown-quant"),
+                 "choose one of Q4_0, Q4_K_M, Q5_K_M, Q6_K, Q8_0, F16", id="unknown-quant"),
     pytest.param("extends: pi5-4gb\nengine:\n  kind: tensorrt-llm\nmodel:\n  quant: int4_awq\n",
                  "bad.yaml:3:9: engine.kind: tensorrt-llm cannot run on raspberry-pi5 (it "
                  "needs a Jetson's GPU, with JetPack's CUDA and TensorRT); use llama.cpp",

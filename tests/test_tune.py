@@ -95,6 +95,59 @@ def test_an_overlay_tuned_for_another_model_is_refused(cli, workdir) -> None:
     assert r.code == 2 and "tuned for qwen2.5-0.5b-instruct" in one_line(r.err)
 
 
+# --- the weight format (ARM) ---------------------------------------------------------------
+
+def _device(workdir: Path, name: str, text: str):
+    from builder import resolve
+    from builder.profiles import ProfileStore
+
+    write_profile(workdir, name, text)
+    rp = ProfileStore([workdir]).load(name)
+    return resolve.resolve(rp, rp.concrete())
+
+
+def test_on_arm_the_weight_format_is_tried_first_among_formats_of_its_size(workdir) -> None:
+    pi = _device(workdir, "pi", "extends: pi5-8gb\n")
+    knobs = pi.engine.tuner().knobs(pi.profile, pi.platform)
+    assert knobs[0].name == "weights" and knobs[0].values == ({"weights": "Q4_0"},)
+    # a bigger or smaller format is a quality choice, not a speed setting
+    q8 = _device(workdir, "pi-q8", "extends: pi5-8gb\nmodel:\n  quant: Q8_0\n")
+    assert "weights" not in [k.name for k in q8.engine.tuner().knobs(q8.profile, q8.platform)]
+    gw = _device(workdir, "gw", ROOMY)  # x86: not tried
+    assert "weights" not in [k.name for k in gw.engine.tuner().knobs(gw.profile, gw.platform)]
+
+
+def test_a_weight_format_candidate_is_planned_at_that_format(workdir) -> None:
+    from builder.tune import refusal, with_settings
+
+    pi = _device(workdir, "pi", "extends: pi5-8gb\n")
+    q4_0 = with_settings(pi, {"weights": "Q4_0"}, None)
+    assert q4_0.profile.model.quant == "Q4_0"
+    assert q4_0.plan.weights < pi.plan.weights
+    assert refusal(pi, {"weights": "Q4_0"}, None, pi.plan.verdict) is None
+    why = refusal(pi, {"weights": "Q9_9"}, None, pi.plan.verdict)
+    assert why and "Q9_9" in why and "\n" not in why
+
+
+def test_an_overlay_that_chose_a_weight_format_sets_the_releases_model_quant(cli, workdir
+                                                                             ) -> None:
+    chose = {**overlay_data({"threads": 4}, model="qwen2.5-3b-instruct"), "weights": "Q4_0"}
+    write_profile(workdir, "pi", "extends: pi5-8gb\n", chose)
+    r = cli("profiles", "show", "pi", "-P", str(workdir), "--json")
+    assert r.code == 0, r.err
+    shown = json.loads(r.out)["profile"]
+    assert shown["model"]["quant"] == "Q4_0" and shown["runtime"]["threads"] == 4
+    # a format the engine does not make: one line naming the overlay's line
+    write_profile(workdir, "bad", "extends: pi5-8gb\n", {**chose, "weights": "Q9_9"})
+    r = cli("profiles", "show", "bad", "-P", str(workdir))
+    line = one_line(r.err)
+    assert r.code == 2 and "bad.tuned.yml:" in line and "Q9_9" in line
+    # measured on another format than the profile's: refused, naming what it measured
+    write_profile(workdir, "q5", "extends: pi5-8gb\nmodel:\n  quant: Q5_K_M\n", chose)
+    r = cli("profiles", "show", "q5", "-P", str(workdir))
+    assert r.code == 2 and "tuned for qwen2.5-3b-instruct Q4_K_M" in one_line(r.err)
+
+
 # --- the release and the engine's flags ----------------------------------------------------
 
 TUNED = {"threads": 1, "flash_attn": "off", "ubatch_size": 256, "batch_size": 1024,
@@ -148,6 +201,39 @@ def test_a_tuned_release_carries_the_settings_to_the_engine_unit(workdir) -> Non
     assert "LimitMEMLOCK=infinity" in conf
     untuned = parse_env_file((plain.tree / "engine.env").read_text())
     assert untuned["LLAMA_ARG_UBATCH"] == "512" and untuned["LLAMA_ARG_FLASH_ATTN"] == "auto"
+
+
+@pytest.mark.parametrize("ships_quantize", [True, False])
+def test_a_devices_release_names_the_tools_the_tune_runs_there(workdir,
+                                                               ships_quantize) -> None:
+    """--host: the benchmark and the quantize tool are the release's own, found in its
+    manifest (a release without llama-quantize has no weight format to try)."""
+    from builder import resolve
+    from builder.profiles import ProfileStore
+    from builder.tune import on_device
+
+    engine = workdir / "engine"
+    (engine / "bin").mkdir(parents=True)
+    for tool in ("llama-server", "llama-bench", *(("llama-quantize",) if ships_quantize
+                                                   else ())):
+        (engine / "bin" / tool).write_bytes(b"#!engine\n")
+    write_profile(workdir, "gw", ROOMY)
+    rel = make_release(workdir, workdir, "gw", engine_dir=engine)
+    manifest = (rel.tree / "release.json").read_text()
+
+    class Device:
+        where = "ssh://edge@device:22"
+
+        def run(self, argv: list[str], what: str) -> str:
+            assert argv == ["cat", "/opt/edge-llm/current/release.json"], argv
+            return manifest
+
+    rp = ProfileStore([workdir]).load("gw")
+    bench, unit = on_device(resolve.resolve(rp, rp.concrete()), Device(), print)
+    assert bench.tool == "/opt/edge-llm/current/bin/llama-bench"
+    assert bench.quantize == ("/opt/edge-llm/current/bin/llama-quantize" if ships_quantize
+                              else None)
+    assert unit == "edge-llm-engine.service"
 
 
 def test_verify_sees_an_engine_running_other_settings_than_its_release() -> None:
@@ -329,6 +415,62 @@ def test_ctrl_c_keeps_what_was_measured_and_a_rerun_resumes(workdir, x86_engine,
     done = tuned.load(out)
     assert done.complete
     assert done.data["measurements"]["default"] == measured[0]["measured"]
+
+
+@pytest.mark.slow
+def test_the_weight_format_is_measured_on_a_copy_made_where_the_engine_runs(
+        workdir, x86_engine, tiny_q4) -> None:
+    """An ARM profile's search, run here on the real llama-quantize and llama-bench:
+    the Q4_0 candidate is a copy the engine's llama-quantize makes from the served file
+    (the tensor types llama-quantize gives a file made from the source, which is what the
+    planner counts), measured, and removed at the end."""
+    from builder import resolve
+    from builder.engines.llama_cpp import ggml
+    from builder.tune import Bench, Local, Test, Tune
+
+    d = _device(workdir, "pi", "extends: pi5-8gb\ndevice:\n  cpu_cores: 2\n"
+                "runtime:\n  threads: 2\n")
+    shape = d.engine.shape_of(tiny_q4, "Q4_K_M")
+    d = resolve.with_model(d, shape)
+    seen: dict[str, list] = {"quantize": [], "bench": [], "types": []}
+
+    class Recording(Local):
+        def run(self, argv: list[str], what: str) -> str:
+            name = Path(argv[0]).name
+            if name == "llama-bench" and argv[argv.index("-m") + 1] != str(tiny_q4):
+                copy = Path(argv[argv.index("-m") + 1])
+                _, tensors = ggml.read_header(copy)
+                seen["types"] = {t.name: t.type_name for t in tensors}
+                seen["bench"].append(argv)
+            if name == "llama-quantize":
+                seen["quantize"].append(argv)
+            return super().run(argv, what)
+
+    bench = Bench(Recording(), str(x86_engine.tool("llama-bench")), str(tiny_q4), "sha",
+                  x86_engine.entry.key, quantize=str(x86_engine.tool("llama-quantize")))
+    out = workdir / "pi.tuned.yaml"
+    lines: list[str] = []
+    t = Tune(d, bench, Test(depth=64, prompt=32, gen=4, reps=1), out, shape=shape,
+             say=lines.append)
+    record = t.run()
+    [argv] = seen["quantize"]  # made once, for every run on it
+    assert argv[:3] == [str(x86_engine.tool("llama-quantize")), "--allow-requantize",
+                        str(tiny_q4)]
+    copy = Path(argv[3])
+    assert re.fullmatch(r"/var/tmp/builder-tune\.\w{8}/model-Q4_0\.gguf", str(copy))
+    assert argv[4:] == ["Q4_0", "2"]
+    assert not copy.parent.exists()  # removed at the end
+    assert seen["bench"]  # measured on the copy
+    planned = {t.name: typ for t, typ, _ in ggml.tensor_types(shape.arch, "Q4_0")}
+    assert seen["types"] == planned
+    trial = next(t for t in record["measurements"]["trials"] if t["knob"] == "weights")
+    assert trial["settings"]["weights"] == "Q4_0"
+    assert trial["measured"]["prefill_tps"] > 0 and trial["measured"]["decode_tps"] > 0
+    kept = trial["outcome"].startswith("kept")
+    # chosen or not, the overlay says so, and the profile that includes it builds that
+    assert (record.get("weights") == "Q4_0") == kept and "weights" not in record["runtime"]
+    assert tuned.load(out).weights == ("Q4_0" if kept else None)
+    assert any("making the model at Q4_0" in line for line in lines)
 
 
 @pytest.mark.slow

@@ -56,7 +56,9 @@ def tune_cmd(profile: str, local: bool, host_url: str | None, output: Path | Non
     """Measure the engine's runtime settings on the device and write the fastest as a
     tuned overlay the profile includes (`tuned: FILE`).
 
-    A coordinate search from the profile's settings, one knob at a time: threads, flash
+    A coordinate search from the profile's settings, one knob at a time: on ARM the
+    weight format first (among the catalog's of the profile's size: Q4_K_M and Q4_0,
+    measured on a copy llama-quantize makes on the device), then threads, flash
     attention, KV cache type, load mode (mmap or not), physical batch. Every
     candidate is re-planned first; one that the profile's checks refuse or that leaves
     the memory plan is refused and not run. Objective: decode tok/s at the typical depth
@@ -152,8 +154,10 @@ def _local(d, cache: Cache, synthetic: bool, model_file: Path | None):
         other = (model.path.name if model_file is None else model_file.name, model.quant)
         out.print(f"note: {other[0]} is not {p.model.id} in shape; measuring it (the "
                   "overlay is that file's, which a profile of the catalog model refuses)")
-    return Bench(Local(), str(tool), str(model.path), model.sha256, art.entry.key,
-                 other), shape
+    name = getattr(d.engine.tuner(), "QUANTIZE", None)  # a tuner that tries weight formats
+    quantize = art.tool(name) if name else None
+    return Bench(Local(), str(tool), str(model.path), model.sha256, art.entry.key, other,
+                 str(quantize) if quantize and quantize.is_file() else None), shape
 
 
 def _remote(d, cache: Cache, host_url: str, out_root: Path):
@@ -181,7 +185,7 @@ def _report(record: dict, output: Path, name: str) -> None:
         t.add_row(*row)
     out.print(t)
     won = any(tr["outcome"].startswith("kept") for tr in record["measurements"]["trials"])
-    out.print(f"tuned: {tune.describe(record['runtime'], {})}"
+    out.print(f"tuned: {tune.describe(tune.chosen(record), {})}"
               + ("" if won else " (the profile's defaults won)"))
     out.print(f"written: {display_path(output)}; a profile includes it with `tuned: PATH` "
               f"(relative to the profile file; a profile of your own may `extends: {name}`), "

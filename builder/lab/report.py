@@ -81,7 +81,7 @@ def tuned(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     """What `lab run --tune` found, a row per device grouped by profile (a profile is a
     device model): the settings chosen, decode at the typical depth and prefill, defaults
     against tuned, and the overlay."""
-    from ..tune import describe
+    from ..tune import chosen, describe
 
     rows = []
     for r in sorted((r for r in records if r.get("tune")), key=lambda r: r["profile"]):
@@ -96,7 +96,7 @@ def tuned(records: list[dict[str, Any]]) -> list[dict[str, str]]:
 
         rows.append({"profile": r["profile"], "device": r["device"],
                      "cpu": f"{dev.get('cpu', '?')}, {dev.get('cores', '?')} CPUs",
-                     "settings": describe(t.get("runtime") or {}, {}),
+                     "settings": describe(chosen(t), {}),
                      "depth": str((t.get("test") or {}).get("depth", "?")),
                      "decode": pair("decode_tps"), "prefill": pair("prefill_tps"),
                      "overlay": t.get("overlay", "")})

@@ -442,10 +442,12 @@ def step_tune(c: Ctx) -> str:
     meas = overlay["measurements"]
     default, best = meas["default"], meas["tuned"]
     c.record["tune"] = {"overlay": c.rel(out), "runtime": overlay["runtime"],
+                        **({tune.WEIGHTS: overlay[tune.WEIGHTS]}
+                           if overlay.get(tune.WEIGHTS) else {}),
                         "device": overlay["device"], "test": meas["test"],
                         "default": default, "tuned": best, "seconds": meas["seconds"]}
     won = any(tr["outcome"].startswith("kept") for tr in meas["trials"])
-    return (f"{tune.describe(overlay['runtime'], {})}"
+    return (f"{tune.describe(tune.chosen(overlay), {})}"
             + ("" if won else " (the profile's defaults won)")
             + f"; decode at depth {test.depth} {default['decode_tps']:g} -> "
             f"{best['decode_tps']:g} tok/s, prefill {default['prefill_tps']:g} -> "

@@ -62,6 +62,9 @@ _K_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 # llama.cpp file types (tools/quantize/quantize.cpp QUANT_OPTIONS)
 QUANTS = (
+    Quantization("Q4_0", GGML_TYPES["Q4_0"].bpw,
+                 "4-bit, 32-weight blocks; re-laid out at load for ARM dotprod/i8mm and "
+                 "AVX2 cores"),
     Quantization("Q4_K_M", GGML_TYPES["Q4_K"].bpw,
                  "4-bit k-quant; attn_v and half of ffn_down in Q6_K"),
     Quantization("Q5_K_M", GGML_TYPES["Q5_K"].bpw,
@@ -83,7 +86,6 @@ def gguf_tensor_type(model: ModelArch, t: Tensor, quant: str) -> str:
         return "F32"  # norms and biases stay F32
     if quant in ("F16", "Q8_0"):
         return quant
-    base = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}[quant]
     is_output = t.name == "output.weight" or (
         model.tied_embeddings and t.name == "token_embd.weight"
     )
@@ -91,6 +93,11 @@ def gguf_tensor_type(model: ModelArch, t: Tensor, quant: str) -> str:
         # Output (or the tied embedding that serves as output) gets Q6_K, or Q8_0
         # when its rows do not split into 256-blocks.
         return "Q8_0" if t.ne0 % QK_K else "Q6_K"
+    if quant == "Q4_0":
+        # every other matrix: Q4_0; a row that does not split into its 32-blocks has no
+        # smaller block to fall back to and stays F16 (tensor_type_fallback)
+        return "F16" if t.ne0 % GGML_TYPES["Q4_0"].block_size else "Q4_0"
+    base = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}[quant]
     kind = t.name.split(".")[-2] if t.layer is not None else ""
     chosen = base
     # Q4_K_M / Q5_K_M: half the layers (use_more_bits) keep attn_v and ffn_down in Q6_K.

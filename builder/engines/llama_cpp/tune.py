@@ -18,9 +18,14 @@ from typing import Any
 from ...contracts import Platform
 from ...schema import Profile, Runtime
 from ...tuned import Knob
+from .ggml import QUANTS
 from .server import load_mode
 
 TOOL = "llama-bench"
+QUANTIZE = "llama-quantize"  # makes the weight format a candidate needs, on the device
+# A weight format is a speed setting among formats of one size (the same bits per weight,
+# within this): a bigger or smaller one is a quality choice, which stays the profile's.
+SAME_SIZE_BPW = 0.5
 
 
 def knobs(p: Profile, platform: Platform) -> list[Knob]:
@@ -46,7 +51,34 @@ def knobs(p: Profile, platform: Platform) -> list[Knob]:
     out.append(Knob("ubatch_size", tuple(
         {"ubatch_size": u, "batch_size": max(rt.batch_size, u)}
         for u in (rt.ubatch_size // 2, rt.ubatch_size * 2) if u >= 32), prefill_only=True))
-    return [k for k in out if k.values]
+    return [k for k in (*weight_formats(p, platform), *out) if k.values]
+
+
+def weight_formats(p: Profile, platform: Platform) -> list[Knob]:
+    """On ARM, the weight format first (the other knobs are then tuned on the winner):
+    the catalog's formats of the profile's size. ggml's CPU backend re-lays out Q4_0
+    (4x4 blocks on dotprod, 4x8 on i8mm) and Q4_K (8x4, 8x8) differently
+    (ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type), and which decodes faster
+    depends on the core. A candidate is measured on a copy requantized on the device
+    from the release's model (`requantize`): it has the tensor types, so the speed, of a
+    file quantized from the source, which the next release carries."""
+    if platform.arch != "arm64":
+        return []
+    own = next((q for q in QUANTS if q.name == p.model.quant.upper()), None)
+    if own is None:
+        return []
+    return [Knob("weights", tuple(
+        {"weights": q.name} for q in QUANTS
+        if q is not own and abs(q.nominal_bpw - own.nominal_bpw) <= SAME_SIZE_BPW))]
+
+
+def requantize(tool: str, model: str, out: str, quant: str, threads: int) -> list[str]:
+    """llama-quantize making `out` at `quant` from the (quantized) `model`
+    (tools/quantize/quantize.cpp: [--allow-requantize] model [out] type [nthreads]).
+    Each tensor gets the type `quant` gives it whatever its source type
+    (llama_tensor_get_type), so the copy decodes as a file quantized from the source
+    would; its quality is not that file's, which is why only its speed is used."""
+    return [tool, "--allow-requantize", model, out, quant, str(threads)]
 
 
 def _flags(rt: Runtime, threads: int) -> list[tuple[str, str]]:
