@@ -390,6 +390,16 @@ class Engine(ABC):
         """A cheaper KV cache the planner may suggest: (what to set, the plan with it)."""
         return None
 
+    def quality(self, p: Profile, fetched: Fetched, quants: list[str], cache: Cache, *,
+                corpus: Path, ctx: int, chunks: int, source_base: Path | None = None
+                ) -> list[dict[str, Any]] | None:
+        """How close each of `quants` of the model stays to the unquantized model, measured
+        on this machine over the text `corpus` (`builder model quality`): per quant its
+        file size, mean KL divergence from the reference's token distributions, how often
+        its top token is the reference's, its perplexity against the reference's. None
+        when this engine has no such measurement."""
+        return None
+
     def tuner(self) -> Any:
         """How `builder tune` measures this engine on a device (builder/tune.py: TOOL,
         knobs, commands, read; with a `weights` knob also QUANTIZE and requantize), or

@@ -200,6 +200,15 @@ def tiny_q4(artifact_cache, x86_engine) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hf(artifact_cache) -> Path:
+    """The tiny random Qwen2 as a Hugging Face checkpoint directory (what a model source
+    fetches)."""
+    from builder.model import synth
+
+    return synth.cached("tiny", artifact_cache).out
+
+
+@pytest.fixture(scope="session")
 def qwen05_q4(artifact_cache, x86_engine) -> Path:
     """Random weights in Qwen2.5-0.5B-Instruct's exact shape, Q4_K_M."""
     return _quantized("qwen2.5-0.5b-instruct", "Q4_K_M", artifact_cache, x86_engine)

@@ -186,6 +186,77 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
     out.print(f"  sha256 {result.sha256}")
 
 
+# Debian's base-files ships it on every host: an English text that needs no download
+# (GPL-3: 35 KB, about 8,000 Qwen2.5 tokens)
+DEFAULT_CORPUS = Path("/usr/share/common-licenses/GPL-3")
+
+
+@model_app.command("quality")
+@profile_option
+@click.option("--quant", "quants", multiple=True,
+              help="A quantization to measure (repeatable) [default: the profile's].")
+@click.option("--all", "all_quants", is_flag=True,
+              help="Every quantization the engine offers.")
+@click.option("--corpus", type=click.Path(path_type=Path), default=DEFAULT_CORPUS,
+              show_default=True, help="The English text read by the reference and each "
+              "quantization.")
+@click.option("--ctx", default=512, show_default=True, type=click.IntRange(min=64),
+              help="Tokens per chunk (the second half of each is scored).")
+@click.option("--chunks", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Chunks of the text read.")
+@model_file_option
+@synthetic_option
+@lock_option
+@cache_option
+@profiles_dir_option
+@json_option
+def model_quality(profile: str, quants: tuple[str, ...], all_quants: bool, corpus: Path,
+                  ctx: int, chunks: int, model_file: Path | None, synthetic: bool,
+                  lock: Path | None, cache_dir: Path | None, profiles_dir: tuple[Path, ...],
+                  json_: bool) -> None:
+    """How close each quantization stays to the unquantized model, measured here: the
+    mean KL divergence of its token distributions from the F16 model's over a text, how
+    often its most likely token is the F16 model's, and its perplexity against the F16
+    model's (llama.cpp: llama-perplexity --kl-divergence). Each result is cached with the
+    quantized file."""
+    d = load_device(profile, profiles_dir)
+    e = d.engine
+    if all_quants and quants:
+        raise BuilderError("give --quant or --all, not both")
+    names = [q.name for q in e.quants] if all_quants else [
+        _quant_name(e, q) for q in (quants or (d.profile.model.quant,))]
+    cache = Cache(cache_dir)
+    f = _fetch(d, cache, model_file, synthetic, lock)
+    found = e.quality(d.profile, f, names, cache, corpus=corpus, ctx=ctx, chunks=chunks,
+                      source_base=d.engine_base_dir)
+    if found is None:
+        raise BuilderError(f"{d.name}: {d.profile.engine.kind} has no quality measurement "
+                           "here yet (llama.cpp has: llama-perplexity)")
+    if json_:
+        return print_json({"model": d.profile.model.id, "origin": f.origin,
+                           "results": found})
+    t = Table("quant", "file", "mean KL divergence", "99% KLD", "same top token",
+              "PPL / PPL(F16)",
+              title=f"{d.profile.model.id} ({f.origin}) against F16: "
+                    f"{found[0].get('chunks', chunks)} chunks of {ctx} tokens of "
+                    f"{display_path(corpus)}")
+    for r in found:
+        t.add_row(r["quant"], format_size(r["bytes"]),
+                  f"{r['kld_mean']:.5f} ± {r['kld_mean_uncertainty']:.5f}",
+                  f"{r['kld_p99']:.4f}",
+                  f"{r['top1_percent']:.2f}% ± {r['top1_percent_uncertainty']:.2f}",
+                  f"{r['ppl_ratio']:.4f}")
+    out.print(t)
+
+
+def _quant_name(e, name: str) -> str:
+    q = e.quant(name)
+    if q is None:
+        raise BuilderError(f"--quant {name}: not a {e.kind} quantization; choose one of "
+                           f"{', '.join(x.name for x in e.quants)}")
+    return q.name
+
+
 @model_app.command("synth")
 @click.option("--model", "model_id", default="qwen2.5-0.5b-instruct", show_default=True,
               help="Catalog model id whose shape to copy, or 'tiny'.")

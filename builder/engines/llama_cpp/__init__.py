@@ -3,6 +3,7 @@ device). Models are GGUF files, converted and quantized with llama.cpp's own too
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +105,16 @@ class LlamaCpp(Engine):
         return gguf_pipeline(p.model.quant, s.source, fetched, cache,
                              lambda: build_mod.host_tools(s, cache, base_dir=source_base),
                              source_base=source_base)
+
+    def quality(self, p: Profile, fetched: Fetched, quants: list[str], cache: Cache, *,
+                corpus: Path, ctx: int, chunks: int, source_base: Path | None = None
+                ) -> list[dict[str, Any]]:
+        from . import quality
+
+        return quality.of_quants(self.settings_of(p), fetched, quants,
+                                 quality.Text(corpus, ctx, chunks), cache,
+                                 source_base=source_base,
+                                 threads=len(os.sched_getaffinity(0)))  # this machine's
 
     def convert(self, p: Profile, fetched: Fetched, cache: Cache, *,
                 source_base: Path | None = None) -> Path:

@@ -81,16 +81,16 @@ def gguf_pipeline(quant: str, source: LlamaCppSource, fetched: Fetched, cache: C
     if fetched.kind == "gguf":
         return ModelArtifact(fetched.path, fetched.gguf_sha256, "as provided", "gguf")
     src = sources.llama_cpp(source, cache, base_dir=source_base)
-    f16, f16_sha = _output_sha(convert(fetched, src, cache))
+    f16, f16_sha = output_sha(convert(fetched, src, cache))
     if quant == "F16":
         return ModelArtifact(f16, f16_sha, "F16", "gguf")
     tools = quantizer()
     entry = quantize(f16, f16_sha, quant, tools.tool("llama-quantize"),
                      tools.entry.key, cache)
-    path, sha = _output_sha(entry)
+    path, sha = output_sha(entry)
     return ModelArtifact(path, sha, quant, "gguf")
 
 
-def _output_sha(entry: Entry) -> tuple[Path, str]:
+def output_sha(entry: Entry) -> tuple[Path, str]:
     path = gguf_of(entry)
     return path, entry.manifest["outputs"][path.name]["sha256"]

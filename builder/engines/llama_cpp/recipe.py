@@ -22,7 +22,8 @@ COMMON = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
-TOOLS = ("llama-server", "llama-quantize", "llama-bench")
+# (llama-perplexity: `builder model quality` runs it on the build host)
+TOOLS = ("llama-server", "llama-quantize", "llama-bench", "llama-perplexity")
 
 # ggml's x86 feature switches; a variant turns on exactly the ones it lists.
 X86_FEATURES = ("SSE42", "AVX", "F16C", "FMA", "AVX2", "BMI2", "AVX_VNNI", "AVX512",

@@ -1,0 +1,219 @@
+"""`builder model quality`: each quantization's distance from the unquantized model,
+measured with llama.cpp's own llama-perplexity (--kl-divergence-base, --kl-divergence),
+cached with the quantized file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.engines.llama_cpp import quality
+
+# llama-perplexity's summary of a --kl-divergence run (pinned llama.cpp,
+# tools/perplexity/perplexity.cpp kl_divergence()), as it printed it for the tiny random
+# model's Q4_K_M against its F16 (2 chunks of 128 tokens of GPL-3)
+SAMPLE = """====== Perplexity statistics ======
+Mean PPL(Q)                   : 826.654493 ±  32.593454
+Mean PPL(base)                : 826.858241 ±  32.547671
+Cor(ln(PPL(Q)), ln(PPL(base))):  99.99%
+Mean ln(PPL(Q)/PPL(base))     :  -0.000246 ±   0.000578
+Mean PPL(Q)/PPL(base)         :   0.999754 ±   0.000578
+Mean PPL(Q)-PPL(base)         :  -0.203747 ±   0.476792
+
+====== KL divergence statistics ======
+Mean    KLD:   0.000017 ±   0.000000
+Maximum KLD:   0.000030
+99.9%   KLD:   0.000029
+99.0%   KLD:   0.000025
+95.0%   KLD:   0.000021
+90.0%   KLD:   0.000021
+Median  KLD:   0.000018
+10.0%   KLD:   0.000013
+ 5.0%   KLD:   0.000012
+ 1.0%   KLD:   0.000011
+ 0.1%   KLD:   0.000009
+Minimum KLD:   0.000009
+
+====== Token probability statistics ======
+Mean    Δp:  0.000 ± 0.000 %
+Maximum Δp:  0.003%
+99.9%   Δp:  0.003%
+99.0%   Δp:  0.003%
+95.0%   Δp:  0.001%
+90.0%   Δp:  0.001%
+75.0%   Δp:  0.000%
+Median  Δp:  0.000%
+25.0%   Δp: -0.000%
+10.0%   Δp: -0.001%
+ 5.0%   Δp: -0.001%
+ 1.0%   Δp: -0.001%
+ 0.1%   Δp: -0.002%
+Minimum Δp: -0.002%
+RMS Δp    :  0.001 ± 0.000 %
+Same top p: 99.206 ± 0.794 %
+"""
+
+
+def test_the_summary_llama_perplexity_prints_is_read() -> None:
+    r = quality.read(SAMPLE)
+    assert r["kld_mean"] == 0.000017 and r["kld_mean_uncertainty"] == 0.0
+    assert r["kld_p99"] == 0.000025
+    assert r["top1_percent"] == 99.206 and r["top1_percent_uncertainty"] == 0.794
+    assert r["ppl_ratio"] == 0.999754
+
+
+def test_a_run_that_printed_no_summary_is_not_a_measurement() -> None:
+    # kl_divergence() logs an error and returns (exit status 0) on a mismatched base file
+    out = ("kl_divergence: model.kld has been computed with 256, while the current context "
+           "is 128. Increase it with -c and retry\n")
+    with pytest.raises(ValueError, match="kld_mean"):
+        quality.read(out)
+
+
+def _logits_file(path: Path, tokens: list[int], log_probs: list[list[float]],
+                 n_ctx: int) -> None:
+    """A logits file as perplexity.cpp writes one (one chunk), from exact log-probs."""
+    import numpy as np
+
+    n_vocab = len(log_probs[0])
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    rows = []
+    for lp in log_probs:
+        lp = np.asarray(lp, dtype=np.float32)
+        top = lp.max()
+        low = max(lp.min(), top - 16)
+        scale = (top - low) / 65535
+        row = np.zeros(nv, dtype="<u2")
+        row[:4] = np.array([scale, low], dtype="<f4").view("<u2")
+        row[4:4 + n_vocab] = np.where(lp > low, np.rint((lp - low) / scale), 0)
+        rows.append(row)
+    with path.open("wb") as f:
+        f.write(b"_logits_")
+        np.array([n_ctx, n_vocab, 1], dtype="<i4").tofile(f)
+        np.array(tokens, dtype="<i4").tofile(f)
+        np.stack(rows).tofile(f)
+
+
+def test_the_statistics_are_llama_perplexitys_from_its_logits_files(tmp_path: Path) -> None:
+    """KL divergence, top token and perplexity ratio from two logits files, by hand."""
+    import math
+
+    n_ctx = 6  # scored: positions 3 and 4 (n_ctx - 1 - n_ctx/2 = 2), predicting 4 and 5
+    tokens = [0, 1, 2, 3, 0, 1]
+    p = [[math.log(0.7), math.log(0.2), math.log(0.1)],
+         [math.log(0.25), math.log(0.25), math.log(0.5)]]
+    q = [[math.log(0.6), math.log(0.3), math.log(0.1)],
+         [math.log(0.3), math.log(0.4), math.log(0.3)]]
+    _logits_file(tmp_path / "p.kld", tokens, p, n_ctx)
+    _logits_file(tmp_path / "q.kld", tokens, q, n_ctx)
+    r = quality.compare(quality.read_logits(tmp_path / "p.kld"),
+                        quality.read_logits(tmp_path / "q.kld"))
+    kl = [sum(math.exp(a) * (a - b) for a, b in zip(pp, qq, strict=True))
+          for pp, qq in zip(p, q, strict=True)]
+    assert r["kld_mean"] == pytest.approx(sum(kl) / 2, abs=1e-4)
+    assert r["top1_percent"] == 50.0  # same first token at the first position only
+    # tokens 0 and 1 are predicted: ln PPL(Q)/PPL(base) = mean(ln p - ln q)
+    ratio = math.exp(((p[0][0] - q[0][0]) + (p[1][1] - q[1][1])) / 2)
+    assert r["ppl_ratio"] == pytest.approx(ratio, rel=1e-3)
+    assert r["tokens"] == 2 and r["chunks"] == 1
+    # the same text read through another tokenizer is not a comparison
+    _logits_file(tmp_path / "other.kld", [0, 1, 2, 3, 0, 2], q, n_ctx)
+    with pytest.raises(ValueError, match=r"first at position 5.*tokenizers differ"):
+        quality.compare(quality.read_logits(tmp_path / "p.kld"),
+                        quality.read_logits(tmp_path / "other.kld"))
+
+
+def test_the_reference_command_line_is_llama_perplexitys() -> None:
+    text = quality.Text(Path("/usr/share/common-licenses/GPL-3"), ctx=256, chunks=4)
+    assert quality.base_command(Path("/bin/llama-perplexity"), Path("f16.gguf"), text,
+                                Path("b.kld"), 2) == [
+        "/bin/llama-perplexity", "-m", "f16.gguf", "-f", "/usr/share/common-licenses/GPL-3",
+        "-c", "256", "--chunks", "4", "-t", "2", "--kl-divergence-base", "b.kld"]
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_unknown_quantization_is_one_line_with_the_choices(cli) -> None:
+    r = cli("model", "quality", "-p", "x86-gateway", "--quant", "Q9_9", "--synthetic")
+    assert r.code != 0
+    assert "--quant Q9_9: not a llama.cpp quantization; choose one of Q4_0, Q4_K_M" in \
+        one_line(r.err)
+
+
+def test_a_gguf_file_has_no_reference_to_measure_against(cli, tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    r = cli("model", "quality", "-p", "x86-gateway", "--model-file", str(gguf))
+    assert r.code != 0 and "measured against the unquantized model" in one_line(r.err)
+
+
+def test_a_missing_text_names_it_and_the_option(cli, tiny_hf: Path, tmp_path: Path) -> None:
+    r = cli("model", "quality", "-p", "x86-gateway", "--model-file", str(tiny_hf),
+            "--corpus", str(tmp_path / "nothing.txt"))
+    assert r.code != 0
+    line = one_line(r.err)
+    assert "nothing.txt: no such text" in line and "--corpus FILE" in line
+
+
+# --- on the real tools --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_each_quantization_is_measured_against_f16_and_cached(cli, tiny_hf: Path, tiny_q4,
+                                                              x86_engine,
+                                                              artifact_cache) -> None:
+    args = ("model", "quality", "-p", "x86-gateway", "--model-file", str(tiny_hf),
+            "--quant", "Q4_K_M", "--quant", "Q8_0", "--quant", "F16", "--ctx", "128",
+            "--chunks", "2", "--cache-dir", str(artifact_cache.root), "--json")
+    r = cli(*args)
+    assert r.code == 0, r.err
+    by = {x["quant"]: x for x in json.loads(r.out)["results"]}
+    assert set(by) == {"Q4_K_M", "Q8_0", "F16"}
+    # the reference against itself: no divergence, the same top token everywhere
+    assert by["F16"]["kld_mean"] == pytest.approx(0, abs=1e-6)
+    assert by["F16"]["top1_percent"] == pytest.approx(100)
+    # more bits stay closer
+    assert 0 < by["Q8_0"]["kld_mean"] < by["Q4_K_M"]["kld_mean"]
+    assert by["Q8_0"]["top1_percent"] >= by["Q4_K_M"]["top1_percent"]
+    assert by["Q4_K_M"]["bytes"] < by["Q8_0"]["bytes"] < by["F16"]["bytes"]
+    assert all(x["chunks"] == 2 for x in by.values())
+    # what llama-perplexity --kl-divergence itself prints, when its summary reaches the
+    # output before it exits (its logger is not flushed at exit: see quality.measure)
+    from builder.cache import sha256_file
+
+    assert by["Q4_K_M"]["model_sha256"] == sha256_file(tiny_q4)  # the pipeline's file
+    base = artifact_cache.root / "quality" / by["Q4_K_M"]["reference"] / "out/base.kld"
+    own = _own_summary(x86_engine.tool("llama-perplexity"), tiny_q4, base)
+    if own is not None:
+        assert by["Q4_K_M"]["kld_mean"] == pytest.approx(own["kld_mean"], rel=0.02, abs=2e-6)
+        assert by["Q4_K_M"]["top1_percent"] == pytest.approx(own["top1_percent"], abs=1.0)
+        assert by["Q4_K_M"]["ppl_ratio"] == pytest.approx(own["ppl_ratio"], rel=1e-3)
+    # measured once: a second run reads the cache, nothing runs llama-perplexity again
+    entries = sorted(p.name for p in (artifact_cache.root / "quality").iterdir())
+    again = cli(*args)
+    assert again.code == 0 and json.loads(again.out) == json.loads(r.out)
+    assert sorted(p.name for p in (artifact_cache.root / "quality").iterdir()) == entries
+
+
+
+def _own_summary(tool: Path, model: Path, base: Path) -> dict | None:
+    """llama-perplexity --kl-divergence of `model` against `base`, up to 5 runs until its
+    summary is printed (None if it never is)."""
+    import subprocess
+
+    for _ in range(5):
+        out = subprocess.run([str(tool), "-m", str(model), "-c", "128", "-t", "2",
+                              "--kl-divergence-base", str(base), "--kl-divergence"],
+                             capture_output=True, text=True, timeout=300)
+        try:
+            return quality.read(out.stdout + out.stderr)
+        except ValueError:
+            continue
+    return None
