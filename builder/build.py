@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .fleet import trust
 from .log import console
 from .model import catalog
 from .model import pipeline as model_pipeline
+from .model import quality as model_quality
 from .progress import step
 from .rootfs import Rootfs, pack, unpack
 from .rootfs.binfmt import ensure, host_arch
@@ -81,6 +83,37 @@ def build_model(ctx: BuildContext) -> None:
     ctx.fetched = ctx.fetched or fetch(ctx)
     ctx.model = ctx.engine.model(ctx.p, ctx.fetched, ctx.cache,
                                  source_base=ctx.device.engine_base_dir)
+
+
+def check_quality(ctx: BuildContext) -> None:
+    """model.max_kl_divergence: the model as built, measured against the unquantized one
+    (`builder model quality`), refused above the bar; the measurement goes into the
+    release manifest."""
+    bar = ctx.p.model.max_kl_divergence
+    if bar is None:
+        return
+    assert ctx.model and ctx.fetched
+    where = ctx.device.source.where(("model", "max_kl_divergence"))
+    quant = ctx.p.model.quant
+    try:
+        [r] = model_quality.measure(ctx.device, ctx.fetched, ctx.cache, [quant])
+    except BuilderError as e:
+        raise BuilderError(f"model.max_kl_divergence ({where}): {e}") from None
+    if r["model_sha256"] != ctx.model.sha256:
+        raise BuilderError(f"model.max_kl_divergence ({where}): measured another file than "
+                           f"the release's {ctx.model.path.name}")
+    console.print(f"model quality: {quant} against F16: mean KL divergence "
+                  f"{r['kld_mean']:.5f} (bar {bar:g}), same top token "
+                  f"{r['top1_percent']:.1f}%", markup=False)
+    if r["kld_mean"] > bar:
+        raise BuilderError(
+            f"{where}: model.max_kl_divergence {bar:g}: {quant} measured {r['kld_mean']:.5f} "
+            f"against F16 (same top token {r['top1_percent']:.1f}%); choose a larger "
+            f"model.quant (`builder model quality --profile {ctx.name} --all` compares "
+            "them) or raise the bar")
+    ctx.model = replace(ctx.model, quality={
+        "reference": "F16", "text": r["text"], "tokens": r["tokens"],
+        **{k: r[k] for k in ("kld_mean", "kld_p99", "top1_percent", "ppl_ratio")}})
 
 
 def plan_model(ctx: BuildContext) -> None:
@@ -374,8 +407,8 @@ def write_manifest(ctx: BuildContext) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest(ctx), indent=2) + "\n")
 
 
-RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, plan_model,
-                 stage_gateway, make_release)
+RELEASE_STEPS = (fetch_replacement, check_plan, build_engine, build_model, check_quality,
+                 plan_model, stage_gateway, make_release)
 STEPS = (*RELEASE_STEPS, build_rootfs, provision_tree, assemble, write_manifest)
 
 

@@ -145,6 +145,10 @@ class ModelSpec(_Section):
                        "(Q4_K_M, int4_awq); any case.")
     source: ModelSource = Field(default_factory=ModelSource,
                                 description="Where the weights come from.")
+    max_kl_divergence: float | None = Field(
+        None, gt=0, description="The build measures model.quant against the unquantized "
+        "model (`builder model quality`: mean KL divergence of its token distributions "
+        "over Debian's GPL-3 text) and refuses it above this; unset: not measured.")
 
 
 # --- runtime ------------------------------------------------------------------------

@@ -217,3 +217,31 @@ def _own_summary(tool: Path, model: Path, base: Path) -> dict | None:
         except ValueError:
             continue
     return None
+
+
+@pytest.mark.slow
+def test_a_build_refuses_a_quantization_above_the_profiles_bar_and_records_it_below(
+        cli, tiny_hf: Path, artifact_cache, tmp_path: Path) -> None:
+    """model.max_kl_divergence: `builder release` (a build's release steps) measures the
+    model it made, refuses it in one line above the bar, and signs the measurement into
+    the release manifest below it."""
+    def release(bar: str) -> object:
+        (tmp_path / "q.yaml").write_text(
+            f"extends: x86-gateway\nmodel:\n  max_kl_divergence: {bar}\n")
+        return cli("release", "-p", "q", "-P", str(tmp_path), "--model-file", str(tiny_hf),
+                   "--out", str(tmp_path / "out"), "--cache-dir", str(artifact_cache.root),
+                   "--json")
+
+    r = release("1e-12")
+    assert r.code != 0
+    line = one_line(r.err.strip().splitlines()[-1])
+    assert "q.yaml:3:22: model.max_kl_divergence 1e-12: Q4_K_M measured" in line
+    assert "--all` compares them" in line
+    assert not list((tmp_path / "out").glob("releases/*/tree/release.json"))
+    r = release("1.0")
+    assert r.code == 0, r.err
+    manifest = json.loads(
+        (Path(json.loads(r.out)["dir"]) / "tree" / "release.json").read_text())
+    q = manifest["model"]["quality"]
+    assert q["reference"] == "F16" and 0 < q["kld_mean"] < 1.0
+    assert 0 < q["top1_percent"] <= 100 and q["tokens"] > 0

@@ -17,6 +17,7 @@ from ..cache import Cache
 from ..contracts import Device
 from ..errors import BuilderError, display_path
 from ..model import pipeline as model_pipeline
+from ..model import quality as model_quality
 from ..model import synth
 from ..units import format_size
 from .common import (
@@ -186,23 +187,20 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
     out.print(f"  sha256 {result.sha256}")
 
 
-# Debian's base-files ships it on every host: an English text that needs no download
-# (GPL-3: 35 KB, about 8,000 Qwen2.5 tokens)
-DEFAULT_CORPUS = Path("/usr/share/common-licenses/GPL-3")
-
-
 @model_app.command("quality")
 @profile_option
 @click.option("--quant", "quants", multiple=True,
               help="A quantization to measure (repeatable) [default: the profile's].")
 @click.option("--all", "all_quants", is_flag=True,
               help="Every quantization the engine offers.")
-@click.option("--corpus", type=click.Path(path_type=Path), default=DEFAULT_CORPUS,
+@click.option("--corpus", type=click.Path(path_type=Path), default=model_quality.CORPUS,
               show_default=True, help="The English text read by the reference and each "
               "quantization.")
-@click.option("--ctx", default=512, show_default=True, type=click.IntRange(min=64),
+@click.option("--ctx", default=model_quality.CTX, show_default=True,
+              type=click.IntRange(min=64),
               help="Tokens per chunk (the second half of each is scored).")
-@click.option("--chunks", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--chunks", default=model_quality.CHUNKS, show_default=True,
+              type=click.IntRange(min=1),
               help="Chunks of the text read.")
 @model_file_option
 @synthetic_option
@@ -210,7 +208,7 @@ DEFAULT_CORPUS = Path("/usr/share/common-licenses/GPL-3")
 @cache_option
 @profiles_dir_option
 @json_option
-def model_quality(profile: str, quants: tuple[str, ...], all_quants: bool, corpus: Path,
+def model_quality_cmd(profile: str, quants: tuple[str, ...], all_quants: bool, corpus: Path,
                   ctx: int, chunks: int, model_file: Path | None, synthetic: bool,
                   lock: Path | None, cache_dir: Path | None, profiles_dir: tuple[Path, ...],
                   json_: bool) -> None:
@@ -227,11 +225,7 @@ def model_quality(profile: str, quants: tuple[str, ...], all_quants: bool, corpu
         _quant_name(e, q) for q in (quants or (d.profile.model.quant,))]
     cache = Cache(cache_dir)
     f = _fetch(d, cache, model_file, synthetic, lock)
-    found = e.quality(d.profile, f, names, cache, corpus=corpus, ctx=ctx, chunks=chunks,
-                      source_base=d.engine_base_dir)
-    if found is None:
-        raise BuilderError(f"{d.name}: {d.profile.engine.kind} has no quality measurement "
-                           "here yet (llama.cpp has: llama-perplexity)")
+    found = model_quality.measure(d, f, cache, names, corpus=corpus, ctx=ctx, chunks=chunks)
     if json_:
         return print_json({"model": d.profile.model.id, "origin": f.origin,
                            "results": found})

@@ -202,7 +202,8 @@ def make(i: ReleaseInputs, out_root: Path, signing_key: Path) -> Bundle:
             "model": {"id": i.model_id, "sha256": m.sha256, "quant": m.quant,
                       "format": m.format, "bytes": m.bytes,
                       "path": f"{LAYOUT.model_dir}/{m.device_name}",
-                      **({"files": m.files} if m.files else {})},
+                      **({"files": m.files} if m.files else {}),
+                      **({"quality": m.quality} if m.quality else {})},
             **listing(tree),
         }
         data = (json.dumps(manifest, indent=2) + "\n").encode()

@@ -16,6 +16,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..cache import Cache, sha256_file
 from ..errors import BuilderError, display_path
@@ -249,6 +250,9 @@ class ModelArtifact:
     quant: str
     format: str  # "gguf", "hf" or "onnx"
     files: dict[str, str] | None = None  # a directory's files and their sha256
+    # how close it stays to the unquantized model, when the build measured it
+    # (model.max_kl_divergence: builder/model/quality.py)
+    quality: dict[str, Any] | None = None
 
     @property
     def device_name(self) -> str:
