@@ -148,6 +148,11 @@ def test_an_unknown_quantization_is_one_line_with_the_choices(cli) -> None:
         one_line(r.err)
 
 
+def test_an_unknown_model_is_one_line_with_the_catalog(cli) -> None:
+    r = cli("model", "quality", "-p", "x86-gateway", "--model", "nope", "--synthetic")
+    assert r.code != 0 and "--model: unknown model 'nope'" in one_line(r.err)
+
+
 def test_a_gguf_file_has_no_reference_to_measure_against(cli, tmp_path: Path) -> None:
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 64)

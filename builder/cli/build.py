@@ -189,6 +189,8 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
 
 @model_app.command("quality")
 @profile_option
+@click.option("--model", "model_id", help="Another catalog model than the profile's (see "
+              "`builder models list`); with --synthetic, random weights in its shape.")
 @click.option("--quant", "quants", multiple=True,
               help="A quantization to measure (repeatable) [default: the profile's].")
 @click.option("--all", "all_quants", is_flag=True,
@@ -208,7 +210,8 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
 @cache_option
 @profiles_dir_option
 @json_option
-def model_quality_cmd(profile: str, quants: tuple[str, ...], all_quants: bool, corpus: Path,
+def model_quality_cmd(profile: str, model_id: str | None, quants: tuple[str, ...],
+                      all_quants: bool, corpus: Path,
                   ctx: int, chunks: int, model_file: Path | None, synthetic: bool,
                   lock: Path | None, cache_dir: Path | None, profiles_dir: tuple[Path, ...],
                   json_: bool) -> None:
@@ -218,6 +221,11 @@ def model_quality_cmd(profile: str, quants: tuple[str, ...], all_quants: bool, c
     model's (llama.cpp: llama-perplexity --kl-divergence). Each result is cached with the
     quantized file."""
     d = load_device(profile, profiles_dir)
+    if model_id:
+        from ..profiles import with_overrides
+
+        d = resolve.resolve(d.source, with_overrides(d.source, {
+            ("model", "id"): ("--model", model_id)}))
     e = d.engine
     if all_quants and quants:
         raise BuilderError("give --quant or --all, not both")
