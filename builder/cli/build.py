@@ -211,10 +211,10 @@ def model_quantize(profile: str, quant: str | None, model_file: Path | None,
 @profiles_dir_option
 @json_option
 def model_quality_cmd(profile: str, model_id: str | None, quants: tuple[str, ...],
-                      all_quants: bool, corpus: Path,
-                  ctx: int, chunks: int, model_file: Path | None, synthetic: bool,
-                  lock: Path | None, cache_dir: Path | None, profiles_dir: tuple[Path, ...],
-                  json_: bool) -> None:
+                      all_quants: bool, corpus: Path, ctx: int, chunks: int,
+                      model_file: Path | None, synthetic: bool, lock: Path | None,
+                      cache_dir: Path | None, profiles_dir: tuple[Path, ...],
+                      json_: bool) -> None:
     """How close each quantization stays to the unquantized model, measured here: the
     mean KL divergence of its token distributions from the F16 model's over a text, how
     often its most likely token is the F16 model's, and its perplexity against the F16
