@@ -30,6 +30,8 @@ from .schema import EngineSettings, Profile, TargetSettings
 from .units import MiB
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from .cache import Cache, Entry
     from .device.layout import Layout
     from .errors import ProfileError
@@ -398,6 +400,14 @@ class Engine(ABC):
         file size, mean KL divergence from the reference's token distributions, how often
         its top token is the reference's, its perplexity against the reference's. None
         when this engine has no such measurement."""
+        return None
+
+    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
+                    cache: Cache) -> tuple[AbstractContextManager[str], str] | None:
+        """A server on this machine that answers as the device's engine would, from the
+        release at `tree` (its settings; its engine build when that runs here) and its
+        model file: a context yielding its OpenAI API's URL, and what it runs; None when
+        this machine cannot run one (`builder verify`'s agreement check)."""
         return None
 
     def tuner(self) -> Any:

@@ -1,6 +1,7 @@
 """`builder tune --host` against a booted x86-gateway appliance (the tiny model, under
 QEMU): the device's own release measured over SSH, the overlay written, the engine
-started again afterwards, and `builder verify` finds it running its release's settings."""
+started again afterwards, and `builder verify` finds it running its release's settings
+and answering as the release's llama-server does on this machine (verify.min_agreement)."""
 
 from __future__ import annotations
 
@@ -48,5 +49,17 @@ def test_tune_over_ssh_measures_the_devices_release_and_restarts_its_engine(
                                 "--junit", str(tmp_path / "verify.xml"))
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert 'tests="1"' in (tmp_path / "verify.xml").read_text()
+        # verify.min_agreement (a profile of the same name that extends the built-in one):
+        # the device answers as the release's llama-server does on this machine
+        (tmp_path / "profiles").mkdir()
+        (tmp_path / "profiles" / "x86-gateway.yaml").write_text(
+            "extends: x86-gateway\nverify:\n  min_agreement: 8\n")
+        r = run_builder_session("verify", "--profile", "x86-gateway", "--profiles-dir",
+                                str(tmp_path / "profiles"), "--out", str(appliance),
+                                "--host", host, "--api-url", f"http://127.0.0.1:{api_port}",
+                                "--select", "answers", "--junit", str(tmp_path / "a.xml"))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        report = (tmp_path / "a.xml").read_text()
+        assert 'tests="1"' in report and 'skipped="0"' in report, report
     finally:
         vm.stop(spec.state_dir)

@@ -20,9 +20,12 @@ from urllib.parse import urlparse
 
 from .. import names
 from ..errors import BuilderError, display_path
+from ..progress import step
 from ..schema import Service
 
 if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..contracts import Device
     from ..fleet.trust import Release
 
 SUITE = Path(__file__).parent / "suite"
@@ -195,6 +198,46 @@ def as_deployed(built: dict[str, Any], release: Release) -> dict[str, Any]:
     }
 
 
+def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens: int
+                      ) -> dict[str, Any] | None:
+    """verify.min_agreement: the release's model answering the agreement prompts on this
+    machine (a cache entry per release engine, settings, model and prompts), for the
+    suite to compare the device's answers with; None when this machine cannot serve it
+    (the suite then says so)."""
+    from ..cache import sha256_file
+    from ..fleet.release import Bundle
+    from . import agreement
+
+    bundle = Bundle(Path(expected["release"]["dir"]))
+    made = d.engine.host_server(d.profile, d.platform, bundle.tree, bundle.model_path,
+                                cache)
+    if made is None:
+        return None
+    serving, what = made
+    inputs = {"engine": bundle.manifest["engine"]["cache_key"], "server": what,
+              "settings": sha256_file(bundle.tree / "engine.env"),
+              "model": bundle.manifest["model"]["sha256"], "prompts": agreement.PROMPTS,
+              "tokens": tokens, "top": agreement.TOP}
+
+    def make(out: Path, _log: Path) -> None:
+        with step(f"the reference answers ({what}, {len(agreement.PROMPTS)} prompts)"), \
+                serving as url:
+            answers = []
+            for prompt in agreement.PROMPTS:
+                try:
+                    reply = agreement.ask(url, agreement.request(prompt, tokens))
+                    agreement.tokens_of(reply, "the reference")
+                except ValueError as e:
+                    raise BuilderError(f"the reference answers: {e}") from None
+                answers.append({"prompt": prompt, "reply": reply})
+        (out / "answers.json").write_text(json.dumps(
+            {"engine": what, "tokens": tokens, "answers": answers}, indent=2) + "\n")
+
+    entry = cache.get_or_build("answers", inputs, make,
+                               label=f"reference answers of release {bundle.release_id}")
+    return {"path": str(entry.out / "answers.json"), "tokens": tokens, "engine": what}
+
+
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:
     """Where this machine reaches the device's public port: `given` (a VM's forwarded
     port, a NAT), else the SSH host at service.port."""
@@ -210,13 +253,15 @@ def api_url_of(target: SshHost, service: Service, given: str | None = None) -> s
 def run_suite(manifest: Path, target: SshHost, key: Path, state: Path, junit: Path,
               api_url: str, extra_args: list[str] | None = None, *,
               thresholds: dict | None = None, select: str | None = None,
-              log_file: Path | None = None, checks: Path | None = None) -> int:
+              log_file: Path | None = None, checks: Path | None = None,
+              answers: dict | None = None) -> int:
     """Run the suite; returns pytest's exit status (0 all passed). `api_url` is where
     this machine reaches the public port (api_url_of); `thresholds` the profile's
     verify.* section (default: the one it was built with); `select` a pytest -k
     expression (e.g. "performance"); `log_file` takes pytest's output instead of the
     terminal (`builder lab run`: devices verified side by side); `checks` the device's
-    target's own checks (a test module or directory), run after the shared ones."""
+    target's own checks (a test module or directory), run after the shared ones;
+    `answers` the reference answers of verify.min_agreement (reference_answers)."""
     ssh_config = ssh_to(target, key, state)
     settle(target, ssh_config, json.loads(manifest.read_text()), log_file)
     for f in (junit, log_file):  # a failed check's report shows its arguments: the API key
@@ -229,7 +274,7 @@ def run_suite(manifest: Path, target: SshHost, key: Path, state: Path, junit: Pa
                "manifest": str(manifest.resolve()), "host": target.host,
                "port": target.port, "user": target.user, "key": str(key),
                "known_hosts": str(state / "known_hosts"), "state": str(state),
-               "api_url": api_url, "verify": thresholds})}
+               "api_url": api_url, "verify": thresholds, "answers": answers})}
     cmd = [sys.executable, "-m", "pytest", str(SUITE), *([str(checks)] if checks else []),
            "-p", "builder.verify.suite.plugin", "-p", "no:cacheprovider",
            f"--hosts={target.url}", f"--ssh-config={ssh_config}", "--sudo",

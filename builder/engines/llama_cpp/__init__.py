@@ -116,6 +116,21 @@ class LlamaCpp(Engine):
                                  source_base=source_base,
                                  threads=len(os.sched_getaffinity(0)))  # this machine's
 
+    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
+                    cache: Cache) -> tuple[Any, str]:
+        from ...rootfs.binfmt import host_arch
+        from ...verify.suite.engine_env import parse_env_file
+        from .local import serving
+
+        env = parse_env_file((tree / "engine.env").read_text())
+        server = tree / "bin" / "llama-server"
+        if platform.arch == host_arch() and server.is_file():
+            what = "the release's own llama-server"
+        else:  # another architecture's build: the same source built for this machine
+            server = build_mod.host_tools(self.settings_of(p), cache).tool("llama-server")
+            what = f"llama-server of the same llama.cpp source built for {host_arch()}"
+        return serving(server, env, model), what
+
     def convert(self, p: Profile, fetched: Fetched, cache: Cache, *,
                 source_base: Path | None = None) -> Path:
         from .convert import convert, gguf_of

@@ -85,3 +85,16 @@ def pytest_runtest_makereport(item, call):
 
 
 _JOURNAL = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The agreement check (test_answers.py) is part of the suite only when
+    verify.min_agreement gave it reference answers: otherwise it is left out, not
+    skipped (a device's report counts the checks it was held to)."""
+    cfg = json.loads(os.environ.get("EDGE_LLM_VERIFY") or "{}")
+    if cfg.get("answers"):
+        return
+    left = [i for i in items if i.path.name == "test_answers.py"]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [i for i in items if i.path.name != "test_answers.py"]
