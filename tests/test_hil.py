@@ -51,6 +51,20 @@ def test_pi5_appliance_passes_builder_verify_on_the_board() -> None:
     verify(os.environ.get("EDGE_LLM_HIL_PI5_PROFILE", "pi5-8gb"), need("EDGE_LLM_HIL_PI5"))
 
 
+def test_pi5_answers_like_llama_cpp_on_this_machine(tmp_path: Path) -> None:
+    """verify.min_agreement on the board: its ARM kernels against the same source built
+    for this machine, same weights and settings (near ties tolerated: docs/quality.md)."""
+    profile = os.environ.get("EDGE_LLM_HIL_PI5_PROFILE", "pi5-8gb")
+    host = need("EDGE_LLM_HIL_PI5")
+    (tmp_path / f"{profile}.yaml").write_text(
+        f"extends: {profile}\nverify:\n  min_agreement: 16\n")
+    api = "http://" + host.removeprefix("ssh://").split("@")[-1].split(":")[0] + ":8080"
+    r = builder("verify", "--profile", profile, "--profiles-dir", str(tmp_path), "--out",
+                need("EDGE_LLM_HIL_OUT"), "--host", host, "--api-url", api, "--select",
+                "answers")
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
 def test_orin_builds_its_engine_and_passes_builder_verify_on_the_board() -> None:
     """The first boot builds the TensorRT-LLM engine (minutes to an hour); verify waits
     for the engine unit, then holds the board to the profile's TTFT and decode rates."""
