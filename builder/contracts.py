@@ -209,6 +209,15 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class HostServer:
+    """An engine served on this machine for a release (Engine.host_server)."""
+
+    serving: AbstractContextManager[str]  # yields the URL of its OpenAI API
+    what: str  # what it runs, for a person
+    binary: Path  # the server executable (its sha256 names the reference it gives)
+
+
+@dataclass(frozen=True)
 class EngineArtifact:
     """An engine built on this machine, in the artifact cache (entry.out)."""
 
@@ -403,11 +412,11 @@ class Engine(ABC):
         return None
 
     def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
-                    cache: Cache) -> tuple[AbstractContextManager[str], str] | None:
+                    cache: Cache, *, source_base: Path | None = None) -> HostServer | None:
         """A server on this machine that answers as the device's engine would, from the
-        release at `tree` (its settings; its engine build when that runs here) and its
-        model file: a context yielding its OpenAI API's URL, and what it runs; None when
-        this machine cannot run one (`builder verify`'s agreement check)."""
+        release at `tree` (its settings; its engine build when that runs here; `p` the
+        profile it was made from) and its model file; None when this machine cannot run
+        one (`builder verify`'s agreement check)."""
         return None
 
     def tuner(self) -> Any:

@@ -64,6 +64,9 @@ class ResolvedProfile:
     profile: Profile | None  # None for abstract profiles
     abstract: bool = False
     notes: list[str] = field(default_factory=list)
+    # model.quant as the profile itself says it, before a tuned overlay's `weights:`
+    # (what `builder tune` measures against; None: no overlay chose one)
+    untuned_quant: str | None = None
 
     def pos(self, loc: Loc) -> Pos:
         """Where `loc` (or its nearest written ancestor) was set."""
@@ -234,6 +237,9 @@ def _check_tuned(rp: ResolvedProfile, overlay: tuned_mod.Overlay,
                            f"the profile runs {base.model.id} {base.model.quant}; run "
                            f"`builder tune --profile {rp.name}` again or remove `tuned:` "
                            f"({rp.where(('tuned',))})")
+    if overlay.weights is not None:
+        rp.untuned_quant = base.model.quant
+        _check_weights(rp, overlay, base)
     plan = resolve.resolve(rp, p).plan
     if plan.verdict is not Verdict.NO_FIT:
         return
@@ -248,6 +254,24 @@ def _check_tuned(rp: ResolvedProfile, overlay: tuned_mod.Overlay,
         raise ProfileError(f"{where}: its runtime settings ({settings}) leave the memory "
                            f"plan: {plan.reason}; run `builder tune --profile {rp.name}` "
                            f"again or remove `tuned:` ({rp.where(('tuned',))})")
+
+
+def _check_weights(rp: ResolvedProfile, overlay: tuned_mod.Overlay, base: Profile) -> None:
+    """An overlay's `weights:` is one of the formats its engine's tuner tries for the
+    profile on its platform (on ARM, the catalog's of the profile's size): a bigger or
+    smaller format is a quality choice, the profile's own to make."""
+    d = resolve.resolve(rp, base)
+    formats = getattr(d.engine.tuner(), "weight_formats", None)
+    others = [v["weights"] for k in (formats(base, d.platform) if formats else [])
+              for v in k.values]
+    assert overlay.weights is not None
+    if overlay.weights.upper() in [q.upper() for q in (base.model.quant, *others)]:
+        return
+    tries = (f"it tries {', '.join(others)}" if others
+             else f"it tries none on {d.platform.arch}")
+    raise ProfileError(f"{overlay.where('weights')}: weights: {overlay.weights} is not a "
+                       f"weight format `builder tune` chooses for {base.model.quant} here "
+                       f"({tries}); set model.quant in the profile instead")
 
 
 def _word(v: Any) -> str:

@@ -260,15 +260,20 @@ class Tune:
         p = self.d.profile
         base = next((t for t in self.trials if t["outcome"] == "defaults"), None)
         best = next((t for t in self.trials if t.get("best")), base)
+        # the format the profile itself names (a profile whose overlay chose another
+        # serves that one, and is measured on it): the overlay is written against it,
+        # and names the chosen format whenever it is another
+        own = getattr(self.d.source, "untuned_quant", None) or p.model.quant
+        chosen = settings.get(WEIGHTS) or p.model.quant
         return {
             "format": FORMAT, "profile": self.d.name, "complete": complete,
             "objective": objective(self.test.depth, self.tolerance),
             "model": {"id": (self.bench.other_model or (p.model.id,))[0],
-                      "quant": (self.bench.other_model or (None, p.model.quant))[1],
+                      "quant": (self.bench.other_model or (None, own))[1],
                       "sha256": self.bench.model_sha256},
             "device": self.measured_on(),
             "runtime": {k: v for k, v in settings.items() if k != WEIGHTS},
-            **({WEIGHTS: settings[WEIGHTS]} if settings.get(WEIGHTS) else {}),
+            **({WEIGHTS: chosen} if chosen.upper() != own.upper() else {}),
             "measurements": {
                 "test": self.test.to_json(),
                 "default": base and base["measured"], "tuned": best and best["measured"],

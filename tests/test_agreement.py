@@ -38,11 +38,16 @@ def test_a_near_tie_taken_the_other_way_is_tolerated_up_to_it() -> None:
 @pytest.mark.parametrize(("device", "at", "says"), [
     ([_t("A", -0.1)], 0, "'A' where the reference chose 'The' (2.900 nats below it"),
     ([*REFERENCE[:3], _t(" Rome", -0.1)], 3, "not among its top choices"),
-    (REFERENCE[:2], 2, "ends after 2 tokens"),
+    (REFERENCE[:2], 2, "device's answer ends after 2 tokens"),
 ])
 def test_a_divergence_fails_at_its_first_position(device, at, says) -> None:
     o = compare(REFERENCE, device, 4)
     assert not o.passed and o.diverged_at == at and says in o.detail
+
+
+def test_an_answer_that_goes_on_where_the_reference_ended_diverges() -> None:
+    o = compare(REFERENCE[:2], REFERENCE, 4)
+    assert not o.passed and o.diverged_at == 2 and "goes on with ' is'" in o.detail
 
 
 def test_only_the_first_tokens_asked_for_count() -> None:
@@ -135,6 +140,8 @@ def test_a_broken_artifact_fails_at_its_first_diverging_position(release, artifa
     ref = verify.reference_answers(d, {"release": {"dir": str(release.dir)}},
                                    artifact_cache, 12)
     assert ref and ref["engine"] == "the release's own llama-server"
+    # llama-perplexity is built with the engine here, and stays out of the release
+    assert not (release.tree / "bin" / "llama-perplexity").exists()
     answers = json.loads(Path(ref["path"]).read_text())["answers"]
     server = release.tree / "bin" / "llama-server"
     env = parse_env_file((release.tree / "engine.env").read_text())

@@ -148,6 +148,47 @@ def test_an_overlay_that_chose_a_weight_format_sets_the_releases_model_quant(cli
     assert r.code == 2 and "tuned for qwen2.5-3b-instruct Q4_K_M" in one_line(r.err)
 
 
+def test_a_weight_format_outside_the_tuners_choices_is_refused(cli, workdir) -> None:
+    # a bigger format is a quality choice (model.quant), and x86 tries none
+    q8 = {**overlay_data({"threads": 4}, model="qwen2.5-3b-instruct"), "weights": "Q8_0"}
+    write_profile(workdir, "pi", "extends: pi5-8gb\n", q8)
+    r = cli("profiles", "show", "pi", "-P", str(workdir))
+    line = one_line(r.err)
+    assert r.code == 2 and "pi.tuned.yml:" in line
+    assert "weights: Q8_0 is not a weight format `builder tune` chooses for Q4_K_M here " \
+        "(it tries Q4_0)" in line
+    write_profile(workdir, "gw", ROOMY, {**overlay_data({"threads": 2}), "weights": "Q4_0"})
+    r = cli("profiles", "show", "gw", "-P", str(workdir))
+    assert r.code == 2 and "it tries none on amd64" in one_line(r.err)
+
+
+@pytest.mark.parametrize(("kept", "weights"), [("Q4_0", "Q4_0"), ("Q4_K_M", None)])
+def test_a_tune_again_writes_its_overlay_against_the_profiles_own_format(
+        workdir, kept, weights) -> None:
+    """A profile whose overlay chose Q4_0 serves Q4_0 and is measured on it; the new
+    overlay still names the profile's own Q4_K_M as the model measured, and Q4_0 as
+    its choice when Q4_0 stays (a file the profile then loads)."""
+    from builder import resolve
+    from builder.profiles import ProfileStore
+    from builder.tune import Bench, Local, Test, Tune, settings_of
+
+    chose = {**overlay_data({"threads": 4}, model="qwen2.5-3b-instruct"), "weights": "Q4_0"}
+    write_profile(workdir, "pi", "extends: pi5-8gb\n", chose)
+    rp = ProfileStore([workdir]).load("pi")
+    d = resolve.resolve(rp, rp.concrete())
+    assert d.profile.model.quant == "Q4_0" and rp.untuned_quant == "Q4_K_M"
+    t = Tune(d, Bench(Local(), "llama-bench", "m.gguf", "sha", "e"), Test(64, 32, 4, 1),
+             workdir / "pi.tuned.yml", say=lambda s: None)
+    settings = settings_of(d.profile.runtime, 4)
+    if kept != "Q4_0":
+        settings["weights"] = kept
+    t.save(settings, complete=True)
+    o = tuned.load(workdir / "pi.tuned.yml")
+    assert o.quant == "Q4_K_M" and o.weights == weights
+    again = ProfileStore([workdir]).load("pi")
+    assert again.profile and again.profile.model.quant == kept
+
+
 # --- the release and the engine's flags ----------------------------------------------------
 
 TUNED = {"threads": 1, "flash_attn": "off", "ubatch_size": 256, "batch_size": 1024,

@@ -583,14 +583,8 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     targets = ([verify.parse_host(host_url, user)] if host_url
                else verify.inventory_targets(inventory, user) if inventory else [])
     key, _ = builder_key(Cache(cache_dir))
-    answers = None
-    if thresholds.get("min_agreement"):
-        answers = verify.reference_answers(d, json.loads(mpath.read_text()), Cache(cache_dir),
-                                           thresholds["min_agreement"])
-        if answers is None:
-            out.print(f"note: verify.min_agreement: this machine cannot serve "
-                      f"{p.engine.kind} the way the device does; the agreement check is "
-                      "left out", markup=False)
+    answers = verify.answers_for(d, json.loads(mpath.read_text()), Cache(cache_dir),
+                                 thresholds, lambda s: out.print(s, markup=False))
     failed = []
     for t in targets:
         report = junit or out_root / rp.name / f"verify-{t.host}-{t.port}.xml"

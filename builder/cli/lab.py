@@ -96,7 +96,7 @@ def lab_run_cmd(inventory: Path | None, output: Path | None, resume: Path | None
                                   key=key),
                     attempt=len(meta["attempts"]), select=select, requests=requests,
                     max_tokens=max_tokens, gate_timeout=gate_timeout, yes=yes,
-                    tune=lab.TuneOptions() if tune else None,
+                    tune=lab.TuneOptions() if tune else None, cache_dir=cache_dir,
                     say=lambda line: console.print(line, markup=False, highlight=False))
     if tune:
         for pl in plans:

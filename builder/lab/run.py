@@ -34,6 +34,7 @@ from xml.etree import ElementTree
 
 from .. import resolve
 from .. import verify as verify_mod
+from ..cache import Cache
 from ..contracts import Device
 from ..errors import BuilderError, display_path
 from ..fleet import deploy as fleet
@@ -205,6 +206,7 @@ class Lab:
     yes: bool = False  # --yes: write every device, whatever its confirm: says
     say: Callable[[str], None] = print
     tune: TuneOptions | None = None  # --tune: a tune step after the benchmark
+    cache_dir: Path | None = None  # the artifact cache (verify.min_agreement's reference)
 
     def steps_of(self, pl: Plan) -> tuple[str, ...]:
         """The device's steps; with --tune, a tune after the benchmark where its engine
@@ -364,10 +366,13 @@ def junit_counts(path: Path) -> dict[str, Any]:
 def step_verify(c: Ctx) -> str:
     pl = c.plan
     junit, log = c.dir / "verify.xml", c.dir / "verify.log"
+    thresholds = pl.p.verify.model_dump(mode="json")
+    answers = verify_mod.answers_for(pl.resolved, pl.manifest, Cache(c.lab.cache_dir),
+                                     thresholds, c.lab.say)
     rc = verify_mod.run_suite(pl.manifest_path, pl.ssh_host, c.key, c.dir / "verify-state",
-                              junit, pl.api_url, thresholds=pl.p.verify.model_dump(mode="json"),
+                              junit, pl.api_url, thresholds=thresholds,
                               checks=pl.resolved.target.verify_checks,
-                              select=c.lab.select, log_file=log)
+                              select=c.lab.select, log_file=log, answers=answers)
     counts = junit_counts(junit)
     c.record["verify"] = {**counts, "junit": c.rel(junit), "log": c.rel(log),
                           "select": c.lab.select}

@@ -198,30 +198,53 @@ def as_deployed(built: dict[str, Any], release: Release) -> dict[str, Any]:
     }
 
 
+def answers_for(d: Device, expected: dict[str, Any], cache: Cache, thresholds: dict,
+                say: Any) -> dict[str, Any] | None:
+    """verify.min_agreement's reference answers for the suite (`builder verify`, `builder
+    lab run`), or None: without the bar, or (said) when this machine cannot serve the
+    engine, the agreement check is left out of the suite."""
+    tokens = thresholds.get("min_agreement")
+    if not tokens:
+        return None
+    answers = reference_answers(d, expected, cache, tokens)
+    if answers is None:
+        say(f"note: verify.min_agreement: this machine cannot serve "
+            f"{d.profile.engine.kind} as the device does; the agreement check is left out")
+    return answers
+
+
 def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens: int
                       ) -> dict[str, Any] | None:
-    """verify.min_agreement: the release's model answering the agreement prompts on this
-    machine (a cache entry per release engine, settings, model and prompts), for the
-    suite to compare the device's answers with; None when this machine cannot serve it
-    (the suite then says so)."""
+    """The release the device should serve (`expected`: a build's manifest, or as
+    deployed), its model answering the agreement prompts on this machine, served with
+    the release's settings from the profile it was made from: a cache entry per server
+    binary, settings, model and prompts. None when this machine cannot serve it."""
     from ..cache import sha256_file
     from ..fleet.release import Bundle
+    from ..resolve import built_profile
     from . import agreement
 
-    bundle = Bundle(Path(expected["release"]["dir"]))
-    made = d.engine.host_server(d.profile, d.platform, bundle.tree, bundle.model_path,
-                                cache)
-    if made is None:
+    rel = Path(str((expected.get("release") or {}).get("dir")))
+    try:
+        bundle = Bundle(rel)
+        model, settings = bundle.model_path, sha256_file(bundle.tree / "engine.env")
+        manifest = bundle.manifest
+        profile = built_profile(expected) or d.profile
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise BuilderError(f"verify.min_agreement: the release at {display_path(rel)} "
+                           f"cannot be read here ({e}); make it again with `builder "
+                           "release` or `builder build`") from None
+    server = d.engine.host_server(profile, d.platform, bundle.tree, model, cache,
+                                  source_base=d.engine_base_dir)
+    if server is None:
         return None
-    serving, what = made
-    inputs = {"engine": bundle.manifest["engine"]["cache_key"], "server": what,
-              "settings": sha256_file(bundle.tree / "engine.env"),
-              "model": bundle.manifest["model"]["sha256"], "prompts": agreement.PROMPTS,
+    inputs = {"server": sha256_file(server.binary), "settings": settings,
+              "model": manifest["model"]["sha256"], "prompts": agreement.PROMPTS,
               "tokens": tokens, "top": agreement.TOP}
 
     def make(out: Path, _log: Path) -> None:
-        with step(f"the reference answers ({what}, {len(agreement.PROMPTS)} prompts)"), \
-                serving as url:
+        with step(f"the reference answers ({server.what}, {len(agreement.PROMPTS)} "
+                  "prompts)"), server.serving as url:
             answers = []
             for prompt in agreement.PROMPTS:
                 try:
@@ -231,11 +254,12 @@ def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens:
                     raise BuilderError(f"the reference answers: {e}") from None
                 answers.append({"prompt": prompt, "reply": reply})
         (out / "answers.json").write_text(json.dumps(
-            {"engine": what, "tokens": tokens, "answers": answers}, indent=2) + "\n")
+            {"engine": server.what, "tokens": tokens, "answers": answers}, indent=2) + "\n")
 
     entry = cache.get_or_build("answers", inputs, make,
                                label=f"reference answers of release {bundle.release_id}")
-    return {"path": str(entry.out / "answers.json"), "tokens": tokens, "engine": what}
+    return {"path": str(entry.out / "answers.json"), "tokens": tokens,
+            "engine": server.what}
 
 
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:

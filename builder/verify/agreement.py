@@ -89,6 +89,9 @@ def compare(reference: list[Token], device: list[Token], tokens: int) -> Outcome
                        f"reference chose {ref.text!r} ({ranked}"
                        f"{'; a tie within ' + str(TIE_NATS) if tie else ''}); agreed "
                        f"before it: {json.dumps(''.join(t.text for t in reference[:i]))}")
+    if n < tokens and len(device) > n:  # the reference's answer ended there
+        return Outcome(n, n, False, f"the reference's answer ends after {n} tokens; the "
+                       f"device goes on with {device[n].text!r}")
     return Outcome(n, None, False, f"the first {n} tokens agree")
 
 

@@ -9,13 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...contracts import Engine, EngineArtifact, Platform, Probe, Tool
+from ...contracts import Engine, EngineArtifact, HostServer, Platform, Probe, Tool
 from ...schema import Profile
 from . import build as build_mod
 from . import ggml
 from . import memory as memory_mod
 from . import source as sources
-from .recipe import LlamaCppRecipe, recipe
+from .recipe import HOST_ONLY, LlamaCppRecipe, recipe
 from .server import server_env
 from .settings import LlamaCppSettings
 
@@ -112,12 +112,12 @@ class LlamaCpp(Engine):
         from . import quality
 
         return quality.of_quants(self.settings_of(p), fetched, quants,
-                                 quality.Text(corpus, ctx, chunks), cache,
+                                 quality.Text(corpus, ctx=ctx, chunks=chunks), cache,
                                  source_base=source_base,
                                  threads=len(os.sched_getaffinity(0)))  # this machine's
 
     def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
-                    cache: Cache) -> tuple[Any, str]:
+                    cache: Cache, *, source_base: Path | None = None) -> HostServer:
         from ...rootfs.binfmt import host_arch
         from ...verify.suite.engine_env import parse_env_file
         from .local import serving
@@ -127,9 +127,10 @@ class LlamaCpp(Engine):
         if platform.arch == host_arch() and server.is_file():
             what = "the release's own llama-server"
         else:  # another architecture's build: the same source built for this machine
-            server = build_mod.host_tools(self.settings_of(p), cache).tool("llama-server")
+            server = build_mod.host_tools(self.settings_of(p), cache,
+                                          base_dir=source_base).tool("llama-server")
             what = f"llama-server of the same llama.cpp source built for {host_arch()}"
-        return serving(server, env, model), what
+        return HostServer(serving(server, env, model), what, server)
 
     def convert(self, p: Profile, fetched: Fetched, cache: Cache, *,
                 source_base: Path | None = None) -> Path:
@@ -142,7 +143,7 @@ class LlamaCpp(Engine):
     def release_files(self, i: ReleaseInputs, tree: Path) -> None:
         assert i.engine_dir is not None
         shutil.copytree(i.engine_dir / "bin", tree / "bin", symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *HOST_ONLY))
 
     def env(self, i: ReleaseInputs, layout: Layout) -> dict[str, str]:
         p = i.profile

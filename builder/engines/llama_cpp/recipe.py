@@ -22,8 +22,10 @@ COMMON = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
-# (llama-perplexity: `builder model quality` runs it on the build host)
-TOOLS = ("llama-server", "llama-quantize", "llama-bench", "llama-perplexity")
+TOOLS = ("llama-server", "llama-quantize", "llama-bench")
+# built only where the build runs on the build host (it runs there: `builder model
+# quality`), and never part of a release (Engine.release_files leaves it out)
+HOST_ONLY = ("llama-perplexity",)
 
 # ggml's x86 feature switches; a variant turns on exactly the ones it lists.
 X86_FEATURES = ("SSE42", "AVX", "F16C", "FMA", "AVX2", "BMI2", "AVX_VNNI", "AVX512",
@@ -96,12 +98,18 @@ def recipe(s: LlamaCppSettings, platform: Platform, host_triplet: str) -> LlamaC
                         "-DCMAKE_BUILD_RPATH=$ORIGIN", *_cross(platform, host_triplet),
                         *extra),
             variants=tuple(Variant(level, x86_flags(level)) for level in platform.x86_levels),
-            compilers=_compilers(platform, host_triplet))
+            compilers=_compilers(platform, host_triplet),
+            targets=_targets(platform, host_triplet))
     return LlamaCppRecipe(
         arch=platform.arch,
         cmake_args=(*COMMON, "-DBUILD_SHARED_LIBS=OFF", *_cross(platform, host_triplet),
                     *_arm(platform), *extra),
-        compilers=_compilers(platform, host_triplet))
+        compilers=_compilers(platform, host_triplet),
+        targets=_targets(platform, host_triplet))
+
+
+def _targets(platform: Platform, host_triplet: str) -> tuple[str, ...]:
+    return (*TOOLS, *HOST_ONLY) if platform.gnu_triplet == host_triplet else TOOLS
 
 
 def _arm(platform: Platform) -> tuple[str, ...]:
