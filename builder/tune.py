@@ -334,12 +334,12 @@ class Tune:
                 raise BuilderError(f"{runner.where}: mktemp printed {made[:80]!r}, not a "
                                    "directory under /var/tmp")
             self.workdir = made
-        out = f"{self.workdir}/model-{quant}.gguf"
+        argv, out = self.tuner.requantize(self.bench.quantize, self.bench.model,
+                                          self.workdir, quant,
+                                          self.d.profile.device.cpu_cores)
         self.say(f"      making the model at {quant} from {self.bench.model} ({tool}; its "
                  "speed is measured, its quality is the next build's, made from the source)")
-        runner.run(self.tuner.requantize(self.bench.quantize, self.bench.model, out, quant,
-                                         self.d.profile.device.cpu_cores),
-                   f"{tool} {quant}")
+        runner.run(argv, f"{tool} {quant}")
         self.copies[quant] = out
         return out
 

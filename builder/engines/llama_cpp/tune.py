@@ -72,13 +72,16 @@ def weight_formats(p: Profile, platform: Platform) -> list[Knob]:
         if q is not own and abs(q.nominal_bpw - own.nominal_bpw) <= SAME_SIZE_BPW))]
 
 
-def requantize(tool: str, model: str, out: str, quant: str, threads: int) -> list[str]:
-    """llama-quantize making `out` at `quant` from the (quantized) `model`
-    (tools/quantize/quantize.cpp: [--allow-requantize] model [out] type [nthreads]).
-    Each tensor gets the type `quant` gives it whatever its source type
-    (llama_tensor_get_type), so the copy decodes as a file quantized from the source
-    would; its quality is not that file's, which is why only its speed is used."""
-    return [tool, "--allow-requantize", model, out, quant, str(threads)]
+def requantize(tool: str, model: str, workdir: str, quant: str, threads: int
+               ) -> tuple[list[str], str]:
+    """The llama-quantize run (on the device) that makes the (quantized) `model` at
+    `quant` in `workdir` (tools/quantize/quantize.cpp: [--allow-requantize] model [out]
+    type [nthreads]), and the file it makes. Each tensor gets the type `quant` gives it
+    whatever its source type (llama_tensor_get_type), so the copy decodes as a file
+    quantized from the source would; its quality is not that file's, which is why only
+    its speed is used."""
+    out = f"{workdir}/model-{quant}.gguf"
+    return [tool, "--allow-requantize", model, out, quant, str(threads)], out
 
 
 def _flags(rt: Runtime, threads: int) -> list[tuple[str, str]]:
