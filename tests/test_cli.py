@@ -90,7 +90,7 @@ def test_models_list_json_carries_sizes_for_every_quant(cli) -> None:
                                        "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
     quants = rows[0]["quants"]
     assert {e: set(q) for e, q in quants.items()} == {
-        "llama.cpp": {"Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16"},
+        "llama.cpp": {"Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16"},
         "tensorrt-llm": {"int4_awq", "int4_gptq", "int8_wo", "fp16"},
         "tensorrt-edge-llm": {"int4_awq", "int4_gptq", "int8_sq", "fp16"}}
     # the same name, each engine's own layout: Edge-LLM keeps a tied model's lm_head apart
