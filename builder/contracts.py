@@ -393,6 +393,10 @@ class Engine(ABC):
         kv_total, compute, output, engine_overhead (and what it may grow into while
         serving: prompt_cache, checkpoints)."""
 
+    def compute_basis(self, pin: PlanInput) -> str:
+        """What sizes its compute buffers, in its own terms (`builder plan` shows it)."""
+        return ""
+
     def repacked_types(self, platform: Platform) -> tuple[str, ...]:
         """Weight types the engine copies into a CPU-specific layout at load."""
         return ()

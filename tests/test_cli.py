@@ -104,3 +104,14 @@ def test_plan_text_shows_every_line_item(cli) -> None:
                  "engine process", "gateway", "total", "available", "verdict: fits",
                  "engine MemoryMax"):
         assert item in r.out
+
+
+@pytest.mark.parametrize(("profile", "basis"), [
+    ("x86-gateway", "ubatch 512"),
+    ("orin-nano-8gb", "one engine step of 4096 tokens"),
+    ("orin-nano-8gb-edgellm", "a prefill of 2048 tokens (max_input_len)"),
+])
+def test_plan_says_what_sizes_each_engines_compute_buffers(cli, profile, basis) -> None:
+    r = cli("plan", "-p", profile)
+    [line] = [ln for ln in r.out.splitlines() if "compute buffers" in ln]
+    assert basis in line, line

@@ -242,7 +242,7 @@ def _render_plan(name: str, p: Profile, r: Plan) -> None:
                   "re-laid out by the CPU backend at load")
     t.add_row("KV cache", format_size(r.kv_total),
               f"{format_size(r.kv_per_slot)}/slot x {i.parallel}, {i.kv_cache_type}")
-    t.add_row("compute buffers", format_size(r.compute), f"ubatch {i.ubatch_size}")
+    t.add_row("compute buffers", format_size(r.compute), i.engine.compute_basis(i))
     t.add_row("output buffer", format_size(r.output), "")
     t.add_row("engine process", format_size(r.engine_overhead), "")
     if r.prompt_cache or r.checkpoints:

@@ -184,6 +184,9 @@ class LlamaCpp(Engine):
             return ()
         return memory_mod.repacked_types(platform.cpu_features)
 
+    def compute_basis(self, pin: PlanInput) -> str:
+        return f"ubatch {pin.ubatch_size}"  # one physical batch's activations
+
     def tuner(self) -> Any:
         from . import tune
 

@@ -320,6 +320,9 @@ class TensorRtEdgeLlm(Engine):
     def device_access(self, platform: Platform) -> tuple[str, ...]:
         return platform.gpu_devices
 
+    def compute_basis(self, pin: PlanInput) -> str:
+        return f"a prefill of {pin.settings.max_input_len} tokens (max_input_len)"
+
     def memory(self, pin: PlanInput) -> dict[str, int]:
         """Weights (the engine's and the embedding table the runtime holds), an fp16 KV
         cache of exactly context_length tokens per sequence for max_batch_size

@@ -291,6 +291,9 @@ class TrtLlm(Engine):
     def device_access(self, platform: Platform) -> tuple[str, ...]:
         return platform.gpu_devices
 
+    def compute_basis(self, pin: PlanInput) -> str:
+        return f"one engine step of {max_num_tokens(pin.settings)} tokens"
+
     def memory(self, pin: PlanInput) -> dict[str, int]:
         """Weights in the engine's precision; a paged fp16 KV cache for the slots;
         activations of one engine step; the runtime process. (0.12's OpenAI server has no
