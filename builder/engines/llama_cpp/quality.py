@@ -5,11 +5,12 @@ source), the way llama.cpp users check a quantization by hand:
 1. the reference (the F16 GGUF the pipeline converts) reads a text in chunks of `ctx`
    tokens and `--kl-divergence-base FILE` saves its token distributions and the tokens
    (one cache entry per reference, text and settings);
-2. each quantization reads the same tokens with `--kl-divergence` against that file and
-   prints the mean KL divergence of its distributions from the reference's, how often
-   its most likely token is the reference's ("Same top p"), and its perplexity against
-   the reference's (one cache entry per quantized file and reference: the model's
-   quality, kept with it).
+2. each quantization reads the same text the same way into a file of its own, and
+   `compare` gives what `--kl-divergence` would print against the first: the mean KL
+   divergence of its distributions from the reference's, how often its most likely
+   token is the reference's ("Same top p"), and its perplexity against the reference's
+   (one cache entry per quantized file and reference: the model's quality, kept with
+   it; `measure` says why it is computed here).
 
 Only the second half of each chunk is scored (llama-perplexity's `first = n_ctx/2`), so a
 scored token always has at least ctx/2 tokens of context.
