@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import BuilderError, display_path
 from .log import log
@@ -70,7 +71,7 @@ def run(
         assert proc.stdout is not None
         # The deadline holds whether or not the tool prints: a timer ends its process
         # group, which closes the pipe this loop reads.
-        timer = threading.Timer(timeout, lambda: (expired.set(), _kill(proc))) \
+        timer = threading.Timer(timeout, lambda: (expired.set(), stop_group(proc))) \
             if timeout else None
         if timer:
             timer.daemon = True
@@ -85,7 +86,7 @@ def run(
                     on_line(line.rstrip("\n"))
             rc = proc.wait()
         except BaseException:
-            _kill(proc)
+            stop_group(proc)
             raise
         finally:
             if timer:
@@ -108,7 +109,9 @@ def run(
     return "".join(chunks)
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
+def stop_group(proc: subprocess.Popen[Any]) -> None:
+    """End a tool started in its own session (start_new_session): SIGTERM to its process
+    group, SIGKILL if it has not gone in 10 s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

@@ -4,7 +4,6 @@ device's answers are compared with (builder/verify/agreement.py)."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ...errors import BuilderError, display_path
+from ...run import stop_group
 
 
 def _free_port() -> int:
@@ -59,9 +59,4 @@ def serving(server: Path, env: dict[str, str], model: Path, *, timeout: float = 
             yield url
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_group(proc)
