@@ -62,7 +62,8 @@ def out(p: subprocess.CompletedProcess[str]) -> str:
 
 # What the real L4T scripts need on the build host (tools/l4t_flash_prerequisites.sh installs
 # them), and so do their fakes: tools looked up on PATH, and qemu at its fixed path.
-HOST_TOOLS = ("sshpass", "abootimg", "xmllint", "exportfs", "dpkg", "lbzip2")
+HOST_TOOLS = ("sshpass", "abootimg", "xmllint", "exportfs", "dpkg", "lbzip2", "xmlstarlet",
+              "zstd")  # the last two: R38 and later
 HOST_FILES = ("/usr/bin/qemu-aarch64-static", "/usr/bin/xmllint")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -76,7 +77,8 @@ def missing_host_tools() -> list[str]:
 
 
 def host_env(home: Path) -> dict[str, str]:
-    """The build host's PATH (the real sshpass, abootimg, xmllint, exportfs, dpkg, lbzip2)
+    """The build host's PATH (the real sshpass, abootimg, xmllint, exportfs, dpkg, lbzip2,
+    xmlstarlet, zstd)
     with this python3 first, USER=root as sudo sets."""
     hostbin = home / "hostbin"
     hostbin.mkdir()

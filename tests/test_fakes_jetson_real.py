@@ -45,7 +45,7 @@ class Case:
     id: str
     tool: str  # INITRD, "./apply_binaries.sh" or USER_TOOL
     args: list[str]
-    tree: str  # fresh | applied | generated | massflash
+    tree: str  # fresh | applied | applied-r39 | generated | massflash
     rc: int
     expect: list[str] = field(default_factory=list)  # in stdout + stderr
     env: dict[str, str] = field(default_factory=dict)
@@ -92,6 +92,19 @@ CASES = [
     Case("flash-only-does-not-need-abootimg", INITRD, ["--flash-only"], "generated", 0,
          # abootimg only when not --flash-only (internal.sh:99)
          ["Flash is successful"], {}, ("abootimg",), [("7523", "1-4")]),
+    # --- R38 and later: the outer script's own check_prerequisite, first (Seeed-Studio/
+    # Linux_for_Tegra 06119ad, an R38/R39 tree: l4t_initrd_flash.sh:55-104; UNVERIFIED
+    # for 39.2 itself, whose tree is not readable), no "Cleaning up..." (its trap: 44-53)
+    Case("r39-no-flash-without-xmlstarlet", INITRD, GENERATE, "applied-r39", 1, [  # 58-63
+        'ERROR xmlstarlet not found! To install - please run:  "sudo apt-get install '
+        'xmlstarlet"'], NANO_IDS, ("xmlstarlet",), stdout_lacks=["Cleaning up..."]),
+    Case("r39-no-flash-without-zstd", INITRD, GENERATE, "applied-r39", 1, [  # 79-84
+        'ERROR zstd not found! To install - please run:  "sudo apt-get install zstd"'],
+        NANO_IDS, ("zstd",), stdout_lacks=["Cleaning up..."]),
+    Case("r39-no-flash-with-all-tools", INITRD, GENERATE, "applied-r39", 0,
+         ["Finish generating flash package."], NANO_IDS),
+    Case("r36-needs-neither", INITRD, GENERATE, "applied", 0,
+         ["Finish generating flash package."], NANO_IDS, ("xmlstarlet", "zstd")),
     # --- apply_binaries.sh
     Case("apply-binaries-without-dpkg-knowing-qemu", "./apply_binaries.sh", [], "fresh", 1, [
         # CheckPackage qemu-user-static: `dpkg -s` (apply_binaries.sh:122-127, 170)
@@ -195,8 +208,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Linux_for_Tegra as unpacked (a tiny rootfs in it), after apply_binaries.sh, and
-    with an Orin Nano NVMe package generated (plain, and for --massflash 2)."""
+    """Linux_for_Tegra as unpacked (a tiny rootfs in it), after apply_binaries.sh (R36's
+    and R39.2's), and with an Orin Nano NVMe package generated (plain, and for
+    --massflash 2)."""
     if os.geteuid() != 0:
         pytest.skip("the L4T tools require root, and so do their fakes")
     if missing_host_tools():
@@ -205,9 +219,14 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     env = host_env(base)
     with tarfile.open(make_bsp(base)) as tar:
         tar.extractall(base / "fresh", numeric_owner=True, filter="fully_trusted")
-    got = {"fresh": base / "fresh/Linux_for_Tegra"}
+    with tarfile.open(make_bsp(base / "r39", "39.2.0")) as tar:
+        tar.extractall(base / "fresh-r39", numeric_owner=True, filter="fully_trusted")
+    got = {"fresh": base / "fresh/Linux_for_Tegra",
+           "fresh-r39": base / "fresh-r39/Linux_for_Tegra"}
     tiny_rootfs(got["fresh"] / "rootfs")
+    tiny_rootfs(got["fresh-r39"] / "rootfs")
     for name, src, cmd in (("applied", "fresh", ["./apply_binaries.sh"]),
+                           ("applied-r39", "fresh-r39", ["./apply_binaries.sh"]),
                            ("generated", "applied", [INITRD, *GENERATE]),
                            ("massflash", "applied", [INITRD, "--massflash", "2", *GENERATE])):
         got[name] = Path(shutil.copytree(got[src], base / name / "Linux_for_Tegra",

@@ -45,6 +45,23 @@ def test_the_orin_nano_devkit_is_generated_as_a_nano_not_an_orin_nx() -> None:
     assert args[-2:] == ["jetson-orin-nano-devkit-super", "internal"]
 
 
+@pytest.mark.parametrize(("storage", "rootdev", "layouts"), [
+    ("emmc", "internal", []),
+    # NVIDIA's quick start (R36.5, R39.2.1) and README_initrd_flash.txt: an AGX Orin's
+    # "internal" is its eMMC, so on NVMe the root device is "external"
+    ("nvme", "external", ["--external-device", "nvme0n1p1", "-c",
+                          "tools/kernel_flash/flash_l4t_t234_nvme.xml"]),
+])
+def test_an_agx_orin_is_flashed_to_the_storage_it_boots_from(workdir: Path, storage: str,
+                                                              rootdev: str,
+                                                              layouts: list[str]) -> None:
+    d = resolved(workdir, f"extends: orin-agx-64gb\ndevice:\n  storage:\n    kind: {storage}\n"
+                 "    size: 64GiB\n")
+    args = d.target.flash_args(d.profile)
+    assert args == [*layouts, "--showlogs", "--network", "usb0", "jetson-agx-orin-devkit",
+                    rootdev]
+
+
 @pytest.mark.parametrize(("module", "sku", "chip"), [
     ("orin-nano-8gb", "0003", "00:00:00:D6"), ("orin-nano-4gb", "0004", "00:00:00:D6"),
     ("orin-nx-16gb", "0000", "00:00:00:D3"), ("orin-nx-8gb", "0001", "00:00:00:D4"),
@@ -142,7 +159,8 @@ def test_doctor_names_what_nvidias_scripts_check_before_they_make_anything(
     (and exportfs for --network usb0); the BSP's scripts use xmllint and lbzip2 and look
     for /usr/bin/qemu-aarch64-static."""
     assert {t.command for t in L4T_HOST_TOOLS} >= {
-        "sshpass", "abootimg", "exportfs", "xmllint", "lbzip2", "/usr/bin/qemu-aarch64-static"}
+        "sshpass", "abootimg", "exportfs", "xmllint", "lbzip2", "/usr/bin/qemu-aarch64-static",
+        "xmlstarlet", "zstd"}  # the last two: R38's script checks them first
     assert {n.tool for n in doctor.NEEDS if n.stage == "jetson"} == \
         {t.command for t in L4T_HOST_TOOLS}
     bin_dir = tmp_path / "bin"
@@ -153,7 +171,7 @@ def test_doctor_names_what_nvidias_scripts_check_before_they_make_anything(
     assert r.returncode != 0 and "Traceback" not in r.stderr
     for tool, package in (("sshpass", "sshpass"), ("abootimg", "abootimg"),
                           ("exportfs", "nfs-kernel-server"), ("xmllint", "libxml2-utils"),
-                          ("lbzip2", "lbzip2")):
+                          ("lbzip2", "lbzip2"), ("xmlstarlet", "xmlstarlet")):
         assert tool in r.stdout + r.stderr and package in r.stdout + r.stderr
 
 

@@ -164,9 +164,16 @@ L4T_HOST_TOOLS = (
     Tool("lbzip2", "lbzip2", "the BSP's image packing"),
     Tool("/usr/bin/qemu-aarch64-static", "qemu-user-static",
          "apply_binaries.sh and l4t_create_default_user.sh (that path)"),
+    # R38 and later: l4t_initrd_flash.sh's own check_prerequisite wants xmlstarlet in every
+    # mode and zstd but for --flash-only (an R38/R39 tree, NVIDIA's copyright 2021-2026
+    # with Thor's layouts: Seeed-Studio/Linux_for_Tegra 06119ad); R36 needs neither, but
+    # one table per stage keeps `builder doctor` the same for both lines
+    Tool("xmlstarlet", "xmlstarlet", "l4t_initrd_flash.sh's prerequisite check (R38+)"),
+    Tool("zstd", "zstd", "l4t_initrd_flash.sh's prerequisite check (R38+)"),
 )
-# what `l4t_initrd_flash.sh --flash-only` checks (no abootimg: _internal.sh:99)
-L4T_FLASH_TOOLS = tuple(t for t in L4T_HOST_TOOLS if t.command in ("sshpass", "exportfs"))
+# what `l4t_initrd_flash.sh --flash-only` checks (no abootimg: _internal.sh:99; no zstd)
+L4T_FLASH_TOOLS = tuple(t for t in L4T_HOST_TOOLS
+                        if t.command in ("sshpass", "exportfs", "xmlstarlet"))
 
 
 def jetpack_packages(release: str, stack: tuple[str, ...]) -> tuple[str, ...]:
@@ -418,19 +425,25 @@ class JetsonOrin(Target):
     # --- the flash package ---------------------------------------------------------------
     def flash_args(self, p: Profile) -> list[str]:
         """l4t_initrd_flash.sh's arguments for this module and boot medium (after
-        --no-flash / before the board), as NVIDIA's quick start gives them. R39.2 gets
-        R36's: no R39.2 Linux_for_Tegra tree was readable to check them against (its
-        board config names are the R36 ones, as a JetPack 7.2 flashing guide shows;
-        docs/orin.md)."""
+        --no-flash / before the board), as NVIDIA's quick start gives them: an AGX Orin on
+        NVMe is flashed `... jetson-agx-orin-devkit external` (R36's README_initrd_flash.txt
+        and quick start; with `internal` the rootfs goes to its eMMC as well). R39.2 gets
+        R36's: no R39.2 Linux_for_Tegra tree was readable to check them against; its
+        quick start's table, as a public notes file copies it (index id 71463872784),
+        keeps the board config names, the NVMe layout and `external` for an AGX on NVMe
+        (docs/orin.md)."""
         s = self.settings_of(p)
         m = MODULES[s.module]
         args: list[str] = []
+        rootdev = "internal"
         if p.device.storage.kind == "nvme":
             args += ["--external-device", "nvme0n1p1", "-c",
                      "tools/kernel_flash/flash_l4t_t234_nvme.xml"]
-            if m.qspi:
+            if m.qspi:  # Orin NX/Nano: QSPI is the "internal" device, the rootfs on NVMe
                 args += ["-p", "-c bootloader/generic/cfg/flash_t234_qspi.xml"]
-        args += ["--showlogs", "--network", "usb0", s.board, "internal"]
+            else:  # AGX: "internal" is its eMMC, which would get the rootfs too
+                rootdev = "external"
+        args += ["--showlogs", "--network", "usb0", s.board, rootdev]
         return args
 
     def flash_env(self, p: Profile) -> dict[str, str]:

@@ -269,7 +269,9 @@ def _populate(l4t: Path, release: str) -> None:
     _script(l4t, "apply_binaries.py", "apply_binaries.sh")
     _script(l4t, "flash_sh.py", "flash.sh")
     _script(l4t, "l4t_create_default_user.py", "tools/l4t_create_default_user.sh")
-    _script(l4t, "l4t_initrd_flash.py", "tools/kernel_flash/l4t_initrd_flash.sh")
+    _write(l4t / "tools/kernel_flash/l4t_initrd_flash.sh",
+           (TOOLS / "l4t_initrd_flash.py").read_text().replace(
+               "\nSCRIPT_BRANCH = 36\n", f"\nSCRIPT_BRANCH = {int(major)}\n"), 0o755)
     for rel in ("tools/kernel_flash/l4t_initrd_flash_internal.sh",
                 "tools/kernel_flash/l4t_create_images_for_kernel_flash.sh",
                 "tools/kernel_flash/l4t_flash_from_kernel.sh", "nv_tegra/nv-apply-debs.sh",

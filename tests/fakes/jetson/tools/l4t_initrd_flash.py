@@ -90,6 +90,8 @@ BOOTLOADER = BASE / "bootloader"
 ROOTFS = BASE / "rootfs"
 IMAGES = KFLASH / "images"
 FLASH_CMD = f"{KFLASH}/l4t_initrd_flash_internal.sh"
+# the release line whose script this is: fake_l4t.make_bsp writes its BSP's here
+SCRIPT_BRANCH = 36
 PARAM_FILE = KFLASH / "initrdflashparam.txt"
 IMG_MAP = KFLASH / "initrdflashimgmap.txt"
 INFODIVIDER = "#" * 79
@@ -1043,8 +1045,35 @@ def flash(o: Opts, devpaths: list[str]) -> int:
     return 0
 
 
+def r38_prerequisite_error(o: Opts) -> list[str]:
+    """R38 and later: the outer script's own check_prerequisite(), run right after
+    parse_param (Seeed-Studio/Linux_for_Tegra 06119ad, an R38/R39 tree: NVIDIA's copyright
+    2021-2026, Thor's layouts; tools/kernel_flash/l4t_initrd_flash.sh check_prerequisite,
+    55-104): xmlstarlet in every mode (58-63), then sshpass but for --direct (65-70),
+    abootimg and zstd but for --flash-only (72-84); its EXIT trap (cleanup, 44-53) prints
+    nothing. Not R39.2's own
+    file, which no readable tree holds (UNVERIFIED for 39.2). What follows is the R36.2
+    internal script's check, as for R36."""
+    if not shutil.which("xmlstarlet"):
+        return ['ERROR xmlstarlet not found! To install - please run:  "sudo apt-get install '
+                'xmlstarlet"']
+    if not shutil.which("sshpass") and not o.direct:
+        return ['ERROR sshpass not found! To install - please run:  "sudo apt-get install '
+                'sshpass"']
+    for tool in ("abootimg", "zstd"):
+        if not shutil.which(tool) and not o.flash_only:
+            return [f'ERROR {tool} not found! To install - please run:  "sudo apt-get install '
+                    f'{tool}"']
+    return []
+
+
 def main(argv: list[str]) -> int:
     o = parse(argv)
+    if SCRIPT_BRANCH >= 38:
+        problem = r38_prerequisite_error(o)
+        if problem:
+            out(*problem)
+            return 1
     if os.geteuid() != 0:  # install_udev_rules: ln -s ... /etc/udev/rules.d/
         print("ln: failed to create symbolic link '/etc/udev/rules.d/99-l4t-host.rules': "
               "Permission denied", file=sys.stderr)
