@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.engines.llama_cpp import quality
+from builder.errors import display_path
 
 # llama-perplexity --kl-divergence's own summary lines (kl_divergence()'s LOG lines),
 # which the measurement here is held to
@@ -226,6 +227,42 @@ def test_a_missing_text_names_it_and_the_option(cli, tiny_hf: Path, tmp_path: Pa
     assert "nothing.txt: no such text" in line and "--corpus FILE" in line
 
 
+def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
+        cli, tmp_path: Path) -> None:
+    """What `builder model quality` keeps in the cache is listed per catalog model; an
+    empty cache says which command measures it. (The measurement itself: the slow test
+    below.)"""
+    from builder.cache import Cache
+    from builder.model.quality import SYNTHETIC
+
+    cache = tmp_path / "cache"
+    r = cli("models", "list", "--cache-dir", str(cache))
+    assert r.code == 0 and "builder model quality --synthetic --all" in r.out
+    assert all(x["quality"] == [] for x in json.loads(
+        cli("models", "list", "--cache-dir", str(cache), "--json").out))
+
+    def keep(quant: str, kld: float, model: str = "qwen2.5-0.5b-instruct") -> None:
+        def make(out: Path, _log: Path) -> None:
+            (out / "quality.json").write_text(json.dumps({
+                "quant": quant, "model": model, "origin": SYNTHETIC, "engine": "llama.cpp",
+                "bytes": 1 << 20, "kld_mean": kld, "top1_percent": 42.0, "ppl_ratio": 1.0}))
+        Cache(cache).get_or_build("quality", {"op": "kld", "model": quant + model}, make,
+                                  label=f"quality of {quant}")
+
+    keep("Q4_K_M", 0.00938)
+    keep("Q8_0", 0.00027)
+    keep("Q8_0", 0.00123, model="qwen2.5-1.5b-instruct")
+    rows = {x["id"]: x for x in json.loads(
+        cli("models", "list", "--cache-dir", str(cache), "--json").out)}
+    assert [(q["quant"], q["kld_mean"]) for q in rows["qwen2.5-0.5b-instruct"]["quality"]] \
+        == [("Q4_K_M", 0.00938), ("Q8_0", 0.00027)]
+    assert [q["quant"] for q in rows["qwen2.5-1.5b-instruct"]["quality"]] == ["Q8_0"]
+    assert rows["qwen2.5-7b-instruct"]["quality"] == []
+    text = cli("models", "list", "--cache-dir", str(cache)).out
+    assert "Quality against F16, measured here" in text and "0.00938" in text
+    assert "random weights" in text  # synthetic results say what they are worth
+
+
 # --- on the real tools --------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -263,6 +300,14 @@ def test_each_quantization_is_measured_against_f16_and_cached(cli, tiny_hf: Path
     again = cli(*args)
     assert again.code == 0 and json.loads(again.out) == json.loads(r.out)
     assert sorted(p.name for p in (artifact_cache.root / "quality").iterdir()) == entries
+    # and `builder models list` shows what was measured, next to the catalog's sizes
+    rows = json.loads(cli("models", "list", "--cache-dir", str(artifact_cache.root),
+                          "--json").out)
+    [row] = [x for x in rows if x["id"] == "qwen2.5-1.5b-instruct"]  # x86-gateway's model
+    listed = {x["quant"]: x for x in row["quality"] if x["origin"] == display_path(tiny_hf)}
+    assert set(listed) == {"Q4_K_M", "Q8_0", "F16"}
+    assert listed["Q4_K_M"]["kld_mean"] == by["Q4_K_M"]["kld_mean"]
+    assert listed["Q4_K_M"]["bytes"] == by["Q4_K_M"]["bytes"]
 
 
 

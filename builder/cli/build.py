@@ -3,6 +3,7 @@ verify."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -233,6 +234,8 @@ def model_quality_cmd(profile: str, model_id: str | None, quants: tuple[str, ...
         _quant_name(e, q) for q in (quants or (d.profile.model.quant,))]
     cache = Cache(cache_dir)
     f = _fetch(d, cache, model_file, synthetic, lock)
+    if synthetic:  # not the cache path it is kept at: what the results are of
+        f = dataclasses.replace(f, origin=model_quality.SYNTHETIC)
     found = model_quality.measure(d, f, cache, names, corpus=corpus, ctx=ctx, chunks=chunks)
     if json_:
         return print_json({"model": d.profile.model.id, "origin": f.origin,

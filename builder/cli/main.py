@@ -125,9 +125,15 @@ def profiles_schema(markdown: bool) -> None:
 # --- models ---------------------------------------------------------------------------
 
 @models_app.command("list")
+@cache_option
 @json_option
-def models_list(json_: bool) -> None:
-    """The catalog: architecture numbers and weight size per quantization."""
+def models_list(cache_dir: Path | None, json_: bool) -> None:
+    """The catalog: architecture numbers, weight size per quantization, and the quality
+    of each quantization measured on this machine (`builder model quality`)."""
+    from ..cache import Cache
+    from ..model import quality
+
+    measured = quality.measured(Cache(cache_dir))
     rows = []
     for m in catalog.MODELS.values():
         rows.append({
@@ -142,6 +148,8 @@ def models_list(json_: bool) -> None:
                                                                   * 8 / m.n_params, 3)}
                                 for q in e.quants}
                        for e in plugins.ENGINES.values()},
+            "quality": [{k: r[k] for k in QUALITY_KEYS if k in r}
+                        for r in measured if r["model"] == m.id],
         })
     if json_:
         return _print_json(rows)
@@ -165,6 +173,25 @@ def models_list(json_: bool) -> None:
                 f"{format_size(r['quants'][e.kind][q.name]['weight_bytes'])} "
                 f"{r['quants'][e.kind][q.name]['bits_per_weight']:.2f}" for r in rows])
     out.print(sizes)
+    if not measured:
+        out.print("quality: none measured on this machine yet; `builder model quality "
+                  "--synthetic --all --model ID` measures each quantization against F16")
+        return
+    t = Table("model", "weights", "quant", "engine", "file", "mean KL divergence",
+              "same top token", title="Quality against F16, measured here (builder model "
+              "quality)", caption="random weights: the KL divergence ranks the formats, the "
+              "top-token rate is far below a trained model's" if any(
+                  r["origin"] == quality.SYNTHETIC for r in measured) else None)
+    for r in measured:
+        t.add_row(r["model"].removeprefix("qwen2.5-").removesuffix("-instruct"),
+                  r["origin"], r["quant"], r.get("engine", ""),
+                  format_size(r["bytes"]) if "bytes" in r else "",
+                  f"{r['kld_mean']:.5f}", f"{r['top1_percent']:.1f}%")
+    out.print(t)
+
+
+QUALITY_KEYS = ("engine", "origin", "quant", "bytes", "kld_mean", "kld_mean_uncertainty",
+                "kld_p99", "top1_percent", "ppl_ratio", "model_sha256")
 
 
 def _cell(v: Any) -> str:

@@ -188,14 +188,16 @@ def base(reference: Path, reference_sha: str, tool: Path, tool_id: str, text: Te
 
 
 def measure(model: Path, model_sha: str, quant: str, base_entry: Entry, tool: Path,
-            text: Text, cache: Cache, threads: int) -> dict[str, Any]:
+            text: Text, cache: Cache, threads: int, *, of: dict[str, str]) -> dict[str, Any]:
     """The quality of `model` against the reference of `base_entry` (a cache entry: the
     model's quality, kept by its sha256). Its distributions are saved as the reference's
     were, then compared here (`compare`): llama-perplexity --kl-divergence prints the
     same statistics, but through an asynchronous logger the pinned release never flushes
     before it exits (common/log.cpp common_log_main(): "logs may be lost if not flushed
     before the program exits"), and its summary, printed last, was lost in 2 of 3 runs
-    here; the logits file is written and closed before it exits."""
+    here; the logits file is written and closed before it exits. `of` names what was
+    measured (the catalog model and where its weights came from), for `builder models
+    list`; the file's sha256 is what the entry is keyed by."""
     inputs = {"op": "kld", "base": base_entry.key, "model": model_sha, "compare": 1}
 
     def make(out: Path, log_file: Path) -> None:
@@ -209,15 +211,16 @@ def measure(model: Path, model_sha: str, quant: str, base_entry: Entry, tool: Pa
                 raise BuilderError(f"{model.name} against the reference: {e}") from None
         (out / "quality.json").write_text(json.dumps(
             {"quant": quant, "model_sha256": model_sha, "reference": base_entry.key,
-             "text": text.to_json(), **found},
+             "text": text.to_json(), "engine": "llama.cpp", **of, "bytes": model.stat().st_size,
+             **found},
             indent=2) + "\n")
 
     entry = cache.get_or_build("quality", inputs, make, label=f"quality of {quant}")
     return json.loads((entry.out / "quality.json").read_text())
 
 
-def of_quants(s: LlamaCppSettings, fetched: Fetched, quants: list[str], text: Text,
-              cache: Cache, *, source_base: Path | None, threads: int
+def of_quants(s: LlamaCppSettings, model_id: str, fetched: Fetched, quants: list[str],
+              text: Text, cache: Cache, *, source_base: Path | None, threads: int
               ) -> list[dict[str, Any]]:
     """Each of `quants` made from the checkpoint (the pipeline's own cache entries) and
     measured against its F16 conversion."""
@@ -245,6 +248,7 @@ def of_quants(s: LlamaCppSettings, fetched: Fetched, quants: list[str], text: Te
     for quant in quants:
         path, sha = (ref, ref_sha) if quant == "F16" else output_sha(quantize(
             ref, ref_sha, quant, tools.tool("llama-quantize"), tools.entry.key, cache))
-        found = measure(path, sha, quant, reference, tool, text, cache, threads)
+        found = measure(path, sha, quant, reference, tool, text, cache, threads,
+                        of={"model": model_id, "origin": fetched.origin})
         out.append({**found, "bytes": path.stat().st_size})
     return out
