@@ -145,6 +145,25 @@ REAL_QUANTIZE = {
     "draft": {("--base_model_dir",): ("base_model_dir", None, {"required": True}),
               ("--draft_model_dir",): ("draft_model_dir", None, {"required": True}),
               **REAL_QUANTIZE_COMMON},
+    # quantize.py:134-165: its own options, none of the common ones' datasets
+    "qwen3-omni": {
+        ("--model_dir",): ("model_dir", None, {"required": True}),
+        ("--output_dir",): ("output_dir", None, {"required": True}),
+        ("--lm_head_quantization",): ("lm_head_quantization", None,
+                                      {"choices": ["fp8", "nvfp4"]}),
+        ("--kv_cache_quantization",): ("kv_cache_quantization", None, {"choices": ["fp8"]}),
+        ("--dtype",): ("dtype", "fp16", {"choices": ["fp16"]}),
+        ("--device",): ("device", "cuda", {}),
+        ("--dataset",): ("dataset", "cnn_dailymail", {}),
+        ("--num_samples",): ("num_samples", 64, {"type": "int"}),
+        ("--max_length",): ("max_length", 64, {"type": "int"}),
+        ("--talker_num_audio",): ("talker_num_audio", 150, {"type": "int"}),
+        ("--talker_num_image",): ("talker_num_image", 150, {"type": "int"}),
+        ("--talker_num_text",): ("talker_num_text", 200, {"type": "int"}),
+        ("--talker_accept_hidden_layer",): ("talker_accept_hidden_layer", None,
+                                            {"type": "int"}),
+        ("--keep_full_export",): ("keep_full_export", False, {"nargs": 0}),
+    },
 }
 # pyproject.toml:54-60 (the two the builder runs; the other four are not in the stand-in)
 REAL_CONSOLE_SCRIPTS = {"tensorrt-edgellm-quantize": "tensorrt_edgellm.scripts.quantize:main",
