@@ -35,18 +35,19 @@ RELEASE = "36.4.3"
 NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
 
 
-def stand_in_repo(artifact_cache, release: str = RELEASE) -> Path:
-    """The JetPack repository stand-in, kept in the artifact cache with its signing key
-    while the stand-in's source is the same: a new key each run would be a new rootfs
-    (the key is part of its cache key) every run."""
+def stand_in_repo(artifact_cache, release: str = RELEASE, arch: str = "amd64") -> Path:
+    """The JetPack repository stand-in for a Debian 12 sample rootfs of `arch` (Python
+    3.11), kept in the artifact cache with its signing key while the stand-in's source
+    is the same: a new key each run would be a new rootfs (the key is part of its cache
+    key) every run."""
     import hashlib
 
     source = Path(__file__).parent / "fakes/jetson/fake_jetpack_repo.py"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    kept = artifact_cache.dir("stand-ins") / f"jetpack-{release}-amd64-{digest}"
+    kept = artifact_cache.dir("stand-ins") / f"jetpack-{release}-{arch}-{digest}"
     if not (kept / KEY_NAME).is_file():
         work = kept.with_name(kept.name + f".{os.getpid()}")
-        make_repo(work, release, arch="amd64", python="3.11")
+        make_repo(work, release, arch=arch, python="3.11")
         os.replace(work, kept)
     return kept
 

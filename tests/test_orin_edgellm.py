@@ -3,9 +3,14 @@ NVIDIA's tools (tests/fakes/jetson for the BSP and JetPack's repository,
 tests/fakes/edgellm for Edge-LLM 0.9.1): `builder build` of an orin-nano-8gb-edgellm
 profile exports the model with Edge-LLM's tools and makes the flash package; in its rootfs
 the first boot's build (edge-llm-engine-build) runs llm_build, and edge-llm-edgellm serve
-answers on loopback, with the gateway streaming from it. As in tests/test_orin.py the
-sample rootfs stand-in is the x86-gateway build's Debian rootfs (the L4T flow is under
-test, not the architecture of the binaries)."""
+answers on loopback, with the gateway streaming from it.
+
+The sample rootfs stand-in is arm64, as NVIDIA's is: the pi5 build's Debian 12 arm64
+rootfs (the suite's one rootfs per architecture; NVIDIA's Ubuntu 24.04 cannot be made
+here), so apply_binaries.sh's chroot steps, apt, the offline install, the roles, and the
+first boot's build and serve all run arm64 programs under qemu-user, as they would on
+this host with NVIDIA's tarball. It waits for the pi5 build, so it runs with the
+emulated tier's tests, last."""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from test_orin import in_rootfs, stand_in_repo
 
 from builder.cache import sha256_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.emulated]
 PROFILE = "orin-edgellm-test"
 RELEASE = "39.2.0"
 BUILD = "/usr/local/lib/edge-llm/edge-llm-engine-build"
@@ -39,17 +44,15 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory, manifest: dict, artifact_cache) -> Path:
+def out(tmp_path_factory, arm64_rootfs_tar: Path, artifact_cache) -> Path:
     """OUT root of one build of orin-nano-8gb-edgellm: the tiny AWQ checkpoint exported
-    with the source release's tools, Edge-LLM's runtime tarball and JetPack 7.2 from
-    stand-ins."""
+    with the source release's tools, Edge-LLM's runtime tarball and JetPack 7.2 (arm64
+    packages) from stand-ins, on the arm64 sample rootfs stand-in."""
     base = tmp_path_factory.mktemp("orin-edgellm")
     nvidia = base / "nvidia"
     bsp = make_bsp(nvidia, RELEASE)
-    rootfs_tar = next(e.out / "rootfs.tar" for e in artifact_cache.entries()
-                      if e.kind == "rootfs" and e.key == manifest["inputs"]["rootfs_key"])
-    sample = make_sample_rootfs(rootfs_tar, nvidia, RELEASE)
-    repo = stand_in_repo(artifact_cache, RELEASE)
+    sample = make_sample_rootfs(arm64_rootfs_tar, nvidia, RELEASE)
+    repo = stand_in_repo(artifact_cache, RELEASE, arch="arm64")
     runtime, source = make_runtime_tarball(nvidia), make_source_tarball(nvidia)
     model = make_checkpoint(base / "Qwen2.5-tiny-AWQ", quant="awq")
     profiles = base / "profiles"
@@ -99,6 +102,15 @@ def test_the_build_is_a_jetpack_72_flash_package_carrying_the_onnx(built: dict,
     assert os.access(root / "opt/tensorrt-edgellm/build/examples/llm/llm_build", os.X_OK)
     status = (root / "var/lib/dpkg/status").read_text()
     assert "Package: libnvinfer10\n" in status and "+cuda13.2" in status
+    # an arm64 system, as a Jetson's: what the first boot runs is aarch64 code (e_machine
+    # 183), here under qemu-user, and JetPack's packages are arm64 ones
+    link = root / "usr/bin/python3"
+    target = os.readlink(link) if link.is_symlink() else link.name
+    python = root / target.lstrip("/") if target.startswith("/") else link.parent / target
+    head = python.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183
+    nvinfer = status.split("Package: libnvinfer10\n", 1)[1].split("\n\n", 1)[0]
+    assert "Architecture: arm64" in nvinfer
 
 
 def test_the_first_boots_build_and_serve_run_in_the_rootfs_and_the_gateway_streams(
