@@ -265,24 +265,43 @@ def _slow_builds_start_early(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("pi5_build")
 
 
+def rpi_stand_in_repo(artifact_cache) -> Path:
+    """The Raspberry Pi repository stand-in (tests/fakes/rpi), kept in the artifact cache
+    with its signing key while the stand-in's sources are the same: a new key (and path)
+    each session would be a new arm64 rootfs each session (both are in its cache key),
+    twenty minutes of mmdebstrap under qemu-user."""
+    import hashlib
+
+    from fakes.rpi import make_repo
+
+    fakes = Path(__file__).parent / "fakes"
+    digest = hashlib.sha256(b"".join(
+        f.read_bytes() for f in sorted([*(fakes / "rpi").glob("*.py"), fakes / "apt_repo.py"])
+    )).hexdigest()[:16]
+    kept = artifact_cache.dir("stand-ins") / f"rpi-{digest}"
+    if not (kept / "raspberrypi-archive-keyring.gpg").is_file():
+        work = kept.with_name(kept.name + f".{os.getpid()}")
+        make_repo(work)
+        os.replace(work, kept)
+    return kept
+
+
 @pytest.fixture(scope="session")
 def pi5_build(tmp_path_factory, tiny_q4: Path, artifact_cache):
     """The pi5-test build (profile pi5-test, extending pi5-4gb) running in the background:
     kernel and firmware from the Raspberry Pi repository stand-in (tests/fakes/rpi), the
     tiny Qwen2 model, and the virt kernel and initramfs QEMU boots it with
     (--with-vm-image). Yields (OUT root, process, log)."""
-    from fakes.rpi import make_repo
-
     from builder.sshkey import builder_key, signing_key
 
     base = tmp_path_factory.mktemp("pi5")
-    repo = make_repo(base / "repo")
+    repo = rpi_stand_in_repo(artifact_cache)
     profiles = base / "profiles"
     profiles.mkdir()
     (profiles / "pi5-test.yaml").write_text(
         "extends: pi5-4gb\n"
         "pi5:\n"
-        f"  apt: {{url: {repo.root}, keyring: {repo.keyring}}}\n"
+        f"  apt: {{url: {repo}, keyring: {repo / 'raspberrypi-archive-keyring.gpg'}}}\n"
         "  compress: zst  # xz is the default; the suite checks it on a small file\n"
         "verify:  # a VM emulating arm64 on x86, not a Pi 5: slow by design\n"
         "  min_decode_tps: 0.2\n"
