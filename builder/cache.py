@@ -147,6 +147,16 @@ class Cache:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def outputs(self, kind: str, name: str) -> list[Path]:
+        """The output file `name` of each finished entry of `kind`, for a listing: read
+        only (nothing is loaded, verified or removed, unlike entries())."""
+        d = self.root / kind
+        if not d.is_dir():
+            return []
+        return sorted(e / OUT / name for e in d.iterdir()
+                      if not e.name.startswith(".") and (e / MANIFEST).is_file()
+                      and (e / OUT / name).is_file())
+
     # --- lookup and build ---------------------------------------------------------
     def lookup(self, kind: str, inputs: dict[str, Any]) -> Entry | None:
         key = key_of(kind, inputs)

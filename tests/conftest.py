@@ -266,24 +266,14 @@ def _slow_builds_start_early(request: pytest.FixtureRequest) -> None:
 
 
 def rpi_stand_in_repo(artifact_cache) -> Path:
-    """The Raspberry Pi repository stand-in (tests/fakes/rpi), kept in the artifact cache
-    with its signing key while the stand-in's sources are the same: a new key (and path)
-    each session would be a new arm64 rootfs each session (both are in its cache key),
-    twenty minutes of mmdebstrap under qemu-user."""
-    import hashlib
-
+    """The Raspberry Pi repository stand-in (tests/fakes/rpi), kept while its sources are
+    the same: a new one each session would be a new arm64 rootfs each session."""
     from fakes.rpi import make_repo
+    from harness import kept_stand_in
 
     fakes = Path(__file__).parent / "fakes"
-    digest = hashlib.sha256(b"".join(
-        f.read_bytes() for f in sorted([*(fakes / "rpi").glob("*.py"), fakes / "apt_repo.py"])
-    )).hexdigest()[:16]
-    kept = artifact_cache.dir("stand-ins") / f"rpi-{digest}"
-    if not (kept / "raspberrypi-archive-keyring.gpg").is_file():
-        work = kept.with_name(kept.name + f".{os.getpid()}")
-        make_repo(work)
-        os.replace(work, kept)
-    return kept
+    return kept_stand_in(artifact_cache, "rpi", [fakes / "rpi", fakes / "apt_repo.py"],
+                         make_repo)
 
 
 @pytest.fixture(scope="session")

@@ -84,8 +84,8 @@ def test_every_profile_field_has_a_description() -> None:
     assert _walk_fields(Profile) == []
 
 
-def test_models_list_json_carries_sizes_for_every_quant(cli) -> None:
-    rows = json.loads(cli("models", "list", "--json").out)
+def test_models_list_json_carries_sizes_for_every_quant(cli, tmp_path) -> None:
+    rows = json.loads(cli("models", "list", "--json", "--cache-dir", str(tmp_path)).out)
     assert [r["id"] for r in rows] == ["qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
                                        "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
     quants = rows[0]["quants"]

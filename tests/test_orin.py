@@ -37,19 +37,14 @@ NANO_8GB, AGX_64GB = "7523", "7023"  # USB product ids in recovery mode
 
 def stand_in_repo(artifact_cache, release: str = RELEASE, arch: str = "amd64") -> Path:
     """The JetPack repository stand-in for a Debian 12 sample rootfs of `arch` (Python
-    3.11), kept in the artifact cache with its signing key while the stand-in's source
-    is the same: a new key each run would be a new rootfs (the key is part of its cache
-    key) every run."""
-    import hashlib
+    3.11), kept while the stand-in's sources are the same (harness.kept_stand_in)."""
+    from harness import kept_stand_in
 
-    source = Path(__file__).parent / "fakes/jetson/fake_jetpack_repo.py"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    kept = artifact_cache.dir("stand-ins") / f"jetpack-{release}-{arch}-{digest}"
-    if not (kept / KEY_NAME).is_file():
-        work = kept.with_name(kept.name + f".{os.getpid()}")
-        make_repo(work, release, arch=arch, python="3.11")
-        os.replace(work, kept)
-    return kept
+    fakes = Path(__file__).parent / "fakes"
+    return kept_stand_in(
+        artifact_cache, f"jetpack-{release}-{arch}",
+        [fakes / "jetson/fake_jetpack_repo.py", fakes / "apt_repo.py"],
+        lambda d: make_repo(d, release, arch=arch, python="3.11"))
 
 
 @pytest.fixture(scope="module")

@@ -229,9 +229,9 @@ def test_a_missing_text_names_it_and_the_option(cli, tiny_hf: Path, tmp_path: Pa
 
 def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
         cli, tmp_path: Path) -> None:
-    """What `builder model quality` keeps in the cache is listed per catalog model; an
-    empty cache says which command measures it. (The measurement itself: the slow test
-    below.)"""
+    """What `builder model quality` keeps in the cache is listed per catalog model, smallest
+    file first; an empty cache says which command measures it, and a kept file that does
+    not hold a typed result is left out. (The measurement itself: the slow test below.)"""
     from builder.cache import Cache
     from builder.model.quality import SYNTHETIC
 
@@ -241,26 +241,49 @@ def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
     assert all(x["quality"] == [] for x in json.loads(
         cli("models", "list", "--cache-dir", str(cache), "--json").out))
 
-    def keep(quant: str, kld: float, model: str = "qwen2.5-0.5b-instruct") -> None:
-        def make(out: Path, _log: Path) -> None:
-            (out / "quality.json").write_text(json.dumps({
-                "quant": quant, "model": model, "origin": SYNTHETIC, "engine": "llama.cpp",
-                "bytes": 1 << 20, "kld_mean": kld, "top1_percent": 42.0, "ppl_ratio": 1.0}))
-        Cache(cache).get_or_build("quality", {"op": "kld", "model": quant + model}, make,
-                                  label=f"quality of {quant}")
+    def keep(name: str, **fields) -> None:
+        result = {"quant": "Q8_0", "model": "qwen2.5-0.5b-instruct", "origin": SYNTHETIC,
+                  "engine": "llama.cpp", "bytes": 500 << 20, "kld_mean": 0.00027,
+                  "top1_percent": 91.3, "ppl_ratio": 1.0, "tokens": 1020,
+                  "text": {"corpus": "/usr/share/common-licenses/GPL-3", "ctx": 512,
+                           "chunks": 4}}
+        result.update(fields)
 
-    keep("Q4_K_M", 0.00938)
-    keep("Q8_0", 0.00027)
-    keep("Q8_0", 0.00123, model="qwen2.5-1.5b-instruct")
+        def make(out: Path, _log: Path) -> None:
+            (out / "quality.json").write_text(json.dumps(result))
+        Cache(cache).get_or_build("quality", {"name": name}, make, label=name)
+
+    keep("f16", quant="F16", bytes=988 << 20, kld_mean=0.0, top1_percent=100.0)
+    keep("q8")
+    keep("q4", quant="Q4_K_M", bytes=377 << 20, kld_mean=0.00938, top1_percent=55.1)
+    keep("1.5b", model="qwen2.5-1.5b-instruct", kld_mean=0.00123)
+    keep("not a number", quant="Q5_K_M", kld_mean="0.1")
+    keep("no text", quant="Q6_K", text=None)
+    keep("not a catalog model", model="my-model")
     rows = {x["id"]: x for x in json.loads(
         cli("models", "list", "--cache-dir", str(cache), "--json").out)}
     assert [(q["quant"], q["kld_mean"]) for q in rows["qwen2.5-0.5b-instruct"]["quality"]] \
-        == [("Q4_K_M", 0.00938), ("Q8_0", 0.00027)]
-    assert [q["quant"] for q in rows["qwen2.5-1.5b-instruct"]["quality"]] == ["Q8_0"]
+        == [("Q4_K_M", 0.00938), ("Q8_0", 0.00027), ("F16", 0.0)]
+    assert [q["kld_mean"] for q in rows["qwen2.5-1.5b-instruct"]["quality"]] == [0.00123]
     assert rows["qwen2.5-7b-instruct"]["quality"] == []
-    text = cli("models", "list", "--cache-dir", str(cache)).out
-    assert "Quality against F16, measured here" in text and "0.00938" in text
-    assert "random weights" in text  # synthetic results say what they are worth
+    r = cli("models", "list", "--cache-dir", str(cache))
+    assert r.code == 0 and "Traceback" not in r.err
+    assert "Quality against F16, measured here" in r.out and "0.00938" in r.out
+    assert "GPL-3, 1020 tokens" in r.out and "my-model" not in r.out
+    assert "the KL divergence ranks the formats" in r.out  # synthetic: what it is worth
+
+    other = tmp_path / "other"
+
+    def trained(out: Path, _log: Path) -> None:
+        (out / "quality.json").write_text(json.dumps({
+            "quant": "Q4_K_M", "model": "qwen2.5-0.5b-instruct",
+            "origin": "Qwen/Qwen2.5-0.5B-Instruct [main]", "engine": "llama.cpp",
+            "bytes": 1, "kld_mean": 0.01, "top1_percent": 90.0, "tokens": 1020,
+            "text": {"corpus": "GPL-3", "ctx": 512, "chunks": 4}}))
+    Cache(other).get_or_build("quality", {"name": "hf"}, trained, label="hf")
+    r = cli("models", "list", "--cache-dir", str(other))
+    assert "Qwen/Qwen2.5-0.5B-Instruct [main]" in r.out  # printed as is, not as markup
+    assert "the KL divergence ranks the formats" not in r.out
 
 
 # --- on the real tools --------------------------------------------------------------------
@@ -304,7 +327,8 @@ def test_each_quantization_is_measured_against_f16_and_cached(cli, tiny_hf: Path
     rows = json.loads(cli("models", "list", "--cache-dir", str(artifact_cache.root),
                           "--json").out)
     [row] = [x for x in rows if x["id"] == "qwen2.5-1.5b-instruct"]  # x86-gateway's model
-    listed = {x["quant"]: x for x in row["quality"] if x["origin"] == display_path(tiny_hf)}
+    listed = {x["quant"]: x for x in row["quality"]
+              if x["origin"] == display_path(tiny_hf) and x["text"]["ctx"] == 128}
     assert set(listed) == {"Q4_K_M", "Q8_0", "F16"}
     assert listed["Q4_K_M"]["kld_mean"] == by["Q4_K_M"]["kld_mean"]
     assert listed["Q4_K_M"]["bytes"] == by["Q4_K_M"]["bytes"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from .. import plugins, resolve
@@ -173,25 +174,29 @@ def models_list(cache_dir: Path | None, json_: bool) -> None:
                 f"{format_size(r['quants'][e.kind][q.name]['weight_bytes'])} "
                 f"{r['quants'][e.kind][q.name]['bits_per_weight']:.2f}" for r in rows])
     out.print(sizes)
-    if not measured:
+    listed = [r for r in measured if r["model"] in catalog.MODELS]
+    if not listed:
         out.print("quality: none measured on this machine yet; `builder model quality "
                   "--synthetic --all --model ID` measures each quantization against F16")
         return
-    t = Table("model", "weights", "quant", "engine", "file", "mean KL divergence",
+    t = Table("model", "weights", "text", "quant", "engine", "file", "mean KL divergence",
               "same top token", title="Quality against F16, measured here (builder model "
               "quality)", caption="random weights: the KL divergence ranks the formats, the "
               "top-token rate is far below a trained model's" if any(
-                  r["origin"] == quality.SYNTHETIC for r in measured) else None)
-    for r in measured:
+                  r["origin"] == quality.SYNTHETIC for r in listed) else None)
+    for r in listed:
         t.add_row(r["model"].removeprefix("qwen2.5-").removesuffix("-instruct"),
-                  r["origin"], r["quant"], r.get("engine", ""),
-                  format_size(r["bytes"]) if "bytes" in r else "",
+                  escape(r["origin"]),
+                  escape(f"{Path(r['text']['corpus']).name}, {r['tokens']} tokens "
+                         f"(ctx {r['text']['ctx']})"),
+                  escape(r["quant"]), escape(r["engine"]), format_size(r["bytes"]),
                   f"{r['kld_mean']:.5f}", f"{r['top1_percent']:.1f}%")
     out.print(t)
 
 
-QUALITY_KEYS = ("engine", "origin", "quant", "bytes", "kld_mean", "kld_mean_uncertainty",
-                "kld_p99", "top1_percent", "ppl_ratio", "model_sha256")
+QUALITY_KEYS = ("engine", "origin", "text", "tokens", "quant", "bytes", "kld_mean",
+                "kld_mean_uncertainty", "kld_p99", "top1_percent", "ppl_ratio",
+                "model_sha256")
 
 
 def _cell(v: Any) -> str:

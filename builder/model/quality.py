@@ -35,18 +35,27 @@ def measure(d: Device, fetched: Fetched, cache: Cache, quants: list[str], *,
 def measured(cache: Cache) -> list[dict[str, Any]]:
     """Every quantization measured on this machine and kept in `cache` (by `builder model
     quality` or a build's `model.max_kl_divergence`), for `builder models list`: the
-    engine, catalog model, origin of the weights, quant, file size and statistics.
-    Results kept before they named their model are left out."""
+    engine, catalog model, origin of the weights, text, quant, file size and statistics.
+    A kept file that does not hold them, typed, is left out."""
     found = []
-    for e in cache.entries():
-        f = e.out / "quality.json"
-        if e.kind != "quality" or not f.is_file():
-            continue
+    for f in cache.outputs("quality", "quality.json"):
         try:
             r = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(r, dict) and {"model", "origin", "quant", "kld_mean",
-                                    "top1_percent"} <= r.keys():
+        if _listable(r):
             found.append(r)
-    return sorted(found, key=lambda r: (r["model"], r["origin"], r.get("bytes", 0)))
+    return sorted(found, key=lambda r: (r["model"], r["origin"], r["text"]["ctx"],
+                                        r["text"]["chunks"], r["bytes"], r["quant"]))
+
+
+def _listable(r: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return (isinstance(r, dict)
+            and all(isinstance(r.get(k), str) for k in ("model", "origin", "quant", "engine"))
+            and all(number(r.get(k)) for k in ("kld_mean", "top1_percent", "bytes", "tokens"))
+            and isinstance(r.get("text"), dict)
+            and all(type(r["text"].get(k)) is int for k in ("ctx", "chunks"))
+            and isinstance(r["text"].get("corpus"), str))

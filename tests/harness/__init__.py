@@ -4,13 +4,44 @@ them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from builder.cache import Cache
     from builder.contracts import EngineArtifact
+
+
+def kept_stand_in(cache: Cache, name: str, sources: list[Path],
+                  make: Callable[[Path], object]) -> Path:
+    """A stand-in repository made by `make(dir)`, kept in the artifact cache while the
+    files under `sources` (the stand-in's code and payloads) are the same: its signing key
+    and path are in the cache key of the rootfs built from it, so a new one each session
+    would be a new rootfs each session. Two sessions making it at once keep the first."""
+    import hashlib
+    import shutil
+
+    files = sorted(f for s in sources for f in ([s] if s.is_file() else s.rglob("*"))
+                   if f.is_file() and "__pycache__" not in f.parts)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    kept = cache.dir("stand-ins") / f"{name}-{digest.hexdigest()[:16]}"
+    if not (kept / ".complete").is_file():
+        work = kept.with_name(f".{kept.name}.{os.getpid()}")
+        shutil.rmtree(work, ignore_errors=True)
+        make(work)
+        (work / ".complete").touch()
+        try:
+            os.replace(work, kept)
+        except OSError:  # another session kept it first (a directory is not replaced)
+            shutil.rmtree(work, ignore_errors=True)
+            if not (kept / ".complete").is_file():
+                raise
+    return kept
 
 
 def engine_for(profile: str, cache: Cache) -> EngineArtifact:

@@ -198,7 +198,9 @@ def measure(model: Path, model_sha: str, quant: str, base_entry: Entry, tool: Pa
     here; the logits file is written and closed before it exits. `of` names what was
     measured (the catalog model and where its weights came from), for `builder models
     list`; the file's sha256 is what the entry is keyed by."""
-    inputs = {"op": "kld", "base": base_entry.key, "model": model_sha, "compare": 1}
+    # 2: the result names what was measured (of), which is part of the key so that the
+    # same file measured as another model or from another origin is listed as that
+    inputs = {"op": "kld", "base": base_entry.key, "model": model_sha, "compare": 2, "of": of}
 
     def make(out: Path, log_file: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="quality-", dir=cache.dir("tmp")) as tmp:
