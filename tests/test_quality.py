@@ -228,13 +228,15 @@ def test_a_missing_text_names_it_and_the_option(cli, tiny_hf: Path, tmp_path: Pa
 
 
 def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
-        cli, tmp_path: Path) -> None:
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `builder model quality` keeps in the cache is listed per catalog model, smallest
     file first; an empty cache says which command measures it, and a kept file that does
     not hold a typed result is left out. (The measurement itself: the slow test below.)"""
     from builder.cache import Cache
+    from builder.cli.common import out
     from builder.model.quality import SYNTHETIC
 
+    monkeypatch.setattr(out, "_width", 200)  # a wide terminal: no cell wraps
     cache = tmp_path / "cache"
     r = cli("models", "list", "--cache-dir", str(cache))
     assert r.code == 0 and "builder model quality --synthetic --all" in r.out
@@ -268,8 +270,9 @@ def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
     assert rows["qwen2.5-7b-instruct"]["quality"] == []
     r = cli("models", "list", "--cache-dir", str(cache))
     assert r.code == 0 and "Traceback" not in r.err
-    assert "Quality against F16, measured here" in r.out and "0.00938" in r.out
-    assert "GPL-3, 1020 tokens" in r.out and "my-model" not in r.out
+    assert "against F16, measured here on GPL-3, 1020 tokens (ctx 512)" in r.out
+    assert "0.00938" in r.out
+    assert "my-model" not in r.out
     assert "the KL divergence ranks the formats" in r.out  # synthetic: what it is worth
 
     other = tmp_path / "other"

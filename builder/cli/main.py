@@ -179,19 +179,22 @@ def models_list(cache_dir: Path | None, json_: bool) -> None:
         out.print("quality: none measured on this machine yet; `builder model quality "
                   "--synthetic --all --model ID` measures each quantization against F16")
         return
-    t = Table("model", "weights", "text", "quant", "engine", "file", "mean KL divergence",
-              "same top token", title="Quality against F16, measured here (builder model "
-              "quality)", caption="random weights: the KL divergence ranks the formats, the "
-              "top-token rate is far below a trained model's" if any(
-                  r["origin"] == quality.SYNTHETIC for r in listed) else None)
-    for r in listed:
-        t.add_row(r["model"].removeprefix("qwen2.5-").removesuffix("-instruct"),
-                  escape(r["origin"]),
-                  escape(f"{Path(r['text']['corpus']).name}, {r['tokens']} tokens "
-                         f"(ctx {r['text']['ctx']})"),
-                  escape(r["quant"]), escape(r["engine"]), format_size(r["bytes"]),
-                  f"{r['kld_mean']:.5f}", f"{r['top1_percent']:.1f}%")
-    out.print(t)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in listed:  # one table per model, origin of the weights and text read
+        text = (f"{Path(r['text']['corpus']).name}, {r['tokens']} tokens "
+                f"(ctx {r['text']['ctx']})")
+        groups.setdefault((r["model"], r["origin"], text), []).append(r)
+    for (model, origin, text), rs in groups.items():
+        out.print(f"\n[bold]{escape(model)}[/] ({escape(origin)}) against F16, measured "
+                  f"here on {escape(text)}:")
+        t = Table("quant", "engine", "file", "mean KL divergence", "same top token")
+        for r in rs:
+            t.add_row(escape(r["quant"]), escape(r["engine"]), format_size(r["bytes"]),
+                      f"{r['kld_mean']:.5f}", f"{r['top1_percent']:.1f}%")
+        out.print(t)
+        if origin == quality.SYNTHETIC:
+            out.print("random weights: the KL divergence ranks the formats, the top-token "
+                      "rate is far below a trained model's")
 
 
 QUALITY_KEYS = ("engine", "origin", "text", "tokens", "quant", "bytes", "kld_mean",
