@@ -111,8 +111,9 @@ class LlamaCpp(Engine):
                 ) -> list[dict[str, Any]]:
         from . import quality
 
-        return quality.of_quants(self.settings_of(p), p.model.id, fetched, quants,
+        return quality.of_quants(self.settings_of(p), fetched, quants,
                                  quality.Text(corpus, ctx=ctx, chunks=chunks), cache,
+                                 of={"engine": self.kind, "model": p.model.id},
                                  source_base=source_base,
                                  threads=len(os.sched_getaffinity(0)))  # this machine's
 

@@ -196,8 +196,8 @@ def measure(model: Path, model_sha: str, quant: str, base_entry: Entry, tool: Pa
     before it exits (common/log.cpp common_log_main(): "logs may be lost if not flushed
     before the program exits"), and its summary, printed last, was lost in 2 of 3 runs
     here; the logits file is written and closed before it exits. `of` names what was
-    measured (the catalog model and where its weights came from), for `builder models
-    list`; the file's sha256 is what the entry is keyed by."""
+    measured (the engine, the catalog model and where its weights came from), for
+    `builder models list`."""
     # 2: the result names what was measured (of), which is part of the key so that the
     # same file measured as another model or from another origin is listed as that
     inputs = {"op": "kld", "base": base_entry.key, "model": model_sha, "compare": 2, "of": of}
@@ -213,19 +213,18 @@ def measure(model: Path, model_sha: str, quant: str, base_entry: Entry, tool: Pa
                 raise BuilderError(f"{model.name} against the reference: {e}") from None
         (out / "quality.json").write_text(json.dumps(
             {"quant": quant, "model_sha256": model_sha, "reference": base_entry.key,
-             "text": text.to_json(), "engine": "llama.cpp", **of, "bytes": model.stat().st_size,
-             **found},
+             "text": text.to_json(), **of, "bytes": model.stat().st_size, **found},
             indent=2) + "\n")
 
     entry = cache.get_or_build("quality", inputs, make, label=f"quality of {quant}")
     return json.loads((entry.out / "quality.json").read_text())
 
 
-def of_quants(s: LlamaCppSettings, model_id: str, fetched: Fetched, quants: list[str],
-              text: Text, cache: Cache, *, source_base: Path | None, threads: int
+def of_quants(s: LlamaCppSettings, fetched: Fetched, quants: list[str], text: Text,
+              cache: Cache, *, of: dict[str, str], source_base: Path | None, threads: int
               ) -> list[dict[str, Any]]:
     """Each of `quants` made from the checkpoint (the pipeline's own cache entries) and
-    measured against its F16 conversion."""
+    measured against its F16 conversion; `of`: the engine and catalog model measured."""
     from . import build as build_mod
     from . import source as sources
     from .convert import convert, output_sha, quantize
@@ -250,7 +249,6 @@ def of_quants(s: LlamaCppSettings, model_id: str, fetched: Fetched, quants: list
     for quant in quants:
         path, sha = (ref, ref_sha) if quant == "F16" else output_sha(quantize(
             ref, ref_sha, quant, tools.tool("llama-quantize"), tools.entry.key, cache))
-        found = measure(path, sha, quant, reference, tool, text, cache, threads,
-                        of={"model": model_id, "origin": fetched.origin})
-        out.append({**found, "bytes": path.stat().st_size})
+        out.append(measure(path, sha, quant, reference, tool, text, cache, threads,
+                           of={**of, "origin": fetched.origin}))
     return out
