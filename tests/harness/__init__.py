@@ -24,11 +24,12 @@ def kept_stand_in(cache: Cache, name: str, sources: list[Path],
     import hashlib
     import shutil
 
-    files = sorted(f for s in sources for f in ([s] if s.is_file() else s.rglob("*"))
+    files = sorted((f.relative_to(s.parent), f) for s in sources
+                   for f in ([s] if s.is_file() else s.rglob("*"))
                    if f.is_file() and "__pycache__" not in f.parts)
     digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    for rel, f in files:  # the layout too: a payload moved is another stand-in
+        digest.update(str(rel).encode() + b"\0" + f.read_bytes())
     kept = cache.dir("stand-ins") / f"{name}-{digest.hexdigest()[:16]}"
     if not (kept / ".complete").is_file():
         work = kept.with_name(f".{kept.name}.{os.getpid()}")

@@ -1051,9 +1051,8 @@ def r38_prerequisite_error(o: Opts) -> list[str]:
     2021-2026, Thor's layouts; tools/kernel_flash/l4t_initrd_flash.sh check_prerequisite,
     55-104): xmlstarlet in every mode (58-63), then sshpass but for --direct (65-70),
     abootimg and zstd but for --flash-only (72-84); its EXIT trap (cleanup, 44-53) prints
-    nothing. Not R39.2's own
-    file, which no readable tree holds (UNVERIFIED for 39.2). What follows is the R36.2
-    internal script's check, as for R36."""
+    nothing. Not R39.2's own file, which no readable tree holds (UNVERIFIED for 39.2).
+    What follows is the R36.2 internal script's check, as for R36."""
     if not shutil.which("xmlstarlet"):
         return ['ERROR xmlstarlet not found! To install - please run:  "sudo apt-get install '
                 'xmlstarlet"']
