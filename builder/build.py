@@ -154,8 +154,30 @@ def make_release(ctx: BuildContext) -> None:
     key, public = signing_key(ctx.cache, ctx.signing_key)
     ctx.signers = [allowed_signers_line(public)]
     trust.record_signer(ctx.out_root, ctx.signers[0])  # this site trusts what it signs
-    ctx.bundle = release_mod.make(release_inputs(ctx), ctx.out_root / "releases", key)
+    ctx.bundle = release_mod.make(release_inputs(ctx), ctx.out_root / "releases", key,
+                                  add=lambda tree: add_reference_answers(ctx, tree))
     ctx.release_id = ctx.bundle.release_id
+
+
+def add_reference_answers(ctx: BuildContext, tree: Path) -> None:
+    """verify.min_agreement: the release's model answering the agreement prompts here,
+    signed into the release (builder/verify/reference.py); said where this machine
+    cannot serve the engine."""
+    from .verify import reference
+
+    if not ctx.p.verify.min_agreement:
+        return
+    assert ctx.model
+    made = reference.add_to_release(tree, ctx.device, ctx.model.path, ctx.model.sha256,
+                                    ctx.cache)
+    if made is None:
+        console.print(f"note: verify.min_agreement: this machine cannot serve "
+                      f"{ctx.p.engine.kind} as the device does; the release carries no "
+                      "reference answers", markup=False)
+    else:
+        console.print(f"reference answers: {len(made.answers)} prompts, {made.tokens} "
+                      f"tokens each, from {made.engine}, signed into the release",
+                      markup=False)
 
 
 def build_rootfs(ctx: BuildContext) -> None:

@@ -233,8 +233,9 @@ class Verify(_Section):
     min_agreement: int | None = Field(
         None, ge=1, le=256, description="`builder verify` asks the device a few fixed "
         "prompts (temperature 0) and fails it unless the first this-many tokens of each "
-        "answer agree with the release's model served on the verifying machine (a near "
-        "tie between two tokens is tolerated); unset: not checked. See docs/quality.md.")
+        "answer agree with the release's model served on the build host (its answers are "
+        "signed into the release when it is made; a near tie between two tokens is "
+        "tolerated); unset: not checked. See docs/quality.md.")
 
 
 class TargetSettings(_Section):

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ from builder.sshkey import allowed_signers_line, sign
 MODEL_BYTES = 3 << 20  # big enough to be cut in the middle of, small enough to be quick
 
 
-def make(work: Path, key: Path, *, hf: bool = False,
-         out: Path | None = None) -> release.Bundle:
+def make(work: Path, key: Path, *, hf: bool = False, out: Path | None = None,
+         add: Callable[[Path], None] | None = None) -> release.Bundle:
     """A signed release in OUT/releases/<id> (OUT: `out`, else work/out), as `builder
-    release` leaves it."""
+    release` leaves it (`add`: release.make's, more files in its tree)."""
     p = ProfileStore().load("x86-gateway").concrete()
     eng = work / "engine"
     (eng / "bin").mkdir(parents=True)
@@ -56,7 +57,7 @@ def make(work: Path, key: Path, *, hf: bool = False,
     i = ReleaseInputs(device=device_of(p, "x86-gateway"), engine_dir=eng,
                       engine_key="engine", gateway_dir=gw, gateway_key="gateway", model=art,
                       model_id="test-model")
-    return release.make(i, (out or work / "out") / "releases", key)
+    return release.make(i, (out or work / "out") / "releases", key, add)
 
 
 def signed_in(out: Path) -> release.Bundle:

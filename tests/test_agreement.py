@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from builder.verify.agreement import TIE_NATS, Token, compare, tokens_of
+from builder.verify.agreement import PROMPTS, TIE_NATS, Token, compare, tokens_of
 
 
 def _t(text: str, lp: float, **top: float) -> Token:
@@ -81,6 +82,138 @@ def test_the_suite_holds_a_device_to_agreement_only_when_asked(answers, collecte
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ("test_answers.py::" in r.stdout) == collected, r.stdout
+
+
+# --- the answers a release carries ------------------------------------------------------
+
+def _reply(*tokens: str) -> dict:
+    """A chat completion whose answer is `tokens`, each the sure choice."""
+    return {"choices": [{"logprobs": {"content": [
+        {"token": t, "logprob": -0.01, "top_logprobs": [{"token": t, "logprob": -0.01},
+                                                       {"token": "?", "logprob": -5.0}]}
+        for t in tokens]}}]}
+
+
+def _answers(tokens: int = 8, **over) -> bytes:
+    data = {"engine": "the release's own llama-server", "tokens": tokens,
+            "answers": [{"prompt": "Name three prime numbers.",
+                         "reply": _reply("2", ",", " 3", ",", " 5")}], **over}
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (b"{", "not JSON"),
+    (b"[]", "not a JSON object"),
+    (_answers(engine=["x"]), "engine: not a short string"),
+    (_answers(tokens="8"), "tokens: not an integer"),
+    (_answers(tokens=0), "tokens: not an integer"),
+    (_answers(tokens=True), "tokens: not an integer"),
+    (_answers(answers=[]), "answers: not a list of 1 to 16"),
+    (_answers(answers=[{"prompt": "p", "reply": _reply("a")}] * 17), "answers: not a list"),
+    (_answers(answers=[{"prompt": "x" * 2001, "reply": _reply("a")}]), "answers[0].prompt"),
+    (_answers(answers=[{"prompt": 7, "reply": _reply("a")}]), "answers[0].prompt"),
+    (_answers(answers=["p"]), "answers[0].prompt"),
+    (_answers(answers=[{"prompt": "p", "reply": {"choices": []}}]),
+     "answers[0].reply: the reply has no per-token log-probabilities"),
+    (_answers(answers=[{"prompt": "p", "reply": "{{ lookup('pipe', 'id') }}"}]),
+     "answers[0].reply: the reply has no per-token"),
+])
+def test_a_releases_answers_are_parsed_before_they_are_used(data, says) -> None:
+    from builder.verify import reference
+
+    with pytest.raises(ValueError, match=re.escape(f"rel: {says}")):
+        reference.parse(data, "rel")
+
+
+def test_parsed_answers_are_typed() -> None:
+    from builder.verify import reference
+
+    a = reference.parse(_answers(), "rel")
+    assert a.tokens == 8 and a.engine == "the release's own llama-server"
+    [item] = a.answers
+    assert item.prompt == "Name three prime numbers." and len(item.tokens) == 5
+    assert item.tokens[2] == Token(" 3", -0.01, {" 3": -0.01, "?": -5.0})
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    """A release made here with reference answers of 8 tokens signed into its tree, and
+    the site that trusts it."""
+    from device_tree import keygen
+    from releases import make, trust_key
+
+    from builder.verify import reference
+
+    key, out = tmp_path / "signing", tmp_path / "out"
+    keygen(key)
+    b = make(tmp_path / "w", key, out=out,
+             add=lambda tree: (tree / reference.ANSWERS).write_bytes(_answers(8)))
+    trust_key(out, key)
+    return b, out
+
+
+def _check(b, out, tokens: int, said: list):
+    from stand_ins import device_of
+
+    from builder import verify
+    from builder.cache import Cache
+    from builder.fleet import trust
+    from builder.profiles import ProfileStore
+
+    rel = trust.open_release(b.dir, trust.signers(None, out))
+    d = device_of(ProfileStore().load("x86-gateway").concrete(), "x86-gateway")
+    return verify.answers_for(d, {"release": {"dir": str(b.dir)}}, rel,
+                              Cache(out.parent / "cache"), {"min_agreement": tokens},
+                              said.append)
+
+
+def test_the_answers_signed_into_a_release_hold_the_device(site) -> None:
+    from builder.verify import reference
+
+    b, out = site
+    listed = b.manifest["files"]
+    assert reference.ANSWERS in listed  # signed with the tree, like every file in it
+    said: list[str] = []
+    got = _check(b, out, 8, said)
+    assert got == {"path": str(b.tree / reference.ANSWERS), "tokens": 8,
+                   "engine": "the release's own llama-server"}
+    assert said == [f"verify.min_agreement: the reference answers signed into release "
+                    f"{b.release_id} (the release's own llama-server)"]
+    # fewer tokens asked than recorded: the same answers, compared over fewer
+    assert _check(b, out, 4, [])["path"] == str(b.tree / reference.ANSWERS)
+
+
+def test_answers_changed_after_signing_are_refused(site) -> None:
+    """Whoever can write the release directory cannot make a broken device pass: the
+    answers are checked against the signed listing before they are read."""
+    from builder.fleet import trust
+    from builder.verify import reference
+
+    b, out = site
+    (b.tree / reference.ANSWERS).write_bytes(_answers(8, engine="a device that lies"))
+    with pytest.raises(trust.Refused, match=r"its tree differs from its signed release\.json"):
+        _check(b, out, 8, [])
+
+
+def test_signed_answers_that_do_not_parse_fail_in_one_line(tmp_path: Path) -> None:
+    """Signed by a trusted key, still read as untrusted: another site's builder, or an
+    older one, may have written them."""
+    from device_tree import keygen
+    from releases import make, trust_key
+
+    from builder.errors import BuilderError
+    from builder.verify import reference
+
+    key, out = tmp_path / "signing", tmp_path / "out"
+    keygen(key)
+    b = make(tmp_path / "w", key, out=out,
+             add=lambda tree: (tree / reference.ANSWERS).write_bytes(_answers(tokens=-1)))
+    trust_key(out, key)
+    with pytest.raises(BuilderError) as e:
+        _check(b, out, 8, [])
+    assert str(e.value) == (f"verify.min_agreement: release {b.release_id}'s answers.json: "
+                            "tokens: not an integer from 1 to 256; make the release again "
+                            "with `builder release`")
 
 
 # --- on the real llama-server -----------------------------------------------------------
@@ -184,3 +317,50 @@ def test_a_broken_artifact_fails_at_its_first_diverging_position(release, artifa
         assert all(o.diverged_at is not None and o.diverged_at < 12 for o in failed)
         assert all(o.detail.startswith(f"token {o.diverged_at}:") for o in failed
                    if "ends after" not in o.detail), what
+
+
+@pytest.mark.slow
+def test_a_release_made_with_the_bar_carries_answers_verify_uses(
+        tmp_path: Path, x86_engine, smollm2_gguf, artifact_cache, run_builder_session) -> None:
+    """verify.min_agreement in the profile `builder release` is given: the release's own
+    llama-server answers as it is made, the answers are signed into its tree, and verify
+    uses them; asked for more tokens than they hold, verify answers here instead."""
+    from builder import resolve, verify
+    from builder.fleet import release, trust
+    from builder.profiles import ProfileStore
+    from builder.verify import reference
+
+    (tmp_path / "gw.yaml").write_text("extends: x86-gateway\nverify:\n  min_agreement: 6\n")
+    out = tmp_path / "out"
+    r = run_builder_session("release", "--profile", str(tmp_path / "gw.yaml"),
+                            "--model-file", str(smollm2_gguf), "--out", str(out), "--json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert ("reference answers: 3 prompts, 6 tokens each, from the release's own "
+            "llama-server, signed into the release") in r.stdout + r.stderr
+    b = release.find(out / "releases", json.loads(r.stdout)["release_id"])
+    carried = reference.parse((b.tree / reference.ANSWERS).read_bytes(), "the release")
+    assert carried.tokens == 6 and carried.engine == "the release's own llama-server"
+    assert [a.prompt for a in carried.answers] == list(PROMPTS)
+    assert all(len(a.tokens) == 6 for a in carried.answers)
+
+    rel = trust.open_release(b.dir, trust.signers(None, out))  # the site trusts its own
+    assert reference.ANSWERS in rel.manifest.listing()["files"]
+    rp = ProfileStore([tmp_path]).load("gw")
+    d = resolve.resolve(rp, rp.concrete())
+    expected = {"release": {"dir": str(b.dir)}}
+    said: list[str] = []
+    got = verify.answers_for(d, expected, rel, artifact_cache, {"min_agreement": 6},
+                             said.append)
+    assert got["path"] == str(b.tree / reference.ANSWERS) and "signed into" in said[0]
+    # answered again here, the same: the release's server, settings and model
+    again = verify.reference_answers(d, expected, artifact_cache, 6)
+    assert reference.parse(Path(again["path"]).read_bytes(), "here") == carried
+    said.clear()
+    more = verify.answers_for(d, expected, rel, artifact_cache, {"min_agreement": 10},
+                              said.append)
+    assert said == [f"note: verify.min_agreement: release {b.release_id} carries answers "
+                    "of 6 tokens, fewer than 10; answering here"]
+    longer = reference.parse(Path(more["path"]).read_bytes(), "here")
+    assert longer.tokens == 10 and all(
+        [t.text for t in a.tokens[:6]] == [t.text for t in c.tokens]
+        for a, c in zip(longer.answers, carried.answers, strict=True))

@@ -586,8 +586,13 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     targets = ([verify.parse_host(host_url, user)] if host_url
                else verify.inventory_targets(inventory, user) if inventory else [])
     key, _ = builder_key(Cache(cache_dir))
-    answers = verify.answers_for(d, json.loads(mpath.read_text()), Cache(cache_dir),
-                                 thresholds, lambda s: out.print(s, markup=False))
+    answers = None
+    if thresholds.get("min_agreement"):  # against the release the device should serve
+        expected = json.loads(mpath.read_text())
+        opened = rel if release_id else trust.open_release(
+            Path(expected["release"]["dir"]), trust.signers(None, out_root))
+        answers = verify.answers_for(d, expected, opened, Cache(cache_dir), thresholds,
+                                     lambda s: out.print(s, markup=False))
     failed = []
     for t in targets:
         report = junit or out_root / rp.name / f"verify-{t.host}-{t.port}.xml"

@@ -5,6 +5,8 @@
                                  gateway.json, systemd/engine.conf and gateway.conf
                                  (each unit's part a release decides: command,
                                  readiness check, credentials, resources),
+                                 answers.json (verify.min_agreement's reference
+                                 answers, when the profile sets it),
                                  release.json (every file's and directory's sha256 or
                                  mode, the model's), release.json.sig (ssh-keygen -Y sign)
     out/releases/<id>/bundle.json  where the model is on this machine; the profile and
@@ -28,6 +30,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,9 +160,12 @@ def copy_tree(src: Path, dest: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def make(i: ReleaseInputs, out_root: Path, signing_key: Path) -> Bundle:
+def make(i: ReleaseInputs, out_root: Path, signing_key: Path,
+         add: Callable[[Path], None] | None = None) -> Bundle:
     """out_root/<id>/, made once: a release id names its content, so an existing,
-    complete bundle is reused (its signature stays the one it was made with)."""
+    complete bundle is reused (its signature stays the one it was made with). `add`
+    writes more files into the tree, from what is in it, before it is listed and signed
+    (the reference answers of verify.min_agreement)."""
     rid = i.release_id
     out_root = out_root.resolve()  # Ansible resolves a relative src against the role
     final = out_root / rid
@@ -179,6 +185,8 @@ def make(i: ReleaseInputs, out_root: Path, signing_key: Path) -> Bundle:
         (tree / "systemd").mkdir()
         (tree / "systemd" / "engine.conf").write_text(engine_unit_conf(i))
         (tree / "systemd" / "gateway.conf").write_text(gateway_unit_conf(i))
+        if add is not None:
+            add(tree)
         for path in tree.rglob("*"):  # root-owned on the device; readable, never writable
             if not path.is_symlink():
                 mode = stat.S_IMODE(path.stat().st_mode)

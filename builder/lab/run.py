@@ -367,8 +367,8 @@ def step_verify(c: Ctx) -> str:
     pl = c.plan
     junit, log = c.dir / "verify.xml", c.dir / "verify.log"
     thresholds = pl.p.verify.model_dump(mode="json")
-    answers = verify_mod.answers_for(pl.resolved, pl.manifest, Cache(c.lab.cache_dir),
-                                     thresholds, c.lab.say)
+    answers = verify_mod.answers_for(pl.resolved, pl.manifest, pl.release,
+                                     Cache(c.lab.cache_dir), thresholds, c.lab.say)
     rc = verify_mod.run_suite(pl.manifest_path, pl.ssh_host, c.key, c.dir / "verify-state",
                               junit, pl.api_url, thresholds=thresholds,
                               checks=pl.resolved.target.verify_checks,

@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 
 from .. import names
 from ..errors import BuilderError, display_path
-from ..progress import step
 from ..schema import Service
 
 if TYPE_CHECKING:
@@ -198,18 +197,37 @@ def as_deployed(built: dict[str, Any], release: Release) -> dict[str, Any]:
     }
 
 
-def answers_for(d: Device, expected: dict[str, Any], cache: Cache, thresholds: dict,
-                say: Any) -> dict[str, Any] | None:
+def answers_for(d: Device, expected: dict[str, Any], release: Release, cache: Cache,
+                thresholds: dict, say: Any) -> dict[str, Any] | None:
     """verify.min_agreement's reference answers for the suite (`builder verify`, `builder
-    lab run`), or None: without the bar, or (said) when this machine cannot serve the
-    engine, the agreement check is left out of the suite."""
+    lab run`), or None: without the bar, or (said) when the release carries none and this
+    machine cannot serve the engine, the agreement check is left out of the suite.
+    `release` is the one the device should serve, checked (trust.open_release): the
+    answers signed into it when it was made are used when they are long enough."""
+    from . import reference
+
     tokens = thresholds.get("min_agreement")
     if not tokens:
         return None
+    carried = release.dir / "tree" / reference.ANSWERS
+    if carried.is_file():
+        try:
+            signed = reference.parse(carried.read_bytes(), f"release {release.release_id}'s "
+                                     f"{reference.ANSWERS}")
+        except ValueError as e:
+            raise BuilderError(f"verify.min_agreement: {e}; make the release again with "
+                               "`builder release`") from None
+        if signed.tokens >= tokens:
+            say(f"verify.min_agreement: the reference answers signed into release "
+                f"{release.release_id} ({signed.engine})")
+            return {"path": str(carried), "tokens": tokens, "engine": signed.engine}
+        say(f"note: verify.min_agreement: release {release.release_id} carries answers "
+            f"of {signed.tokens} tokens, fewer than {tokens}; answering here")
     answers = reference_answers(d, expected, cache, tokens)
     if answers is None:
-        say(f"note: verify.min_agreement: this machine cannot serve "
-            f"{d.profile.engine.kind} as the device does; the agreement check is left out")
+        say(f"note: verify.min_agreement: release {release.release_id} carries no reference "
+            f"answers and this machine cannot serve {d.profile.engine.kind} as the device "
+            "does; the agreement check is left out")
     return answers
 
 
@@ -217,49 +235,27 @@ def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens:
                       ) -> dict[str, Any] | None:
     """The release the device should serve (`expected`: a build's manifest, or as
     deployed), its model answering the agreement prompts on this machine, served with
-    the release's settings from the profile it was made from: a cache entry per server
-    binary, settings, model and prompts. None when this machine cannot serve it."""
-    from ..cache import sha256_file
+    the release's settings from the profile it was made from (reference.make). None when
+    this machine cannot serve it."""
     from ..fleet.release import Bundle
     from ..resolve import built_profile
-    from . import agreement
+    from . import reference
 
     rel = Path(str((expected.get("release") or {}).get("dir")))
     try:
         bundle = Bundle(rel)
-        model, settings = bundle.model_path, sha256_file(bundle.tree / "engine.env")
-        manifest = bundle.manifest
+        model, manifest = bundle.model_path, bundle.manifest
         profile = built_profile(expected) or d.profile
+        sha = manifest["model"]["sha256"]
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise BuilderError(f"verify.min_agreement: the release at {display_path(rel)} "
                            f"cannot be read here ({e}); make it again with `builder "
                            "release` or `builder build`") from None
-    server = d.engine.host_server(profile, d.platform, bundle.tree, model, cache,
-                                  source_base=d.engine_base_dir)
-    if server is None:
+    path = reference.make(d, profile, bundle.tree, model, sha, cache, tokens)
+    if path is None:
         return None
-    inputs = {"server": sha256_file(server.binary), "settings": settings,
-              "model": manifest["model"]["sha256"], "prompts": agreement.PROMPTS,
-              "tokens": tokens, "top": agreement.TOP}
-
-    def make(out: Path, _log: Path) -> None:
-        with step(f"the reference answers ({server.what}, {len(agreement.PROMPTS)} "
-                  "prompts)"), server.serving as url:
-            answers = []
-            for prompt in agreement.PROMPTS:
-                try:
-                    reply = agreement.ask(url, agreement.request(prompt, tokens))
-                    agreement.tokens_of(reply, "the reference")
-                except ValueError as e:
-                    raise BuilderError(f"the reference answers: {e}") from None
-                answers.append({"prompt": prompt, "reply": reply})
-        (out / "answers.json").write_text(json.dumps(
-            {"engine": server.what, "tokens": tokens, "answers": answers}, indent=2) + "\n")
-
-    entry = cache.get_or_build("answers", inputs, make,
-                               label=f"reference answers of release {bundle.release_id}")
-    return {"path": str(entry.out / "answers.json"), "tokens": tokens,
-            "engine": server.what}
+    return {"path": str(path), "tokens": tokens,
+            "engine": json.loads(path.read_text())["engine"]}
 
 
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:

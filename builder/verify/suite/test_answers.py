@@ -1,25 +1,24 @@
 """The device answers like the release's model on this machine (verify.min_agreement):
-the same prompts, greedy, compared token by token (builder/verify/agreement.py)."""
+the same prompts, greedy, compared token by token (builder/verify/agreement.py), with
+the reference answers signed into the release or made here (builder/verify/reference.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from builder.verify import agreement
+from builder.verify import agreement, reference
 
 
 def test_answers_agree_with_the_reference_on_this_machine(cfg: dict, api_url: str,
                                                           api_key: str) -> None:
     ref = cfg["answers"]  # collected only with them (plugin.pytest_collection_modifyitems)
-    data = json.loads(Path(ref["path"]).read_text())
+    data = reference.parse(Path(ref["path"]).read_bytes(), ref["path"])
     tokens = ref["tokens"]
     failed = []
-    for item in data["answers"]:
-        reference = agreement.tokens_of(item["reply"], "the reference")
-        reply = agreement.ask(api_url, agreement.request(item["prompt"], tokens), api_key)
-        o = agreement.compare(reference, agreement.tokens_of(reply, "the device"), tokens)
+    for item in data.answers:
+        reply = agreement.ask(api_url, agreement.request(item.prompt, tokens), api_key)
+        o = agreement.compare(item.tokens, agreement.tokens_of(reply, "the device"), tokens)
         if not o.passed:
-            failed.append(f"{item['prompt']!r}: {o.detail}")
-    assert not failed, (f"the device does not answer like {ref['engine']} here (first "
+            failed.append(f"{item.prompt!r}: {o.detail}")
+    assert not failed, (f"the device does not answer like {ref['engine']} (first "
                         f"{tokens} tokens): " + "; ".join(failed))
