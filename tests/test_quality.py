@@ -227,6 +227,73 @@ def test_a_missing_text_names_it_and_the_option(cli, tiny_hf: Path, tmp_path: Pa
     assert "nothing.txt: no such text" in line and "--corpus FILE" in line
 
 
+def _keep(cache: Path, name: str, **fields) -> None:
+    """A quality result in the cache, as `builder model quality` keeps one."""
+    from builder.cache import Cache
+    from builder.model.quality import SYNTHETIC
+
+    result = {"quant": "Q8_0", "model": "qwen2.5-0.5b-instruct", "origin": SYNTHETIC,
+              "engine": "llama.cpp", "bytes": 500 << 20, "kld_mean": 0.00027,
+              "top1_percent": 91.3, "ppl_ratio": 1.0, "tokens": 1020,
+              "text": {"corpus": "/usr/share/common-licenses/GPL-3", "ctx": 512,
+                       "chunks": 4}}
+    result.update(fields)
+
+    def make(out: Path, _log: Path) -> None:
+        (out / "quality.json").write_text(json.dumps(result))
+    Cache(cache).get_or_build("quality", {"name": name}, make, label=name)
+
+
+def test_plan_shows_the_quality_of_the_planned_model_measured_here(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`builder plan` beside the memory: each quantization of the planned model measured
+    on its engine here, the planned one marked; one not measured says how to measure it;
+    another model's and another engine's results are not shown."""
+    from builder.cli.common import out
+
+    monkeypatch.setattr(out, "_width", 200)
+    cache = tmp_path / "cache"
+    plan = ("plan", "-p", "x86-gateway", "--model", "qwen2.5-0.5b-instruct",
+            "--cache-dir", str(cache))
+    r = cli(*plan)
+    assert "quality: Q4_K_M not measured here; `builder model quality --profile " \
+        "x86-gateway --quant Q4_K_M` measures it" in r.out
+    _keep(cache, "q8")
+    _keep(cache, "q4", quant="Q4_K_M", bytes=377 << 20, kld_mean=0.00938)
+    _keep(cache, "1.5b", model="qwen2.5-1.5b-instruct", kld_mean=0.5)
+    _keep(cache, "trt", engine="tensorrt-llm", quant="int4_awq", kld_mean=0.7)
+    r = cli(*plan)
+    assert r.code == 0 and "not measured here" not in r.out
+    rows = [line for line in r.out.splitlines() if "llama.cpp" in line and "│" in line]
+    assert [row.split("│")[1].strip() for row in rows] == ["Q4_K_M (planned)", "Q8_0"]
+    assert "0.00938" in r.out and "0.50000" not in r.out
+    assert "int4_awq" not in r.out
+    got = json.loads(cli(*plan, "--json").out)["quality"]
+    assert [(q["quant"], q["kld_mean"]) for q in got] == [("Q4_K_M", 0.00938),
+                                                          ("Q8_0", 0.00027)]
+    # an engine that measures nothing here, with nothing kept: no quality lines
+    r = cli("plan", "-p", "orin-nano-8gb", "--cache-dir", str(cache))
+    assert r.code == 0 and "quality" not in r.out
+
+
+def test_the_same_file_measured_again_is_listed_once_the_newest(tmp_path: Path) -> None:
+    import os
+
+    from builder.cache import Cache
+    from builder.model import quality
+
+    cache = tmp_path / "cache"
+    _keep(cache, "old tools", model_sha256="a" * 64, kld_mean=0.5)
+    _keep(cache, "new tools", model_sha256="a" * 64, kld_mean=0.25)
+    _keep(cache, "another file", model_sha256="b" * 64, kld_mean=0.75)
+    for name, when in (("old tools", 1000), ("new tools", 2000)):
+        [f] = [f for f in Cache(cache).outputs("quality", "quality.json")
+               if json.loads(f.read_text())["kld_mean"] == {"old tools": 0.5,
+                                                            "new tools": 0.25}[name]]
+        os.utime(f, (when, when))
+    assert sorted(r["kld_mean"] for r in quality.measured(Cache(cache))) == [0.25, 0.75]
+
+
 def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
         cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `builder model quality` keeps in the cache is listed per catalog model, smallest
@@ -234,7 +301,6 @@ def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
     not hold a typed result is left out. (The measurement itself: the slow test below.)"""
     from builder.cache import Cache
     from builder.cli.common import out
-    from builder.model.quality import SYNTHETIC
 
     monkeypatch.setattr(out, "_width", 200)  # a wide terminal: no cell wraps
     cache = tmp_path / "cache"
@@ -244,16 +310,7 @@ def test_models_list_shows_the_quality_measured_here_and_says_how_to_measure_it(
         cli("models", "list", "--cache-dir", str(cache), "--json").out))
 
     def keep(name: str, **fields) -> None:
-        result = {"quant": "Q8_0", "model": "qwen2.5-0.5b-instruct", "origin": SYNTHETIC,
-                  "engine": "llama.cpp", "bytes": 500 << 20, "kld_mean": 0.00027,
-                  "top1_percent": 91.3, "ppl_ratio": 1.0, "tokens": 1020,
-                  "text": {"corpus": "/usr/share/common-licenses/GPL-3", "ctx": 512,
-                           "chunks": 4}}
-        result.update(fields)
-
-        def make(out: Path, _log: Path) -> None:
-            (out / "quality.json").write_text(json.dumps(result))
-        Cache(cache).get_or_build("quality", {"name": name}, make, label=name)
+        _keep(cache, name, **fields)
 
     keep("f16", quant="F16", bytes=988 << 20, kld_mean=0.0, top1_percent=100.0)
     keep("q8")

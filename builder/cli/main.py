@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -33,6 +33,10 @@ from .common import (
     profiles_dir_option,
 )
 from .common import print_json as _print_json
+
+if TYPE_CHECKING:
+    from ..cache import Cache
+    from ..contracts import PlanInput
 
 
 @app.group("profiles")
@@ -179,8 +183,16 @@ def models_list(cache_dir: Path | None, json_: bool) -> None:
         out.print("quality: none measured on this machine yet; `builder model quality "
                   "--synthetic --all --model ID` measures each quantization against F16")
         return
+    _quality_tables(listed)
+
+
+def _quality_tables(rows: list[dict[str, Any]], planned: str | None = None) -> None:
+    """Quality results (quality.measured): one table per model, origin of the weights and
+    text read; `planned` marks the quant a plan is for."""
+    from ..model import quality
+
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in listed:  # one table per model, origin of the weights and text read
+    for r in rows:
         text = (f"{Path(r['text']['corpus']).name}, {r['tokens']} tokens "
                 f"(ctx {r['text']['ctx']})")
         groups.setdefault((r["model"], r["origin"], text), []).append(r)
@@ -189,13 +201,13 @@ def models_list(cache_dir: Path | None, json_: bool) -> None:
                   f"here on {escape(text)}:")
         t = Table("quant", "engine", "file", "mean KL divergence", "same top token")
         for r in rs:
-            t.add_row(escape(r["quant"]), escape(r["engine"]), format_size(r["bytes"]),
+            mark = " (planned)" if r["quant"] == planned else ""
+            t.add_row(escape(r["quant"]) + mark, escape(r["engine"]), format_size(r["bytes"]),
                       f"{r['kld_mean']:.5f}", f"{r['top1_percent']:.1f}%")
         out.print(t)
         if origin == quality.SYNTHETIC:
             out.print("random weights: the KL divergence ranks the formats, the top-token "
                       "rate is far below a trained model's")
-
 
 QUALITY_KEYS = ("engine", "origin", "text", "tokens", "quant", "bytes", "kld_mean",
                 "kld_mean_uncertainty", "kld_p99", "top1_percent", "ppl_ratio",
@@ -253,11 +265,37 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
                             model_file=model_file, model_source=model_source)
         d = resolve.with_model(d, d.engine.shape_of(fetch(bctx).path, p.model.quant))
     result = d.plan
+    measured = _measured_for(result.input, Cache(cache_dir))
     if json_:
-        _print_json({"profile": rp.name, **result.to_json()})
+        _print_json({"profile": rp.name, **result.to_json(),
+                     "quality": [{k: r[k] for k in QUALITY_KEYS if k in r}
+                                 for r in measured]})
     else:
         _render_plan(rp.name, p, result)
+        _render_quality(rp.name, result.input, measured)
     sys.exit(result.verdict.exit_code)
+
+
+def _measured_for(i: PlanInput, cache: Cache) -> list[dict[str, Any]]:
+    """The quality results kept here for the planned model on its engine: every origin
+    of a catalog model's weights, a model file's own only."""
+    from ..model import quality
+
+    return [r for r in quality.measured(cache)
+            if r["model"] == i.model_id and r["engine"] == i.engine.kind
+            and (i.model.in_catalog or r["origin"] == i.model.origin)]
+
+
+def _render_quality(name: str, i: PlanInput, measured: list[dict[str, Any]]) -> None:
+    from ..model import quality
+
+    if not measured and not quality.measurable(i.engine):
+        return  # nothing kept, and its engine cannot measure it here
+    if not any(r["quant"] == i.quant for r in measured):
+        out.print(f"quality: {i.quant} not measured here; `builder model quality "
+                  f"--profile {name} --quant {i.quant}` measures it against F16 "
+                  "(`--synthetic`: random weights of the same shape)", markup=False)
+    _quality_tables(measured, i.quant)
 
 
 _VERDICT_STYLE = {"fits": "bold green", "tight": "bold yellow", "does not fit": "bold red"}

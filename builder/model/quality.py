@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import Cache
-from ..contracts import Device
+from ..contracts import Device, Engine
 from ..errors import BuilderError
 from .pipeline import Fetched
 
@@ -32,21 +32,31 @@ def measure(d: Device, fetched: Fetched, cache: Cache, quants: list[str], *,
     return found
 
 
+def measurable(engine: Engine) -> bool:
+    """Whether `engine` measures quality here (it gives Engine.quality)."""
+    return type(engine).quality is not Engine.quality
+
+
 def measured(cache: Cache) -> list[dict[str, Any]]:
     """Every quantization measured on this machine and kept in `cache` (by `builder model
     quality` or a build's `model.max_kl_divergence`), for `builder models list`: the
     engine, catalog model, origin of the weights, text, quant, file size and statistics.
-    A kept file that does not hold them, typed, is left out."""
-    found = []
+    A kept file that does not hold them, typed, is left out; of the same file measured
+    again (another build of the tools), the newest."""
+    found: dict[tuple, tuple[float, dict[str, Any]]] = {}
     for f in cache.outputs("quality", "quality.json"):
         try:
-            r = json.loads(f.read_text())
+            r, when = json.loads(f.read_text()), f.stat().st_mtime
         except (OSError, ValueError):
             continue
         if _listable(r):
-            found.append(r)
-    return sorted(found, key=lambda r: (r["model"], r["origin"], r["text"]["ctx"],
-                                        r["text"]["chunks"], r["bytes"], r["quant"]))
+            same = (r["engine"], r["model"], r["origin"], json.dumps(r["text"], sort_keys=True),
+                    r["quant"], r.get("model_sha256"))
+            if same not in found or found[same][0] < when:
+                found[same] = (when, r)
+    return sorted((r for _, r in found.values()),
+                  key=lambda r: (r["model"], r["origin"], r["text"]["ctx"],
+                                 r["text"]["chunks"], r["bytes"], r["quant"]))
 
 
 def _listable(r: Any) -> bool:
