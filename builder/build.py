@@ -171,9 +171,9 @@ def add_reference_answers(ctx: BuildContext, tree: Path) -> None:
     made = reference.add_to_release(tree, ctx.device, ctx.model.path, ctx.model.sha256,
                                     ctx.cache)
     if made is None:
-        console.print(f"note: verify.min_agreement: this machine cannot serve "
-                      f"{ctx.p.engine.kind} as the device does; the release carries no "
-                      "reference answers", markup=False)
+        console.print(f"note: verify.min_agreement: no reference here for "
+                      f"{ctx.p.engine.kind} {ctx.p.model.quant} (docs/quality.md); the "
+                      "release carries no reference answers", markup=False)
     else:
         console.print(f"reference answers: {len(made.answers)} prompts, {made.tokens} "
                       f"tokens each, from {made.engine}, signed into the release",

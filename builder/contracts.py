@@ -215,6 +215,10 @@ class HostServer:
     serving: AbstractContextManager[str]  # yields the URL of its OpenAI API
     what: str  # what it runs, for a person
     binary: Path  # the server executable (its sha256 names the reference it gives)
+    # how far below the reference's choice the device's may rank and still be a near
+    # tie (nats): None, agreement.TIE_NATS (the same weights on other kernels); more
+    # where the device runs other weights than the reference (another precision)
+    tie_nats: float | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,10 @@ class Engine(ABC):
     probe: ClassVar[Probe]
     model_format: ClassVar[str]  # what the release ships: "gguf" (one file), "hf" or "onnx" (a dir)
     quants: ClassVar[tuple[Quantization, ...]]
+    # whether the engine on the device returns each answer token's log-probability and
+    # top alternatives (OpenAI `logprobs`): verify.min_agreement compares token by token
+    # when it does, by the answer's text when it does not
+    logprobs: ClassVar[bool] = True
 
     def settings_of(self, p: Profile) -> Any:
         """This engine's section of a profile."""

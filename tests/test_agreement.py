@@ -13,7 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from builder.verify.agreement import PROMPTS, TIE_NATS, Token, compare, tokens_of
+from builder.verify.agreement import (
+    PROMPTS,
+    TIE_NATS,
+    Token,
+    compare,
+    compare_text,
+    tokens_of,
+)
 
 
 def _t(text: str, lp: float, **top: float) -> Token:
@@ -54,6 +61,66 @@ def test_an_answer_that_goes_on_where_the_reference_ended_diverges() -> None:
 def test_only_the_first_tokens_asked_for_count() -> None:
     device = [*REFERENCE[:3], _t(" Rome", -0.1)]
     assert compare(REFERENCE, device, 3).passed
+
+
+# --- a device that answers text only (TensorRT-LLM's and Edge-LLM's servers) -------------
+
+def test_the_same_text_agrees() -> None:
+    o = compare_text(REFERENCE, "The capital is Paris", 4)
+    assert o.passed and o.diverged_at is None and o.agreed == 4
+    assert compare_text(REFERENCE, "The capital is Paris, of course", 4).passed
+
+
+def test_text_that_goes_on_with_a_near_alternative_is_a_tie() -> None:
+    o = compare_text(REFERENCE, "The city of light", 4)
+    assert o.passed and o.tie and o.diverged_at == 1
+    assert "the device chose ' city' where the reference chose ' capital'" in o.detail
+
+
+@pytest.mark.parametrize(("text", "at", "says"), [
+    ("A capital", 0, "chose 'A' where the reference chose 'The' (2.900 nats below it)"),
+    ("The capital is Rome", 3, "went on with ' Rome' where the reference chose ' Paris' "
+                               "(not among its top choices); agreed before it: "
+                               '"The capital is"'),
+    ("The capital is Lyon", 3, "(3.700 nats below it)"),
+    ("The capital", 2, "the device's answer ends after 2 tokens"),
+    ("", 0, "the device's answer ends after 0 tokens"),
+])
+def test_text_that_diverges_fails_at_its_first_position(text, at, says) -> None:
+    o = compare_text(REFERENCE, text, 4)
+    assert not o.passed and o.diverged_at == at and says in o.detail, o.detail
+
+
+def test_text_that_goes_on_where_the_reference_ended_diverges() -> None:
+    o = compare_text(REFERENCE[:2], "The capital is", 4)
+    assert not o.passed and o.diverged_at == 2 and "goes on with ' is'" in o.detail
+
+
+def test_a_wider_tolerance_takes_a_further_alternative_as_a_tie() -> None:
+    """The pair's own tolerance (HostServer.tie_nats): a device on other weights."""
+    assert not compare_text(REFERENCE, "The capital is Lyon", 4).passed
+    assert compare_text(REFERENCE, "The capital is Lyon", 4, tie_nats=4.0).passed
+    device = [*REFERENCE[:3], _t(" Lyon", -0.1)]
+    assert not compare(REFERENCE, device, 4).passed
+    assert compare(REFERENCE, device, 4, tie_nats=4.0).passed
+
+
+def test_a_reply_without_text_is_not_an_answer() -> None:
+    from builder.verify.agreement import text_of
+
+    assert text_of({"choices": [{"message": {"content": "hi"}}]}, "d") == "hi"
+    for reply in ({"choices": []}, {"choices": [{"message": {"content": None}}]}, "x"):
+        with pytest.raises(ValueError, match="d: the reply has no answer text"):
+            text_of(reply, "d")
+
+
+def test_a_device_without_log_probabilities_is_not_asked_for_them() -> None:
+    """TensorRT-LLM 0.12's OpenAI server refuses `logprobs` ("returning log probs is not
+    supported"), and so does the Edge-LLM adapter: the request must not carry them."""
+    from builder.verify.agreement import request
+
+    assert {"logprobs", "top_logprobs"} <= set(request("p", 8))
+    assert not {"logprobs", "top_logprobs"} & set(request("p", 8, logprobs=False))
 
 
 def test_a_reply_without_log_probabilities_is_not_an_answer() -> None:
@@ -108,6 +175,8 @@ def _answers(tokens: int = 8, **over) -> bytes:
     (_answers(tokens="8"), "tokens: not an integer"),
     (_answers(tokens=0), "tokens: not an integer"),
     (_answers(tokens=True), "tokens: not an integer"),
+    (_answers(tie_nats="0.1"), "tie_nats: not a number from 0 to 5.0"),
+    (_answers(tie_nats=99), "tie_nats: not a number from 0 to 5.0"),
     (_answers(answers=[]), "answers: not a list of 1 to 16"),
     (_answers(answers=[{"prompt": "p", "reply": _reply("a")}] * 17), "answers: not a list"),
     (_answers(answers=[{"prompt": "x" * 2001, "reply": _reply("a")}]), "answers[0].prompt"),
@@ -133,6 +202,26 @@ def test_parsed_answers_are_typed() -> None:
     [item] = a.answers
     assert item.prompt == "Name three prime numbers." and len(item.tokens) == 5
     assert item.tokens[2] == Token(" 3", -0.01, {" 3": -0.01, "?": -5.0})
+
+
+def test_tensorrt_llm_states_a_tolerance_for_each_precision_it_has_a_reference_for(
+        tmp_path: Path) -> None:
+    """Its reference is llama.cpp F16 of the release's checkpoint, with the pair's
+    tolerance per device precision; a GPTQ checkpoint, which the pinned converter does
+    not dequantize, has none (said, and the check is left out)."""
+    from builder import resolve
+    from builder.cache import Cache
+    from builder.engines.trtllm import REFERENCE_TIE_NATS, TrtLlm
+    from builder.profiles import ProfileStore
+
+    assert {*REFERENCE_TIE_NATS, "int4_gptq"} == {q.name for q in TrtLlm.quants}
+    assert all(TIE_NATS < t <= 1.5 for t in REFERENCE_TIE_NATS.values())
+    rp = ProfileStore().load("orin-nano-8gb")
+    d = resolve.resolve(rp, rp.concrete())
+    assert d.profile.model.quant == "int4_gptq"
+    assert d.engine.host_server(d.profile, d.platform, tmp_path, tmp_path,
+                                Cache(tmp_path / "cache")) is None
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 @pytest.fixture
@@ -176,7 +265,8 @@ def test_the_answers_signed_into_a_release_hold_the_device(site) -> None:
     said: list[str] = []
     got = _check(b, out, 8, said)
     assert got == {"path": str(b.tree / reference.ANSWERS), "tokens": 8,
-                   "engine": "the release's own llama-server"}
+                   "engine": "the release's own llama-server", "tie_nats": TIE_NATS,
+                   "logprobs": True}
     assert said == [f"verify.min_agreement: the reference answers signed into release "
                     f"{b.release_id} (the release's own llama-server)"]
     # fewer tokens asked than recorded: the same answers, compared over fewer
@@ -364,3 +454,51 @@ def test_a_release_made_with_the_bar_carries_answers_verify_uses(
     assert longer.tokens == 10 and all(
         [t.text for t in a.tokens[:6]] == [t.text for t in c.tokens]
         for a, c in zip(longer.answers, carried.answers, strict=True))
+
+
+@pytest.mark.slow
+def test_a_tensorrt_llm_release_is_answered_by_llama_cpp_f16_of_its_checkpoint(
+        tmp_path: Path, qwen05_q4: Path, artifact_cache) -> None:
+    """TensorRT-LLM does not run here: the reference is the release's own checkpoint
+    (random weights in Qwen2.5-0.5B's shape; its F16 conversion is qwen05_q4's)
+    converted to F16 and served by llama-server built for this machine, with the pair's
+    tolerance for the device's precision; the device returns no log-probabilities, so
+    its text is compared, and the same weights' text agrees."""
+    from builder import resolve
+    from builder.engines.trtllm import REFERENCE_TIE_NATS
+    from builder.errors import BuilderError
+    from builder.model import pipeline, synth
+    from builder.profiles import ProfileStore
+    from builder.schema import ModelSource
+    from builder.verify import agreement, reference
+
+    (tmp_path / "orin.yaml").write_text("extends: orin-nano-8gb\nmodel:\n  quant: int8_wo\n")
+    rp = ProfileStore([tmp_path]).load("orin")
+    d = resolve.resolve(rp, rp.concrete())
+    assert not d.engine.logprobs
+    tree = tmp_path / "tree"  # what the release's answers are made from: its engine.env
+    tree.mkdir()
+    (tree / "engine.env").write_text('CUDA_MODULE_LOADING="LAZY"\n')
+    ckpt = synth.cached("qwen2.5-0.5b-instruct", artifact_cache).out
+    checkpoint = pipeline.fetch(ModelSource(path=str(ckpt)), artifact_cache)
+    sha = pipeline.tree_digest(checkpoint.files)  # as the release names it
+    with pytest.raises(BuilderError, match="is not the release's model"):
+        reference.make(d, d.profile, tree, ckpt, "f" * 64, artifact_cache, 8)
+    made = reference.parse(reference.make(d, d.profile, tree, ckpt, sha, artifact_cache,
+                                          8).read_bytes(), "answers")
+    assert made.engine == ("llama-server (F16) of the release's checkpoint, against "
+                           "int8_wo on the device")
+    assert made.tie_nats == REFERENCE_TIE_NATS["int8_wo"] == 0.5
+    assert [a.prompt for a in made.answers] == list(PROMPTS)
+    assert len({a.reply["choices"][0]["message"]["content"] for a in made.answers}) == 3
+    # a device on the same weights, asked as the check asks one without log-probabilities
+    server = d.engine.host_server(d.profile, d.platform, tree, ckpt, artifact_cache)
+    with server.serving as url:
+        for a in made.answers:
+            body = agreement.request(a.prompt, 8, logprobs=False)
+            text = agreement.text_of(agreement.ask(url, body), "the device")
+            o = agreement.compare_text(a.tokens, text, 8, made.tie_nats)
+            assert o.passed and o.diverged_at is None, o.detail
+            # and another answer diverges at its first token
+            other = compare_text(a.tokens, "Paris is the capital of France.", 8)
+            assert not other.passed and other.diverged_at == 0, other.detail

@@ -631,6 +631,22 @@ def test_a_chat_completion_is_an_openai_reply(adapter: Adapter) -> None:
     assert seen["max_generate_length"] == 64 and seen["streaming"]
 
 
+def test_the_agreement_check_asks_for_text_and_reads_it(adapter: Adapter) -> None:
+    """verify.min_agreement on an Edge-LLM device: the adapter refuses `logprobs`, so
+    the check asks for the answer alone (Engine.logprobs) and compares its text."""
+    from builder.engines.tensorrt_edge_llm import TensorRtEdgeLlm
+    from builder.verify import agreement
+
+    assert not TensorRtEdgeLlm.logprobs
+    body = agreement.request(agreement.PROMPTS[0], 8, False, MODEL_ID)
+    status, reply = adapter.post("/v1/chat/completions", body)
+    assert status == 200, reply
+    assert agreement.text_of(reply, "the device") == REPLY
+    status, reply = adapter.post("/v1/chat/completions",
+                                 agreement.request(agreement.PROMPTS[0], 8, model=MODEL_ID))
+    assert status == 400 and _error(reply)["param"] == "logprobs"
+
+
 def test_a_streamed_chat_completion_is_complete_openai_chunks(adapter: Adapter) -> None:
     status, headers, events = adapter.events("/v1/chat/completions", _chat(
         stream_options={"include_usage": True}))

@@ -72,6 +72,30 @@ def test_orin_builds_its_engine_and_passes_builder_verify_on_the_board() -> None
            need("EDGE_LLM_HIL_ORIN"))
 
 
+def test_orin_answers_like_llama_cpp_f16_of_its_checkpoint(tmp_path: Path) -> None:
+    """verify.min_agreement on the board: TensorRT-LLM on its GPU against llama.cpp F16 of
+    the release's own checkpoint here, compared as text (its server returns no
+    log-probabilities) with the tolerance stated for the device's precision
+    (engines/trtllm REFERENCE_TIE_NATS, measured on a stand-in pair: docs/quality.md).
+    This is where that tolerance is confirmed or corrected."""
+    from builder.engines.trtllm import REFERENCE_TIE_NATS
+    from builder.profiles import ProfileStore
+
+    profile = os.environ.get("EDGE_LLM_HIL_ORIN_PROFILE", "orin-nano-8gb")
+    host = need("EDGE_LLM_HIL_ORIN")
+    quant = ProfileStore().load(profile).concrete().model.quant.lower()
+    if quant not in REFERENCE_TIE_NATS:
+        pytest.skip(f"{profile} serves {quant}, which has no reference here; build the "
+                    f"board with model.quant one of {', '.join(REFERENCE_TIE_NATS)}")
+    (tmp_path / f"{profile}.yaml").write_text(
+        f"extends: {profile}\nverify:\n  min_agreement: 16\n")
+    api = "http://" + host.removeprefix("ssh://").split("@")[-1].split(":")[0] + ":8080"
+    r = builder("verify", "--profile", profile, "--profiles-dir", str(tmp_path), "--out",
+                need("EDGE_LLM_HIL_OUT"), "--host", host, "--api-url", api, "--select",
+                "agree_with_the_reference")
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
 def test_orin_flashes_over_usb_in_recovery_mode() -> None:
     need("EDGE_LLM_HIL_ORIN_RECOVERY")
     r = builder("flash", "--profile",

@@ -338,6 +338,43 @@ def test_the_gateway_serves_tensorrt_llm_and_keeps_llama_cpp_fields_from_it(
         assert body["error"]["code"] == "unknown_parameter"
 
 
+def test_the_agreement_check_asks_tensorrt_llm_for_text_and_compares_it(
+        orin: OrinDevice, tmp_path: Path) -> None:
+    """verify.min_agreement on a TensorRT-LLM device: 0.12's server refuses `logprobs`,
+    so the check must not ask for them (Engine.logprobs); it asks for the answer alone,
+    through the gateway, and compares the text with the reference's tokens."""
+    from builder.engines.trtllm import TrtLlm
+    from builder.verify import agreement
+    from builder.verify.agreement import Token
+
+    assert not TrtLlm.logprobs
+    assert orin.build().returncode == 0
+    with serving(orin), gateway(orin, tmp_path) as gw:
+        deadline = time.monotonic() + 30
+        while gw.get("/health")[0] != 200:
+            assert time.monotonic() < deadline, gw.log_file.read_text()[-2000:]
+            time.sleep(0.2)
+        url = gw.url + "/v1/chat/completions"
+        prompt, model = agreement.PROMPTS[0], CHAT["model"]
+        code, _, body = post(url, agreement.request(prompt, 8, model=model), gw.key)
+        assert code == 400 and "log probs is not supported" in body["error"]["message"]
+        with pytest.raises(ValueError, match="HTTP 400"):
+            agreement.ask(gw.url, agreement.request(prompt, 8, model=model), gw.key)
+        reply = agreement.ask(gw.url, agreement.request(prompt, 8, False, model), gw.key)
+        text = agreement.text_of(reply, "the device")
+
+    def ref(*pieces: str, **top: float) -> list[Token]:
+        return [Token(t, -0.05, {t: -0.05, **(top if i == 0 else {})})
+                for i, t in enumerate(pieces)]
+
+    assert text == "Paris is the capital of France."  # the stand-in's canned answer
+    same = ref("Paris", " is", " the", " capital", " of", " France", ".")
+    assert agreement.compare_text(same, text, 8).passed
+    o = agreement.compare_text(ref("The", " capital", Paris=-3.0), text, 8, 1.5)
+    assert not o.passed and o.diverged_at == 0
+    assert "chose 'Paris' where the reference chose 'The' (2.950 nats below it)" in o.detail
+
+
 def test_while_the_engine_is_built_the_gateway_says_so(orin: OrinDevice,
                                                       tmp_path: Path) -> None:
     """The first boot builds the engine for minutes to an hour: clients get 503

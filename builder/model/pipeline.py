@@ -266,6 +266,19 @@ class ModelArtifact:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
+def held(path: Path, sha256: str, what: str) -> Fetched:
+    """The model at `path` (a file or a checkpoint directory) checked to be the one a
+    release names by `sha256` (ModelArtifact.sha256), before anything is made from it
+    on this machine (a path in bundle.json is not signed)."""
+    f = _local(path, None, None, what)
+    got = f.gguf_sha256 if f.kind == "gguf" else tree_digest(f.files)
+    if got != sha256:
+        raise BuilderError(f"{what}: {display_path(path)} is not the release's model "
+                           f"(its sha256 {got[:12]}, the release names {sha256[:12]}); "
+                           "import or make the release again")
+    return f
+
+
 def tree_digest(files: dict[str, str]) -> str:
     """sha256 naming a directory model: over its sorted 'sha256  name' lines."""
     import hashlib

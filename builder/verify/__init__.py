@@ -220,14 +220,14 @@ def answers_for(d: Device, expected: dict[str, Any], release: Release, cache: Ca
         if signed.tokens >= tokens:
             say(f"verify.min_agreement: the reference answers signed into release "
                 f"{release.release_id} ({signed.engine})")
-            return {"path": str(carried), "tokens": tokens, "engine": signed.engine}
+            return _for_suite(d, carried, tokens, signed)
         say(f"note: verify.min_agreement: release {release.release_id} carries answers "
             f"of {signed.tokens} tokens, fewer than {tokens}; answering here")
     answers = reference_answers(d, expected, cache, tokens)
     if answers is None:
         say(f"note: verify.min_agreement: release {release.release_id} carries no reference "
-            f"answers and this machine cannot serve {d.profile.engine.kind} as the device "
-            "does; the agreement check is left out")
+            f"answers and there is no reference here for {d.profile.engine.kind} "
+            f"{d.profile.model.quant} (docs/quality.md); the agreement check is left out")
     return answers
 
 
@@ -254,8 +254,15 @@ def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens:
     path = reference.make(d, profile, bundle.tree, model, sha, cache, tokens)
     if path is None:
         return None
-    return {"path": str(path), "tokens": tokens,
-            "engine": json.loads(path.read_text())["engine"]}
+    return _for_suite(d, path, tokens, reference.parse(path.read_bytes(), str(path)))
+
+
+def _for_suite(d: Device, path: Path, tokens: int, answers: Any) -> dict[str, Any]:
+    """What the suite's check (test_answers.py) is given: the answers, how many tokens
+    to compare, what answered them, the near ties they tolerate, and whether the
+    device's engine returns log-probabilities (else its text is compared)."""
+    return {"path": str(path), "tokens": tokens, "engine": answers.engine,
+            "tie_nats": answers.tie_nats, "logprobs": d.engine.logprobs}
 
 
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:

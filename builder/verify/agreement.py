@@ -29,9 +29,27 @@ TOP = 5  # alternatives per token (top_logprobs)
 TIE_NATS = 0.1  # a device token within this of the reference's choice is a tie
 
 
-def request(prompt: str, tokens: int) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "seed": 0, "logprobs": True, "top_logprobs": TOP}
+def request(prompt: str, tokens: int, logprobs: bool = True, model: str = "reference"
+            ) -> dict[str, Any]:
+    """The greedy request for `model` (the id the device serves: OpenAI's API requires
+    it, and TensorRT-LLM's server refuses a request without it); `logprobs` False for a
+    device whose engine does not return them (Engine.logprobs): its answer is then
+    compared as text (compare_text)."""
+    return {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": tokens, "temperature": 0, "seed": 0,
+            **({"logprobs": True, "top_logprobs": TOP} if logprobs else {})}
+
+
+def text_of(reply: Any, what: str) -> str:
+    """The answer's text in an OpenAI chat completion (ValueError: it is untrusted)."""
+    try:
+        text = reply["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        text = None
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: the reply has no answer text "
+                         "(choices[0].message.content)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,19 @@ class Outcome:
         return self.diverged_at is None or self.tie
 
 
-def compare(reference: list[Token], device: list[Token], tokens: int) -> Outcome:
+def _ranked(ref: Token, chose: str, tie_nats: float) -> tuple[bool, str]:
+    """Whether the device's choice `chose` is a tie with the reference's, and how the
+    reference ranked it."""
+    alt = ref.top.get(chose)
+    gap = math.inf if alt is None else ref.logprob - alt
+    tie = gap <= tie_nats
+    return tie, (("not among its top choices" if alt is None
+                  else f"{gap:.3f} nats below it") + (f"; a tie within {tie_nats}"
+                                                      if tie else ""))
+
+
+def compare(reference: list[Token], device: list[Token], tokens: int,
+            tie_nats: float = TIE_NATS) -> Outcome:
     """How the device's answer agrees with the reference over the first `tokens`."""
     n = min(tokens, len(reference))
     for i in range(n):
@@ -79,19 +109,45 @@ def compare(reference: list[Token], device: list[Token], tokens: int) -> Outcome
         dev = device[i]
         if dev.text == ref.text:
             continue
-        # how far below its own choice the reference ranked the device's
-        alt = ref.top.get(dev.text)
-        gap = math.inf if alt is None else ref.logprob - alt
-        tie = gap <= TIE_NATS
-        ranked = ("not among its top choices" if alt is None
-                  else f"{gap:.3f} nats below it")
+        tie, ranked = _ranked(ref, dev.text, tie_nats)
         return Outcome(i, i, tie, f"token {i}: the device chose {dev.text!r} where the "
-                       f"reference chose {ref.text!r} ({ranked}"
-                       f"{'; a tie within ' + str(TIE_NATS) if tie else ''}); agreed "
+                       f"reference chose {ref.text!r} ({ranked}); agreed "
                        f"before it: {json.dumps(''.join(t.text for t in reference[:i]))}")
     if n < tokens and len(device) > n:  # the reference's answer ended there
         return Outcome(n, n, False, f"the reference's answer ends after {n} tokens; the "
                        f"device goes on with {device[n].text!r}")
+    return Outcome(n, None, False, f"the first {n} tokens agree")
+
+
+def compare_text(reference: list[Token], text: str, tokens: int,
+                 tie_nats: float = TIE_NATS) -> Outcome:
+    """`compare` for a device that answers text only (no log-probabilities): the text
+    must go on with each of the reference's first `tokens` tokens in turn; where it goes
+    on with another of the reference's top alternatives, that is the device's choice."""
+    n, at = min(tokens, len(reference)), 0
+    for i in range(n):
+        ref, rest = reference[i], text[at:]
+        if ref.text and rest.startswith(ref.text):
+            at += len(ref.text)
+            continue
+        agreed = json.dumps(text[:at])
+        if not rest:
+            return Outcome(i, i, False, f"the device's answer ends after {i} tokens; the "
+                           f"reference goes on with {ref.text!r}")
+        # the longest alternative the text goes on with is the token it chose
+        chose = max((a for a in ref.top if a and a != ref.text and rest.startswith(a)),
+                    key=len, default=None)
+        if chose is None:
+            return Outcome(i, i, False, f"token {i}: the device went on with "
+                           f"{rest[:24]!r} where the reference chose {ref.text!r} (not "
+                           f"among its top choices); agreed before it: {agreed}")
+        tie, ranked = _ranked(ref, chose, tie_nats)
+        return Outcome(i, i, tie, f"token {i}: the device chose {chose!r} where the "
+                       f"reference chose {ref.text!r} ({ranked}); agreed before it: "
+                       f"{agreed}")
+    if n < tokens and text[at:]:  # the reference's answer ended there
+        return Outcome(n, n, False, f"the reference's answer ends after {n} tokens; the "
+                       f"device goes on with {text[at:at + 24]!r}")
     return Outcome(n, None, False, f"the first {n} tokens agree")
 
 

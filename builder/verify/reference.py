@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BuilderError
+from ..model.pipeline import held
 from ..progress import step
 from . import agreement
 
@@ -29,6 +30,7 @@ ANSWERS = "answers.json"  # in a release's tree
 MAX_PROMPTS = 16  # what a release's answers may hold (they are read before they are used)
 MAX_PROMPT_CHARS = 2000
 MAX_TOKENS = 256  # verify.min_agreement's bound (schema.Verify)
+MAX_TIE_NATS = 5.0  # beyond it nearly any other token would pass
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Answers:
     engine: str  # what answered, for a person
     tokens: int  # how many tokens each answer was asked for
     answers: list[Answer]
+    tie_nats: float = agreement.TIE_NATS  # the near ties tolerated (HostServer.tie_nats)
 
 
 def parse(data: bytes, what: str) -> Answers:
@@ -59,6 +62,9 @@ def parse(data: bytes, what: str) -> Answers:
         raise ValueError(f"{what}: engine: not a short string")
     if type(tokens) is not int or not 1 <= tokens <= MAX_TOKENS:
         raise ValueError(f"{what}: tokens: not an integer from 1 to {MAX_TOKENS}")
+    tie = raw.get("tie_nats", agreement.TIE_NATS)
+    if type(tie) not in (int, float) or not 0 <= tie <= MAX_TIE_NATS:
+        raise ValueError(f"{what}: tie_nats: not a number from 0 to {MAX_TIE_NATS}")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_PROMPTS:
         raise ValueError(f"{what}: answers: not a list of 1 to {MAX_PROMPTS}")
     out = []
@@ -70,7 +76,7 @@ def parse(data: bytes, what: str) -> Answers:
                              "characters")
         reply = item["reply"] if isinstance(item.get("reply"), dict) else None
         out.append(Answer(prompt, reply or {}, agreement.tokens_of(reply, f"{where}.reply")))
-    return Answers(engine, tokens, out)
+    return Answers(engine, tokens, out, float(tie))
 
 
 def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str,
@@ -84,11 +90,13 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
                                   source_base=d.engine_base_dir)
     if server is None:
         return None
+    tie = agreement.TIE_NATS if server.tie_nats is None else server.tie_nats
     inputs = {"server": sha256_file(server.binary), "settings": sha256_file(tree / "engine.env"),
               "model": model_sha256, "prompts": agreement.PROMPTS, "tokens": tokens,
-              "top": agreement.TOP}
+              "top": agreement.TOP, "what": server.what, "tie_nats": tie}
 
     def answer(out: Path, _log: Path) -> None:
+        held(model, model_sha256, "the release's model")  # what the answers are keyed by
         with step(f"the reference answers ({server.what}, {len(agreement.PROMPTS)} "
                   "prompts)"), server.serving as url:
             answers = []
@@ -100,7 +108,8 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
                     raise BuilderError(f"the reference answers: {e}") from None
                 answers.append({"prompt": prompt, "reply": reply})
         (out / ANSWERS).write_text(json.dumps(
-            {"engine": server.what, "tokens": tokens, "answers": answers}, indent=2) + "\n")
+            {"engine": server.what, "tokens": tokens, "tie_nats": tie, "answers": answers},
+            indent=2) + "\n")
 
     entry = cache.get_or_build("answers", inputs, answer,
                                label=f"reference answers ({server.what})")

@@ -13,9 +13,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ...contracts import HostServer
 from ...errors import BuilderError, display_path
 from ...run import stop_group
+
+if TYPE_CHECKING:
+    from ...cache import Cache
 
 
 def _free_port() -> int:
@@ -60,3 +65,32 @@ def serving(server: Path, env: dict[str, str], model: Path, *, timeout: float = 
         finally:
             if proc.poll() is None:
                 stop_group(proc)
+
+
+def checkpoint_server(checkpoint: Path, cache: Cache, *, what: str, tie_nats: float,
+                      source_base: Path | None = None) -> HostServer:
+    """The reference for an engine whose device runs a Hugging Face checkpoint in another
+    precision (TensorRT-LLM): the same checkpoint converted to F16 with llama.cpp's own
+    convert_hf_to_gguf.py and served by llama-server built for this machine, from the
+    catalog's pinned llama.cpp source. Converted only when the answers are made (a cache
+    entry per checkpoint); `tie_nats` is the pair's tolerance (docs/quality.md)."""
+    from ...model.pipeline import fetch
+    from ...schema import ModelSource
+    from . import build as build_mod
+    from . import source as sources
+    from .convert import convert, gguf_of
+    from .settings import LlamaCppSettings
+
+    s = LlamaCppSettings()
+    server = build_mod.host_tools(s, cache, base_dir=source_base).tool("llama-server")
+
+    @contextmanager
+    def converted_and_served() -> Iterator[str]:
+        fetched = fetch(ModelSource(path=str(checkpoint)), cache)
+        src = sources.llama_cpp(s.source, cache, base_dir=source_base)
+        model = gguf_of(convert(fetched, src, cache))
+        with serving(server, {"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_N_PARALLEL": "1"},
+                     model) as url:
+            yield url
+
+    return HostServer(converted_and_served(), what, server, tie_nats)

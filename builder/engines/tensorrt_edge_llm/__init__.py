@@ -146,6 +146,7 @@ class TensorRtEdgeLlm(Engine):
     probe = Probe(ready="/health", alive="/health")
     model_format = "onnx"
     quants = QUANTS
+    logprobs = False  # the adapter (device/edgellm_serve.py) refuses `logprobs`
 
     def version(self, p: Profile) -> str:
         return f"TensorRT Edge-LLM {self.settings_of(p).version}"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ...contracts import (
     Engine,
     EngineArtifact,
+    HostServer,
     OfflineInstall,
     Pinned,
     Platform,
@@ -62,6 +63,14 @@ QUANTS = (
     Quantization("int8_wo", 8.0, "int8 weight-only, fp16 per-channel scales; embeddings fp16"),
     Quantization("fp16", 16.0, "unquantized half precision"),
 )
+
+# verify.min_agreement's tolerance when the device runs the checkpoint in this precision
+# on its GPU and the reference is llama.cpp F16 of it here (nats below the reference's
+# choice that still count as a near tie). Measured with llama.cpp's own formats of a
+# trained model standing in (benchmarks/agreement_across_precision.py, docs/quality.md):
+# Q8_0 against F16 strayed at most 0.29 nats at its first divergence, Q4_K_M 1.35
+# (2 of 24 to a token outside F16's top 5). To be confirmed on a board (tests/test_hil.py).
+REFERENCE_TIE_NATS = {"fp16": 0.5, "int8_wo": 0.5, "int4_awq": 1.5}
 
 # quantization -> how the checkpoint is made (examples/qwen/convert_checkpoint.py, or
 # examples/quantization/quantize.py for AWQ, which needs calibration data)
@@ -109,6 +118,7 @@ class TrtLlm(Engine):
     probe = Probe(ready="/health", alive="/health")
     model_format = "hf"
     quants = QUANTS
+    logprobs = False  # 0.12's OpenAI server: "returning log probs is not supported"
 
     def version(self, p: Profile) -> str:
         return f"TensorRT-LLM {self.settings_of(p).version}"
@@ -177,6 +187,21 @@ class TrtLlm(Engine):
 
     def tensor_types(self, model: ModelArch, quant: str) -> list[tuple[Tensor, str, int]]:
         return [(t, quant, tensor_bytes(t, quant)) for t in model.tensors()]
+
+    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
+                    cache: Cache, *, source_base: Path | None = None) -> HostServer | None:
+        """llama.cpp F16 of the release's own checkpoint (TensorRT-LLM does not run
+        here): the same weights, another precision, so the pair's tolerance is the one
+        measured for it (REFERENCE_TIE_NATS). None for a GPTQ checkpoint, which the
+        pinned convert_hf_to_gguf.py does not dequantize."""
+        from ..llama_cpp.local import checkpoint_server
+
+        tie = REFERENCE_TIE_NATS.get(p.model.quant.lower())
+        if tie is None:
+            return None
+        return checkpoint_server(model, cache, tie_nats=tie, source_base=source_base,
+                                 what="llama-server (F16) of the release's checkpoint, "
+                                      f"against {p.model.quant} on the device")
 
     def shape_of(self, path: Path, quant: str) -> ModelShape:
         from ...errors import display_path
