@@ -165,11 +165,12 @@ def add_reference_answers(ctx: BuildContext, tree: Path) -> None:
     cannot serve the engine."""
     from .verify import reference
 
-    if not ctx.p.verify.min_agreement:
+    tokens = ctx.p.verify.min_agreement
+    if not tokens:
         return
     assert ctx.model
     made = reference.add_to_release(tree, ctx.device, ctx.model.path, ctx.model.sha256,
-                                    ctx.cache)
+                                    ctx.cache, tokens)
     if made is None:
         console.print(f"note: verify.min_agreement: no reference here for "
                       f"{ctx.p.engine.kind} {ctx.p.model.quant} (docs/quality.md); the "

@@ -105,6 +105,57 @@ def test_a_wider_tolerance_takes_a_further_alternative_as_a_tie() -> None:
     assert compare(REFERENCE, device, 4, tie_nats=4.0).passed
 
 
+def test_a_character_split_over_two_tokens_is_compared_by_its_bytes() -> None:
+    """llama-server cuts a token's text to valid UTF-8 (an emoji's first bytes come back
+    as "", its last as replacement characters) and gives the bytes beside it: the
+    device's text, whole, agrees with them."""
+    emoji = "\N{GRINNING FACE}".encode()
+    reference = tokens_of({"choices": [{"logprobs": {"content": [
+        {"token": t, "bytes": list(b), "logprob": -0.01,
+         "top_logprobs": [{"token": t, "bytes": list(b), "logprob": -0.01}]}
+        for t, b in (("I", b"I"), (" like", b" like"), (" ", b" "), ("", emoji[:2]),
+                     ("\ufffd\ufffd", emoji[2:]), ("!", b"!"))]}}]}, "reference")
+    assert compare_text(reference, "I like \N{GRINNING FACE}!", 6).passed
+    o = compare_text(reference, "I like \N{SMILING FACE WITH SMILING EYES}!", 6)
+    assert not o.passed and o.diverged_at == 4  # the two share their first two bytes
+
+
+def test_an_empty_token_at_the_end_agrees() -> None:
+    assert compare_text([_t("A", -0.1), _t("", -0.1)], "A", 2).passed
+
+
+def test_a_longer_alternative_the_text_goes_on_with_is_the_devices_choice() -> None:
+    """The reference chose "The" and ranked "There" close: a device that says "There"
+    chose "There" (a tie), not "The" followed by a token the reference never ranked;
+    one that says "The capital" chose "The"."""
+    reference = [_t("The", -0.1, There=-0.15), _t(" capital", -0.1), _t(" is", -0.1)]
+    o = compare_text(reference, "There is", 3)
+    assert o.passed and o.tie and o.diverged_at == 0 and "chose 'There'" in o.detail
+    assert compare_text(reference, "The capital is", 3).diverged_at is None
+    far = [_t("The", -0.1, There=-3.0), *reference[1:]]
+    o = compare_text(far, "There is", 3)
+    assert not o.passed and "chose 'There' where the reference chose 'The' (2.900" in o.detail
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"token": "a", "logprob": float("-inf")}, ".logprob: not a finite log-probability"),
+    ({"token": "a", "logprob": float("nan")}, ".logprob: not a finite log-probability"),
+    ({"token": "a", "logprob": "-0.5"}, ".logprob: not a finite log-probability"),
+    ({"token": "a", "logprob": 3.0}, ".logprob: not a finite log-probability"),
+    ({"token": 7, "logprob": -1}, ".token: not a string"),
+    ({"token": "a", "logprob": -1, "bytes": [256]}, ".bytes: not a list of byte values"),
+    ({"token": "a", "logprob": -1, "top_logprobs": [{"token": "a", "logprob": -1}] * 21},
+     ".top_logprobs: not a list of at most 20"),
+    ({"token": "a", "logprob": -1, "top_logprobs": [{"token": "b", "logprob": None}]},
+     ".top_logprobs[0].logprob: not a finite"),
+])
+def test_a_replys_log_probabilities_are_typed_before_they_are_compared(entry, says) -> None:
+    """A -inf reference log-probability would make every alternative a tie: refused."""
+    reply = {"choices": [{"logprobs": {"content": [entry]}}]}
+    with pytest.raises(ValueError, match=re.escape(f"d: choices[0].logprobs.content[0]{says}")):
+        tokens_of(reply, "d")
+
+
 def test_a_reply_without_text_is_not_an_answer() -> None:
     from builder.verify.agreement import text_of
 
@@ -171,7 +222,8 @@ def _answers(tokens: int = 8, **over) -> bytes:
 @pytest.mark.parametrize(("data", "says"), [
     (b"{", "not JSON"),
     (b"[]", "not a JSON object"),
-    (_answers(engine=["x"]), "engine: not a short string"),
+    (_answers(engine=["x"]), "engine: not a short line of text"),
+    (_answers(engine="llama-server\x1b[2J"), "engine: not a short line of text"),
     (_answers(tokens="8"), "tokens: not an integer"),
     (_answers(tokens=0), "tokens: not an integer"),
     (_answers(tokens=True), "tokens: not an integer"),
@@ -186,6 +238,10 @@ def _answers(tokens: int = 8, **over) -> bytes:
      "answers[0].reply: the reply has no per-token log-probabilities"),
     (_answers(answers=[{"prompt": "p", "reply": "{{ lookup('pipe', 'id') }}"}]),
      "answers[0].reply: the reply has no per-token"),
+    (_answers(tokens=2), "answers[0].reply: 5 tokens, more than the 2 asked for"),
+    (_answers(answers=[{"prompt": "p", "reply": _reply("a") | {"choices": [{"logprobs": {
+        "content": [{"token": {"x": 1}, "logprob": -1}]}}]}}]),
+     "answers[0].reply: choices[0].logprobs.content[0].token: not a string"),
 ])
 def test_a_releases_answers_are_parsed_before_they_are_used(data, says) -> None:
     from builder.verify import reference
@@ -265,8 +321,7 @@ def test_the_answers_signed_into_a_release_hold_the_device(site) -> None:
     said: list[str] = []
     got = _check(b, out, 8, said)
     assert got == {"path": str(b.tree / reference.ANSWERS), "tokens": 8,
-                   "engine": "the release's own llama-server", "tie_nats": TIE_NATS,
-                   "logprobs": True}
+                   "engine": "the release's own llama-server", "logprobs": True}
     assert said == [f"verify.min_agreement: the reference answers signed into release "
                     f"{b.release_id} (the release's own llama-server)"]
     # fewer tokens asked than recorded: the same answers, compared over fewer
@@ -353,16 +408,23 @@ def test_a_broken_artifact_fails_at_its_first_diverging_position(release, artifa
                                                                    smollm2_gguf,
                                                                    tmp_path: Path) -> None:
     import gguf
+    from releases import trust_key
 
     from builder import verify
     from builder.engines.llama_cpp.local import serving
+    from builder.fleet import trust
     from builder.verify import agreement
     from builder.verify.suite.engine_env import parse_env_file
 
     d, release = release
-    ref = verify.reference_answers(d, {"release": {"dir": str(release.dir)}},
-                                   artifact_cache, 12)
-    assert ref and ref["engine"] == "the release's own llama-server"
+    out = release.dir.parents[1]  # work/out/releases/<id>: made by test_tune.make_release
+    trust_key(out, out.parent / "signing")
+    rel = trust.open_release(release.dir, trust.signers(None, out))
+    said: list[str] = []
+    ref = verify.answers_for(d, {"release": {"dir": str(release.dir)}}, rel,
+                             artifact_cache, {"min_agreement": 12}, said.append)
+    assert said == []  # made here, as the release carries none
+    assert ref and ref["engine"] == "the release's own llama-server" and ref["logprobs"]
     # llama-perplexity is built with the engine here, and stays out of the release
     assert not (release.tree / "bin" / "llama-perplexity").exists()
     answers = json.loads(Path(ref["path"]).read_text())["answers"]
@@ -443,8 +505,9 @@ def test_a_release_made_with_the_bar_carries_answers_verify_uses(
                              said.append)
     assert got["path"] == str(b.tree / reference.ANSWERS) and "signed into" in said[0]
     # answered again here, the same: the release's server, settings and model
-    again = verify.reference_answers(d, expected, artifact_cache, 6)
-    assert reference.parse(Path(again["path"]).read_bytes(), "here") == carried
+    again = reference.make(d, d.profile, rel.tree, rel.model_path,
+                           rel.manifest.model.sha256, artifact_cache, 6)
+    assert reference.parse(again.read_bytes(), "here") == carried
     said.clear()
     more = verify.answers_for(d, expected, rel, artifact_cache, {"min_agreement": 10},
                               said.append)

@@ -257,7 +257,7 @@ def test_plan_shows_the_quality_of_the_planned_model_measured_here(
             "--cache-dir", str(cache))
     r = cli(*plan)
     assert "quality: Q4_K_M not measured here; `builder model quality --profile " \
-        "x86-gateway --quant Q4_K_M` measures it" in r.out
+        "x86-gateway --model qwen2.5-0.5b-instruct --quant Q4_K_M` measures it" in r.out
     _keep(cache, "q8")
     _keep(cache, "q4", quant="Q4_K_M", bytes=377 << 20, kld_mean=0.00938)
     _keep(cache, "1.5b", model="qwen2.5-1.5b-instruct", kld_mean=0.5)
@@ -286,6 +286,7 @@ def test_the_same_file_measured_again_is_listed_once_the_newest(tmp_path: Path) 
     _keep(cache, "old tools", model_sha256="a" * 64, kld_mean=0.5)
     _keep(cache, "new tools", model_sha256="a" * 64, kld_mean=0.25)
     _keep(cache, "another file", model_sha256="b" * 64, kld_mean=0.75)
+    _keep(cache, "a list for a sha", model_sha256=["b"], kld_mean=0.9)  # left out
     for name, when in (("old tools", 1000), ("new tools", 2000)):
         [f] = [f for f in Cache(cache).outputs("quality", "quality.json")
                if json.loads(f.read_text())["kld_mean"] == {"old tools": 0.5,

@@ -271,8 +271,12 @@ def plan_cmd(profile: str, model: str | None, quant: str | None, ctx: int | None
                      "quality": [{k: r[k] for k in QUALITY_KEYS if k in r}
                                  for r in measured]})
     else:
+        i = result.input
+        how = ["--profile", profile, *(a for d in profiles_dir for a in ("--profiles-dir", str(d))),
+               *(("--model", i.model_id) if i.model.in_catalog
+                 else ("--model-file", i.model.origin)), "--quant", i.quant]
         _render_plan(rp.name, p, result)
-        _render_quality(rp.name, result.input, measured)
+        _render_quality(i, measured, how)
     sys.exit(result.verdict.exit_code)
 
 
@@ -286,15 +290,19 @@ def _measured_for(i: PlanInput, cache: Cache) -> list[dict[str, Any]]:
             and (i.model.in_catalog or r["origin"] == i.model.origin)]
 
 
-def _render_quality(name: str, i: PlanInput, measured: list[dict[str, Any]]) -> None:
+def _render_quality(i: PlanInput, measured: list[dict[str, Any]], how: list[str]) -> None:
+    """The quality results kept here for the plan, or (`how`: the arguments that name
+    its profile, model and quant) the command that measures it."""
+    import shlex
+
     from ..model import quality
 
     if not measured and not quality.measurable(i.engine):
         return  # nothing kept, and its engine cannot measure it here
     if not any(r["quant"] == i.quant for r in measured):
         out.print(f"quality: {i.quant} not measured here; `builder model quality "
-                  f"--profile {name} --quant {i.quant}` measures it against F16 "
-                  "(`--synthetic`: random weights of the same shape)", markup=False)
+                  f"{shlex.join(how)}` measures it against F16 (`--synthetic`: random "
+                  "weights of the same shape)", markup=False)
     _quality_tables(measured, i.quant)
 
 

@@ -65,6 +65,7 @@ def _listable(r: Any) -> bool:
 
     return (isinstance(r, dict)
             and all(isinstance(r.get(k), str) for k in ("model", "origin", "quant", "engine"))
+            and isinstance(r.get("model_sha256", ""), str)
             and all(number(r.get(k)) for k in ("kld_mean", "top1_percent", "bytes", "tokens"))
             and isinstance(r.get("text"), dict)
             and all(type(r["text"].get(k)) is int for k in ("ctx", "chunks"))

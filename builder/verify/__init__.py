@@ -24,7 +24,7 @@ from ..schema import Service
 
 if TYPE_CHECKING:
     from ..cache import Cache
-    from ..contracts import Device
+    from ..contracts import Device, Engine
     from ..fleet.trust import Release
 
 SUITE = Path(__file__).parent / "suite"
@@ -200,69 +200,57 @@ def as_deployed(built: dict[str, Any], release: Release) -> dict[str, Any]:
 def answers_for(d: Device, expected: dict[str, Any], release: Release, cache: Cache,
                 thresholds: dict, say: Any) -> dict[str, Any] | None:
     """verify.min_agreement's reference answers for the suite (`builder verify`, `builder
-    lab run`), or None: without the bar, or (said) when the release carries none and this
-    machine cannot serve the engine, the agreement check is left out of the suite.
-    `release` is the one the device should serve, checked (trust.open_release): the
-    answers signed into it when it was made are used when they are long enough."""
+    lab run`), or None: without the bar, or (said) when the release carries none and
+    there is no reference for its engine here, the agreement check is left out of the
+    suite. `release` is the one the device should serve, checked (trust.open_release);
+    `expected` what the device should run (a build's manifest, or as deployed): the
+    profile the release was made from. The answers signed into the release are used
+    when they are long enough, else the release's model answers here."""
+    from ..resolve import built_profile, engine_named
     from . import reference
 
     tokens = thresholds.get("min_agreement")
     if not tokens:
         return None
-    carried = release.dir / "tree" / reference.ANSWERS
+    try:
+        profile = built_profile(expected) or d.profile
+    except ValueError as e:
+        raise BuilderError(f"verify.min_agreement: the profile release {release.release_id} "
+                           f"was made from cannot be read here ({e}); build again") from None
+    engine = engine_named(profile.engine.kind)
+    carried = release.tree / reference.ANSWERS
     if carried.is_file():
+        what = f"release {release.release_id}'s {reference.ANSWERS}"
         try:
-            signed = reference.parse(carried.read_bytes(), f"release {release.release_id}'s "
-                                     f"{reference.ANSWERS}")
-        except ValueError as e:
+            signed = reference.parse(carried.read_bytes(), what)
+        except (OSError, ValueError) as e:
             raise BuilderError(f"verify.min_agreement: {e}; make the release again with "
                                "`builder release`") from None
         if signed.tokens >= tokens:
             say(f"verify.min_agreement: the reference answers signed into release "
                 f"{release.release_id} ({signed.engine})")
-            return _for_suite(d, carried, tokens, signed)
+            return _for_suite(engine, carried, tokens, signed)
         say(f"note: verify.min_agreement: release {release.release_id} carries answers "
             f"of {signed.tokens} tokens, fewer than {tokens}; answering here")
-    answers = reference_answers(d, expected, cache, tokens)
-    if answers is None:
-        say(f"note: verify.min_agreement: release {release.release_id} carries no reference "
-            f"answers and there is no reference here for {d.profile.engine.kind} "
-            f"{d.profile.model.quant} (docs/quality.md); the agreement check is left out")
-    return answers
-
-
-def reference_answers(d: Device, expected: dict[str, Any], cache: Cache, tokens: int
-                      ) -> dict[str, Any] | None:
-    """The release the device should serve (`expected`: a build's manifest, or as
-    deployed), its model answering the agreement prompts on this machine, served with
-    the release's settings from the profile it was made from (reference.make). None when
-    this machine cannot serve it."""
-    from ..fleet.release import Bundle
-    from ..resolve import built_profile
-    from . import reference
-
-    rel = Path(str((expected.get("release") or {}).get("dir")))
-    try:
-        bundle = Bundle(rel)
-        model, manifest = bundle.model_path, bundle.manifest
-        profile = built_profile(expected) or d.profile
-        sha = manifest["model"]["sha256"]
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise BuilderError(f"verify.min_agreement: the release at {display_path(rel)} "
-                           f"cannot be read here ({e}); make it again with `builder "
-                           "release` or `builder build`") from None
-    path = reference.make(d, profile, bundle.tree, model, sha, cache, tokens)
+    path = reference.make(d, profile, release.tree, release.model_path,
+                          release.manifest.model.sha256, cache, tokens)
     if path is None:
+        say(f"note: verify.min_agreement: release {release.release_id} carries no reference "
+            f"answers and there is no reference here for {engine.kind} "
+            f"{profile.model.quant} (docs/quality.md); the agreement check is left out")
         return None
-    return _for_suite(d, path, tokens, reference.parse(path.read_bytes(), str(path)))
+    try:
+        return _for_suite(engine, path, tokens, reference.parse(path.read_bytes(), str(path)))
+    except (OSError, ValueError) as e:
+        raise BuilderError(f"verify.min_agreement: the answers made here: {e}") from None
 
 
-def _for_suite(d: Device, path: Path, tokens: int, answers: Any) -> dict[str, Any]:
-    """What the suite's check (test_answers.py) is given: the answers, how many tokens
-    to compare, what answered them, the near ties they tolerate, and whether the
-    device's engine returns log-probabilities (else its text is compared)."""
+def _for_suite(engine: Engine, path: Path, tokens: int, answers: Any) -> dict[str, Any]:
+    """What the suite's check (test_answers.py) is given: the answers (it reads their
+    tolerance from them), how many tokens to compare, what answered them, and whether
+    the device's engine returns log-probabilities (else its text is compared)."""
     return {"path": str(path), "tokens": tokens, "engine": answers.engine,
-            "tie_nats": answers.tie_nats, "logprobs": d.engine.logprobs}
+            "logprobs": engine.logprobs}
 
 
 def api_url_of(target: SshHost, service: Service, given: str | None = None) -> str:
@@ -288,7 +276,7 @@ def run_suite(manifest: Path, target: SshHost, key: Path, state: Path, junit: Pa
     expression (e.g. "performance"); `log_file` takes pytest's output instead of the
     terminal (`builder lab run`: devices verified side by side); `checks` the device's
     target's own checks (a test module or directory), run after the shared ones;
-    `answers` the reference answers of verify.min_agreement (reference_answers)."""
+    `answers` the reference answers of verify.min_agreement (answers_for)."""
     ssh_config = ssh_to(target, key, state)
     settle(target, ssh_config, json.loads(manifest.read_text()), log_file)
     for f in (junit, log_file):  # a failed check's report shows its arguments: the API key

@@ -58,8 +58,8 @@ def parse(data: bytes, what: str) -> Answers:
     if not isinstance(raw, dict):
         raise ValueError(f"{what}: not a JSON object")
     engine, tokens, items = raw.get("engine"), raw.get("tokens"), raw.get("answers")
-    if not isinstance(engine, str) or len(engine) > 200:
-        raise ValueError(f"{what}: engine: not a short string")
+    if not isinstance(engine, str) or len(engine) > 200 or not engine.isprintable():
+        raise ValueError(f"{what}: engine: not a short line of text")
     if type(tokens) is not int or not 1 <= tokens <= MAX_TOKENS:
         raise ValueError(f"{what}: tokens: not an integer from 1 to {MAX_TOKENS}")
     tie = raw.get("tie_nats", agreement.TIE_NATS)
@@ -75,7 +75,8 @@ def parse(data: bytes, what: str) -> Answers:
             raise ValueError(f"{where}.prompt: not a string of 1 to {MAX_PROMPT_CHARS} "
                              "characters")
         reply = item["reply"] if isinstance(item.get("reply"), dict) else None
-        out.append(Answer(prompt, reply or {}, agreement.tokens_of(reply, f"{where}.reply")))
+        out.append(Answer(prompt, reply or {},
+                          agreement.tokens_of(reply, f"{where}.reply", most=tokens)))
     return Answers(engine, tokens, out, float(tie))
 
 
@@ -85,13 +86,19 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
     its model here), `tokens` tokens each: a cache entry per server binary, settings,
     model and prompts; its answers.json. None when this machine cannot serve it."""
     from ..cache import sha256_file
+    from ..resolve import engine_named
 
-    server = d.engine.host_server(profile, d.platform, tree, model, cache,
-                                  source_base=d.engine_base_dir)
+    try:
+        settings = sha256_file(tree / "engine.env")
+    except OSError as e:
+        raise BuilderError(f"the release's engine.env cannot be read here ({e}); make the "
+                           "release again with `builder release`") from None
+    server = engine_named(profile.engine.kind).host_server(
+        profile, d.platform, tree, model, cache, source_base=d.engine_base_dir)
     if server is None:
         return None
     tie = agreement.TIE_NATS if server.tie_nats is None else server.tie_nats
-    inputs = {"server": sha256_file(server.binary), "settings": sha256_file(tree / "engine.env"),
+    inputs = {"server": sha256_file(server.binary), "settings": settings,
               "model": model_sha256, "prompts": agreement.PROMPTS, "tokens": tokens,
               "top": agreement.TOP, "what": server.what, "tie_nats": tie}
 
@@ -116,14 +123,11 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
     return entry.out / ANSWERS
 
 
-def add_to_release(tree: Path, d: Device, model: Path, model_sha256: str, cache: Cache
-                   ) -> Answers | None:
-    """verify.min_agreement of the profile `d` makes a release from: its answers written
-    into the release's `tree` being made (release.make's `add`), to be listed and signed
-    with it. None without the bar, or when this machine cannot serve the engine."""
-    tokens = d.profile.verify.min_agreement
-    if not tokens:
-        return None
+def add_to_release(tree: Path, d: Device, model: Path, model_sha256: str, cache: Cache,
+                   tokens: int) -> Answers | None:
+    """The answers of the release `d`'s profile makes, `tokens` each (its
+    verify.min_agreement), written into the release's `tree` being made (release.make's
+    `add`), to be listed and signed with it. None when there is no reference here."""
     found = make(d, d.profile, tree, model, model_sha256, cache, tokens)
     if found is None:
         return None
