@@ -54,8 +54,13 @@ def test_pi5_appliance_passes_builder_verify_on_the_board() -> None:
 def test_pi5_answers_like_llama_cpp_on_this_machine(tmp_path: Path) -> None:
     """verify.min_agreement on the board: its ARM kernels against the same source built
     for this machine, same weights and settings (near ties tolerated: docs/quality.md)."""
-    profile = os.environ.get("EDGE_LLM_HIL_PI5_PROFILE", "pi5-8gb")
-    host = need("EDGE_LLM_HIL_PI5")
+    agrees(os.environ.get("EDGE_LLM_HIL_PI5_PROFILE", "pi5-8gb"), need("EDGE_LLM_HIL_PI5"),
+           tmp_path)
+
+
+def agrees(profile: str, host: str, tmp_path: Path) -> None:
+    """`builder verify`'s agreement check alone, with verify.min_agreement: 16 (a
+    profile of the same name that extends the board's)."""
     (tmp_path / f"{profile}.yaml").write_text(
         f"extends: {profile}\nverify:\n  min_agreement: 16\n")
     api = "http://" + host.removeprefix("ssh://").split("@")[-1].split(":")[0] + ":8080"
@@ -87,13 +92,7 @@ def test_orin_answers_like_llama_cpp_f16_of_its_checkpoint(tmp_path: Path) -> No
     if quant not in REFERENCE_TIE_NATS:
         pytest.skip(f"{profile} serves {quant}, which has no reference here; build the "
                     f"board with model.quant one of {', '.join(REFERENCE_TIE_NATS)}")
-    (tmp_path / f"{profile}.yaml").write_text(
-        f"extends: {profile}\nverify:\n  min_agreement: 16\n")
-    api = "http://" + host.removeprefix("ssh://").split("@")[-1].split(":")[0] + ":8080"
-    r = builder("verify", "--profile", profile, "--profiles-dir", str(tmp_path), "--out",
-                need("EDGE_LLM_HIL_OUT"), "--host", host, "--api-url", api, "--select",
-                "agree_with_the_reference")
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    agrees(profile, host, tmp_path)
 
 
 def test_orin_flashes_over_usb_in_recovery_mode() -> None:

@@ -310,6 +310,14 @@ def gateway(orin: OrinDevice, tmp_path: Path) -> GatewayProcess:
                           engine_probe_interval=0.2, **engine)
 
 
+def healthy(gw: GatewayProcess) -> None:
+    """Wait until the gateway's /health is 200: its probe found the engine ready."""
+    deadline = time.monotonic() + 30
+    while gw.get("/health")[0] != 200:
+        assert time.monotonic() < deadline, gw.log_file.read_text()[-2000:]
+        time.sleep(0.2)
+
+
 def test_serve_runs_the_openai_server_on_the_release_port(orin: OrinDevice) -> None:
     assert orin.build().returncode == 0
     with serving(orin) as base:
@@ -325,10 +333,7 @@ def test_the_gateway_serves_tensorrt_llm_and_keeps_llama_cpp_fields_from_it(
     it from the gateway, and the ones TensorRT-LLM takes reach it."""
     assert orin.build().returncode == 0
     with serving(orin), gateway(orin, tmp_path) as gw:
-        deadline = time.monotonic() + 30
-        while gw.get("/health")[0] != 200:
-            assert time.monotonic() < deadline, gw.log_file.read_text()[-2000:]
-            time.sleep(0.2)
+        healthy(gw)
         url = gw.url + "/v1/chat/completions"
         code, _, body = post(url, {**CHAT, "top_k": 20, "ignore_eos": False}, gw.key)
         assert code == 200, body
@@ -350,10 +355,7 @@ def test_the_agreement_check_asks_tensorrt_llm_for_text_and_compares_it(
     assert not TrtLlm.logprobs
     assert orin.build().returncode == 0
     with serving(orin), gateway(orin, tmp_path) as gw:
-        deadline = time.monotonic() + 30
-        while gw.get("/health")[0] != 200:
-            assert time.monotonic() < deadline, gw.log_file.read_text()[-2000:]
-            time.sleep(0.2)
+        healthy(gw)
         url = gw.url + "/v1/chat/completions"
         prompt, model = agreement.PROMPTS[0], CHAT["model"]
         code, _, body = post(url, agreement.request(prompt, 8, model=model), gw.key)
