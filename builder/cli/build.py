@@ -589,8 +589,12 @@ def verify_cmd(profile: str, host_url: str | None, inventory: Path | None, out_r
     answers = None
     if thresholds.get("min_agreement"):  # against the release the device should serve
         expected = json.loads(mpath.read_text())
+        built_release = (expected.get("release") or {}).get("dir")
+        if not release_id and not isinstance(built_release, str):
+            raise BuilderError(f"{display_path(mpath)} names no release: build "
+                               f"{rp.name} again")
         opened = rel if release_id else trust.open_release(
-            Path(expected["release"]["dir"]), trust.signers(None, out_root))
+            Path(built_release), trust.signers(None, out_root))
         answers = verify.answers_for(d, expected, opened, Cache(cache_dir), thresholds,
                                      lambda s: out.print(s, markup=False))
     failed = []

@@ -1,6 +1,7 @@
-"""The device answers like the release's model on this machine (verify.min_agreement):
-the same prompts, greedy, compared token by token (builder/verify/agreement.py), with
-the reference answers signed into the release or made here (builder/verify/reference.py)."""
+"""The device answers like the release's model (verify.min_agreement): the same prompts,
+greedy, compared token by token, or by text where its engine gives no log-probabilities
+(builder/verify/agreement.py), with the reference answers signed into the release or
+made on this machine (builder/verify/reference.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 from builder.verify import agreement, reference
 
 
-def test_answers_agree_with_the_reference(cfg: dict, manifest: dict,
-                                                          api_url: str, api_key: str) -> None:
+def test_answers_agree_with_the_reference(cfg: dict, manifest: dict, api_url: str,
+                                          api_key: str) -> None:
     ref = cfg["answers"]  # collected only with them (plugin.pytest_collection_modifyitems)
     data = reference.parse(Path(ref["path"]).read_bytes(), ref["path"])
     tokens = ref["tokens"]
