@@ -30,6 +30,7 @@ from .schema import EngineSettings, Profile, TargetSettings
 from .units import MiB
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextlib import AbstractContextManager
 
     from .cache import Cache, Entry
@@ -212,7 +213,9 @@ class Quantization:
 class HostServer:
     """An engine served on this machine for a release (Engine.host_server)."""
 
-    serving: AbstractContextManager[str]  # yields the URL of its OpenAI API
+    # serves the release's model, handed over checked against the release's sha256
+    # (pipeline.held); yields the URL of its OpenAI API
+    serving: Callable[[Fetched], AbstractContextManager[str]]
     what: str  # what it runs, for a person
     binary: Path  # the server executable (its sha256 names the reference it gives)
     # how far below the reference's choice the device's may rank and still be a near
@@ -423,12 +426,12 @@ class Engine(ABC):
         when this engine has no such measurement."""
         return None
 
-    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
-                    cache: Cache, *, source_base: Path | None = None) -> HostServer | None:
+    def host_server(self, p: Profile, platform: Platform, tree: Path, cache: Cache, *,
+                    source_base: Path | None = None) -> HostServer | None:
         """A server on this machine that answers as the device's engine would, from the
         release at `tree` (its settings; its engine build when that runs here; `p` the
-        profile it was made from) and its model file; None when this machine cannot run
-        one (`builder verify`'s agreement check)."""
+        profile it was made from), serving the release's model it is handed; None when
+        this machine cannot run one (`builder verify`'s agreement check)."""
         return None
 
     def tuner(self) -> Any:

@@ -275,7 +275,7 @@ def test_tensorrt_llm_states_a_tolerance_for_each_precision_it_has_a_reference_f
     rp = ProfileStore().load("orin-nano-8gb")
     d = resolve.resolve(rp, rp.concrete())
     assert d.profile.model.quant == "int4_gptq"
-    assert d.engine.host_server(d.profile, d.platform, tmp_path, tmp_path,
+    assert d.engine.host_server(d.profile, d.platform, tmp_path,
                                 Cache(tmp_path / "cache")) is None
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -555,8 +555,8 @@ def test_a_tensorrt_llm_release_is_answered_by_llama_cpp_f16_of_its_checkpoint(
     assert [a.prompt for a in made.answers] == list(PROMPTS)
     assert len({a.reply["choices"][0]["message"]["content"] for a in made.answers}) == 3
     # a device on the same weights, asked as the check asks one without log-probabilities
-    server = d.engine.host_server(d.profile, d.platform, tree, ckpt, artifact_cache)
-    with server.serving as url:
+    server = d.engine.host_server(d.profile, d.platform, tree, artifact_cache)
+    with server.serving(checkpoint) as url:
         for a in made.answers:
             body = agreement.request(a.prompt, 8, logprobs=False)
             text = agreement.text_of(agreement.ask(url, body), "the device")

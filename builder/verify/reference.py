@@ -94,7 +94,7 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
         raise BuilderError(f"the release's engine.env cannot be read here ({e}); make the "
                            "release again with `builder release`") from None
     server = engine_named(profile.engine.kind).host_server(
-        profile, d.platform, tree, model, cache, source_base=d.engine_base_dir)
+        profile, d.platform, tree, cache, source_base=d.engine_base_dir)
     if server is None:
         return None
     tie = agreement.TIE_NATS if server.tie_nats is None else server.tie_nats
@@ -103,9 +103,9 @@ def make(d: Device, profile: Profile, tree: Path, model: Path, model_sha256: str
               "top": agreement.TOP, "what": server.what, "tie_nats": tie}
 
     def answer(out: Path, _log: Path) -> None:
-        held(model, model_sha256, "the release's model")  # what the answers are keyed by
+        checked = held(model, model_sha256, "the release's model")  # what the key names
         with step(f"the reference answers ({server.what}, {len(agreement.PROMPTS)} "
-                  "prompts)"), server.serving as url:
+                  "prompts)"), server.serving(checked) as url:
             answers = []
             for prompt in agreement.PROMPTS:
                 try:

@@ -117,8 +117,8 @@ class LlamaCpp(Engine):
                                  source_base=source_base,
                                  threads=len(os.sched_getaffinity(0)))  # this machine's
 
-    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
-                    cache: Cache, *, source_base: Path | None = None) -> HostServer:
+    def host_server(self, p: Profile, platform: Platform, tree: Path, cache: Cache, *,
+                    source_base: Path | None = None) -> HostServer:
         from ...rootfs.binfmt import host_arch
         from ...verify.suite.engine_env import parse_env_file
         from .local import serving
@@ -131,7 +131,7 @@ class LlamaCpp(Engine):
             server = build_mod.host_tools(self.settings_of(p), cache,
                                           base_dir=source_base).tool("llama-server")
             what = f"llama-server of the same llama.cpp source built for {host_arch()}"
-        return HostServer(serving(server, env, model), what, server)
+        return HostServer(lambda model: serving(server, env, model.path), what, server)
 
     def convert(self, p: Profile, fetched: Fetched, cache: Cache, *,
                 source_base: Path | None = None) -> Path:

@@ -21,6 +21,7 @@ from ...run import stop_group
 
 if TYPE_CHECKING:
     from ...cache import Cache
+    from ...model.pipeline import Fetched
 
 
 def _free_port() -> int:
@@ -67,15 +68,13 @@ def serving(server: Path, env: dict[str, str], model: Path, *, timeout: float = 
                 stop_group(proc)
 
 
-def checkpoint_server(checkpoint: Path, cache: Cache, *, what: str, tie_nats: float,
+def checkpoint_server(cache: Cache, *, what: str, tie_nats: float,
                       source_base: Path | None = None) -> HostServer:
     """The reference for an engine whose device runs a Hugging Face checkpoint in another
-    precision (TensorRT-LLM): the same checkpoint converted to F16 with llama.cpp's own
-    convert_hf_to_gguf.py and served by llama-server built for this machine, from the
+    precision (TensorRT-LLM): the checkpoint it is handed converted to F16 with llama.cpp's
+    own convert_hf_to_gguf.py and served by llama-server built for this machine, from the
     catalog's pinned llama.cpp source. Converted only when the answers are made (a cache
     entry per checkpoint); `tie_nats` is the pair's tolerance (docs/quality.md)."""
-    from ...model.pipeline import fetch
-    from ...schema import ModelSource
     from . import build as build_mod
     from . import source as sources
     from .convert import convert, gguf_of
@@ -85,12 +84,11 @@ def checkpoint_server(checkpoint: Path, cache: Cache, *, what: str, tie_nats: fl
     server = build_mod.host_tools(s, cache, base_dir=source_base).tool("llama-server")
 
     @contextmanager
-    def converted_and_served() -> Iterator[str]:
-        fetched = fetch(ModelSource(path=str(checkpoint)), cache)
+    def converted_and_served(checkpoint: Fetched) -> Iterator[str]:
         src = sources.llama_cpp(s.source, cache, base_dir=source_base)
-        model = gguf_of(convert(fetched, src, cache))
+        model = gguf_of(convert(checkpoint, src, cache))
         with serving(server, {"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_N_PARALLEL": "1"},
                      model) as url:
             yield url
 
-    return HostServer(converted_and_served(), what, server, tie_nats)
+    return HostServer(converted_and_served, what, server, tie_nats)

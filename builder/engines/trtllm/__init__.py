@@ -188,8 +188,8 @@ class TrtLlm(Engine):
     def tensor_types(self, model: ModelArch, quant: str) -> list[tuple[Tensor, str, int]]:
         return [(t, quant, tensor_bytes(t, quant)) for t in model.tensors()]
 
-    def host_server(self, p: Profile, platform: Platform, tree: Path, model: Path,
-                    cache: Cache, *, source_base: Path | None = None) -> HostServer | None:
+    def host_server(self, p: Profile, platform: Platform, tree: Path, cache: Cache, *,
+                    source_base: Path | None = None) -> HostServer | None:
         """llama.cpp F16 of the release's own checkpoint (TensorRT-LLM does not run
         here): the same weights, another precision, so the pair's tolerance is the one
         measured for it (REFERENCE_TIE_NATS). None for a GPTQ checkpoint, which the
@@ -199,7 +199,7 @@ class TrtLlm(Engine):
         tie = REFERENCE_TIE_NATS.get(p.model.quant.lower())
         if tie is None:
             return None
-        return checkpoint_server(model, cache, tie_nats=tie, source_base=source_base,
+        return checkpoint_server(cache, tie_nats=tie, source_base=source_base,
                                  what="llama-server (F16) of the release's checkpoint, "
                                       f"against {p.model.quant} on the device")
 
